@@ -1,0 +1,865 @@
+"""The ReLU family: forward, analytic derivative, ``nn.Module`` and metadata, in one registry.
+
+Every activation is an :class:`ActivationSpec` registered by name. A spec knows
+
+* ``forward(z, **params)``: the function, through torch's fused kernel where torch has one;
+* ``derivative(z, **params)``: f'(z) as its own closed-form formula (never autograd), with
+  PyTorch's convention at the kinks (ReLU'(0) = 0, LeakyReLU'(0) = slope, ELU'(0) = alpha)
+  and at NaN (the value autograd returns);
+* ``module``: the ``nn.Module`` class, built from the same parameters;
+* metadata the diagnosis needs: where the gradient is exactly zero, whether it saturates
+  as z -> -inf, and which torch modules and functions it covers.
+
+:func:`get` resolves a string (``"leaky_relu"``, ``"leaky_relu(0.2)"``,
+``"elu(alpha=0.3)"``), a module class, a module instance, a spec or a bound activation to a
+:class:`Activation` (a spec plus validated parameter values). Nothing else in the project
+branches on activation names: it asks the registry.
+
+All tensors are elementwise: ``z`` has any shape ``(*)`` and results have the same shape.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "SELU_ALPHA",
+    "SELU_LAMBDA",
+    "Activation",
+    "ActivationSpec",
+    "ParamSpec",
+    "get",
+    "make_module",
+    "names",
+    "register",
+    "spec_for_function",
+    "spec_for_module",
+]
+
+#: SELU constants (Klambauer et al. 2017), to the precision of the paper's derivation.
+SELU_ALPHA = 1.6732632423543772848170429916717
+SELU_LAMBDA = 1.0507009873554804934193349852946
+
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+# --------------------------------------------------------------------------------------
+# Specs
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter of an activation: default value and the valid range.
+
+    ``minimum``/``maximum`` are inclusive bounds unless ``exclusive_min`` is set. ``kind`` is
+    ``float``, ``int``, ``bool`` or ``str`` (``choices`` then lists the valid strings).
+    """
+
+    name: str
+    default: Any
+    kind: type = float
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_min: bool = False
+    choices: tuple[str, ...] = ()
+    doc: str = ""
+
+    def validate(self, value: Any, activation: str) -> Any:
+        """Return ``value`` converted to ``kind``; raise ``ValueError`` when invalid."""
+        where = f"{activation}: parameter {self.name!r}"
+        if self.kind is str:
+            if value not in self.choices:
+                raise ValueError(f"{where} must be one of {list(self.choices)}, got {value!r}")
+            return value
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"{where} must be True or False, got {value!r}")
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{where} must be a number, got {value!r}")
+        if self.kind is int:
+            if float(value) != int(value):
+                raise ValueError(f"{where} must be an integer, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"{where} must be finite, got {value!r}")
+        if self.minimum is not None:
+            bad = value <= self.minimum if self.exclusive_min else value < self.minimum
+            if bad:
+                op = ">" if self.exclusive_min else ">="
+                raise ValueError(f"{where} must be {op} {self.minimum}, got {value!r}")
+        if self.maximum is not None and value > self.maximum:
+            raise ValueError(f"{where} must be <= {self.maximum}, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """Everything deadrelu knows about one activation function.
+
+    Attributes:
+        name: registry name, e.g. ``"leaky_relu"``.
+        formula: f(z) in plain text.
+        derivative_formula: f'(z) in plain text, including the convention at z = 0.
+        params: the parameters, in positional order.
+        forward: ``forward(z, **params) -> Tensor``, same shape as ``z``.
+        derivative: ``derivative(z, **params) -> Tensor``, the analytic f'(z).
+        module: ``nn.Module`` class; ``module(**params)`` builds it.
+        zero_grad_region: where f'(z) is exactly 0, in words (``"z <= 0"``), or ``"none"``.
+        zero_grad: ``zero_grad(z, **params) -> BoolTensor``, the mask of that region.
+        saturates: f'(z) -> 0 as z -> -inf without being exactly 0 (ELU, SELU, CELU, ...).
+        torch_modules: torch module classes this spec covers (``nn.ReLU``).
+        torch_functions: torch callables this spec covers (``F.relu``, ``torch.relu``, ...).
+        tensor_methods: ``Tensor`` method names it covers (``"relu"``, ``"relu_"``).
+        learnable: the module has trainable parameters (PReLU).
+        description: one line for tables.
+    """
+
+    name: str
+    formula: str
+    derivative_formula: str
+    params: tuple[ParamSpec, ...]
+    forward: Callable[..., Tensor]
+    derivative: Callable[..., Tensor]
+    module: type[nn.Module]
+    zero_grad_region: str
+    zero_grad: Callable[..., Tensor]
+    saturates: bool
+    torch_modules: tuple[type[nn.Module], ...] = ()
+    torch_functions: tuple[Callable[..., Any], ...] = ()
+    tensor_methods: tuple[str, ...] = ()
+    learnable: bool = False
+    description: str = ""
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """Default parameter values by name."""
+        return {p.name: p.default for p in self.params}
+
+    def bind(self, *args: Any, **kwargs: Any) -> Activation:
+        """Validate parameters (positional in ``params`` order, or by name) and bind them."""
+        if len(args) > len(self.params):
+            raise ValueError(
+                f"{self.name} takes at most {len(self.params)} parameter(s) "
+                f"({self._param_names()}), got {len(args)}"
+            )
+        values = self.defaults
+        for p, v in zip(self.params, args, strict=False):
+            values[p.name] = v
+        for k, v in kwargs.items():
+            if k not in values:
+                raise ValueError(
+                    f"{self.name} has no parameter {k!r}; valid: {self._param_names()}"
+                )
+            values[k] = v
+        by_name = {p.name: p for p in self.params}
+        checked = {k: by_name[k].validate(v, self.name) for k, v in values.items()}
+        return Activation(self, checked)
+
+    def _param_names(self) -> str:
+        return ", ".join(p.name for p in self.params) or "none"
+
+
+@dataclass(frozen=True)
+class Activation:
+    """A spec with concrete parameter values: callable like the function itself.
+
+    ``act(z)`` is ``spec.forward(z, **params)``; ``act.derivative(z)`` the analytic f'(z).
+    """
+
+    spec: ActivationSpec
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The registry name."""
+        return self.spec.name
+
+    def __call__(self, z: Tensor) -> Tensor:
+        return self.spec.forward(z, **self.params)
+
+    def derivative(self, z: Tensor) -> Tensor:
+        """f'(z), same shape as ``z``."""
+        return self.spec.derivative(z, **self.params)
+
+    def zero_grad(self, z: Tensor) -> Tensor:
+        """Bool mask, same shape as ``z``: True where f'(z) is exactly 0."""
+        return self.spec.zero_grad(z, **self.params)
+
+    def module(self) -> nn.Module:
+        """A fresh ``nn.Module`` with these parameters."""
+        return self.spec.module(**self.params)
+
+    def __str__(self) -> str:
+        changed = {k: v for k, v in self.params.items() if v != self.spec.defaults[k]}
+        if not changed:
+            return self.spec.name
+        args = ", ".join(f"{k}={v!r}" for k, v in changed.items())
+        return f"{self.spec.name}({args})"
+
+
+_REGISTRY: dict[str, ActivationSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(spec: ActivationSpec, aliases: tuple[str, ...] = ()) -> ActivationSpec:
+    """Add ``spec`` to the registry under its name and ``aliases``; return it."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"activation {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    for a in aliases:
+        _ALIASES[a] = spec.name
+    return spec
+
+
+def names() -> list[str]:
+    """Registered activation names, in registration order."""
+    return list(_REGISTRY)
+
+
+def _lookup(name: str) -> ActivationSpec:
+    key = name.strip().lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown activation {name!r}; known: {', '.join(names())}")
+    return _REGISTRY[key]
+
+
+def _parse(text: str) -> Activation:
+    """Parse ``"name"``, ``"name(0.2)"`` or ``"name(alpha=0.3)"``."""
+    text = text.strip()
+    if "(" not in text:
+        return _lookup(text).bind()
+    if not text.endswith(")"):
+        raise ValueError(f"cannot parse activation {text!r}: expected e.g. 'leaky_relu(0.2)'")
+    head, _, rest = text.partition("(")
+    spec = _lookup(head)
+    try:
+        call = ast.parse(f"f({rest}", mode="eval").body
+    except SyntaxError as exc:
+        raise ValueError(f"cannot parse activation parameters in {text!r}: {exc.msg}") from exc
+    assert isinstance(call, ast.Call)
+    try:
+        args = [ast.literal_eval(a) for a in call.args]
+        kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg}
+    except ValueError as exc:
+        raise ValueError(f"activation parameters in {text!r} must be literals") from exc
+    return spec.bind(*args, **kwargs)
+
+
+def spec_for_module(module: nn.Module | type[nn.Module]) -> ActivationSpec | None:
+    """The spec covering a module (instance or class), or None if it is not an activation."""
+    cls = module if isinstance(module, type) else type(module)
+    for spec in _REGISTRY.values():
+        if issubclass(cls, spec.module) or any(issubclass(cls, m) for m in spec.torch_modules):
+            return spec
+    return None
+
+
+def _module_params(spec: ActivationSpec, module: nn.Module) -> Activation:
+    """Read the parameters of an activation module instance (ours or torch's)."""
+    read = getattr(module, "activation_params", None)
+    if callable(read):
+        return spec.bind(**read())
+    kwargs: dict[str, Any] = {}
+    for p in spec.params:
+        attr = _TORCH_ATTR.get((spec.name, p.name), p.name)
+        if hasattr(module, attr):
+            value = getattr(module, attr)
+            if isinstance(value, Tensor):
+                continue
+            kwargs[p.name] = value
+    return spec.bind(**kwargs)
+
+
+#: torch module attribute names that differ from our parameter names.
+_TORCH_ATTR: dict[tuple[str, str], str] = {
+    ("leaky_relu", "slope"): "negative_slope",
+    ("gelu", "approximate"): "approximate",
+}
+
+
+def spec_for_function(fn: Callable[..., Any]) -> ActivationSpec | None:
+    """The spec covering a torch callable (``F.relu``, ``torch.relu_`` ...), or None."""
+    for spec in _REGISTRY.values():
+        if any(fn is f for f in spec.torch_functions):
+            return spec
+    return None
+
+
+def get(
+    activation: str | type[nn.Module] | nn.Module | ActivationSpec | Activation | None,
+) -> Activation | None:
+    """Resolve any way of naming an activation to a bound :class:`Activation`.
+
+    Accepts a registry string with optional parameters (``"elu(alpha=0.3)"``), an
+    ``nn.Module`` class (ours or torch's; default parameters), a module instance (its
+    parameters are read), a spec (defaults), an :class:`Activation` (returned as is) or
+    ``None`` (returns ``None``). Anything else, or an unknown name, raises ``ValueError``.
+    """
+    if activation is None or isinstance(activation, Activation):
+        return activation
+    if isinstance(activation, ActivationSpec):
+        return activation.bind()
+    if isinstance(activation, str):
+        return _parse(activation)
+    if isinstance(activation, nn.Module):
+        spec = spec_for_module(activation)
+        if spec is None:
+            raise ValueError(
+                f"{type(activation).__name__} is not an activation deadrelu knows; "
+                f"known: {', '.join(names())}"
+            )
+        return _module_params(spec, activation)
+    if isinstance(activation, type) and issubclass(activation, nn.Module):
+        spec = spec_for_module(activation)
+        if spec is None:
+            raise ValueError(
+                f"{activation.__name__} is not an activation deadrelu knows; "
+                f"known: {', '.join(names())}"
+            )
+        return spec.bind()
+    raise ValueError(
+        f"cannot interpret {activation!r} as an activation: pass a name such as "
+        f"'leaky_relu(0.2)', an nn.Module class or instance, or None"
+    )
+
+
+def make_module(activation: str | type[nn.Module] | nn.Module | Activation) -> nn.Module:
+    """A new ``nn.Module`` for ``activation`` (anything :func:`get` accepts but None)."""
+    act = get(activation)
+    if act is None:
+        raise ValueError("make_module needs an activation, got None")
+    return act.module()
+
+
+# --------------------------------------------------------------------------------------
+# Modules. Each forward calls torch's own kernel, so it costs what torch costs.
+# ``activation_params`` lets the registry read the parameters back.
+# --------------------------------------------------------------------------------------
+
+
+class ReLU(nn.ReLU):
+    """ReLU(z) = max(0, z). Same as ``nn.ReLU``; ``inplace`` is supported."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__(inplace=inplace)
+
+    def activation_params(self) -> dict[str, Any]:
+        """Registry parameters of this module."""
+        return {}
+
+
+class LeakyReLU(nn.LeakyReLU):
+    """LeakyReLU(z) = z if z > 0 else slope * z (default slope 0.01)."""
+
+    def __init__(self, slope: float = 0.01, inplace: bool = False) -> None:
+        super().__init__(negative_slope=slope, inplace=inplace)
+
+    def activation_params(self) -> dict[str, Any]:
+        """Registry parameters of this module."""
+        return {"slope": float(self.negative_slope)}
+
+
+class PReLU(nn.Module):
+    """Parametric ReLU: z if z > 0 else a * z, with ``a`` learned.
+
+    Args:
+        num_parameters: 1 (one slope shared by all channels) or the number of channels C;
+            inputs are ``(N, C, *)`` (or ``(C,)``) and slope ``c`` applies to channel ``c``.
+        init: initial slope (He et al. 2015 use 0.25).
+    """
+
+    def __init__(self, num_parameters: int = 1, init: float = 0.25) -> None:
+        super().__init__()
+        if num_parameters < 1:
+            raise ValueError(f"prelu: num_parameters must be >= 1, got {num_parameters}")
+        self.num_parameters = num_parameters
+        self.init = init
+        self.weight = nn.Parameter(torch.full((num_parameters,), float(init)))
+
+    def forward(self, z: Tensor) -> Tensor:
+        """``z``: ``(N, C, *)``, ``(N, C)`` or ``(C,)``; returns the same shape."""
+        if self.num_parameters > 1:
+            channels = z.shape[1] if z.dim() >= 2 else (z.shape[0] if z.dim() == 1 else 0)
+            if channels != self.num_parameters:
+                raise ValueError(
+                    f"prelu has {self.num_parameters} slopes but the input has {channels} "
+                    f"channels in dim 1 (shape {tuple(z.shape)}); use num_parameters=1 for "
+                    f"one shared slope or num_parameters={channels}"
+                )
+        return F.prelu(z, self.weight)
+
+    def activation_params(self) -> dict[str, Any]:
+        """Registry parameters of this module (the *initial* slope, not the learned one)."""
+        return {"num_parameters": self.num_parameters, "init": float(self.init)}
+
+    def extra_repr(self) -> str:
+        return f"num_parameters={self.num_parameters}, init={self.init}"
+
+
+class RReLU(nn.RReLU):
+    """Randomized leaky ReLU: slope ~ U(lower, upper) in training, (lower+upper)/2 in eval."""
+
+    def __init__(self, lower: float = 1.0 / 8, upper: float = 1.0 / 3) -> None:
+        if upper < lower:
+            raise ValueError(f"rrelu: upper ({upper}) must be >= lower ({lower})")
+        super().__init__(lower=lower, upper=upper)
+
+    def activation_params(self) -> dict[str, Any]:
+        """Registry parameters of this module."""
+        return {"lower": float(self.lower), "upper": float(self.upper)}
+
+
+class ELU(nn.ELU):
+    """ELU(z) = z if z > 0 else alpha * (exp(z) - 1) (default alpha 1.0)."""
+
+    def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
+        super().__init__(alpha=alpha, inplace=inplace)
+
+    def activation_params(self) -> dict[str, Any]:
+        """Registry parameters of this module."""
+        return {"alpha": float(self.alpha)}
+
+
+class SELU(nn.SELU):
+    """SELU(z) = lambda * (z if z > 0 else alpha * (exp(z) - 1)), fixed constants."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__(inplace=inplace)
+
+    def activation_params(self) -> dict[str, Any]:
+        """Registry parameters of this module."""
+        return {}
+
+
+class CELU(nn.CELU):
+    """CELU(z) = z if z > 0 else alpha * (exp(z / alpha) - 1)."""
+
+    def __init__(self, alpha: float = 1.0, inplace: bool = False) -> None:
+        super().__init__(alpha=alpha, inplace=inplace)
+
+    def activation_params(self) -> dict[str, Any]:
+        """Registry parameters of this module."""
+        return {"alpha": float(self.alpha)}
+
+
+class GELU(nn.GELU):
+    """GELU(z) = z * Phi(z) (``approximate="none"``) or its tanh approximation."""
+
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__(approximate=approximate)
+
+    def activation_params(self) -> dict[str, Any]:
+        """Registry parameters of this module."""
+        return {"approximate": self.approximate}
+
+
+class SiLU(nn.SiLU):
+    """SiLU(z) = z * sigmoid(z) (a.k.a. swish)."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__(inplace=inplace)
+
+    def activation_params(self) -> dict[str, Any]:
+        """Registry parameters of this module."""
+        return {}
+
+
+class Mish(nn.Mish):
+    """Mish(z) = z * tanh(softplus(z))."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__(inplace=inplace)
+
+    def activation_params(self) -> dict[str, Any]:
+        """Registry parameters of this module."""
+        return {}
+
+
+class ReLU6(nn.ReLU6):
+    """ReLU6(z) = min(max(0, z), 6)."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__(inplace=inplace)
+
+    def activation_params(self) -> dict[str, Any]:
+        """Registry parameters of this module."""
+        return {}
+
+
+class Softplus(nn.Softplus):
+    """Softplus(z) = log(1 + exp(beta z)) / beta, linear above ``threshold``."""
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None:
+        super().__init__(beta=beta, threshold=threshold)
+
+    def activation_params(self) -> dict[str, Any]:
+        """Registry parameters of this module."""
+        return {"beta": float(self.beta), "threshold": float(self.threshold)}
+
+
+# --------------------------------------------------------------------------------------
+# Analytic derivatives. Conventions follow PyTorch's backward kernels exactly, so that
+# f'(z) here equals autograd at kinks, at +-inf and at NaN.
+# --------------------------------------------------------------------------------------
+
+
+def _ones(z: Tensor) -> Tensor:
+    return torch.ones_like(z)
+
+
+def _relu_grad(z: Tensor) -> Tensor:
+    # threshold_backward: 0 where z <= 0 (so ReLU'(0) = 0), 1 elsewhere (NaN included).
+    return torch.where(z <= 0, torch.zeros_like(z), _ones(z))
+
+
+def _leaky_fwd(z: Tensor, slope: float = 0.01) -> Tensor:
+    return F.leaky_relu(z, slope)
+
+
+def _leaky_grad(z: Tensor, slope: float = 0.01) -> Tensor:
+    # leaky_relu_backward: 1 where z > 0, slope elsewhere (so f'(0) = slope).
+    return torch.where(z > 0, _ones(z), torch.full_like(z, slope))
+
+
+def _prelu_fwd(z: Tensor, num_parameters: int = 1, init: float = 0.25) -> Tensor:
+    return F.leaky_relu(z, init)
+
+
+def _prelu_grad(z: Tensor, num_parameters: int = 1, init: float = 0.25) -> Tensor:
+    return _leaky_grad(z, init)
+
+
+def _rrelu_fwd(z: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3) -> Tensor:
+    return F.rrelu(z, lower, upper, training=False)
+
+
+def _rrelu_grad(z: Tensor, lower: float = 1.0 / 8, upper: float = 1.0 / 3) -> Tensor:
+    # Deterministic (eval-mode) RReLU is a leaky ReLU with slope (lower + upper) / 2.
+    return _leaky_grad(z, (lower + upper) / 2)
+
+
+def _elu_fwd(z: Tensor, alpha: float = 1.0) -> Tensor:
+    return F.elu(z, alpha)
+
+
+def _elu_grad(z: Tensor, alpha: float = 1.0) -> Tensor:
+    # elu_backward: alpha * exp(z) where z <= 0 (f'(0) = alpha), 1 elsewhere.
+    # For z < 0 this is ELU(z) + alpha, the identity the notes give.
+    return torch.where(z <= 0, alpha * torch.exp(z), _ones(z))
+
+
+def _selu_fwd(z: Tensor) -> Tensor:
+    return F.selu(z)
+
+
+def _selu_grad(z: Tensor) -> Tensor:
+    return SELU_LAMBDA * torch.where(z <= 0, SELU_ALPHA * torch.exp(z), _ones(z))
+
+
+def _celu_fwd(z: Tensor, alpha: float = 1.0) -> Tensor:
+    return F.celu(z, alpha)
+
+
+def _celu_grad(z: Tensor, alpha: float = 1.0) -> Tensor:
+    return torch.where(z <= 0, torch.exp(z / alpha), _ones(z))
+
+
+def _gelu_fwd(z: Tensor, approximate: str = "none") -> Tensor:
+    return F.gelu(z, approximate=approximate)
+
+
+def _gelu_grad(z: Tensor, approximate: str = "none") -> Tensor:
+    if approximate == "tanh":
+        # f = 0.5 z (1 + tanh(u)), u = sqrt(2/pi) (z + 0.044715 z^3)
+        u = _SQRT_2_OVER_PI * (z + 0.044715 * z**3)
+        t = torch.tanh(u)
+        du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * z**2)
+        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * du
+    cdf = 0.5 * (1 + torch.erf(z * _INV_SQRT_2))
+    pdf = _INV_SQRT_2PI * torch.exp(-0.5 * z * z)
+    return cdf + z * pdf
+
+
+def _silu_fwd(z: Tensor) -> Tensor:
+    return F.silu(z)
+
+
+def _silu_grad(z: Tensor) -> Tensor:
+    s = torch.sigmoid(z)
+    return s * (1 + z * (1 - s))
+
+
+def _mish_fwd(z: Tensor) -> Tensor:
+    return F.mish(z)
+
+
+def _mish_grad(z: Tensor) -> Tensor:
+    t = torch.tanh(F.softplus(z))
+    return t + z * torch.sigmoid(z) * (1 - t * t)
+
+
+def _relu6_fwd(z: Tensor) -> Tensor:
+    return F.relu6(z)
+
+
+def _relu6_grad(z: Tensor) -> Tensor:
+    # hardtanh_backward: 0 where z <= 0 or z >= 6, 1 elsewhere (NaN included).
+    return torch.where((z <= 0) | (z >= 6), torch.zeros_like(z), _ones(z))
+
+
+def _softplus_fwd(z: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    return F.softplus(z, beta, threshold)
+
+
+def _softplus_grad(z: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    return torch.where(z * beta > threshold, _ones(z), torch.sigmoid(z * beta))
+
+
+def _never(z: Tensor, **_: Any) -> Tensor:
+    return torch.zeros_like(z, dtype=torch.bool)
+
+
+def _nonpositive(z: Tensor, **_: Any) -> Tensor:
+    return z <= 0
+
+
+# --------------------------------------------------------------------------------------
+# The registry
+# --------------------------------------------------------------------------------------
+
+_SLOPE = ParamSpec("slope", 0.01, float, minimum=0.0, doc="negative-side slope")
+_ALPHA = ParamSpec("alpha", 1.0, float, minimum=0.0, exclusive_min=True, doc="negative scale")
+
+register(
+    ActivationSpec(
+        name="relu",
+        formula="max(0, z)",
+        derivative_formula="1 if z > 0; 0 if z <= 0",
+        params=(),
+        forward=F.relu,
+        derivative=_relu_grad,
+        module=ReLU,
+        zero_grad_region="z <= 0",
+        zero_grad=_nonpositive,
+        saturates=False,
+        torch_modules=(nn.ReLU,),
+        torch_functions=(F.relu, F.relu_, torch.relu, torch.relu_),
+        tensor_methods=("relu", "relu_"),
+        description="rectified linear unit",
+    )
+)
+register(
+    ActivationSpec(
+        name="leaky_relu",
+        formula="z if z > 0; slope * z otherwise",
+        derivative_formula="1 if z > 0; slope if z <= 0",
+        params=(_SLOPE,),
+        forward=_leaky_fwd,
+        derivative=_leaky_grad,
+        module=LeakyReLU,
+        zero_grad_region="none (z <= 0 when slope = 0)",
+        zero_grad=lambda z, slope=0.01: (z <= 0) if slope == 0 else _never(z),
+        saturates=False,
+        torch_modules=(nn.LeakyReLU,),
+        torch_functions=(F.leaky_relu, F.leaky_relu_),
+        description="leaky ReLU (Maas et al. 2013)",
+    ),
+    aliases=("leakyrelu", "leaky"),
+)
+register(
+    ActivationSpec(
+        name="prelu",
+        formula="z if z > 0; a * z otherwise, a learned",
+        derivative_formula="1 if z > 0; a if z <= 0; d/da = z if z <= 0 else 0",
+        params=(
+            ParamSpec("num_parameters", 1, int, minimum=1, doc="1 shared slope or one per channel"),
+            ParamSpec("init", 0.25, float, minimum=0.0, doc="initial slope"),
+        ),
+        forward=_prelu_fwd,
+        derivative=_prelu_grad,
+        module=PReLU,
+        zero_grad_region="none (while a != 0)",
+        zero_grad=lambda z, num_parameters=1, init=0.25: (z <= 0) if init == 0 else _never(z),
+        saturates=False,
+        torch_modules=(nn.PReLU,),
+        torch_functions=(F.prelu,),
+        learnable=True,
+        description="parametric ReLU (He et al. 2015)",
+    ),
+    aliases=("parametric_relu",),
+)
+register(
+    ActivationSpec(
+        name="rrelu",
+        formula="z if z > 0; s * z otherwise, s ~ U(lower, upper) in training, mean in eval",
+        derivative_formula="1 if z > 0; (lower + upper) / 2 if z <= 0 (eval)",
+        params=(
+            ParamSpec("lower", 1.0 / 8, float, minimum=0.0),
+            ParamSpec("upper", 1.0 / 3, float, minimum=0.0),
+        ),
+        forward=_rrelu_fwd,
+        derivative=_rrelu_grad,
+        module=RReLU,
+        zero_grad_region="none",
+        zero_grad=_never,
+        saturates=False,
+        torch_modules=(nn.RReLU,),
+        torch_functions=(F.rrelu, F.rrelu_, torch.rrelu, torch.rrelu_),
+        description="randomized leaky ReLU (Xu et al. 2015)",
+    )
+)
+register(
+    ActivationSpec(
+        name="elu",
+        formula="z if z > 0; alpha * (exp(z) - 1) otherwise",
+        derivative_formula="1 if z > 0; alpha * exp(z) = ELU(z) + alpha if z <= 0",
+        params=(_ALPHA,),
+        forward=_elu_fwd,
+        derivative=_elu_grad,
+        module=ELU,
+        zero_grad_region="none (-> 0 as z -> -inf)",
+        zero_grad=_never,
+        saturates=True,
+        torch_modules=(nn.ELU,),
+        torch_functions=(F.elu, F.elu_),
+        description="exponential linear unit (Clevert et al. 2016)",
+    )
+)
+register(
+    ActivationSpec(
+        name="selu",
+        formula="lambda * z if z > 0; lambda * alpha * (exp(z) - 1) otherwise",
+        derivative_formula="lambda if z > 0; lambda * alpha * exp(z) if z <= 0",
+        params=(),
+        forward=_selu_fwd,
+        derivative=_selu_grad,
+        module=SELU,
+        zero_grad_region="none (-> 0 as z -> -inf)",
+        zero_grad=_never,
+        saturates=True,
+        torch_modules=(nn.SELU,),
+        torch_functions=(F.selu, F.selu_, torch.selu, torch.selu_),
+        description="scaled ELU, self-normalising (Klambauer et al. 2017)",
+    )
+)
+register(
+    ActivationSpec(
+        name="celu",
+        formula="z if z > 0; alpha * (exp(z / alpha) - 1) otherwise",
+        derivative_formula="1 if z > 0; exp(z / alpha) if z <= 0",
+        params=(_ALPHA,),
+        forward=_celu_fwd,
+        derivative=_celu_grad,
+        module=CELU,
+        zero_grad_region="none (-> 0 as z -> -inf)",
+        zero_grad=_never,
+        saturates=True,
+        torch_modules=(nn.CELU,),
+        torch_functions=(F.celu, F.celu_, torch.celu, torch.celu_),
+        description="continuously differentiable ELU (Barron 2017)",
+    )
+)
+register(
+    ActivationSpec(
+        name="gelu",
+        formula="z * Phi(z) (approximate='tanh': 0.5 z (1 + tanh(sqrt(2/pi)(z + 0.044715 z^3))))",
+        derivative_formula="Phi(z) + z * phi(z)",
+        params=(ParamSpec("approximate", "none", str, choices=("none", "tanh")),),
+        forward=_gelu_fwd,
+        derivative=_gelu_grad,
+        module=GELU,
+        zero_grad_region="none (-> 0 as z -> -inf)",
+        zero_grad=_never,
+        saturates=True,
+        torch_modules=(nn.GELU,),
+        torch_functions=(F.gelu,),
+        description="Gaussian error linear unit (Hendrycks & Gimpel 2016)",
+    )
+)
+register(
+    ActivationSpec(
+        name="silu",
+        formula="z * sigmoid(z)",
+        derivative_formula="s (1 + z (1 - s)), s = sigmoid(z)",
+        params=(),
+        forward=_silu_fwd,
+        derivative=_silu_grad,
+        module=SiLU,
+        zero_grad_region="none (-> 0 as z -> -inf)",
+        zero_grad=_never,
+        saturates=True,
+        torch_modules=(nn.SiLU,),
+        torch_functions=(F.silu,),
+        description="sigmoid linear unit / swish (Elfwing et al. 2018)",
+    ),
+    aliases=("swish",),
+)
+register(
+    ActivationSpec(
+        name="mish",
+        formula="z * tanh(softplus(z))",
+        derivative_formula="t + z sigmoid(z) (1 - t^2), t = tanh(softplus(z))",
+        params=(),
+        forward=_mish_fwd,
+        derivative=_mish_grad,
+        module=Mish,
+        zero_grad_region="none (-> 0 as z -> -inf)",
+        zero_grad=_never,
+        saturates=True,
+        torch_modules=(nn.Mish,),
+        torch_functions=(F.mish,),
+        description="Mish (Misra 2019)",
+    )
+)
+register(
+    ActivationSpec(
+        name="relu6",
+        formula="min(max(0, z), 6)",
+        derivative_formula="1 if 0 < z < 6; 0 if z <= 0 or z >= 6",
+        params=(),
+        forward=_relu6_fwd,
+        derivative=_relu6_grad,
+        module=ReLU6,
+        zero_grad_region="z <= 0 or z >= 6",
+        zero_grad=lambda z: (z <= 0) | (z >= 6),
+        saturates=False,
+        torch_modules=(nn.ReLU6,),
+        torch_functions=(F.relu6,),
+        description="ReLU capped at 6 (Krizhevsky 2010)",
+    )
+)
+register(
+    ActivationSpec(
+        name="softplus",
+        formula="log(1 + exp(beta z)) / beta; z where beta z > threshold",
+        derivative_formula="sigmoid(beta z); 1 where beta z > threshold",
+        params=(
+            ParamSpec("beta", 1.0, float, minimum=0.0, exclusive_min=True),
+            ParamSpec("threshold", 20.0, float, minimum=0.0, exclusive_min=True),
+        ),
+        forward=_softplus_fwd,
+        derivative=_softplus_grad,
+        module=Softplus,
+        zero_grad_region="none (-> 0 as z -> -inf)",
+        zero_grad=_never,
+        saturates=True,
+        torch_modules=(nn.Softplus,),
+        torch_functions=(F.softplus,),
+        description="smooth ReLU",
+    )
+)

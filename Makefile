@@ -8,7 +8,7 @@ STAMP := $(VENV)/.deadrelu-installed
 TORCH_SPEC ?= torch==2.13.0
 OUT ?= report
 
-.PHONY: demo test install lint typecheck pytest bench clean
+.PHONY: demo test install browser lint typecheck pytest bench clean
 
 install: $(STAMP)
 
@@ -31,7 +31,13 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
-pytest: install
+# The HTML report's screenshot test needs headless Chromium (Debian package `chromium`).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	    || echo "chromium could not be installed: the browser test will be skipped"; }
+
+pytest: install browser
 	$(PY) -m pytest -q
 
 test: lint typecheck pytest

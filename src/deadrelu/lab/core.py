@@ -1,0 +1,221 @@
+"""The lab's contract: configuration, result object, experiment registry, figure helper.
+
+Every experiment is a function ``run(cfg: LabConfig) -> ExperimentResult`` registered with
+the :func:`experiment` decorator in :data:`EXPERIMENTS` (kept ordered E1, E2, ..., E10).
+Experiment modules live in ``deadrelu/lab/experiments/eN_name.py``; importing
+``deadrelu.lab.experiments`` registers them all.
+
+Reproducibility: ``ExperimentResult.numbers`` holds only numbers that a rerun with the same
+config reproduces exactly; wall-clock measurements go in ``ExperimentResult.timings``, which
+:meth:`ExperimentResult.to_dict` keeps under its own key so a report writer can leave it out
+of the reproducible file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+__all__ = [
+    "EXPERIMENTS",
+    "PRESETS",
+    "ExperimentResult",
+    "ExperimentSpec",
+    "LabConfig",
+    "Verdict",
+    "experiment",
+    "new_figure",
+    "save_figure",
+]
+
+#: Verdict of an experiment on its claims.
+Verdict = Literal["supported", "not supported", "mixed", "n/a"]
+
+#: Valid presets: ``tiny`` (test suite, seconds), ``quick`` (``make demo``), ``full``.
+PRESETS: tuple[str, ...] = ("tiny", "quick", "full")
+
+#: Default number of seeds per preset.
+_DEFAULT_SEEDS: dict[str, int] = {"tiny": 2, "quick": 5, "full": 10}
+
+#: Figure resolution, fixed so that files are reproducible.
+FIGURE_DPI = 100
+
+T = TypeVar("T")
+
+
+@dataclass
+class LabConfig:
+    """How the lab runs.
+
+    Attributes:
+        preset: ``"tiny"`` (test suite), ``"quick"`` (``make demo``) or ``"full"``.
+        seeds: seeds (repetitions) per setting; None means the preset's default
+            (:attr:`n_seeds`).
+        device: ``"cpu"`` or ``"cuda"``.
+        out: output directory; figures go to ``out / "figures"``.
+        dataset: dataset name for :func:`deadrelu.lab.data.load` (``"mnist1d"``,
+            ``"digits"``, ``"synthetic"``).
+    """
+
+    preset: str = "quick"
+    seeds: int | None = None
+    device: str = "cpu"
+    out: Path = field(default_factory=lambda: Path("report"))
+    dataset: str = "mnist1d"
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of {list(PRESETS)}")
+        if self.seeds is not None and self.seeds < 1:
+            raise ValueError(
+                f"seeds must be >= 1 (or None for the preset default), got {self.seeds}"
+            )
+        self.out = Path(self.out)
+
+    @property
+    def n_seeds(self) -> int:
+        """Seeds per setting: ``seeds`` if given, else the preset default (tiny 2, quick 5,
+        full 10)."""
+        return self.seeds if self.seeds is not None else _DEFAULT_SEEDS[self.preset]
+
+    def size(self, *, tiny: T, quick: T, full: T) -> T:
+        """Pick the value for the current preset, e.g. ``cfg.size(tiny=50, quick=400,
+        full=2000)``."""
+        return {"tiny": tiny, "quick": quick, "full": full}[self.preset]
+
+    @property
+    def figures_dir(self) -> Path:
+        """``out / "figures"`` (not created here; :func:`save_figure` creates it)."""
+        return self.out / "figures"
+
+
+@dataclass
+class ExperimentResult:
+    """What one experiment found.
+
+    Attributes:
+        id: experiment id, ``"E1"``.
+        claims: claim ids from CLAIMS.md, ``("C3", "C6")``.
+        title: short title.
+        question: the question the experiment answers, one or two sentences.
+        method: how, in words (data, model, budget, seeds, what is measured).
+        numbers: JSON-able, reproducible numbers (same config -> same values).
+        verdict: ``"supported"``, ``"not supported"``, ``"mixed"`` or ``"n/a"``.
+        verdict_rule: the rule, in words, exactly as the code applies it.
+        summary: one line with the key number, for the claims table.
+        figures: PNG file names relative to ``cfg.out``.
+        caveats: where our setting differs from the claim's, and other limits.
+        timings: wall-clock numbers (non-reproducible), kept apart from ``numbers``.
+    """
+
+    id: str
+    claims: tuple[str, ...]
+    title: str
+    question: str
+    method: str
+    numbers: dict[str, Any]
+    verdict: Verdict
+    verdict_rule: str
+    summary: str
+    figures: list[str] = field(default_factory=list)
+    caveats: list[str] = field(default_factory=list)
+    timings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, *, include_timings: bool = True) -> dict[str, Any]:
+        """A JSON-able dict; ``timings`` is left out when ``include_timings`` is False."""
+        d: dict[str, Any] = {
+            "id": self.id,
+            "claims": list(self.claims),
+            "title": self.title,
+            "question": self.question,
+            "method": self.method,
+            "numbers": self.numbers,
+            "verdict": self.verdict,
+            "verdict_rule": self.verdict_rule,
+            "summary": self.summary,
+            "figures": list(self.figures),
+            "caveats": list(self.caveats),
+        }
+        if include_timings:
+            d["timings"] = self.timings
+        return d
+
+
+RunFn = Callable[[LabConfig], ExperimentResult]
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """A registered experiment: id, claims, title and its ``run(cfg)`` function."""
+
+    id: str
+    claims: tuple[str, ...]
+    title: str
+    run: RunFn
+
+
+#: Registered experiments by id, ordered E1, E2, ..., E10 (see :func:`experiment`).
+EXPERIMENTS: dict[str, ExperimentSpec] = {}
+
+_ID = re.compile(r"^E(\d+)$")
+
+
+def _order(exp_id: str) -> int:
+    m = _ID.match(exp_id)
+    if m is None:
+        raise ValueError(f"experiment id must look like 'E7', got {exp_id!r}")
+    return int(m.group(1))
+
+
+def experiment(id: str, claims: tuple[str, ...], title: str) -> Callable[[RunFn], RunFn]:
+    """Decorator registering ``run(cfg) -> ExperimentResult`` as experiment ``id``.
+
+    ``EXPERIMENTS`` stays sorted by number whatever the import order. Registering an id twice
+    raises ``ValueError``.
+    """
+    _order(id)
+
+    def register(fn: RunFn) -> RunFn:
+        if id in EXPERIMENTS and EXPERIMENTS[id].run is not fn:
+            raise ValueError(f"experiment {id} is already registered")
+        EXPERIMENTS[id] = ExperimentSpec(id, tuple(claims), title, fn)
+        ordered = sorted(EXPERIMENTS.items(), key=lambda kv: _order(kv[0]))
+        EXPERIMENTS.clear()
+        EXPERIMENTS.update(ordered)
+        return fn
+
+    return register
+
+
+def save_figure(fig: Any, cfg: LabConfig, name: str) -> str:
+    """Save a matplotlib figure as ``cfg.out / "figures" / name`` (PNG) and close it.
+
+    Fixed dpi and no metadata (no software version, no date), so the same figure gives the
+    same bytes. Returns the path relative to ``cfg.out`` (``"figures/e1_lr.png"``), the form
+    :attr:`ExperimentResult.figures` holds.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if not name.endswith(".png"):
+        name = f"{name}.png"
+    cfg.figures_dir.mkdir(parents=True, exist_ok=True)
+    path = cfg.figures_dir / name
+    fig.savefig(path, dpi=FIGURE_DPI, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return f"figures/{name}"
+
+
+def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float = 3.6) -> Any:
+    """A ``(fig, axes)`` pair on the Agg backend (lazy matplotlib import)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)

@@ -1,0 +1,7 @@
+"""Importing this package registers every experiment in ``deadrelu.lab.core.EXPERIMENTS``.
+
+Trainer engineer: E1-E5 below. Report engineer: E6-E10 lines at the end.
+"""
+
+# E1-E5 (trainer engineer)
+# (imports added as the modules land)

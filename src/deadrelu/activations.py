@@ -16,12 +16,33 @@ Every activation is an :class:`ActivationSpec` registered by name. A spec knows
 branches on activation names: it asks the registry.
 
 All tensors are elementwise: ``z`` has any shape ``(*)`` and results have the same shape.
+
+Conventions of ``derivative`` (checked against autograd in ``tests/test_activations.py``):
+
+* **finite z**: equal to autograd in float64 (to rounding; CELU's backward kernel rounds
+  ``1/alpha`` to float32, so autograd is off by ~1e-7 relative there; ours is exact).
+* **kinks**: PyTorch's convention. ReLU'(0) = 0, LeakyReLU'(0) = slope, PReLU'(0) = a,
+  ELU'(0) = alpha, SELU'(0) = lambda * alpha, CELU'(0) = 1, ReLU6'(0) = ReLU6'(6) = 0,
+  Softplus: sigmoid(beta z) up to ``beta z <= threshold``, 1 above.
+* **z = +-inf**: the limit of f'(z). Autograd agrees except where its formula evaluates
+  ``inf * 0`` (GELU, SiLU, Mish at +-inf; tanh-GELU once ``z**3`` overflows): there it
+  returns NaN and we return the limit (1 at +inf, 0 at -inf).
+* **z = NaN**: where PyTorch's backward picks a branch by a comparison that is the same in
+  every kernel (ReLU, Leaky ReLU, PReLU, RReLU: ``z > 0`` is False), we return that branch
+  (ReLU: 1, the others: their negative slope), as autograd does. Elsewhere we return NaN:
+  the smooth functions give NaN in autograd too, and for ELU, SELU, CELU and ReLU6
+  autograd's value at NaN depends on whether the element went through the vectorised or
+  the scalar kernel (position in the tensor, dtype), so there is no convention to match.
+
+Forward passes are torch's own kernels, so they inherit torch's values at the edges
+(e.g. GELU, SiLU and Mish give NaN at z = -inf).
 """
 
 from __future__ import annotations
 
 import ast
 import math
+import numbers
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,16 +107,17 @@ class ParamSpec:
             if not isinstance(value, bool):
                 raise ValueError(f"{where} must be True or False, got {value!r}")
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise ValueError(f"{where} must be a number, got {value!r}")
-        if self.kind is int:
-            if float(value) != int(value):
-                raise ValueError(f"{where} must be an integer, got {value!r}")
-            value = int(value)
-        else:
-            value = float(value)
-        if not math.isfinite(value):
+        number = float(value)
+        if not math.isfinite(number):
             raise ValueError(f"{where} must be finite, got {value!r}")
+        if self.kind is int:
+            if number != int(number):
+                raise ValueError(f"{where} must be an integer, got {value!r}")
+            value = int(number)
+        else:
+            value = number
         if self.minimum is not None:
             bad = value <= self.minimum if self.exclusive_min else value < self.minimum
             if bad:
@@ -126,6 +148,9 @@ class ActivationSpec:
         tensor_methods: ``Tensor`` method names it covers (``"relu"``, ``"relu_"``).
         learnable: the module has trainable parameters (PReLU).
         description: one line for tables.
+        check: optional ``check(params)`` run by :meth:`bind` after each parameter is
+            validated, for constraints between parameters (RReLU: lower <= upper); raises
+            ``ValueError``.
     """
 
     name: str
@@ -143,6 +168,7 @@ class ActivationSpec:
     tensor_methods: tuple[str, ...] = ()
     learnable: bool = False
     description: str = ""
+    check: Callable[[Mapping[str, Any]], None] | None = None
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -167,6 +193,8 @@ class ActivationSpec:
             values[k] = v
         by_name = {p.name: p for p in self.params}
         checked = {k: by_name[k].validate(v, self.name) for k, v in values.items()}
+        if self.check is not None:
+            self.check(checked)
         return Activation(self, checked)
 
     def _param_names(self) -> str:
@@ -251,13 +279,27 @@ def _parse(text: str) -> Activation:
         call = ast.parse(f"f({rest}", mode="eval").body
     except SyntaxError as exc:
         raise ValueError(f"cannot parse activation parameters in {text!r}: {exc.msg}") from exc
-    assert isinstance(call, ast.Call)
+    if not isinstance(call, ast.Call) or any(kw.arg is None for kw in call.keywords):
+        raise ValueError(f"cannot parse activation {text!r}: expected e.g. 'elu(alpha=0.3)'")
     try:
-        args = [ast.literal_eval(a) for a in call.args]
-        kwargs = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg}
+        args = [_literal(a) for a in call.args]
+        kwargs = {str(kw.arg): _literal(kw.value) for kw in call.keywords}
     except ValueError as exc:
-        raise ValueError(f"activation parameters in {text!r} must be literals") from exc
+        raise ValueError(
+            f"activation parameters in {text!r} must be numbers or words "
+            f"(e.g. 'gelu(approximate=tanh)'), got {exc}"
+        ) from exc
     return spec.bind(*args, **kwargs)
+
+
+def _literal(node: ast.expr) -> Any:
+    """A parameter literal; a bare word (``tanh``) is read as the string ``"tanh"``."""
+    if isinstance(node, ast.Name):
+        return float(node.id) if node.id in ("inf", "nan") else node.id
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, SyntaxError) as exc:
+        raise ValueError(ast.unparse(node)) from exc
 
 
 def spec_for_module(module: nn.Module | type[nn.Module]) -> ActivationSpec | None:
@@ -379,7 +421,8 @@ class PReLU(nn.Module):
 
     Args:
         num_parameters: 1 (one slope shared by all channels) or the number of channels C;
-            inputs are ``(N, C, *)`` (or ``(C,)``) and slope ``c`` applies to channel ``c``.
+            inputs are ``(N, C, *)`` and slope ``c`` applies to channel ``c`` (dim 1). As in
+            torch, an input with fewer than 2 dims has one channel.
         init: initial slope (He et al. 2015 use 0.25).
     """
 
@@ -392,9 +435,9 @@ class PReLU(nn.Module):
         self.weight = nn.Parameter(torch.full((num_parameters,), float(init)))
 
     def forward(self, z: Tensor) -> Tensor:
-        """``z``: ``(N, C, *)``, ``(N, C)`` or ``(C,)``; returns the same shape."""
+        """``z``: ``(N, C, *)`` or ``(N, C)`` (any shape when shared); returns the same shape."""
         if self.num_parameters > 1:
-            channels = z.shape[1] if z.dim() >= 2 else (z.shape[0] if z.dim() == 1 else 0)
+            channels = z.shape[1] if z.dim() >= 2 else 1
             if channels != self.num_parameters:
                 raise ValueError(
                     f"prelu has {self.num_parameters} slopes but the input has {channels} "
@@ -522,6 +565,13 @@ def _ones(z: Tensor) -> Tensor:
     return torch.ones_like(z)
 
 
+def _with_limits(z: Tensor, grad: Tensor, at_neg_inf: float, at_pos_inf: float) -> Tensor:
+    """``grad`` with the limits of f' put in at z = -inf and z = +inf (where the closed form
+    evaluates ``inf * 0``)."""
+    grad = torch.where(z == math.inf, torch.full_like(grad, at_pos_inf), grad)
+    return torch.where(z == -math.inf, torch.full_like(grad, at_neg_inf), grad)
+
+
 def _relu_grad(z: Tensor) -> Tensor:
     # threshold_backward: 0 where z <= 0 (so ReLU'(0) = 0), 1 elsewhere (NaN included).
     return torch.where(z <= 0, torch.zeros_like(z), _ones(z))
@@ -558,9 +608,9 @@ def _elu_fwd(z: Tensor, alpha: float = 1.0) -> Tensor:
 
 
 def _elu_grad(z: Tensor, alpha: float = 1.0) -> Tensor:
-    # elu_backward: alpha * exp(z) where z <= 0 (f'(0) = alpha), 1 elsewhere.
+    # elu_backward: 1 where z > 0, alpha * exp(z) elsewhere (f'(0) = alpha; NaN -> NaN).
     # For z < 0 this is ELU(z) + alpha, the identity the notes give.
-    return torch.where(z <= 0, alpha * torch.exp(z), _ones(z))
+    return torch.where(z > 0, _ones(z), alpha * torch.exp(z))
 
 
 def _selu_fwd(z: Tensor) -> Tensor:
@@ -568,7 +618,7 @@ def _selu_fwd(z: Tensor) -> Tensor:
 
 
 def _selu_grad(z: Tensor) -> Tensor:
-    return SELU_LAMBDA * torch.where(z <= 0, SELU_ALPHA * torch.exp(z), _ones(z))
+    return SELU_LAMBDA * torch.where(z > 0, _ones(z), SELU_ALPHA * torch.exp(z))
 
 
 def _celu_fwd(z: Tensor, alpha: float = 1.0) -> Tensor:
@@ -576,7 +626,7 @@ def _celu_fwd(z: Tensor, alpha: float = 1.0) -> Tensor:
 
 
 def _celu_grad(z: Tensor, alpha: float = 1.0) -> Tensor:
-    return torch.where(z <= 0, torch.exp(z / alpha), _ones(z))
+    return torch.where(z > 0, _ones(z), torch.exp(z / alpha))
 
 
 def _gelu_fwd(z: Tensor, approximate: str = "none") -> Tensor:
@@ -585,14 +635,18 @@ def _gelu_fwd(z: Tensor, approximate: str = "none") -> Tensor:
 
 def _gelu_grad(z: Tensor, approximate: str = "none") -> Tensor:
     if approximate == "tanh":
-        # f = 0.5 z (1 + tanh(u)), u = sqrt(2/pi) (z + 0.044715 z^3)
+        # f = 0.5 z (1 + tanh(u)), u = sqrt(2/pi) (z + 0.044715 z^3). Beyond |z| = 1e3,
+        # tanh(u) is +-1 exactly (even in float16) and f' is exactly 1 or 0; clamping there
+        # keeps z^3 from overflowing into inf * 0.
+        z = z.clamp(-1e3, 1e3)
         u = _SQRT_2_OVER_PI * (z + 0.044715 * z**3)
         t = torch.tanh(u)
         du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * z**2)
         return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * du
-    cdf = 0.5 * (1 + torch.erf(z * _INV_SQRT_2))
+    # Phi(z) through erfc: no cancellation in 1 + erf(z / sqrt 2) for z << 0.
+    cdf = 0.5 * torch.special.erfc(-z * _INV_SQRT_2)
     pdf = _INV_SQRT_2PI * torch.exp(-0.5 * z * z)
-    return cdf + z * pdf
+    return _with_limits(z, cdf + z * pdf, 0.0, 1.0)
 
 
 def _silu_fwd(z: Tensor) -> Tensor:
@@ -601,7 +655,7 @@ def _silu_fwd(z: Tensor) -> Tensor:
 
 def _silu_grad(z: Tensor) -> Tensor:
     s = torch.sigmoid(z)
-    return s * (1 + z * (1 - s))
+    return _with_limits(z, s * (1 + z * (1 - s)), 0.0, 1.0)
 
 
 def _mish_fwd(z: Tensor) -> Tensor:
@@ -610,7 +664,7 @@ def _mish_fwd(z: Tensor) -> Tensor:
 
 def _mish_grad(z: Tensor) -> Tensor:
     t = torch.tanh(F.softplus(z))
-    return t + z * torch.sigmoid(z) * (1 - t * t)
+    return _with_limits(z, t + z * torch.sigmoid(z) * (1 - t * t), 0.0, 1.0)
 
 
 def _relu6_fwd(z: Tensor) -> Tensor:
@@ -618,8 +672,10 @@ def _relu6_fwd(z: Tensor) -> Tensor:
 
 
 def _relu6_grad(z: Tensor) -> Tensor:
-    # hardtanh_backward: 0 where z <= 0 or z >= 6, 1 elsewhere (NaN included).
-    return torch.where((z <= 0) | (z >= 6), torch.zeros_like(z), _ones(z))
+    # hardtanh_backward: 0 where z <= 0 or z >= 6, 1 strictly inside; NaN -> NaN (autograd's
+    # value at NaN differs between its vectorised and scalar kernels).
+    inside = torch.where((z > 0) & (z < 6), _ones(z), torch.zeros_like(z))
+    return torch.where(torch.isnan(z), z, inside)
 
 
 def _softplus_fwd(z: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
@@ -636,6 +692,14 @@ def _never(z: Tensor, **_: Any) -> Tensor:
 
 def _nonpositive(z: Tensor, **_: Any) -> Tensor:
     return z <= 0
+
+
+def _check_rrelu(params: Mapping[str, Any]) -> None:
+    if params["lower"] > params["upper"]:
+        raise ValueError(
+            f"rrelu: lower ({params['lower']}) must be <= upper ({params['upper']}); "
+            f"e.g. 'rrelu(lower=0.1, upper=0.3)'"
+        )
 
 
 # --------------------------------------------------------------------------------------
@@ -721,6 +785,7 @@ register(
         torch_modules=(nn.RReLU,),
         torch_functions=(F.rrelu, F.rrelu_, torch.rrelu, torch.rrelu_),
         description="randomized leaky ReLU (Xu et al. 2015)",
+        check=_check_rrelu,
     )
 )
 register(

@@ -640,9 +640,11 @@ def _gelu_grad(z: Tensor, approximate: str = "none") -> Tensor:
         # keeps z^3 from overflowing into inf * 0.
         z = z.clamp(-1e3, 1e3)
         u = _SQRT_2_OVER_PI * (z + 0.044715 * z**3)
-        t = torch.tanh(u)
         du = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * z**2)
-        return 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * du
+        # 0.5 (1 + tanh u) = s and 1 - tanh(u)^2 = 4 s (1 - s) with s = sigmoid(2u), written
+        # so that neither cancels for u << 0 (autograd's 1 + tanh(u) does, by ~1e-16).
+        s, sneg = torch.sigmoid(2 * u), torch.sigmoid(-2 * u)
+        return s + 2 * z * s * sneg * du
     # Phi(z) through erfc: no cancellation in 1 + erf(z / sqrt 2) for z << 0.
     cdf = 0.5 * torch.special.erfc(-z * _INV_SQRT_2)
     pdf = _INV_SQRT_2PI * torch.exp(-0.5 * z * z)

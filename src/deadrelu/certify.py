@@ -1,0 +1,664 @@
+"""Certified dead units: z < 0 for *every* input of a box, by interval bound propagation.
+
+The notes define a dead unit as one that outputs 0 "for any input value" (C1). Detection
+over data (:mod:`deadrelu.scan`) can only say "on the inputs seen"; this module proves it
+for a whole input domain. Given a box ``B = {x : lower <= x <= upper}`` (per-feature
+bounds, e.g. ``[0, 1]`` for images or the data's min and max), it propagates an interval
+``[l, u]`` for every intermediate value through the network (interval bound propagation,
+IBP: Gowal et al. 2018, "On the Effectiveness of Interval Bound Propagation for Training
+Verifiably Robust Models") and reports, at every activation site, the units whose
+pre-activation upper bound is below zero: **certified dead**, i.e. z < 0 for every x in B.
+
+Soundness. Each rule below returns an interval that contains every value the real layer
+can produce when its input lies in the input interval, so ``u`` is an upper bound of z over
+B. Bounds are computed in float64 and a unit is certified only when ``u < -atol``
+(default ``atol = 1e-5``), a margin for the float32 rounding of the model's own forward.
+A certificate may miss dead units (IBP is loose with depth) but never claims a unit dead
+that some input of B activates. The certificate is about the model in **eval mode**:
+Dropout is the identity and BatchNorm uses its running statistics.
+
+Supported graphs. The model is traced with ``torch.fx`` (activation modules and the layers
+below are kept as leaves), so ``nn.Sequential``, nested Sequentials, and custom modules
+whose ``forward`` has no data-dependent Python control flow are supported, including
+residual additions ``x + f(x)``, concatenation and reshapes. Supported operations:
+
+* affine: ``nn.Linear``, ``nn.Conv1d/2d/3d`` (any padding mode), ``F.linear``,
+  ``nn.BatchNorm1d/2d/3d`` with running statistics (per channel, any sign of scale);
+* monotone / shape: ``nn.Flatten``, ``nn.Unflatten``, ``nn.Identity``, ``nn.Dropout*``,
+  max / average / adaptive pooling (modules and ``F.*`` calls), ``flatten``, ``view``,
+  ``reshape``, ``squeeze``, ``unsqueeze``, ``permute``, ``transpose``, ``contiguous``,
+  ``mean``, ``sum``, indexing, ``torch.cat``;
+* arithmetic: ``+``, ``-`` (interval or constant), multiplication / division by a constant,
+  product of two intervals, negation;
+* every activation of :mod:`deadrelu.activations`, as module, function or tensor method
+  (exact bounds: endpoints, 0, and the activation's stationary points such as GELU's
+  minimum at z ~ -0.75).
+
+Anything else (LayerNorm, attention, BatchNorm without running statistics, an unknown
+function) raises ``ValueError`` naming the layer: never a wrong certificate.
+
+Units. At each site the unit axis is dim 1 of the (batched) pre-activation: features of
+``(N, U)``, channels of ``(N, C, H, W)``. A channel is certified dead when every position
+is. Module sites are named by module path (``"net.3"``), as in :mod:`deadrelu.scan`;
+functional sites by the ``torch.fx`` node name (``"relu_1"``).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import operator
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from deadrelu.activations import Activation, ActivationSpec, get, names, spec_for_function
+
+__all__ = [
+    "Box",
+    "Certificate",
+    "Interval",
+    "SiteBounds",
+    "activation_site_of",
+    "certify",
+    "trace",
+]
+
+_DTYPE = torch.float64
+
+
+# --------------------------------------------------------------------------------------
+# Tracing (shared with deadrelu.remedies)
+# --------------------------------------------------------------------------------------
+
+
+class _Tracer(fx.Tracer):
+    """``torch.fx`` tracer that keeps every activation module as a leaf."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if activation_module_spec(m) is not None:
+            return True
+        return bool(super().is_leaf_module(m, module_qualified_name))
+
+
+def activation_module_spec(m: nn.Module) -> ActivationSpec | None:
+    """The registry spec of an activation module instance, or None."""
+    from deadrelu.activations import spec_for_module
+
+    return spec_for_module(m)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """Trace ``model`` with ``torch.fx``, keeping activation modules and torch layers as leaves.
+
+    Raises ``ValueError`` with advice when the model cannot be traced (data-dependent
+    control flow in ``forward``).
+    """
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # fx raises many types (TraceError, TypeError, ...)
+        raise ValueError(
+            f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}). "
+            "deadrelu needs a traceable model here: nn.Sequential, nested Sequentials, or a "
+            "forward without data-dependent Python control flow. Wrap the traceable part "
+            "in its own module and pass that."
+        ) from exc
+    return fx.GraphModule(model, graph)
+
+
+def activation_site_of(node: fx.Node, gm: fx.GraphModule) -> tuple[str, ActivationSpec] | None:
+    """If ``node`` applies an activation, its site name and spec; else None.
+
+    Module calls are named by module path (``"net.3"``); functions and tensor methods by
+    the node name (``"relu_1"``).
+    """
+    if node.op == "call_module":
+        assert isinstance(node.target, str)
+        spec = activation_module_spec(gm.get_submodule(node.target))
+        return (node.target, spec) if spec is not None else None
+    if node.op == "call_function" and callable(node.target):
+        spec = spec_for_function(node.target)
+        return (node.name, spec) if spec is not None else None
+    if node.op == "call_method":
+        for name in names():
+            spec_obj = get(name)
+            assert spec_obj is not None
+            if node.target in spec_obj.spec.tensor_methods:
+                return node.name, spec_obj.spec
+    return None
+
+
+# --------------------------------------------------------------------------------------
+# Boxes and intervals
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Box:
+    """An input domain ``{x : lower <= x <= upper}``, one sample's shape ``(*S)`` (no batch).
+
+    Build one with :meth:`from_bounds` (scalar or per-feature bounds and the input shape) or
+    :meth:`from_data` (per-feature min and max of a data tensor ``(N, *S)``).
+    """
+
+    lower: Tensor
+    upper: Tensor
+
+    def __post_init__(self) -> None:
+        if self.lower.shape != self.upper.shape:
+            raise ValueError(
+                f"box bounds differ in shape: {tuple(self.lower.shape)} vs "
+                f"{tuple(self.upper.shape)}"
+            )
+        if bool((self.lower > self.upper).any()):
+            raise ValueError("box has lower > upper somewhere: swap the bounds")
+        if not (bool(torch.isfinite(self.lower).all()) and bool(torch.isfinite(self.upper).all())):
+            raise ValueError("box bounds must be finite (IBP needs a bounded domain)")
+
+    @classmethod
+    def from_bounds(cls, shape: Sequence[int], lower: float | Tensor, upper: float | Tensor) -> Box:
+        """A box of one sample's ``shape`` with scalar or broadcastable bounds."""
+        lo = torch.broadcast_to(torch.as_tensor(lower, dtype=_DTYPE), tuple(shape)).clone()
+        hi = torch.broadcast_to(torch.as_tensor(upper, dtype=_DTYPE), tuple(shape)).clone()
+        return cls(lo, hi)
+
+    @classmethod
+    def from_data(cls, data: Tensor | Iterable[Tensor]) -> Box:
+        """Per-feature min and max over the batch dim of ``(N, *S)`` tensors (or batches)."""
+        if isinstance(data, Tensor):
+            data = [data]
+        lo: Tensor | None = None
+        hi: Tensor | None = None
+        for batch in data:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            x = x.detach().to(_DTYPE)
+            b_lo, b_hi = x.amin(dim=0).cpu(), x.amax(dim=0).cpu()
+            lo = b_lo if lo is None else torch.minimum(lo, b_lo)
+            hi = b_hi if hi is None else torch.maximum(hi, b_hi)
+        if lo is None or hi is None:
+            raise ValueError("Box.from_data got no batches")
+        return cls(lo, hi)
+
+    @property
+    def shape(self) -> torch.Size:
+        """One sample's shape ``(*S)``."""
+        return self.lower.shape
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` points drawn uniformly from the box, ``(n, *S)`` float32 (for tests)."""
+        u = torch.rand((n, *self.shape), generator=generator, dtype=_DTYPE)
+        return (self.lower + u * (self.upper - self.lower)).to(torch.float32)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """Elementwise bounds ``lo <= x <= hi`` of a batched tensor, both ``(1, *S)`` float64."""
+
+    lo: Tensor
+    hi: Tensor
+
+    @property
+    def mid(self) -> Tensor:
+        return (self.lo + self.hi) / 2
+
+    @property
+    def rad(self) -> Tensor:
+        return (self.hi - self.lo) / 2
+
+    @classmethod
+    def from_mid_rad(cls, mid: Tensor, rad: Tensor) -> Interval:
+        return cls(mid - rad, mid + rad)
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> Interval:
+        """Apply a monotone non-decreasing (or shape-only) ``fn`` to both ends."""
+        return Interval(fn(self.lo), fn(self.hi))
+
+
+# --------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class SiteBounds:
+    """Bounds of one activation site's pre-activation z over the box, per unit ``(U,)``.
+
+    ``lower[i]`` / ``upper[i]``: min / max over positions of unit i of its bounds on z.
+    ``certified_dead[i]``: ``upper[i] < -atol``, so z < 0 at every position for every input.
+    """
+
+    site: str
+    activation: str
+    lower: Tensor
+    upper: Tensor
+    certified_dead: Tensor
+    calls: int = 1
+
+    def dead_units(self) -> list[int]:
+        """Indices of the certified-dead units."""
+        return [int(i) for i in torch.nonzero(self.certified_dead).flatten()]
+
+
+@dataclass
+class Certificate:
+    """The result of :func:`certify`: per-site bounds over an input box.
+
+    ``sites`` maps site name -> :class:`SiteBounds`, in the order the sites run.
+    """
+
+    box: Box
+    method: str
+    atol: float
+    sites: dict[str, SiteBounds] = field(default_factory=dict)
+
+    def dead_units(self, site: str) -> list[int]:
+        """Certified-dead unit indices at ``site``."""
+        if site not in self.sites:
+            raise KeyError(f"no activation site {site!r}; sites: {', '.join(self.sites)}")
+        return self.sites[site].dead_units()
+
+    @property
+    def n_certified(self) -> int:
+        """Number of certified-dead units over all sites."""
+        return sum(int(s.certified_dead.sum()) for s in self.sites.values())
+
+    def summary(self) -> str:
+        """One line per site: certified-dead count out of units."""
+        lines = [f"certificate ({self.method}) over a box of shape {tuple(self.box.shape)}:"]
+        for s in self.sites.values():
+            lines.append(
+                f"  {s.site} ({s.activation}): {int(s.certified_dead.sum())} / "
+                f"{s.certified_dead.numel()} units certified dead"
+            )
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# Activation bounds
+# --------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=64)
+def _stationary_points(act_key: str) -> tuple[float, ...]:
+    """Points where f' changes sign (local extrema), by a grid and bisection on f'."""
+    act = get(act_key)
+    assert act is not None
+    grid = torch.linspace(-40.0, 40.0, 16001, dtype=_DTYPE)
+    d = act.derivative(grid)
+    sign = torch.sign(d)
+    points: list[float] = []
+    nz = torch.nonzero(sign != 0).flatten().tolist()
+    for a, b in itertools.pairwise(nz):
+        if sign[a] * sign[b] < 0:
+            lo, hi = float(grid[a]), float(grid[b])
+            s_lo = float(sign[a])
+            for _ in range(80):
+                m = (lo + hi) / 2
+                dm = float(act.derivative(torch.tensor([m], dtype=_DTYPE))[0])
+                if dm == 0:
+                    lo = hi = m
+                    break
+                if math.copysign(1.0, dm) == s_lo:
+                    lo = m
+                else:
+                    hi = m
+            points.extend([lo, hi])
+    return tuple(points)
+
+
+def _activation_bounds(
+    f: Callable[[Tensor], Tensor], act: Activation | None, z: Interval
+) -> Interval:
+    """Exact bounds of elementwise ``f`` over ``[z.lo, z.hi]``.
+
+    ``f`` is monotone between consecutive candidate points (0, the activation's stationary
+    points), so its min and max over an interval are attained at the endpoints or at a
+    candidate inside it.
+    """
+    cands = [0.0]
+    if act is not None:
+        cands.extend(_stationary_points(str(act)))
+    lo, hi = f(z.lo.clone()), f(z.hi.clone())
+    out_lo, out_hi = torch.minimum(lo, hi), torch.maximum(lo, hi)
+    for c in cands:
+        inside = (z.lo <= c) & (c <= z.hi)
+        if not bool(inside.any()):
+            continue
+        fc = f(torch.full_like(z.lo, c))
+        out_lo = torch.where(inside, torch.minimum(out_lo, fc), out_lo)
+        out_hi = torch.where(inside, torch.maximum(out_hi, fc), out_hi)
+    return Interval(out_lo, out_hi)
+
+
+def _bound_activation_params(
+    spec: ActivationSpec, args: Sequence[Any], kwargs: dict[str, Any]
+) -> Activation:
+    """Best-effort parameters of a functional activation call (for stationary points)."""
+    names_ = [p.name for p in spec.params]
+    pos = [a for a in args if isinstance(a, (int, float, str)) and not isinstance(a, bool)]
+    kw = {k: v for k, v in kwargs.items() if k in names_}
+    try:
+        return spec.bind(*pos[: len(names_)], **kw)
+    except ValueError:
+        return spec.bind()
+
+
+# --------------------------------------------------------------------------------------
+# The interpreter
+# --------------------------------------------------------------------------------------
+
+_SHAPE_METHODS = {
+    "view", "reshape", "flatten", "unsqueeze", "squeeze", "permute", "transpose",
+    "contiguous", "expand", "expand_as", "view_as", "reshape_as", "__getitem__",
+}  # fmt: skip
+_MONOTONE_METHODS = {"mean", "sum"}
+_SHAPE_FUNCTIONS: set[Any] = {
+    torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute,
+    torch.transpose, operator.getitem, torch.mean, torch.sum,
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+}  # fmt: skip
+_IDENTITY_FUNCTIONS: set[Any] = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout}
+_MONOTONE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Flatten, nn.Unflatten, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d,
+    nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
+    nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+)  # fmt: skip
+_IDENTITY_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+)  # fmt: skip
+
+
+def _unsupported(what: str) -> ValueError:
+    return ValueError(
+        f"certify: {what} is not supported by interval bound propagation, so no certificate "
+        "can be given for this model. Supported: Linear, Conv1d/2d/3d, BatchNorm (eval, "
+        "running stats), pooling, flatten/reshape, residual additions, concatenation and "
+        "the activations of deadrelu.activations. Certify the supported sub-network instead."
+    )
+
+
+def _is_iv(x: Any) -> bool:
+    return isinstance(x, Interval)
+
+
+def _any_iv(args: Iterable[Any]) -> bool:
+    for a in args:
+        if _is_iv(a):
+            return True
+        if isinstance(a, (list, tuple)) and _any_iv(a):
+            return True
+    return False
+
+
+def _const(x: Any) -> Any:
+    return x.detach().to(_DTYPE) if isinstance(x, Tensor) and x.is_floating_point() else x
+
+
+def _add(a: Any, b: Any, sign: float = 1.0) -> Interval:
+    if _is_iv(a) and _is_iv(b):
+        if sign > 0:
+            return Interval(a.lo + b.lo, a.hi + b.hi)
+        return Interval(a.lo - b.hi, a.hi - b.lo)
+    if _is_iv(a):
+        c = _const(b)
+        return Interval(a.lo + sign * c, a.hi + sign * c)
+    # constant +/- interval
+    c = _const(a)
+    if sign > 0:
+        return Interval(c + b.lo, c + b.hi)
+    return Interval(c - b.hi, c - b.lo)
+
+
+def _mul(a: Any, b: Any) -> Interval:
+    if _is_iv(a) and _is_iv(b):
+        p = torch.stack([a.lo * b.lo, a.lo * b.hi, a.hi * b.lo, a.hi * b.hi])
+        return Interval(p.amin(0), p.amax(0))
+    iv, c = (a, _const(b)) if _is_iv(a) else (b, _const(a))
+    c_t = torch.as_tensor(c, dtype=_DTYPE)
+    return Interval.from_mid_rad(iv.mid * c_t, iv.rad * c_t.abs())
+
+
+def _linear(x: Interval, weight: Tensor, bias: Tensor | None) -> Interval:
+    w = weight.detach().to(_DTYPE)
+    b = None if bias is None else bias.detach().to(_DTYPE)
+    return Interval.from_mid_rad(F.linear(x.mid, w, b), F.linear(x.rad, w.abs()))
+
+
+def _module_bounds(m: nn.Module, path: str, x: Interval) -> Interval:
+    if isinstance(m, nn.Linear):
+        return _linear(x, m.weight, m.bias)
+    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        w = m.weight.detach().to(_DTYPE)
+        b = None if m.bias is None else m.bias.detach().to(_DTYPE)
+        mid = m._conv_forward(x.mid, w, b)
+        rad = m._conv_forward(x.rad, w.abs(), None)
+        return Interval.from_mid_rad(mid, rad)
+    if isinstance(m, nn.modules.batchnorm._BatchNorm):
+        if m.running_mean is None or m.running_var is None:
+            raise _unsupported(
+                f"layer {path!r} ({type(m).__name__} without running statistics, "
+                "track_running_stats=False)"
+            )
+        var = m.running_var.detach().to(_DTYPE)
+        scale = 1.0 / torch.sqrt(var + m.eps)
+        if m.weight is not None:
+            scale = scale * m.weight.detach().to(_DTYPE)
+        shift = -m.running_mean.detach().to(_DTYPE) * scale
+        if m.bias is not None:
+            shift = shift + m.bias.detach().to(_DTYPE)
+        shape = (1, -1) + (1,) * (x.lo.dim() - 2)
+        return Interval.from_mid_rad(
+            x.mid * scale.view(shape) + shift.view(shape), x.rad * scale.abs().view(shape)
+        )
+    if isinstance(m, _IDENTITY_MODULES):
+        return x
+    if isinstance(m, _MONOTONE_MODULES):
+        if getattr(m, "return_indices", False):
+            raise _unsupported(f"layer {path!r} ({type(m).__name__} with return_indices=True)")
+        return x.map(m)
+    raise _unsupported(f"layer {path!r} ({type(m).__name__})")
+
+
+def _per_unit(t: Tensor, reduce: str) -> Tensor:
+    """``(1, U, *)`` -> ``(U,)`` by max or min over every dim but 1 (``(1,)``-> ``(1,)``)."""
+    if t.dim() == 1:
+        return t
+    t = t.movedim(1, 0).reshape(t.shape[1], -1)
+    return t.amax(dim=1) if reduce == "max" else t.amin(dim=1)
+
+
+def certify(
+    model: nn.Module,
+    box: Box,
+    *,
+    method: str = "ibp",
+    atol: float = 1e-5,
+) -> Certificate:
+    """Certify dead units of ``model`` over the input ``box`` (C1's "for any input value").
+
+    Args:
+        model: a traceable module taking one input tensor ``(N, *S)``; its parameters are
+            read, never changed. It is analysed as in eval mode.
+        box: the input domain; ``box.shape`` is ``S``, one sample's shape.
+        method: ``"ibp"`` (interval bound propagation; the only method for now).
+        atol: a unit is certified only when its upper bound on z is below ``-atol``.
+
+    Returns:
+        A :class:`Certificate`; ``cert.dead_units("net.1")`` lists the units proved to have
+        z < 0 for every input in the box.
+
+    Raises:
+        ValueError: the model cannot be traced, or uses an operation IBP does not support
+            (the message names it).
+    """
+    if method != "ibp":
+        raise ValueError(f"unknown certification method {method!r}; available: 'ibp'")
+    if atol < 0:
+        raise ValueError(f"atol must be >= 0, got {atol}")
+    gm = trace(model)
+    cert = Certificate(box=box, method=method, atol=atol)
+    env: dict[str, Any] = {}
+    placeholders = 0
+
+    def load(a: Any) -> Any:
+        return fx.node.map_arg(a, lambda n: env[n.name])
+
+    with torch.no_grad():
+        for node in gm.graph.nodes:
+            if node.op == "placeholder":
+                placeholders += 1
+                if placeholders > 1:
+                    if node.args:  # has a default: leave it
+                        env[node.name] = node.args[0]
+                        continue
+                    raise ValueError(
+                        "certify: the model takes more than one input; certify supports "
+                        "models of one tensor input"
+                    )
+                lo = box.lower.to(_DTYPE).unsqueeze(0)
+                hi = box.upper.to(_DTYPE).unsqueeze(0)
+                env[node.name] = Interval(lo, hi)
+                continue
+            if node.op == "output":
+                break
+            args, kwargs = load(node.args), load(node.kwargs)
+            if node.op == "get_attr":
+                obj: Any = gm
+                for part in str(node.target).split("."):
+                    obj = getattr(obj, part)
+                env[node.name] = obj
+                continue
+            if not _any_iv(args) and not _any_iv(kwargs.values()):
+                # a constant computation (shapes, ...): run it as is
+                if node.op == "call_module":
+                    env[node.name] = gm.get_submodule(node.target)(*args, **kwargs)
+                elif node.op == "call_method":
+                    env[node.name] = getattr(args[0], node.target)(*args[1:], **kwargs)
+                else:
+                    env[node.name] = node.target(*args, **kwargs)
+                continue
+            site = activation_site_of(node, gm)
+            if site is not None:
+                env[node.name] = _site(cert, gm, node, site, args, kwargs, atol)
+                continue
+            env[node.name] = _op_bounds(gm, node, args, kwargs)
+    return cert
+
+
+def _site(
+    cert: Certificate,
+    gm: fx.GraphModule,
+    node: fx.Node,
+    site: tuple[str, ActivationSpec],
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    atol: float,
+) -> Interval:
+    name, spec = site
+    z = args[0]
+    if not _is_iv(z):
+        raise _unsupported(f"activation {name!r} applied to a non-interval argument")
+    f: Callable[[Tensor], Tensor]
+    if node.op == "call_module":
+        module = copy.deepcopy(gm.get_submodule(str(node.target))).to(_DTYPE).eval()
+        act = get(module)
+        f = module
+    elif node.op == "call_function":
+        act = _bound_activation_params(spec, args[1:], kwargs)
+        target = node.target
+        assert callable(target)
+        rest, kw = args[1:], kwargs
+
+        def f(t: Tensor) -> Tensor:
+            return target(t, *rest, **kw)
+
+    else:
+        act = spec.bind()
+        method, rest, kw = str(node.target), args[1:], kwargs
+
+        def f(t: Tensor) -> Tensor:
+            return getattr(t, method)(*rest, **kw)
+
+    upper, lower = _per_unit(z.hi, "max"), _per_unit(z.lo, "min")
+    prev = cert.sites.get(name)
+    if prev is not None:  # a reused module: dead only if dead at every call
+        upper, lower = torch.maximum(upper, prev.upper), torch.minimum(lower, prev.lower)
+    cert.sites[name] = SiteBounds(
+        site=name,
+        activation=str(act) if act is not None else spec.name,
+        lower=lower,
+        upper=upper,
+        certified_dead=upper < -atol,
+        calls=1 if prev is None else prev.calls + 1,
+    )
+    return _activation_bounds(f, act, z)
+
+
+def _op_bounds(
+    gm: fx.GraphModule, node: fx.Node, args: Sequence[Any], kwargs: dict[str, Any]
+) -> Any:
+    target = node.target
+    if node.op == "call_module":
+        assert isinstance(target, str)
+        x = args[0]
+        if not _is_iv(x) or len(args) > 1:
+            raise _unsupported(f"layer {target!r} called with several inputs")
+        return _module_bounds(gm.get_submodule(target), target, x)
+    if node.op == "call_method":
+        name = str(target)
+        x = args[0]
+        if name == "size" or name == "dim":
+            return getattr(x.lo, name)(*args[1:], **kwargs)
+        if name in _SHAPE_METHODS or name in _MONOTONE_METHODS:
+            if _any_iv(args[1:]):
+                raise _unsupported(f"method .{name}() with an interval argument")
+            return x.map(lambda t: getattr(t, name)(*args[1:], **kwargs))
+        if name in ("add", "sub"):
+            return _add(x, args[1], 1.0 if name == "add" else -1.0)
+        if name in ("mul", "div") and not _is_iv(args[1]):
+            c = args[1] if name == "mul" else 1.0 / _const(args[1])
+            return _mul(x, c)
+        raise _unsupported(f"tensor method .{name}() (node {node.name!r})")
+    # call_function
+    if target in (operator.add, torch.add, operator.iadd):
+        return _add(args[0], args[1])
+    if target in (operator.sub, torch.sub, operator.isub):
+        return _add(args[0], args[1], -1.0)
+    if target in (operator.mul, torch.mul, operator.imul):
+        return _mul(args[0], args[1])
+    if target in (operator.truediv, torch.div) and not _is_iv(args[1]):
+        return _mul(args[0], 1.0 / _const(args[1]))
+    if target in (operator.neg, torch.neg):
+        return Interval(-args[0].hi, -args[0].lo)
+    if target in _IDENTITY_FUNCTIONS:
+        return args[0]
+    if target is getattr and _is_iv(args[0]):
+        return getattr(args[0].lo, args[1])
+    if target in _SHAPE_FUNCTIONS:
+        x = args[0]
+        if not _is_iv(x) or _any_iv(args[1:]) or _any_iv(kwargs.values()):
+            raise _unsupported(f"function {getattr(target, '__name__', target)} on intervals")
+        if kwargs.get("return_indices"):
+            raise _unsupported("pooling with return_indices=True")
+        return x.map(lambda t: target(t, *args[1:], **kwargs))  # type: ignore[operator]
+    if target in (torch.cat, torch.concat, torch.stack):
+        parts = args[0]
+        los = [p.lo if _is_iv(p) else _const(p) for p in parts]
+        his = [p.hi if _is_iv(p) else _const(p) for p in parts]
+        return Interval(target(los, *args[1:], **kwargs), target(his, *args[1:], **kwargs))
+    if target is F.linear:
+        w = args[1] if len(args) > 1 else kwargs["weight"]
+        b = args[2] if len(args) > 2 else kwargs.get("bias")
+        if _is_iv(w) or _is_iv(b):
+            raise _unsupported("F.linear with interval weights")
+        return _linear(args[0], w, b)
+    raise _unsupported(f"function {getattr(target, '__name__', target)!r} (node {node.name!r})")

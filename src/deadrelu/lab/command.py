@@ -1,0 +1,116 @@
+"""``deadrelu lab``: run the lab from the command line.
+
+``deadrelu lab [--preset quick|full] [--only E1,E7] [--seeds N] [--out DIR]
+[--device cpu|cuda] [--dataset mnist1d|digits|synthetic] [--no-progress]``
+
+Wiring into the main parser (``deadrelu.cli``)::
+
+    from deadrelu.lab.command import add_lab_parser
+    add_lab_parser(subparsers)          # subparsers = parser.add_subparsers(dest="command")
+    ...
+    if args.command == "lab":
+        return args.func(args)          # or: return run_lab_command(args)
+
+``add_lab_parser`` sets ``func=run_lab_command`` on the sub-parser, so a CLI that
+dispatches with ``args.func(args)`` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_lab_parser", "run_lab_command"]
+
+
+def add_lab_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``lab`` sub-command to ``subparsers`` (from ``parser.add_subparsers()``)."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "lab",
+        help="run the experiments that test the notes' claims and write the HTML report",
+        description=(
+            "Run the lab's experiments (E1-E10) and write DIR/index.html (self-contained "
+            "report), DIR/results.json (reproducible numbers), DIR/timings.json and "
+            "DIR/figures/*.png; print the claims table at the end."
+        ),
+    )
+    p.add_argument(
+        "--preset",
+        choices=("quick", "full", "tiny"),
+        default="quick",
+        help="size of the runs: quick (~3 min), full (~30 min), tiny (seconds, for tests)",
+    )
+    p.add_argument(
+        "--only",
+        metavar="IDS",
+        default=None,
+        help="comma-separated experiment ids to run, e.g. E1,E7 (default: all)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seeds per setting (default: the preset's)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("report"),
+        metavar="DIR",
+        help="output directory (default: report)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument(
+        "--dataset",
+        default="mnist1d",
+        choices=("mnist1d", "digits", "synthetic"),
+        help="dataset of the training experiments (default: mnist1d)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_lab_command)
+    return p
+
+
+def run_lab_command(args: argparse.Namespace) -> int:
+    """Run the lab for parsed ``args``; print the claims table; return the exit status.
+
+    0 when every experiment ran, 1 when one failed (its error is in the report), 2 for a
+    bad argument (unknown experiment id, CUDA not available, seeds < 1).
+    """
+    from rich.console import Console
+
+    from deadrelu.lab.core import LabConfig
+    from deadrelu.lab.runner import (
+        check_device,
+        claims_table,
+        failed,
+        live_checks,
+        resolve_only,
+        run_lab,
+    )
+
+    console = Console()
+    err = Console(stderr=True)
+    try:
+        cfg = LabConfig(
+            preset=args.preset,
+            seeds=args.seeds,
+            device=args.device,
+            out=Path(args.out),
+            dataset=args.dataset,
+        )
+        only = resolve_only(args.only) if args.only is not None else None
+        check_device(cfg.device)
+    except ValueError as exc:
+        err.print(f"[red]deadrelu lab: {exc}[/red]")
+        return 2
+    results = run_lab(cfg, only=only, progress=not args.no_progress)
+    console.print(claims_table(results, live_checks()))
+    console.print(f"report: {cfg.out / 'index.html'}   numbers: {cfg.out / 'results.json'}")
+    bad = failed(results)
+    if bad:
+        err.print(f"[red]{len(bad)} experiment(s) failed: {', '.join(r.id for r in bad)}[/red]")
+        return 1
+    return 0

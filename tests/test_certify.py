@@ -89,9 +89,9 @@ def test_conv_channel_killed_and_functional_sites() -> None:
         net.bn.bias[3] = -1000.0
         net.conv2.bias[1] = -1000.0
     cert = certify(net, Box.from_bounds((2, 4, 4), -1.0, 1.0))
-    assert list(cert.sites) == ["relu", "relu_1"]
-    assert 3 in cert.dead_units("relu")
-    assert 1 in cert.dead_units("relu_1")
+    assert list(cert.sites) == [":relu", ":relu#1"]
+    assert 3 in cert.dead_units(":relu")
+    assert 1 in cert.dead_units(":relu#1")
 
 
 def test_box_from_data() -> None:
@@ -232,7 +232,7 @@ def test_untraceable_model_gets_advice() -> None:
         certify(Branchy(), Box.from_bounds((2,), 0.0, 1.0))
 
 
-def test_reused_module_needs_every_call_dead() -> None:
+def test_reused_module_gives_one_site_per_call() -> None:
     class Twice(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -248,5 +248,37 @@ def test_reused_module_needs_every_call_dead() -> None:
         net.a.bias[:] = -100.0  # first call: all dead; second call: b's bias decides
         net.b.bias[:] = torch.tensor([-100.0, 5.0, 5.0])
     cert = certify(net, Box.from_bounds((2,), 0.0, 1.0))
-    assert cert.sites["act"].calls == 2
-    assert cert.dead_units("act") == [0]
+    assert cert.dead_units("act") == [0, 1, 2]
+    assert cert.dead_units("act#1") == [0]
+
+
+def test_models_with_dead_units_by_construction() -> None:
+    from models import (
+        DeadChannelCNN,
+        DeadMLP,
+        DictInputModel,
+        FirstLayerNegativeWeights,
+        InplaceReLUModel,
+        ReusedReLUModel,
+        TinyTransformerBlock,
+    )
+
+    cases: list[tuple[nn.Module, Box]] = [
+        (DeadMLP(), Box.from_bounds((8,), -1.0, 1.0)),
+        (DeadChannelCNN(), Box.from_bounds((3, 8, 8), -1.0, 1.0)),
+        (ReusedReLUModel(), Box.from_bounds((4,), -1.0, 1.0)),
+        (InplaceReLUModel(), Box.from_bounds((5,), -1.0, 1.0)),
+        (DictInputModel(), Box.from_bounds((6,), -1.0, 1.0)),
+        # all-negative weights, bias 0: z < 0 once every input is >= 0.01 (z = 0 at x = 0)
+        (FirstLayerNegativeWeights(), Box.from_bounds((6,), 0.01, 1.0)),
+    ]
+    for model, box in cases:
+        cert = certify(model, box)
+        expected: dict[str, list[int]] = model.expected_dead  # type: ignore[assignment]
+        got = {site: cert.dead_units(site) for site in expected}
+        assert got == expected, type(model).__name__
+    # at x = 0 the unit's z is exactly 0: not certified (the margin), and nothing wrong is
+    at_zero = certify(FirstLayerNegativeWeights(), Box.from_bounds((6,), 0.0, 1.0))
+    assert at_zero.dead_units("act") == []
+    with pytest.raises(ValueError, match=r"'norm1'.*LayerNorm"):
+        certify(TinyTransformerBlock(), Box.from_bounds((5, 8), -1.0, 1.0))

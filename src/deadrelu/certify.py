@@ -37,10 +37,12 @@ residual additions ``x + f(x)``, concatenation and reshapes. Supported operation
 Anything else (LayerNorm, attention, BatchNorm without running statistics, an unknown
 function) raises ``ValueError`` naming the layer: never a wrong certificate.
 
-Units. At each site the unit axis is dim 1 of the (batched) pre-activation: features of
-``(N, U)``, channels of ``(N, C, H, W)``. A channel is certified dead when every position
-is. Module sites are named by module path (``"net.3"``), as in :mod:`deadrelu.scan`;
-functional sites by the ``torch.fx`` node name (``"relu_1"``).
+Units and names follow :mod:`deadrelu.capture`, so a certificate and a scan report line
+up site by site: the unit axis is the features of ``(N, U)``, the channels of
+``(N, C, H, W)`` (the last dim of ``(N, L, D)`` after a Linear); a channel is certified
+dead when every position is. Module sites are named by module path (``"net.3"``),
+functional ones ``"block:relu"`` (innermost module path, colon, registry name), and the
+k-th repeat of a name gets ``#k`` (a reused ``nn.ReLU``: ``"act"``, ``"act#1"``).
 """
 
 from __future__ import annotations
@@ -65,8 +67,9 @@ __all__ = [
     "Certificate",
     "Interval",
     "SiteBounds",
-    "activation_site_of",
+    "activation_spec_of",
     "certify",
+    "site_names",
     "trace",
 ]
 
@@ -113,26 +116,51 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(model, graph)
 
 
-def activation_site_of(node: fx.Node, gm: fx.GraphModule) -> tuple[str, ActivationSpec] | None:
-    """If ``node`` applies an activation, its site name and spec; else None.
+def _method_specs() -> dict[str, ActivationSpec]:
+    table: dict[str, ActivationSpec] = {}
+    for name in names():
+        act = get(name)
+        assert act is not None
+        for meth in act.spec.tensor_methods:
+            table[meth] = act.spec
+    return table
 
-    Module calls are named by module path (``"net.3"``); functions and tensor methods by
-    the node name (``"relu_1"``).
-    """
+
+def activation_spec_of(node: fx.Node, gm: fx.GraphModule) -> ActivationSpec | None:
+    """The registry spec if ``node`` applies an activation (module, function or method)."""
     if node.op == "call_module":
-        assert isinstance(node.target, str)
-        spec = activation_module_spec(gm.get_submodule(node.target))
-        return (node.target, spec) if spec is not None else None
+        return activation_module_spec(gm.get_submodule(str(node.target)))
     if node.op == "call_function" and callable(node.target):
-        spec = spec_for_function(node.target)
-        return (node.name, spec) if spec is not None else None
+        return spec_for_function(node.target)
     if node.op == "call_method":
-        for name in names():
-            spec_obj = get(name)
-            assert spec_obj is not None
-            if node.target in spec_obj.spec.tensor_methods:
-                return node.name, spec_obj.spec
+        return _method_specs().get(str(node.target))
     return None
+
+
+def site_names(gm: fx.GraphModule) -> dict[fx.Node, tuple[str, ActivationSpec]]:
+    """Every activation node of a traced model -> (site name, spec), in execution order.
+
+    Names follow :mod:`deadrelu.capture`: a module site is the module path (``"net.3"``);
+    a functional site is the path of the innermost module whose forward made the call, a
+    colon and the registry name (``"block:relu"``, ``":relu"`` for the root's forward);
+    the k-th repeat of a name gets ``#k`` (a reused module: ``"act"``, ``"act#1"``).
+    """
+    out: dict[fx.Node, tuple[str, ActivationSpec]] = {}
+    counts: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        spec = activation_spec_of(node, gm)
+        if spec is None:
+            continue
+        if node.op == "call_module":
+            base = str(node.target)
+        else:
+            stack = node.meta.get("nn_module_stack") or {}
+            path = next(reversed(stack)) if stack else ""
+            base = f"{path}:{spec.name}"
+        k = counts.get(base, 0)
+        counts[base] = k + 1
+        out[node] = (base if k == 0 else f"{base}#{k}", spec)
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -239,7 +267,7 @@ class SiteBounds:
     lower: Tensor
     upper: Tensor
     certified_dead: Tensor
-    calls: int = 1
+    unit_dim: int = 1
 
     def dead_units(self) -> list[int]:
         """Indices of the certified-dead units."""
@@ -468,12 +496,56 @@ def _module_bounds(m: nn.Module, path: str, x: Interval) -> Interval:
     raise _unsupported(f"layer {path!r} ({type(m).__name__})")
 
 
-def _per_unit(t: Tensor, reduce: str) -> Tensor:
-    """``(1, U, *)`` -> ``(U,)`` by max or min over every dim but 1 (``(1,)``-> ``(1,)``)."""
-    if t.dim() == 1:
-        return t
-    t = t.movedim(1, 0).reshape(t.shape[1], -1)
+def _per_unit(t: Tensor, reduce: str, dim: int) -> Tensor:
+    """``(1, *)`` -> ``(U,)`` by max or min over every dim but ``dim`` (the unit axis)."""
+    if t.dim() <= 1:
+        return t.reshape(-1)
+    t = t.movedim(dim, 0)
+    t = t.reshape(t.shape[0], -1)
     return t.amax(dim=1) if reduce == "max" else t.amin(dim=1)
+
+
+# The unit axis, by the rule of deadrelu.capture: rank 2 -> the feature dim; rank >= 3 ->
+# dim 1 after a channel-first producer (conv, norm, pooling), the last dim after a
+# last-dim producer (Linear), else dim 1 for rank >= 4 and the last dim for rank 3.
+_CHANNEL, _LAST = 1, -1
+_CHANNEL_MODULES: tuple[type[nn.Module], ...] = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._NormBase,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+)
+_LAST_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Bilinear, nn.LayerNorm)
+_CHANNEL_FUNCTIONS: set[Any] = {
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+}  # fmt: skip
+
+
+def _producer_kind(gm: fx.GraphModule, node: fx.Node, current: int | None) -> int | None:
+    if node.op == "call_module":
+        m = gm.get_submodule(str(node.target))
+        if isinstance(m, _CHANNEL_MODULES):
+            return _CHANNEL
+        if isinstance(m, _LAST_MODULES):
+            return _LAST
+    elif node.op == "call_function":
+        if node.target in _CHANNEL_FUNCTIONS:
+            return _CHANNEL
+        if node.target is F.linear:
+            return _LAST
+    return current
+
+
+def _default_unit_dim(ndim: int, producer: int | None) -> int:
+    if ndim <= 2:
+        return -1
+    if producer is not None:
+        return producer
+    return _CHANNEL if ndim >= 4 else _LAST
 
 
 def certify(
@@ -482,6 +554,7 @@ def certify(
     *,
     method: str = "ibp",
     atol: float = 1e-5,
+    unit_dim: int | None = None,
 ) -> Certificate:
     """Certify dead units of ``model`` over the input ``box`` (C1's "for any input value").
 
@@ -491,6 +564,7 @@ def certify(
         box: the input domain; ``box.shape`` is ``S``, one sample's shape.
         method: ``"ibp"`` (interval bound propagation; the only method for now).
         atol: a unit is certified only when its upper bound on z is below ``-atol``.
+        unit_dim: the unit axis at every site; default: the rule of :mod:`deadrelu.capture`.
 
     Returns:
         A :class:`Certificate`; ``cert.dead_units("net.1")`` lists the units proved to have
@@ -505,6 +579,8 @@ def certify(
     if atol < 0:
         raise ValueError(f"atol must be >= 0, got {atol}")
     gm = trace(model)
+    sites = site_names(gm)
+    producer: int | None = None
     cert = Certificate(box=box, method=method, atol=atol)
     env: dict[str, Any] = {}
     placeholders = 0
@@ -546,11 +622,12 @@ def certify(
                 else:
                     env[node.name] = node.target(*args, **kwargs)
                 continue
-            site = activation_site_of(node, gm)
+            site = sites.get(node)
             if site is not None:
-                env[node.name] = _site(cert, gm, node, site, args, kwargs, atol)
+                env[node.name] = _site(cert, gm, node, site, args, kwargs, atol, unit_dim, producer)
                 continue
             env[node.name] = _op_bounds(gm, node, args, kwargs)
+            producer = _producer_kind(gm, node, producer)
     return cert
 
 
@@ -562,6 +639,8 @@ def _site(
     args: Sequence[Any],
     kwargs: dict[str, Any],
     atol: float,
+    unit_dim: int | None,
+    producer: int | None,
 ) -> Interval:
     name, spec = site
     z = args[0]
@@ -588,17 +667,15 @@ def _site(
         def f(t: Tensor) -> Tensor:
             return getattr(t, method)(*rest, **kw)
 
-    upper, lower = _per_unit(z.hi, "max"), _per_unit(z.lo, "min")
-    prev = cert.sites.get(name)
-    if prev is not None:  # a reused module: dead only if dead at every call
-        upper, lower = torch.maximum(upper, prev.upper), torch.minimum(lower, prev.lower)
+    dim = unit_dim if unit_dim is not None else _default_unit_dim(z.hi.dim(), producer)
+    upper, lower = _per_unit(z.hi, "max", dim), _per_unit(z.lo, "min", dim)
     cert.sites[name] = SiteBounds(
         site=name,
         activation=str(act) if act is not None else spec.name,
         lower=lower,
         upper=upper,
         certified_dead=upper < -atol,
-        calls=1 if prev is None else prev.calls + 1,
+        unit_dim=dim,
     )
     return _activation_bounds(f, act, z)
 

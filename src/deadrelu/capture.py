@@ -1,0 +1,506 @@
+"""Attaching to a model: every activation call, its pre-activation and output, by call site.
+
+:func:`attach` hooks a model so that ``callback(site, z, out)`` runs on every call of an
+activation deadrelu knows (see :mod:`deadrelu.activations`), with the pre-activation ``z``
+and the output ``out`` (same shape). Two kinds of calls are caught:
+
+* **module** calls: an ``nn.Module`` the registry recognises (``nn.ReLU``,
+  ``nn.LeakyReLU``, ``deadrelu.activations.ELU`` ...). ``z`` is read in a forward
+  pre-hook when the module is ``inplace=True`` (cloned before it is overwritten),
+  otherwise from the forward hook's input.
+* **functional** calls (``functional=True``): every callable in the registry's
+  ``torch_functions`` and ``tensor_methods`` (``F.relu``, ``torch.relu_``,
+  ``Tensor.relu``, ``F.leaky_relu``, ``F.gelu``, ``F.silu`` ...) made inside a module's
+  forward, intercepted by a :class:`torch.overrides.TorchFunctionMode` that is active only
+  while the model runs. The functional call made *by* one of the recognised activation
+  modules is not counted again. In-place functional calls have ``z`` cloned first.
+
+**Call-site names.** A module site is the module's qualified name in the model
+(``"features.3"``). A functional site is the qualified name of the innermost module whose
+forward made the call, a colon and the registry name (``"block.mlp:gelu"``; the root
+model's own forward gives ``":relu"``). When the same name occurs again within one
+outermost forward (a reused ``nn.ReLU`` instance, two ``F.relu`` calls in one forward), the
+k-th repeat gets ``#k``: ``"features.3#1"``, ``"block.mlp:relu#1"``. Counters restart at
+every outermost forward, so the names are stable from batch to batch.
+
+**Unit axis rule.** The unit dim of a site is decided at its first call from the rank of
+``z`` and the most recent *producer* seen before the call (a leaf module that finished, or,
+with ``functional=True``, a functional producer such as ``F.conv2d`` or ``F.linear``):
+
+* rank 0 or 1: the tensor is one position; every element is a unit;
+* rank 2, ``(N, D)``: dim 1 (= the last dim);
+* rank >= 3 after a channel-first producer (Conv1d/2d/3d and their transposes, BatchNorm,
+  GroupNorm, InstanceNorm, LocalResponseNorm, pooling, upsampling: ``(N, C, *)``): dim 1;
+* rank >= 3 after a last-dim producer (Linear, Bilinear, LayerNorm, RMSNorm, Embedding,
+  attention, RNNs, matmul: ``(N, *, D)``): dim -1 (the last);
+* rank >= 3 with no known producer: dim 1 for rank >= 4 (images, volumes), dim -1 for
+  rank 3 (sequences).
+
+Shape-preserving modules (dropout, identity, other activations) do not change the
+producer. ``attach(..., unit_dim=...)`` overrides the rule: an ``int`` for every site, or
+a mapping from site name or :mod:`fnmatch` pattern (``"features.*"``) to dim; the first
+matching key wins, exact names before patterns.
+
+**Hooks.** Every submodule gets one forward pre-hook and one forward hook
+(``always_call=True``, so the module stack unwinds also when forward raises). No hook keeps
+a reference to ``z`` or ``out`` after the callback returns. :meth:`CaptureHandle.remove`
+(or leaving the ``with`` block) removes every hook and pops the mode if a forward was
+interrupted. Callbacks run with torch-function handling disabled, so tensor work inside
+them is not intercepted.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.hooks import RemovableHandle
+
+from deadrelu import activations
+from deadrelu.activations import Activation, ActivationSpec
+
+__all__ = ["CaptureCallback", "CaptureHandle", "Site", "UnitDim", "attach", "known_names"]
+
+SiteKind = Literal["module", "functional"]
+UnitDim = int | Mapping[str, int] | None
+
+
+@dataclass(frozen=True)
+class Site:
+    """One activation call site.
+
+    Attributes:
+        name: ``"features.3"``, ``"features.3#1"``, ``"block.mlp:gelu"``, ... (see module
+            docstring).
+        activation: the bound activation (registry spec + parameters).
+        unit_dim: the unit axis of ``z`` at this site (negative: from the end).
+        kind: ``"module"`` or ``"functional"``.
+        module: qualified name of the module that is the activation (module sites) or
+            whose forward made the call (functional sites); ``""`` is the root.
+    """
+
+    name: str
+    activation: Activation
+    unit_dim: int
+    kind: SiteKind
+    module: str = ""
+
+    def __repr__(self) -> str:
+        return (
+            f"Site({self.name!r}, {self.activation}, unit_dim={self.unit_dim}, kind={self.kind!r})"
+        )
+
+
+#: ``callback(site, z, out)``: ``z`` pre-activation, ``out`` output, same shape.
+CaptureCallback = Callable[[Site, Tensor, Tensor], None]
+
+
+def known_names() -> list[str]:
+    """Registry names of the activations capture recognises."""
+    return activations.names()
+
+
+# ------------------------------------------------------------------------------------------
+# Producers: what decides the unit axis
+# ------------------------------------------------------------------------------------------
+
+_CHANNEL = 1
+_LAST = -1
+
+_CHANNEL_MODULES: tuple[type[nn.Module], ...] = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.pooling._LPPoolNd,
+    nn.Upsample,
+    nn.PixelShuffle,
+    nn.PixelUnshuffle,
+)
+_LAST_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.LayerNorm,
+    nn.Embedding,
+    nn.EmbeddingBag,
+    nn.MultiheadAttention,
+    nn.RNNBase,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+
+
+def _module_producer(module: nn.Module) -> int | None:
+    if isinstance(module, _CHANNEL_MODULES):
+        return _CHANNEL
+    if isinstance(module, _LAST_MODULES):
+        return _LAST
+    return None
+
+
+def _function_producers() -> dict[Any, int]:
+    table: dict[Any, int] = {}
+    channel = [
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "conv_transpose1d",
+        "conv_transpose2d",
+        "conv_transpose3d",
+        "batch_norm",
+        "group_norm",
+        "instance_norm",
+        "max_pool1d",
+        "max_pool2d",
+        "max_pool3d",
+        "avg_pool1d",
+        "avg_pool2d",
+        "avg_pool3d",
+        "adaptive_avg_pool2d",
+        "adaptive_max_pool2d",
+        "interpolate",
+    ]
+    last = [
+        "linear",
+        "bilinear",
+        "layer_norm",
+        "rms_norm",
+        "embedding",
+        "scaled_dot_product_attention",
+    ]
+    for names, kind in ((channel, _CHANNEL), (last, _LAST)):
+        for name in names:
+            for ns in (F, torch):
+                fn = getattr(ns, name, None)
+                if fn is not None:
+                    table[fn] = kind
+    for fn in (torch.matmul, torch.bmm, torch.mm, torch.addmm, torch.baddbmm, torch.einsum):
+        table[fn] = _LAST
+    for meth in ("matmul", "__matmul__", "bmm", "mm"):
+        table[getattr(Tensor, meth)] = _LAST
+    return table
+
+
+def _function_specs() -> dict[Any, ActivationSpec]:
+    table: dict[Any, ActivationSpec] = {}
+    for name in activations.names():
+        spec = activations.get(name)
+        assert spec is not None
+        for fn in spec.spec.torch_functions:
+            table[fn] = spec.spec
+        for meth in spec.spec.tensor_methods:
+            table[getattr(Tensor, meth)] = spec.spec
+    return table
+
+
+_FUNCTION_SPECS: dict[Any, ActivationSpec] | None = None
+_FUNCTION_PRODUCERS: dict[Any, int] | None = None
+
+
+def _tables() -> tuple[dict[Any, ActivationSpec], dict[Any, int]]:
+    global _FUNCTION_SPECS, _FUNCTION_PRODUCERS
+    if _FUNCTION_SPECS is None or _FUNCTION_PRODUCERS is None:
+        _FUNCTION_SPECS = _function_specs()
+        _FUNCTION_PRODUCERS = _function_producers()
+    return _FUNCTION_SPECS, _FUNCTION_PRODUCERS
+
+
+def _default_unit_dim(ndim: int, producer: int | None) -> int:
+    if ndim <= 2:
+        return -1
+    if producer is not None:
+        return producer
+    return _CHANNEL if ndim >= 4 else _LAST
+
+
+# ------------------------------------------------------------------------------------------
+# Functional parameters and in-place detection
+# ------------------------------------------------------------------------------------------
+
+#: torch keyword names that differ from registry parameter names.
+_TORCH_KW = {"negative_slope": "slope"}
+_SIGNATURES: dict[Any, inspect.Signature | None] = {}
+
+
+def _signature(func: Any) -> inspect.Signature | None:
+    if func not in _SIGNATURES:
+        try:
+            _SIGNATURES[func] = inspect.signature(func)
+        except (TypeError, ValueError):
+            _SIGNATURES[func] = None
+    return _SIGNATURES[func]
+
+
+def _bound_arguments(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    sig = _signature(func)
+    if sig is None:
+        return dict(kwargs)
+    try:
+        return dict(sig.bind_partial(*args, **kwargs).arguments)
+    except TypeError:
+        return dict(kwargs)
+
+
+def _is_inplace(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    if getattr(func, "__name__", "").endswith("_"):
+        return True
+    if "inplace" in kwargs:
+        return bool(kwargs["inplace"])
+    if len(args) <= 1:
+        return False
+    return bool(_bound_arguments(func, args, kwargs).get("inplace", False))
+
+
+def _functional_activation(
+    spec: ActivationSpec, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Activation:
+    """Bind the registry parameters of a functional call (defaults where unreadable)."""
+    bound = _bound_arguments(func, args, kwargs)
+    wanted = {p.name for p in spec.params}
+    params: dict[str, Any] = {}
+    for key, value in bound.items():
+        name = _TORCH_KW.get(key, key)
+        if name in wanted and not isinstance(value, Tensor):
+            params[name] = value
+    if not bound and len(args) > 1 and spec.params:
+        # builtins without a signature: positional parameters follow the input
+        for p, v in zip(spec.params, args[1:], strict=False):
+            if not isinstance(v, Tensor):
+                params[p.name] = v
+    try:
+        return spec.bind(**params)
+    except ValueError:
+        return spec.bind()
+
+
+# ------------------------------------------------------------------------------------------
+# The handle
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _State:
+    """Mutable capture state shared by the hooks of one :func:`attach`."""
+
+    callback: CaptureCallback
+    unit_dim: UnitDim
+    functional: bool
+    sites: dict[str, Site] = field(default_factory=dict)
+    stack: list[tuple[str, bool]] = field(default_factory=list)  # (path, is_activation)
+    counts: dict[str, int] = field(default_factory=dict)
+    producer: int | None = None
+    mode: _CaptureMode | None = None
+    mode_on: bool = False
+    stash: dict[int, list[Tensor]] = field(default_factory=dict)
+
+    def site_name(self, base: str) -> str:
+        k = self.counts.get(base, 0)
+        self.counts[base] = k + 1
+        return base if k == 0 else f"{base}#{k}"
+
+    def resolve_unit_dim(self, name: str, ndim: int) -> int:
+        override = self.unit_dim
+        if isinstance(override, int):
+            return override
+        if override:
+            if name in override:
+                return int(override[name])
+            for pattern, dim in override.items():
+                if fnmatch.fnmatchcase(name, pattern):
+                    return int(dim)
+        return _default_unit_dim(ndim, self.producer)
+
+    def site(self, name: str, activation: Activation, z: Tensor, kind: SiteKind, path: str) -> Site:
+        site = self.sites.get(name)
+        if site is None:
+            site = Site(name, activation, self.resolve_unit_dim(name, z.dim()), kind, path)
+            self.sites[name] = site
+        return site
+
+    def emit(self, site: Site, z: Tensor, out: Tensor) -> None:
+        with torch._C.DisableTorchFunction():
+            self.callback(site, z, out)
+
+
+class _CaptureMode(TorchFunctionMode):
+    """Intercepts functional activation calls and functional producers."""
+
+    def __init__(self, state: _State) -> None:
+        super().__init__()
+        self.state = state
+        self.specs, self.producers = _tables()
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        try:
+            spec = self.specs.get(func)
+            producer = self.producers.get(func) if spec is None else None
+        except TypeError:  # unhashable callable
+            spec = producer = None
+        if spec is None:
+            if producer is not None:
+                self.state.producer = producer
+            return func(*args, **kwargs)
+        state = self.state
+        path, in_activation = state.stack[-1] if state.stack else ("", False)
+        z = args[0] if args else kwargs.get("input")
+        if in_activation or not isinstance(z, Tensor):
+            return func(*args, **kwargs)
+        z_in = z.detach().clone() if _is_inplace(func, args, kwargs) else z
+        out = func(*args, **kwargs)
+        name = state.site_name(f"{path}:{spec.name}")
+        site = state.sites.get(name)
+        if site is None:
+            act = _functional_activation(spec, func, args, kwargs)
+            site = state.site(name, act, z_in, "functional", path)
+        if isinstance(out, Tensor) and out.shape == z_in.shape:
+            state.emit(site, z_in.detach(), out.detach())
+        return out
+
+
+class CaptureHandle:
+    """What :func:`attach` returns: the sites seen so far, and :meth:`remove`.
+
+    Use as a context manager (``with attach(model, cb) as handle: ...``) to remove the
+    hooks on exit, whatever happens.
+    """
+
+    def __init__(self, state: _State, handles: list[RemovableHandle]) -> None:
+        self._state = state
+        self._handles = handles
+
+    @property
+    def sites(self) -> dict[str, Site]:
+        """Sites by name, in order of first call (filled as calls happen)."""
+        return self._state.sites
+
+    @property
+    def active(self) -> bool:
+        """True until :meth:`remove`."""
+        return bool(self._handles)
+
+    def remove(self) -> None:
+        """Remove every hook; pop the torch-function mode if a forward was interrupted."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        state = self._state
+        if state.mode_on and state.mode is not None:
+            state.mode.__exit__(None, None, None)
+            state.mode_on = False
+        state.stack.clear()
+        state.stash.clear()
+
+    def __enter__(self) -> CaptureHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+# ------------------------------------------------------------------------------------------
+# attach
+# ------------------------------------------------------------------------------------------
+
+
+def attach(
+    model: nn.Module,
+    callback: CaptureCallback,
+    *,
+    unit_dim: UnitDim = None,
+    functional: bool = True,
+) -> CaptureHandle:
+    """Hook ``model`` so that ``callback(site, z, out)`` runs on every activation call.
+
+    Args:
+        model: any ``nn.Module``; every submodule is hooked.
+        callback: called with the :class:`Site`, the pre-activation ``z`` and the output
+            ``out`` (both detached, same shape, e.g. ``(N, C, H, W)``). It must not keep
+            references to them. It runs inside the forward: keep it cheap and free of host
+            synchronisation if the model runs on an accelerator.
+        unit_dim: override of the unit axis rule (module docstring): an ``int`` for every
+            site or ``{site name or fnmatch pattern: dim}``.
+        functional: also intercept functional calls (``F.relu``, ``x.relu()``...) made in
+            forwards. ``False`` hooks activation modules only, a little cheaper.
+
+    Returns:
+        A :class:`CaptureHandle`; call ``.remove()`` or use it as a context manager.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"attach needs an nn.Module, got {type(model).__name__}")
+    state = _State(callback=callback, unit_dim=unit_dim, functional=functional)
+    if functional:
+        state.mode = _CaptureMode(state)
+    handles: list[RemovableHandle] = []
+    try:
+        for path, module in model.named_modules():
+            handles.extend(_hook_module(state, path, module))
+    except BaseException:
+        for h in handles:
+            h.remove()
+        raise
+    return CaptureHandle(state, handles)
+
+
+def _hook_module(state: _State, path: str, module: nn.Module) -> list[RemovableHandle]:
+    spec = activations.spec_for_module(module)
+    act = activations.get(module) if spec is not None else None
+    is_leaf = next(iter(module.children()), None) is None
+    producer = _module_producer(module) if is_leaf else None
+    inplace = bool(getattr(module, "inplace", False)) if act is not None else False
+    base = path if path else (act.name if act is not None else "")
+    key = id(module)
+    entry = (path, act is not None)
+
+    def pre(mod: nn.Module, args: tuple[Any, ...]) -> None:
+        if not state.stack:
+            state.counts.clear()
+            if state.mode is not None and not state.mode_on:
+                state.mode.__enter__()
+                state.mode_on = True
+        state.stack.append(entry)
+        if inplace and args and isinstance(args[0], Tensor):
+            with torch._C.DisableTorchFunction():
+                state.stash.setdefault(key, []).append(args[0].detach().clone())
+
+    def post(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        try:
+            if act is not None:
+                z = state.stash[key].pop() if inplace and state.stash.get(key) else None
+                if z is None and args and isinstance(args[0], Tensor):
+                    z = args[0]
+                if isinstance(z, Tensor) and isinstance(out, Tensor) and out.shape == z.shape:
+                    name = state.site_name(base)
+                    site = state.site(name, act, z, "module", path)
+                    state.emit(site, z.detach(), out.detach())
+            elif producer is not None:
+                state.producer = producer
+        finally:
+            if state.stack:
+                state.stack.pop()
+            if not state.stack:
+                state.producer = None
+                if state.mode_on and state.mode is not None:
+                    state.mode.__exit__(None, None, None)
+                    state.mode_on = False
+
+    return [
+        module.register_forward_pre_hook(pre),
+        module.register_forward_hook(post, always_call=True),
+    ]

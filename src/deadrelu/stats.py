@@ -1,0 +1,378 @@
+"""Per-unit statistics of one activation call site, accumulated as tensors.
+
+A *unit* is one channel of a conv-like layer or one feature of a linear layer: the
+activation's output ``(N, U, *)`` or ``(N, *, U)`` is reduced over every dim but the unit
+dim, and the reductions are added into ``(U,)`` accumulators that live on the activation's
+device. Memory is O(U) whatever the number of batches; :meth:`UnitStats.update` makes no
+host synchronisation (no ``.item()``, no ``.cpu()``, no Python branch on tensor values), so
+it can run inside a training step.
+
+Fields (all tensors; ``U`` units):
+
+================  ===========  =========  ==========================================
+field             shape        dtype      reduces (merge / ``all_reduce``) by
+================  ===========  =========  ==========================================
+``positions``     ``()``       int64      ``sum``: positions seen per unit
+                                          (batch x every other dim)
+``active``        ``(U,)``     int64      ``sum``: positions with z > 0
+``abs_sum``       ``(U,)``     acc        ``sum``: sum of |output|
+``z_sum``         ``(U,)``     acc        ``sum``: sum of the pre-activation z
+``z_m2``          ``(U,)``     acc        ``m2``: sum of squared deviations of z from its
+                                          mean (Chan et al. parallel merge)
+``z_max``         ``(U,)``     acc        ``max``: largest z seen (-inf before any)
+``z_min``         ``(U,)``     acc        ``min``: smallest z seen (+inf before any)
+``nonfinite``     ``(U,)``     int64      ``sum``: positions where z is NaN or +-inf
+================  ===========  =========  ==========================================
+
+``acc`` is float64 (float32 on Apple ``mps``, which has no float64). Each batch is first
+reduced in float32 (float64 for float64 activations; bf16/fp16 activations are upcast, so
+they are counted exactly), which is exact enough within one batch because torch reduces
+pairwise; the ``(U,)`` batch results are then added into the float64 accumulators, which
+keeps full precision over millions of batches at a cost of O(U) per batch.
+
+The variance is not kept as a sum of squares (``z_sqsum - z_sum**2 / n`` cancels
+catastrophically when |mean| >> std): each batch gives its own mean and M2 through one
+Welford pass (``torch.var_mean``), merged with Chan's formula. ``z_sqsum`` is still
+available as a derived property.
+
+Non-finite pre-activations are counted in ``nonfinite`` and otherwise propagate: they make
+``z_sum``/``z_m2``/extrema (and ``abs_sum`` for the output) NaN or inf for that unit, which
+the report flags instead of hiding. ``z > 0`` is False for NaN, so NaN counts as inactive.
+
+With ``detail=False`` (see :meth:`UnitStats.empty`) only ``positions``, ``active`` and
+``abs_sum`` are updated: the minimum that dead, dormant and rarely-active need, at about
+half the cost. The other fields keep their initial values.
+
+``REDUCE`` declares how every field combines (like torchmetrics' ``dist_reduce_fx``);
+:meth:`merge`, :meth:`all_reduce`, :meth:`state_dict` are generic over it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+__all__ = ["UnitStats", "accumulator_dtype"]
+
+
+def accumulator_dtype(device: torch.device | str) -> torch.dtype:
+    """The dtype of the float accumulators on ``device``: float64, or float32 on ``mps``."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype for one batch's reductions: float64 stays, everything else goes to float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@dataclass(eq=False)
+class UnitStats:
+    """Per-unit accumulators for one call site; see the module docstring for the fields.
+
+    Build with :meth:`empty`, feed with :meth:`update`, combine with :meth:`merge` or
+    :meth:`all_reduce`. ``detail`` says whether the z moments, extrema and non-finite
+    counts are updated.
+    """
+
+    positions: Tensor
+    active: Tensor
+    abs_sum: Tensor
+    z_sum: Tensor
+    z_m2: Tensor
+    z_max: Tensor
+    z_min: Tensor
+    nonfinite: Tensor
+    detail: bool = True
+
+    #: How each tensor field reduces across merges and processes.
+    REDUCE: ClassVar[dict[str, str]] = {
+        "positions": "sum",
+        "active": "sum",
+        "abs_sum": "sum",
+        "z_sum": "sum",
+        "z_m2": "m2",
+        "z_max": "max",
+        "z_min": "min",
+        "nonfinite": "sum",
+    }
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def empty(
+        cls,
+        units: int,
+        device: torch.device | str = "cpu",
+        *,
+        detail: bool = True,
+        dtype: torch.dtype | None = None,
+    ) -> UnitStats:
+        """Zeroed accumulators for ``units`` units on ``device``.
+
+        Args:
+            units: number of units U (channels or features), >= 1.
+            device: where the accumulators live: the activation's device.
+            detail: also track z mean/variance, extrema and non-finite counts.
+            dtype: float accumulator dtype; default :func:`accumulator_dtype`.
+        """
+        if units < 1:
+            raise ValueError(f"UnitStats needs at least one unit, got {units}")
+        device = torch.device(device)
+        acc = dtype or accumulator_dtype(device)
+        i64 = torch.int64
+        return cls(
+            positions=torch.zeros((), dtype=i64, device=device),
+            active=torch.zeros(units, dtype=i64, device=device),
+            abs_sum=torch.zeros(units, dtype=acc, device=device),
+            z_sum=torch.zeros(units, dtype=acc, device=device),
+            z_m2=torch.zeros(units, dtype=acc, device=device),
+            z_max=torch.full((units,), float("-inf"), dtype=acc, device=device),
+            z_min=torch.full((units,), float("inf"), dtype=acc, device=device),
+            nonfinite=torch.zeros(units, dtype=i64, device=device),
+            detail=detail,
+        )
+
+    @property
+    def units(self) -> int:
+        """Number of units U."""
+        return int(self.active.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the accumulators."""
+        return self.active.device
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return {name: getattr(self, name) for name in self.REDUCE}
+
+    # ------------------------------------------------------------------ hot path
+
+    def update(self, z: Tensor, out: Tensor, unit_dim: int) -> None:
+        """Add one batch.
+
+        Args:
+            z: pre-activation, any shape with ``z.shape[unit_dim] == U``, e.g.
+                ``(N, C, H, W)`` with ``unit_dim=1`` or ``(N, L, D)`` with ``unit_dim=-1``;
+                a 0-d tensor is one unit seen once, a 1-d ``(U,)`` tensor one position.
+            out: activation output, same shape as ``z``.
+            unit_dim: the unit axis of ``z`` (negative counts from the end).
+
+        Reduces over every dim but ``unit_dim``. No host synchronisation. A tensor with no
+        elements is ignored (decided from its shape only).
+        """
+        if z.shape != out.shape:
+            raise ValueError(
+                f"z and out must have the same shape, got {tuple(z.shape)} and "
+                f"{tuple(out.shape)}; pass the activation's input and output"
+            )
+        if z.dim() <= 1:
+            z = z.reshape(1, -1)
+            out = out.reshape(1, -1)
+            unit_dim = 1
+        d = unit_dim % z.dim()
+        units = z.shape[d]
+        if units != self.units:
+            raise ValueError(
+                f"z has {units} units along dim {unit_dim} (shape {tuple(z.shape)}) but "
+                f"these statistics hold {self.units}; check the unit axis"
+            )
+        n_b = z.numel() // units if units else 0
+        if n_b == 0:
+            return
+        dims = tuple(i for i in range(z.dim()) if i != d)
+        work = _work_dtype(z.dtype)
+        acc = self.abs_sum.dtype
+
+        self.positions.add_(n_b)
+        self.active.add_((z > 0).sum(dims))
+        self.abs_sum.add_(out.abs().sum(dims, dtype=work).to(acc))
+        if not self.detail:
+            return
+
+        zw = z if z.dtype == work else z.to(work)
+        var_b, mean_b = torch.var_mean(zw, dim=dims, correction=0)
+        mean_b = mean_b.to(acc)
+        m2_b = var_b.to(acc) * n_b
+        n_a = self.positions.to(acc) - n_b  # positions before this batch
+        mean_a = self.z_sum / n_a.clamp_min(1)
+        delta = mean_b - mean_a
+        self.z_m2.add_(m2_b + delta * delta * (n_a * n_b / (n_a + n_b)))
+        self.z_sum.add_(mean_b * n_b)
+
+        # Extrema in one pass where the layout allows: (A, U, B) view, then (A, U) -> (U,).
+        lead = 1
+        for s in z.shape[:d]:
+            lead *= s
+        trail = n_b // lead
+        if trail == 1:
+            lo, hi = torch.aminmax(z.reshape(lead, units), dim=0)
+        else:
+            lo3, hi3 = torch.aminmax(z.reshape(lead, units, trail), dim=2)
+            lo, hi = lo3.amin(0), hi3.amax(0)
+        torch.maximum(self.z_max, hi.to(acc), out=self.z_max)
+        torch.minimum(self.z_min, lo.to(acc), out=self.z_min)
+        self.nonfinite.add_(n_b - torch.isfinite(z).sum(dims))
+
+    # ------------------------------------------------------------------ combining
+
+    def _check_compatible(self, other: UnitStats) -> None:
+        if other.units != self.units:
+            raise ValueError(f"cannot merge statistics of {other.units} and {self.units} units")
+        if other.detail != self.detail:
+            raise ValueError("cannot merge statistics with detail=True and detail=False")
+
+    def merge(self, other: UnitStats) -> UnitStats:
+        """Add ``other`` (same units, any device) into ``self``; return ``self``.
+
+        Follows :attr:`REDUCE`; the ``m2`` field uses Chan's parallel formula, so the
+        result equals having seen both streams of batches.
+        """
+        self._check_compatible(other)
+        o = {k: v.to(self.device) for k, v in other._tensors().items()}
+        acc = self.z_sum.dtype
+        n_a = self.positions.to(acc)
+        n_b = o["positions"].to(acc)
+        n = (n_a + n_b).clamp_min(1)
+        delta = o["z_sum"].to(acc) / n_b.clamp_min(1) - self.z_sum / n_a.clamp_min(1)
+        m2 = self.z_m2 + o["z_m2"].to(acc) + delta * delta * (n_a * n_b / n)
+        for name, how in self.REDUCE.items():
+            mine = getattr(self, name)
+            theirs = o[name].to(mine.dtype)
+            if how == "sum":
+                mine.add_(theirs)
+            elif how == "max":
+                torch.maximum(mine, theirs, out=mine)
+            elif how == "min":
+                torch.minimum(mine, theirs, out=mine)
+            elif how == "m2":
+                mine.copy_(m2)
+            else:  # pragma: no cover - guarded by the REDUCE table
+                raise AssertionError(how)
+        return self
+
+    def all_reduce(self, group: object | None = None) -> UnitStats:
+        """Reduce across the processes of ``group`` (torch.distributed) in place.
+
+        Sums for counts and sums, max/min for extrema, and the exact Chan merge for
+        ``z_m2`` (two rounds: the global mean first, then each process's M2 re-centred
+        on it). A no-op when torch.distributed is not initialised. Collective: every
+        process must call it, with statistics of the same number of units. Returns
+        ``self``.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self
+        acc = self.z_sum.dtype
+        n_local = self.positions.to(acc)
+        mean_local = self.z_sum / n_local.clamp_min(1)
+        by_op: dict[str, list[str]] = {"sum": [], "max": [], "min": []}
+        for name, how in self.REDUCE.items():
+            if how in by_op:
+                by_op[how].append(name)
+        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+        for how, names in by_op.items():
+            for name in names:
+                dist.all_reduce(getattr(self, name), op=ops[how], group=group)
+        mean_global = self.z_sum / self.positions.to(acc).clamp_min(1)
+        shift = mean_local - mean_global
+        self.z_m2.add_(n_local * shift * shift)
+        dist.all_reduce(self.z_m2, op=dist.ReduceOp.SUM, group=group)
+        return self
+
+    def reset(self) -> None:
+        """Back to the empty state, in place (tensors keep their storage)."""
+        for name, how in self.REDUCE.items():
+            t = getattr(self, name)
+            if how == "max":
+                t.fill_(float("-inf"))
+            elif how == "min":
+                t.fill_(float("inf"))
+            else:
+                t.zero_()
+
+    def clone(self) -> UnitStats:
+        """A deep copy."""
+        return UnitStats(**{k: v.clone() for k, v in self._tensors().items()}, detail=self.detail)
+
+    def to(self, device: torch.device | str) -> UnitStats:
+        """A copy on ``device`` (float accumulators keep their dtype)."""
+        return UnitStats(
+            **{k: v.to(device) for k, v in self._tensors().items()}, detail=self.detail
+        )
+
+    # ------------------------------------------------------------------ persistence
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The accumulators by field name (detached clones), for checkpoints."""
+        state = {k: v.detach().clone() for k, v in self._tensors().items()}
+        state["detail"] = torch.tensor(self.detail)
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Copy ``state`` (from :meth:`state_dict`) into these accumulators, in place."""
+        missing = [k for k in self.REDUCE if k not in state]
+        if missing:
+            raise KeyError(f"state_dict lacks {missing}; was it made by UnitStats.state_dict()?")
+        for name in self.REDUCE:
+            mine = getattr(self, name)
+            theirs = state[name]
+            if theirs.shape != mine.shape:
+                raise ValueError(
+                    f"{name}: state has shape {tuple(theirs.shape)}, expected "
+                    f"{tuple(mine.shape)} ({self.units} units)"
+                )
+            mine.copy_(theirs)
+        if "detail" in state:
+            self.detail = bool(state["detail"])
+
+    @classmethod
+    def from_state_dict(
+        cls, state: Mapping[str, Tensor], device: torch.device | str = "cpu"
+    ) -> UnitStats:
+        """New statistics on ``device`` from a :meth:`state_dict`."""
+        detail = bool(state["detail"]) if "detail" in state else True
+        return cls(**{k: state[k].to(device).clone() for k in cls.REDUCE}, detail=detail)
+
+    # ------------------------------------------------------------------ derived
+
+    @property
+    def mean_abs(self) -> Tensor:
+        """``(U,)`` mean |output| per position (0 before any batch)."""
+        return self.abs_sum / self.positions.to(self.abs_sum.dtype).clamp_min(1)
+
+    @property
+    def active_fraction(self) -> Tensor:
+        """``(U,)`` fraction of positions with z > 0 (0 before any batch)."""
+        return self.active.to(self.abs_sum.dtype) / self.positions.to(self.abs_sum.dtype).clamp_min(
+            1
+        )
+
+    @property
+    def z_mean(self) -> Tensor:
+        """``(U,)`` mean pre-activation (0 before any batch; needs ``detail``)."""
+        return self.z_sum / self.positions.to(self.z_sum.dtype).clamp_min(1)
+
+    @property
+    def z_var(self) -> Tensor:
+        """``(U,)`` population variance of the pre-activation (needs ``detail``)."""
+        return self.z_m2 / self.positions.to(self.z_m2.dtype).clamp_min(1)
+
+    @property
+    def z_sqsum(self) -> Tensor:
+        """``(U,)`` sum of z**2, derived as M2 + sum**2 / n (needs ``detail``)."""
+        n = self.positions.to(self.z_sum.dtype).clamp_min(1)
+        return self.z_m2 + self.z_sum * self.z_sum / n
+
+    def __repr__(self) -> str:
+        return (
+            f"UnitStats(units={self.units}, device={self.device}, detail={self.detail}, "
+            f"dtype={self.abs_sum.dtype})"
+        )
+
+
+assert {f.name for f in fields(UnitStats)} - {"detail"} == set(UnitStats.REDUCE)

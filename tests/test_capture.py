@@ -1,0 +1,222 @@
+"""capture.attach: call sites, functional calls, in-place, reuse, unit axis, hook removal."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deadrelu.capture import Site, attach
+from deadrelu.stats import UnitStats
+from models import (
+    DeadChannelCNN,
+    DeadMLP,
+    InplaceReLUModel,
+    ReusedReLUModel,
+    TinyTransformerBlock,
+    all_models,
+)
+
+
+def no_hooks_left(model: nn.Module) -> bool:
+    """No module hook, no global hook and no torch-function mode is left behind."""
+    from torch.nn.modules import module as m
+
+    for mod in model.modules():
+        if mod._forward_hooks or mod._forward_pre_hooks or mod._forward_hooks_always_called:
+            return False
+    global_hooks = (m._global_forward_hooks, m._global_forward_pre_hooks)
+    return not any(global_hooks) and torch._C._len_torch_function_stack() == 0
+
+
+def run(model: nn.Module, batches: list, **kw: object) -> tuple[dict[str, UnitStats], dict]:
+    stats: dict[str, UnitStats] = {}
+
+    def cb(site: Site, z: Tensor, out: Tensor) -> None:
+        s = stats.get(site.name)
+        if s is None:
+            s = stats[site.name] = UnitStats.empty(z.shape[site.unit_dim], z.device)
+        s.update(z, out, site.unit_dim)
+
+    with attach(model, cb, **kw) as handle, torch.no_grad():  # type: ignore[arg-type]
+        for b in batches:
+            model(**b) if isinstance(b, dict) else model(b)
+        sites = dict(handle.sites)
+    assert no_hooks_left(model)
+    return stats, sites
+
+
+def dead(stats: dict[str, UnitStats]) -> dict[str, list[int]]:
+    return {k: torch.nonzero(s.active == 0).flatten().tolist() for k, s in stats.items()}
+
+
+@pytest.mark.parametrize("model", all_models(), ids=lambda m: type(m).__name__)
+def test_dead_units_by_construction(model: nn.Module) -> None:
+    stats, _ = run(model, model.make_batches())  # type: ignore[operator]
+    assert dead(stats) == model.expected_dead
+
+
+def test_unit_axis_conv_and_transformer() -> None:
+    _, sites = run(DeadChannelCNN(), DeadChannelCNN().make_batches(1))
+    assert {k: s.unit_dim for k, s in sites.items()} == {"relu1": 1, "relu2": 1}
+    t = TinyTransformerBlock()
+    _, sites = run(t, t.make_batches(1))
+    assert {k: s.unit_dim for k, s in sites.items()} == {"ffn:relu": -1, "ffn:gelu": -1}
+    assert sites["ffn:gelu"].kind == "functional" and sites["ffn:gelu"].module == "ffn"
+    assert sites["ffn:relu"].activation.name == "relu"
+
+
+def test_unit_axis_functional_conv_and_rank_fallback() -> None:
+    class FConv(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(4, 3, 3, 3))
+
+        def forward(self, x: Tensor) -> Tensor:
+            y = F.relu(F.conv2d(x, self.w))  # functional producer -> dim 1
+            return y.permute(0, 2, 3, 1).relu()  # still after conv2d: dim 1 by the rule
+
+    _, sites = run(FConv(), [torch.randn(2, 3, 6, 6)])
+    assert sites[":relu"].unit_dim == 1
+
+    class NoProducer(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return F.relu(x)
+
+    _, s4 = run(NoProducer(), [torch.randn(2, 3, 4, 4)])
+    _, s3 = run(NoProducer(), [torch.randn(2, 3, 4)])
+    assert s4[":relu"].unit_dim == 1 and s3[":relu"].unit_dim == -1
+
+
+def test_unit_dim_override() -> None:
+    m = DeadChannelCNN()
+    _, sites = run(m, m.make_batches(1), unit_dim={"relu2": -1, "relu*": 2})
+    assert sites["relu2"].unit_dim == -1 and sites["relu1"].unit_dim == 2
+    _, sites = run(m, m.make_batches(1), unit_dim=3)
+    assert {s.unit_dim for s in sites.values()} == {3}
+
+
+def test_reused_instance_gets_numbered_sites_stable_over_batches() -> None:
+    m = ReusedReLUModel()
+    stats, sites = run(m, m.make_batches(5))
+    assert list(sites) == ["act", "act#1"]
+    assert stats["act"].units == 8 and stats["act#1"].units == 6
+    assert int(stats["act"].positions) == 5 * 16
+
+
+def test_inplace_relu_sees_preactivation() -> None:
+    m = InplaceReLUModel()
+    stats, _ = run(m, m.make_batches(2))
+    assert float(stats["act"].z_min[2]) < -900  # z read before the in-place overwrite
+    assert float(stats["act"].z_max[2]) < -900
+
+
+def test_functional_calls_all_spellings() -> None:
+    class Spellings(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.fc(x)
+            a = F.relu(h) + torch.relu(h) + h.relu() + F.leaky_relu(h, 0.2)
+            b = F.elu(h) + F.selu(h) + F.silu(h) + F.gelu(h, approximate="tanh")
+            c = h.clone()
+            F.relu_(c)  # in place: z must be read before
+            return a + b + c
+
+    stats, sites = run(Spellings(), [torch.randn(4, 3)])
+    assert list(sites) == [
+        ":relu",
+        ":relu#1",
+        ":relu#2",
+        ":leaky_relu",
+        ":elu",
+        ":selu",
+        ":silu",
+        ":gelu",
+        ":relu#3",
+    ]
+    assert sites[":leaky_relu"].activation.params["slope"] == 0.2
+    assert sites[":gelu"].activation.params["approximate"] == "tanh"
+    # every site saw the same z: the in-place one too
+    for name in sites:
+        torch.testing.assert_close(stats[name].z_min, stats[":relu"].z_min)
+    assert all(int(s.positions) == 4 for s in stats.values())
+
+
+def test_activation_module_not_counted_twice() -> None:
+    calls: Counter[str] = Counter()
+    m = DeadMLP()
+    with attach(m, lambda site, z, out: calls.update([site.name])), torch.no_grad():
+        m(torch.randn(2, 8))
+        m(torch.randn(2, 8))
+    assert calls == Counter({"relu1": 2, "relu2": 2})
+
+
+def test_functional_false_ignores_functional_calls() -> None:
+    t = TinyTransformerBlock()
+    stats, sites = run(t, t.make_batches(1), functional=False)
+    assert sites == {} and stats == {}
+    m = DeadMLP()
+    _, sites = run(m, m.make_batches(1), functional=False)
+    assert list(sites) == ["relu1", "relu2"]
+
+
+def test_direct_submodule_call_names_and_functional() -> None:
+    t = TinyTransformerBlock()
+    seen: list[str] = []
+    with attach(t, lambda site, z, out: seen.append(site.name)), torch.no_grad():
+        t.ffn(torch.randn(2, 3, 8))
+        t.ffn(torch.randn(2, 3, 8))
+    assert seen == ["ffn:relu", "ffn:gelu", "ffn:relu", "ffn:gelu"]
+
+
+class Boom(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.act(self.fc(x)))
+        raise RuntimeError("boom")
+
+
+def test_hooks_and_mode_removed_when_forward_raises() -> None:
+    m = Boom()
+    with pytest.raises(RuntimeError, match="boom"), attach(m, lambda *a: None):
+        m(torch.randn(2, 3))
+    assert no_hooks_left(m)
+
+
+def test_state_consistent_after_exception_while_attached() -> None:
+    m = Boom()
+    seen: list[str] = []
+    handle = attach(m, lambda site, z, out: seen.append(site.name))
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            m(torch.randn(2, 3))
+        assert torch._C._len_torch_function_stack() == 0
+    assert seen == ["act", ":relu", "act", ":relu"]
+    handle.remove()
+    assert no_hooks_left(m) and not handle.active
+
+
+def test_callback_error_propagates_and_cleans_up() -> None:
+    m = DeadMLP()
+
+    def bad(site: Site, z: Tensor, out: Tensor) -> None:
+        raise ValueError("callback failed")
+
+    with pytest.raises(ValueError, match="callback failed"), attach(m, bad):
+        m(torch.randn(2, 8))
+    assert no_hooks_left(m)
+
+
+def test_attach_rejects_non_module() -> None:
+    with pytest.raises(TypeError, match=r"nn\.Module"):
+        attach(lambda x: x, lambda *a: None)  # type: ignore[arg-type]

@@ -1,0 +1,196 @@
+"""UnitStats: exact per-unit reductions, precision, merge, persistence, no host sync."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor
+
+from deadrelu.stats import UnitStats
+
+
+def _reference(zs: list[Tensor], outs: list[Tensor], unit_dim: int) -> dict[str, Tensor]:
+    """float64 ground truth over the concatenation of batches, units last."""
+    z = torch.cat([x.double().movedim(unit_dim, -1).reshape(-1, x.shape[unit_dim]) for x in zs])
+    o = torch.cat([x.double().movedim(unit_dim, -1).reshape(-1, x.shape[unit_dim]) for x in outs])
+    return {
+        "positions": torch.tensor(z.shape[0]),
+        "active": (z > 0).sum(0),
+        "abs_sum": o.abs().sum(0),
+        "z_mean": z.mean(0),
+        "z_var": z.var(0, correction=0),
+        "z_max": z.amax(0),
+        "z_min": z.amin(0),
+    }
+
+
+def _feed(shape: tuple[int, ...], unit_dim: int, n: int = 3, seed: int = 0) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+    zs = [torch.randn(*shape, generator=g) * 2 + 0.5 for _ in range(n)]
+    outs = [torch.relu(z) for z in zs]
+    s = UnitStats.empty(shape[unit_dim])
+    for z, o in zip(zs, outs, strict=True):
+        s.update(z, o, unit_dim)
+    return s, _reference(zs, outs, unit_dim)
+
+
+@pytest.mark.parametrize(
+    ("shape", "unit_dim"),
+    [((4, 3, 5, 6), 1), ((2, 7, 5), -1), ((9, 4), 1), ((9, 4), -1), ((3, 2, 4, 2, 2), 1)],
+)
+def test_update_matches_float64_reference(shape: tuple[int, ...], unit_dim: int) -> None:
+    s, ref = _feed(shape, unit_dim)
+    assert int(s.positions) == int(ref["positions"])
+    assert torch.equal(s.active, ref["active"])
+    torch.testing.assert_close(s.abs_sum, ref["abs_sum"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(s.z_mean, ref["z_mean"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(s.z_var, ref["z_var"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(s.z_max, ref["z_max"])
+    torch.testing.assert_close(s.z_min, ref["z_min"])
+    assert torch.equal(s.nonfinite, torch.zeros_like(s.nonfinite))
+    torch.testing.assert_close(s.mean_abs, ref["abs_sum"] / ref["positions"])
+    torch.testing.assert_close(
+        s.active_fraction, ref["active"].double() / ref["positions"].double()
+    )
+    z_sqsum = ref["z_var"] * ref["positions"] + ref["z_mean"] ** 2 * ref["positions"]
+    torch.testing.assert_close(s.z_sqsum, z_sqsum, rtol=1e-6, atol=1e-4)
+
+
+def test_variance_precise_when_mean_dwarfs_std() -> None:
+    """mean 1e4, std 1e-2: a float32 sum of squares would lose every digit of the variance."""
+    g = torch.Generator().manual_seed(1)
+    zs = [1e4 + 1e-2 * torch.randn(256, 3, generator=g, dtype=torch.float64) for _ in range(20)]
+    s = UnitStats.empty(3)
+    for z in zs:
+        s.update(z.float(), z.float(), 1)
+    ref = torch.cat([z.float().double() for z in zs]).var(0, correction=0)
+    torch.testing.assert_close(s.z_var, ref, rtol=2e-2, atol=0)
+    naive = torch.cat(zs).float().pow(2).sum(0) / 5120 - torch.cat(zs).float().mean(0) ** 2
+    assert not torch.allclose(naive.double(), ref, rtol=0.5)  # the failure this design avoids
+
+
+def test_bf16_counted_exactly() -> None:
+    g = torch.Generator().manual_seed(2)
+    z = (torch.randn(64, 16, 5, generator=g) * 3).to(torch.bfloat16)
+    out = torch.relu(z)
+    s = UnitStats.empty(16)
+    s.update(z, out, 1)
+    ref = _reference([z], [out], 1)
+    assert torch.equal(s.active, ref["active"])
+    torch.testing.assert_close(s.abs_sum, ref["abs_sum"], rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(s.z_max, ref["z_max"])
+    torch.testing.assert_close(s.z_mean, ref["z_mean"], rtol=1e-5, atol=1e-5)
+
+
+def test_nonfinite_counted_not_crashing() -> None:
+    z = torch.tensor([[1.0, -1.0, 2.0], [float("nan"), float("inf"), float("-inf")]])
+    s = UnitStats.empty(3)
+    s.update(z, torch.relu(z), 1)
+    assert s.nonfinite.tolist() == [1, 1, 1]
+    assert s.active.tolist() == [1, 1, 1]  # NaN is not > 0; +inf is; 2.0 is
+    assert int(s.positions) == 2
+    assert torch.isnan(s.z_sum[0])
+
+
+def test_zero_size_batch_is_ignored() -> None:
+    s = UnitStats.empty(4)
+    s.update(torch.empty(0, 4), torch.empty(0, 4), 1)
+    s.update(torch.empty(0, 4, 3, 3), torch.empty(0, 4, 3, 3), 1)
+    assert int(s.positions) == 0
+    assert torch.equal(s.z_max, torch.full((4,), float("-inf"), dtype=torch.float64))
+
+
+def test_wrong_units_and_shapes_raise() -> None:
+    s = UnitStats.empty(4)
+    with pytest.raises(ValueError, match="units"):
+        s.update(torch.randn(2, 5), torch.randn(2, 5), 1)
+    with pytest.raises(ValueError, match="same shape"):
+        s.update(torch.randn(2, 4), torch.randn(2, 4, 1), 1)
+    with pytest.raises(ValueError, match="at least one unit"):
+        UnitStats.empty(0)
+
+
+def test_scalar_and_vector_inputs() -> None:
+    s = UnitStats.empty(1)
+    s.update(torch.tensor(2.0), torch.tensor(2.0), 0)
+    assert int(s.positions) == 1 and s.active.tolist() == [1]
+    v = UnitStats.empty(3)
+    v.update(torch.tensor([1.0, -1.0, 0.0]), torch.tensor([1.0, 0.0, 0.0]), 0)
+    assert int(v.positions) == 1 and v.active.tolist() == [1, 0, 0]
+
+
+def test_merge_equals_single_stream() -> None:
+    g = torch.Generator().manual_seed(3)
+    zs = [torch.randn(8, 5, generator=g) * (i + 1) + i for i in range(6)]
+    whole = UnitStats.empty(5)
+    a, b = UnitStats.empty(5), UnitStats.empty(5)
+    for i, z in enumerate(zs):
+        whole.update(z, z.abs(), 1)
+        (a if i % 3 == 0 else b).update(z, z.abs(), 1)
+    merged = a.clone().merge(b)
+    for name in UnitStats.REDUCE:
+        torch.testing.assert_close(getattr(merged, name), getattr(whole, name), msg=name)
+    empty_merge = UnitStats.empty(5).merge(whole)
+    torch.testing.assert_close(empty_merge.z_var, whole.z_var)
+    with pytest.raises(ValueError, match="merge"):
+        a.merge(UnitStats.empty(4))
+
+
+def test_reset_state_dict_roundtrip() -> None:
+    s, _ = _feed((4, 6), 1)
+    sd = s.state_dict()
+    fresh = UnitStats.empty(6)
+    fresh.load_state_dict(sd)
+    for name in UnitStats.REDUCE:
+        assert torch.equal(getattr(fresh, name), getattr(s, name)), name
+    again = UnitStats.from_state_dict(sd)
+    assert torch.equal(again.active, s.active)
+    s.reset()
+    assert int(s.positions) == 0 and int(s.active.sum()) == 0
+    assert torch.isinf(s.z_min).all() and (s.z_min > 0).all()
+    with pytest.raises(ValueError, match="shape"):
+        UnitStats.empty(5).load_state_dict(sd)
+    with pytest.raises(KeyError, match="state_dict"):
+        fresh.load_state_dict({"active": sd["active"]})
+
+
+def test_memory_constant_over_batches() -> None:
+    def nbytes(s: UnitStats) -> int:
+        return sum(t.numel() * t.element_size() for t in s.state_dict().values())
+
+    s = UnitStats.empty(3)
+    z = torch.randn(2, 3)
+    for _ in range(10):
+        s.update(z, z, 1)
+    after_10 = nbytes(s)
+    for _ in range(990):
+        s.update(z, z, 1)
+    assert nbytes(s) == after_10
+    assert int(s.positions) == 2000
+
+
+def test_detail_false_updates_only_counts() -> None:
+    s = UnitStats.empty(3, detail=False)
+    z = torch.tensor([[1.0, -2.0, 3.0]])
+    s.update(z, torch.relu(z), 1)
+    assert s.active.tolist() == [1, 0, 1]
+    assert s.abs_sum.tolist() == [1.0, 0.0, 3.0]
+    assert torch.equal(s.z_sum, torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="detail"):
+        s.merge(UnitStats.empty(3))
+
+
+def test_update_makes_no_host_sync() -> None:
+    """On the meta device any .item(), .cpu() or branch on a value raises."""
+    s = UnitStats.empty(4, "meta")
+    z = torch.empty(8, 4, 3, 3, device="meta", dtype=torch.bfloat16)
+    s.update(z, z, 1)
+    s.merge(UnitStats.empty(4, "meta"))
+    assert s.device.type == "meta"
+
+
+def test_all_reduce_is_noop_without_process_group() -> None:
+    s, _ = _feed((4, 6), 1)
+    before = s.clone()
+    assert s.all_reduce() is s
+    assert torch.equal(s.active, before.active)

@@ -424,15 +424,26 @@ class PReLU(nn.Module):
             inputs are ``(N, C, *)`` and slope ``c`` applies to channel ``c`` (dim 1). As in
             torch, an input with fewer than 2 dims has one channel.
         init: initial slope (He et al. 2015 use 0.25).
+        device, dtype: where and in which precision the slope lives (as in ``nn.PReLU``).
     """
 
-    def __init__(self, num_parameters: int = 1, init: float = 0.25) -> None:
+    def __init__(
+        self,
+        num_parameters: int = 1,
+        init: float = 0.25,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
         super().__init__()
         if num_parameters < 1:
             raise ValueError(f"prelu: num_parameters must be >= 1, got {num_parameters}")
+        if not math.isfinite(init):
+            raise ValueError(f"prelu: init must be finite, got {init}")
         self.num_parameters = num_parameters
         self.init = init
-        self.weight = nn.Parameter(torch.full((num_parameters,), float(init)))
+        self.weight = nn.Parameter(
+            torch.full((num_parameters,), float(init), device=device, dtype=dtype)
+        )
 
     def forward(self, z: Tensor) -> Tensor:
         """``z``: ``(N, C, *)`` or ``(N, C)`` (any shape when shared); returns the same shape."""

@@ -1,0 +1,499 @@
+"""The ReLU family: derivatives against autograd and the NumPy oracle, identities, registry.
+
+Ground truth comes from three independent places: torch's autograd, the NumPy oracle in
+``deadrelu.reference`` and closed-form identities (ELU' = ELU + alpha, ...).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import Tensor, nn
+
+from deadrelu import reference
+from deadrelu.activations import (
+    SELU_ALPHA,
+    SELU_LAMBDA,
+    Activation,
+    ActivationSpec,
+    get,
+    make_module,
+    names,
+    spec_for_function,
+    spec_for_module,
+)
+
+#: Every registered activation at its defaults, plus non-default parameters that move a
+#: kink or a constant. ``test_cases_cover_registry`` keeps this list complete.
+CASES = [
+    "relu",
+    "leaky_relu",
+    "leaky_relu(0)",
+    "leaky_relu(0.3)",
+    "prelu",
+    "prelu(init=0.1)",
+    "rrelu",
+    "rrelu(lower=0.05, upper=0.5)",
+    "elu",
+    "elu(0.3)",
+    "elu(alpha=2.5)",
+    "selu",
+    "celu",
+    "celu(0.3)",
+    "gelu",
+    "gelu(approximate=tanh)",
+    "silu",
+    "mish",
+    "relu6",
+    "softplus",
+    "softplus(beta=2, threshold=5)",
+    "softplus(0.5, 3)",
+]
+
+EDGES = [0.0, 1e-12, -1e-12, 1.0, -1.0, 50.0, -50.0, math.inf, -math.inf, math.nan]
+EDGES += [6.0, 6.0 + 1e-12, 6.0 - 1e-12, 20.0, -20.0, 1e300, -1e300, 2.5, 10.0]
+
+#: Where torch's own forward kernel gives NaN but the function has a limit (inf * 0).
+TORCH_FORWARD_NAN_AT_NEG_INF = {"gelu", "silu", "mish"}
+
+
+def _inputs(seed: int = 0) -> Tensor:
+    """``(len(EDGES) + 2000,)`` float64: the edge values, then N(0, 5^2) samples."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat(
+        [
+            torch.tensor(EDGES, dtype=torch.float64),
+            5 * torch.randn(2000, generator=g, dtype=torch.float64),
+        ]
+    )
+
+
+def _module64(act: Activation) -> nn.Module:
+    m = act.module().to(torch.float64)
+    if act.name == "prelu":  # the float32 slope 0.1 is not the float64 0.1
+        with torch.no_grad():
+            m.weight.fill_(act.params["init"])  # type: ignore[operator]
+    m.eval()  # RReLU: the deterministic (mean-slope) mode that the derivative describes
+    return m
+
+
+def _autograd(act: Activation, z: Tensor) -> Tensor:
+    z = z.detach().clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(_module64(act)(z).sum(), z)
+    return g
+
+
+def _close(a: np.ndarray | Tensor, b: np.ndarray | Tensor, rtol: float, atol: float) -> np.ndarray:
+    return np.isclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol, equal_nan=True)
+
+
+def test_cases_cover_registry() -> None:
+    covered = {get(c).name for c in CASES}  # type: ignore[union-attr]
+    assert covered == set(names())
+    assert set(reference.FORWARDS) == set(names()) == set(reference.DERIVATIVES)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_derivative_equals_autograd(case: str) -> None:
+    act = get(case)
+    assert act is not None
+    z = _inputs()
+    ours = act.derivative(z)
+    auto = _autograd(act, z)
+    assert ours.shape == z.shape and ours.dtype == torch.float64
+    finite = torch.isfinite(z)
+    # CELU's backward kernel rounds 1/alpha to float32 (alpha != 1): ~1e-7 relative.
+    rtol = 1e-6 if act.name == "celu" and act.params["alpha"] != 1.0 else 1e-10
+    # atol: for z << 0 autograd's GELU computes 1 + erf(z / sqrt 2), and tanh-GELU
+    # 1 + tanh(u) and 1 - tanh(u)^2, which cancel to ~1e-16 absolute (tanh: ~5e-15 after
+    # the factor z u'); ours avoids both (erfc, sigmoid(2u)).
+    atol = 1e-14 if act.name == "gelu" else 1e-15
+    # Where tanh-GELU's z^3 overflows (|z| > ~1e102), autograd gives inf * 0 = NaN.
+    overflow = torch.isnan(auto) & ~torch.isnan(z) & (z.abs() > 1e100)
+    finite = finite & ~overflow
+    ok = _close(ours[finite], auto[finite], rtol=rtol, atol=atol)
+    assert ok.all(), f"{case}: {z[finite][~ok]} ours {ours[finite][~ok]} auto {auto[finite][~ok]}"
+    # +-inf: equal where autograd is a number; where it evaluates inf * 0 (NaN) we give the
+    # limit, checked against the oracle below.
+    inf = torch.isinf(z) & ~torch.isnan(auto)
+    assert torch.equal(ours[inf], auto[inf]), case
+    # NaN: where ours is a number (piecewise-linear functions), autograd agrees exactly.
+    nan = torch.isnan(z) & ~torch.isnan(ours)
+    assert torch.equal(ours[nan], auto[nan]), case
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_derivative_equals_oracle(case: str) -> None:
+    act = get(case)
+    assert act is not None
+    z = _inputs(seed=1)
+    ours = act.derivative(z).numpy()
+    ref = reference.derivative(act.name, z.numpy(), **act.params)
+    ok = _close(ours, ref, rtol=1e-9, atol=1e-15)
+    assert ok.all(), f"{case}: z={z.numpy()[~ok]} ours={ours[~ok]} oracle={ref[~ok]}"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_forward_equals_oracle(case: str) -> None:
+    act = get(case)
+    assert act is not None
+    z = _inputs(seed=2)
+    ours = act(z).numpy()
+    ref = reference.forward(act.name, z.numpy(), **act.params)
+    ok = _close(ours, ref, rtol=1e-9, atol=1e-15)
+    if act.name in TORCH_FORWARD_NAN_AT_NEG_INF:
+        at = (z == -math.inf).numpy()
+        assert np.isnan(ours[at]).all() and (ref[at] == 0).all()  # documented torch value
+        ok |= at
+    assert ok.all(), f"{case}: z={z.numpy()[~ok]} ours={ours[~ok]} oracle={ref[~ok]}"
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_module_and_callable_agree(case: str) -> None:
+    act = get(case)
+    assert act is not None
+    z = _inputs(seed=3)
+    assert torch.equal(_module64(act)(z).nan_to_num(7.0), act(z).nan_to_num(7.0))
+
+
+@pytest.mark.parametrize(
+    ("case", "torch_fn"),
+    [
+        ("relu", F.relu),
+        ("leaky_relu(0.2)", lambda z: F.leaky_relu(z, 0.2)),
+        ("elu(0.3)", lambda z: F.elu(z, 0.3)),
+        ("selu", F.selu),
+        ("celu(0.3)", lambda z: F.celu(z, 0.3)),
+        ("gelu(approximate=tanh)", lambda z: F.gelu(z, approximate="tanh")),
+        ("silu", F.silu),
+        ("mish", F.mish),
+        ("relu6", F.relu6),
+        ("softplus(2, 5)", lambda z: F.softplus(z, 2, 5)),
+    ],
+)
+def test_forward_is_torch_kernel_bitwise(case: str, torch_fn: object) -> None:
+    act = get(case)
+    assert act is not None and callable(torch_fn)
+    z = torch.randn(1000, dtype=torch.float32, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(act(z), torch_fn(z))
+    assert torch.equal(act.module()(z), torch_fn(z))
+
+
+def _away_from_kinks(act: Activation, n: int = 24) -> Tensor:
+    """``(2, n)`` float64 inputs at least 0.1 from every kink (finite differences)."""
+    z = 4 * torch.randn(2, n, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    kinks = [0.0, 6.0]
+    if act.name == "softplus":
+        kinks.append(act.params["threshold"] / act.params["beta"])
+    for k in kinks:
+        near = (z - k).abs() < 0.1
+        z = torch.where(near, z + 0.3, z)
+    return z
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gradcheck_module(case: str) -> None:
+    act = get(case)
+    assert act is not None
+    module = _module64(act)
+    z = _away_from_kinks(act).requires_grad_(True)
+    assert torch.autograd.gradcheck(module, (z,))
+
+
+@pytest.mark.parametrize("num_parameters", [1, 3])
+def test_gradcheck_prelu_parameter(num_parameters: int) -> None:
+    module = make_module(f"prelu(num_parameters={num_parameters})").to(torch.float64)
+    z = torch.randn(4, 3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    z = torch.where(z.abs() < 0.1, z + 0.3, z).requires_grad_(True)
+    w = torch.tensor([0.25, -0.1, 0.7][:num_parameters], dtype=torch.float64).requires_grad_(True)
+
+    def fn(z: Tensor, w: Tensor) -> Tensor:
+        return torch.func.functional_call(module, {"weight": w}, (z,))
+
+    assert torch.autograd.gradcheck(fn, (z, w))
+    # dL/da, L = sum f: the sum of z over z <= 0 in each channel (the oracle's d f / d a).
+    (gw,) = torch.autograd.grad(fn(z, w).sum(), w)
+    dfa = reference.prelu_slope_derivative(z.detach().numpy())
+    expected = dfa.sum(axis=(0, 2)) if num_parameters == 3 else np.array([dfa.sum()])
+    np.testing.assert_allclose(gw.numpy(), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("case", "at_zero"),
+    [
+        ("relu", 0.0),
+        ("leaky_relu", 0.01),
+        ("leaky_relu(0.2)", 0.2),
+        ("prelu", 0.25),
+        ("elu", 1.0),
+        ("elu(0.3)", 0.3),
+        ("selu", SELU_LAMBDA * SELU_ALPHA),
+        ("celu(0.3)", 1.0),
+        ("gelu", 0.5),
+        ("silu", 0.5),
+        ("mish", math.tanh(math.log(2.0))),
+        ("relu6", 0.0),
+        ("softplus(2)", 0.5),
+    ],
+)
+def test_derivative_at_zero_follows_pytorch(case: str, at_zero: float) -> None:
+    act = get(case)
+    assert act is not None
+    z = torch.zeros(1, dtype=torch.float64)
+    assert act.derivative(z).item() == pytest.approx(at_zero, rel=1e-15)
+    assert _autograd(act, z).item() == pytest.approx(at_zero, rel=1e-7)
+
+
+def test_relu6_upper_kink_and_limits() -> None:
+    act = get("relu6")
+    assert act is not None
+    z = torch.tensor([5.999, 6.0, 6.001, math.inf, -math.inf], dtype=torch.float64)
+    assert act.derivative(z).tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_selu_constants_full_precision() -> None:
+    # Klambauer et al. 2017, eq. 14: alpha_01 ~ 1.6732632423543772848170429916717,
+    # lambda_01 ~ 1.0507009873554804934193349852946; the oracle recomputes them.
+    assert pytest.approx(reference._SELU_ALPHA, rel=1e-15) == SELU_ALPHA
+    assert pytest.approx(reference._SELU_LAMBDA, rel=1e-15) == SELU_LAMBDA
+    assert F.selu(torch.tensor([-1.0], dtype=torch.float64)).item() == pytest.approx(
+        SELU_LAMBDA * SELU_ALPHA * (math.exp(-1) - 1), rel=1e-15
+    )
+
+
+# ----------------------------------------------------------------------- properties
+
+_finite = st.floats(min_value=-60, max_value=60, allow_nan=False, width=64)
+
+
+@given(
+    z=st.lists(st.floats(min_value=-50, max_value=-1e-300), min_size=1, max_size=20),
+    alpha=st.floats(min_value=0.01, max_value=3.0),
+)
+def test_elu_derivative_is_elu_plus_alpha_for_negative_z(z: list[float], alpha: float) -> None:
+    act = get(f"elu(alpha={alpha!r})")
+    assert act is not None
+    t = torch.tensor(z, dtype=torch.float64)
+    torch.testing.assert_close(act.derivative(t), act(t) + alpha, rtol=1e-12, atol=1e-15)
+
+
+@given(z=st.lists(_finite, min_size=1, max_size=20))
+def test_leaky_relu_with_slope_zero_is_relu(z: list[float]) -> None:
+    leaky, relu = get("leaky_relu(0)"), get("relu")
+    assert leaky is not None and relu is not None
+    t = torch.tensor(z, dtype=torch.float64)
+    assert torch.equal(leaky(t), relu(t))
+    assert torch.equal(leaky.derivative(t), relu.derivative(t))
+    assert torch.equal(leaky.zero_grad(t), relu.zero_grad(t))
+    assert torch.equal(_autograd(leaky, t), _autograd(relu, t))
+
+
+@given(
+    z=st.lists(_finite, min_size=3, max_size=3 * 8).filter(lambda v: len(v) % 3 == 0),
+    a=st.lists(st.floats(min_value=0.0, max_value=1.0), min_size=3, max_size=3),
+)
+def test_prelu_with_fixed_slope_is_leaky_relu(z: list[float], a: list[float]) -> None:
+    t = torch.tensor(z, dtype=torch.float64).reshape(-1, 3)
+    module = make_module("prelu(num_parameters=3)").to(torch.float64)
+    with torch.no_grad():
+        module.weight.copy_(torch.tensor(a, dtype=torch.float64))
+    tz = t.clone().requires_grad_(True)
+    out = module(tz)
+    (g,) = torch.autograd.grad(out.sum(), tz)
+    for c in range(3):
+        leaky = get(f"leaky_relu({a[c]!r})")
+        assert leaky is not None
+        assert torch.equal(out[:, c].detach(), leaky(t[:, c]))
+        assert torch.equal(g[:, c], leaky.derivative(t[:, c]))
+
+
+@settings(max_examples=8)
+@given(seed=st.integers(min_value=0, max_value=2**31 - 1))
+def test_selu_maps_standard_normal_to_mean_0_variance_1(seed: int) -> None:
+    """Monte Carlo with n = 200k: the tolerance is 6 standard errors of each estimate,
+    estimated from the same sample (CLT), so a correct SELU fails with probability ~2e-9;
+    an error of 1 % in lambda moves the variance by 0.02, ~25 standard errors."""
+    n = 200_000
+    z = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    y = F.selu(z)
+    mean, var = y.mean(), y.var()
+    se_mean = (y.std() / math.sqrt(n)).item()
+    se_var = (((y - mean) ** 2).std() / math.sqrt(n)).item()
+    assert abs(mean.item()) < 6 * se_mean
+    assert abs(var.item() - 1.0) < 6 * se_var
+
+
+def test_selu_fixed_point_by_quadrature() -> None:
+    """E[selu(z)] = 0 and E[selu(z)^2] = 1 for z ~ N(0, 1), integrated to ~1e-12."""
+    z = torch.linspace(-40, 40, 800_001, dtype=torch.float64)
+    w = torch.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+    y = F.selu(z)
+    assert torch.trapezoid(y * w, z).item() == pytest.approx(0.0, abs=1e-9)
+    assert torch.trapezoid(y * y * w, z).item() == pytest.approx(1.0, abs=1e-9)
+
+
+# ----------------------------------------------------------------------- metadata
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_zero_grad_mask_is_where_derivative_is_zero(case: str) -> None:
+    act = get(case)
+    assert act is not None
+    z = _inputs(seed=7)
+    z = z[torch.isfinite(z) & (z.abs() <= 20)]  # far out, exp underflows f' to exactly 0
+    assert torch.equal(act.zero_grad(z), act.derivative(z) == 0), case
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_saturation_metadata(case: str) -> None:
+    act = get(case)
+    assert act is not None
+    far = torch.tensor([-60.0], dtype=torch.float64)
+    mid = torch.tensor([-3.0], dtype=torch.float64)
+    if act.spec.saturates:
+        assert act.derivative(far).abs().item() < 1e-3  # -> 0 ...
+        assert act.derivative(mid).item() != 0  # ... without a region of exactly 0
+    else:
+        far_far = torch.tensor([-1e6], dtype=torch.float64)
+        assert act.derivative(far).item() == act.derivative(far_far).item()
+
+
+def test_zero_grad_regions_by_construction() -> None:
+    z = torch.tensor([-2.0, 0.0, 3.0, 6.0, 7.0])
+    relu, relu6, leaky = get("relu"), get("relu6"), get("leaky_relu")
+    assert relu is not None and relu6 is not None and leaky is not None
+    assert relu.zero_grad(z).tolist() == [True, True, False, False, False]
+    assert relu6.zero_grad(z).tolist() == [True, True, False, True, True]
+    assert leaky.zero_grad(z).tolist() == [False] * 5
+    assert relu.spec.zero_grad_region == "z <= 0"
+
+
+@pytest.mark.parametrize("name", names())
+def test_torch_modules_and_functions_map_back(name: str) -> None:
+    spec = get(name).spec  # type: ignore[union-attr]
+    assert spec.torch_modules, name
+    for m in spec.torch_modules:
+        assert spec_for_module(m) is spec
+    for fn in spec.torch_functions:
+        assert spec_for_function(fn) is spec
+    assert spec_for_module(spec.module) is spec
+    assert spec_for_module(make_module(name)) is spec
+
+
+def test_non_activations_are_not_covered() -> None:
+    assert spec_for_module(nn.Linear) is None
+    assert spec_for_module(nn.Linear(2, 2)) is None
+    assert spec_for_function(torch.add) is None
+
+
+# ----------------------------------------------------------------------- registry
+
+
+def test_parse_strings() -> None:
+    assert get("leaky_relu").params == {"slope": 0.01}  # type: ignore[union-attr]
+    assert get("leaky_relu(0.2)").params == {"slope": 0.2}  # type: ignore[union-attr]
+    assert get("elu(alpha=0.3)").params == {"alpha": 0.3}  # type: ignore[union-attr]
+    assert get("Leaky-ReLU(0.2)").name == "leaky_relu"  # type: ignore[union-attr]
+    assert get("swish").name == "silu"  # type: ignore[union-attr]
+    assert get("gelu(approximate='tanh')").params == {"approximate": "tanh"}  # type: ignore[union-attr]
+    assert get("gelu(approximate=tanh)").params == {"approximate": "tanh"}  # type: ignore[union-attr]
+    assert get("softplus(2, threshold=5)").params == {"beta": 2.0, "threshold": 5.0}  # type: ignore[union-attr]
+    assert get(None) is None
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_str_round_trips(case: str) -> None:
+    act = get(case)
+    assert act is not None
+    assert get(str(act)) == act
+
+
+def test_get_classes_instances_specs() -> None:
+    assert get(nn.LeakyReLU(0.2)).params == {"slope": 0.2}  # type: ignore[union-attr]
+    assert get(nn.ELU).params == {"alpha": 1.0}  # type: ignore[union-attr]
+    assert get(nn.ELU(alpha=0.5)).params == {"alpha": 0.5}  # type: ignore[union-attr]
+    assert get(nn.Softplus(beta=2.0, threshold=10.0)).params == {"beta": 2.0, "threshold": 10.0}  # type: ignore[union-attr]
+    assert get(nn.GELU(approximate="tanh")).params == {"approximate": "tanh"}  # type: ignore[union-attr]
+    assert get(nn.PReLU(3, init=0.1)).params == {"num_parameters": 3, "init": 0.1}  # type: ignore[union-attr]
+    assert get(nn.RReLU(0.1, 0.2)).params == {"lower": 0.1, "upper": 0.2}  # type: ignore[union-attr]
+    act = get("elu(0.3)")
+    assert act is not None
+    assert get(act) is act
+    assert get(act.spec) == get("elu")
+    assert get(act.module()) == act
+    assert isinstance(act.spec, ActivationSpec)
+
+
+def test_make_module_builds_parameters() -> None:
+    m = make_module("leaky_relu(0.2)")
+    assert isinstance(m, nn.LeakyReLU) and m.negative_slope == 0.2
+    p = make_module("prelu(num_parameters=4, init=0.1)")
+    assert p.weight.shape == (4,) and torch.all(p.weight == 0.1)  # type: ignore[operator]
+    assert isinstance(make_module(nn.SELU), nn.SELU)
+
+
+# ----------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("nope", "known: relu, leaky_relu"),
+        ("leaky_relu(-0.1)", "'slope' must be >= 0"),
+        ("elu(alpha=0)", "'alpha' must be > 0"),
+        ("elu(alpha=-1)", "'alpha' must be > 0"),
+        ("elu(alpha=inf)", "must be finite"),
+        ("elu(alpha=nan)", "must be finite"),
+        ("elu(1e400)", "must be finite"),
+        ("celu(-0.5)", "'alpha' must be > 0"),
+        ("softplus(beta=0)", "'beta' must be > 0"),
+        ("rrelu(lower=0.5, upper=0.1)", "lower (0.5) must be <= upper (0.1)"),
+        ("rrelu(-0.1)", "'lower' must be >= 0"),
+        ("prelu(num_parameters=0)", "'num_parameters' must be >= 1"),
+        ("prelu(num_parameters=2.5)", "must be an integer"),
+        ("gelu(approximate=fast)", "must be one of ['none', 'tanh']"),
+        ("relu(1)", "relu takes at most 0 parameter(s)"),
+        ("elu(beta=1)", "elu has no parameter 'beta'; valid: alpha"),
+        ("elu(alpha=[1])", "must be a number"),
+        ("elu(1 + 1)", "must be numbers or words"),
+        ("elu(alpha=0.3", "cannot parse"),
+        ("elu(**d)", "cannot parse"),
+    ],
+)
+def test_bad_strings_raise_value_error(bad: str, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        get(bad)
+    assert message in str(info.value)
+
+
+def test_bad_objects_raise_value_error() -> None:
+    with pytest.raises(ValueError, match="known: relu"):
+        get(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="known: relu"):
+        get(nn.Tanh)
+    with pytest.raises(ValueError, match="pass a name such as"):
+        get(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs an activation"):
+        make_module(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="upper"):
+        make_module(nn.RReLU(0.5, 0.1))
+
+
+@pytest.mark.parametrize("shape", [(2, 4), (2, 4, 5), (4,), ()])
+def test_prelu_channel_mismatch_is_a_value_error(shape: tuple[int, ...]) -> None:
+    module = make_module("prelu(num_parameters=3)")
+    with pytest.raises(ValueError, match="num_parameters=1 for one shared slope"):
+        module(torch.randn(shape))
+
+
+def test_prelu_shared_slope_takes_any_shape() -> None:
+    module = make_module("prelu")
+    for shape in [(2, 4), (4,), (), (2, 3, 4, 5)]:
+        z = torch.randn(shape)
+        assert torch.equal(module(z), F.leaky_relu(z, 0.25))

@@ -377,25 +377,54 @@ def _evaluate(
 
 @dataclass
 class _Group:
-    """Members sharing the full activation (name and parameters), trained in one vmap."""
+    """Members sharing the full activation (name and parameters), trained together.
+
+    Each ``Linear`` is one ``torch.baddbmm`` over the stacked ``(m, out, in)`` weights. The
+    activation module is applied to the whole ``(m, N, U)`` tensor when it has no parameters;
+    a learnable one (PReLU) runs as ``vmap`` over ``functional_call`` with each member's
+    own parameters.
+    """
 
     index: Tensor  # (m,) positions of these members in the call
     act: Activation
-    base: MLP  # template module on the meta device
-    params: dict[str, Tensor]  # stacked, leaf tensors requiring grad
-    buffers: dict[str, Tensor]
+    act_modules: list[nn.Module]  # template activation module per hidden layer
+    params: dict[str, Tensor]  # stacked MLP parameters, leaf tensors requiring grad
     lr: Tensor  # (m,)
     batches: Tensor  # (steps, m, B)
     kicks: list[tuple[int, Tensor]]  # (step, (m,) kick per member)
 
     def forward(self, x: Tensor, shared_input: bool) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-        def one(p: dict[str, Tensor], b: dict[str, Tensor], xi: Tensor) -> Any:
-            return functional_call(self.base, (p, b), (xi,))
+        """``x``: ``(N, D)`` (``shared_input``) or ``(m, N, D)`` -> logits ``(m, N, C)``,
+        pre-activations and activations ``[(m, N, H_l)]``."""
+        m = int(self.index.shape[0])
+        h = x.expand(m, -1, -1) if shared_input else x
+        pre: list[Tensor] = []
+        post: list[Tensor] = []
+        n_hidden = len(self.act_modules)
+        for i in range(n_hidden + 1):
+            w = self.params[f"linears.{i}.weight"]  # (m, out, in)
+            b = self.params[f"linears.{i}.bias"]  # (m, out)
+            z = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if i == n_hidden:
+                return z, pre, post
+            h = self._activate(i, z)
+            pre.append(z)
+            post.append(h)
+        raise AssertionError("unreachable")
 
-        in_x = None if shared_input else 0
-        out = torch.vmap(one, in_dims=(0, 0, in_x))(self.params, self.buffers, x)
-        logits, pre, post = out
-        return logits, list(pre), list(post)
+    def _activate(self, i: int, z: Tensor) -> Tensor:
+        module = self.act_modules[i]
+        prefix = f"acts.{i}."
+        own = {k[len(prefix) :]: v for k, v in self.params.items() if k.startswith(prefix)}
+        if not own:
+            return module(z)
+
+        def one(p: dict[str, Tensor], zi: Tensor) -> Tensor:
+            out: Tensor = functional_call(module, p, (zi,))
+            return out
+
+        result: Tensor = torch.vmap(one)(own, z)
+        return result
 
 
 def _make_groups(
@@ -412,7 +441,9 @@ def _make_groups(
     for idx in keys.values():
         models = [build_member(members[i], cfg.widths).to(device) for i in idx]
         params, buffers = stack_module_state(models)
-        base = copy.deepcopy(models[0]).to("meta")
+        if buffers:
+            raise ValueError(f"members with buffers are not supported, got {sorted(buffers)}")
+        act_modules = [copy.deepcopy(a) for a in models[0].acts]
         order = torch.stack(
             [_batch_order(members[i].seed, n_train, cfg.steps, cfg.batch_size) for i in idx],
             dim=1,
@@ -432,9 +463,8 @@ def _make_groups(
             _Group(
                 index=torch.tensor(idx, device=device),
                 act=acts[idx[0]],
-                base=base,
+                act_modules=act_modules,
                 params=params,
-                buffers=buffers,
                 lr=torch.tensor([members[i].lr for i in idx], device=device),
                 batches=order,
                 kicks=kicks,

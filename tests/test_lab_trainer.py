@@ -1,0 +1,154 @@
+"""The batched trainer: agrees with the sequential reference, counts dead units exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from deadrelu.lab.data import Dataset, load
+from deadrelu.lab.trainer import (
+    MLP,
+    Member,
+    TrainConfig,
+    TrainResult,
+    build_member,
+    train_batched,
+    train_sequential,
+)
+
+WIDTHS = (40, 32, 24, 10)
+
+
+@pytest.fixture(scope="module")
+def data() -> Dataset:
+    d = load("synthetic", 0)
+    # a smaller training set keeps the suite fast; the probe is the training set
+    return Dataset(d.name, d.x_train[:600], d.y_train[:600], d.x_test[:300], d.y_test[:300], 10)
+
+
+def _cfg(**kw: object) -> TrainConfig:
+    base: dict[str, object] = {
+        "widths": WIDTHS,
+        "steps": 24,
+        "batch_size": 50,
+        "eval_every": 8,
+        "record_masks": True,
+    }
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def _assert_agree(a: TrainResult, b: TrainResult) -> None:
+    assert a.steps == b.steps
+    torch.testing.assert_close(a.test_acc, b.test_acc, atol=0.004, rtol=0)
+    torch.testing.assert_close(a.test_loss, b.test_loss, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(a.train_loss, b.train_loss, atol=1e-4, rtol=1e-4, equal_nan=True)
+    for name in ("dead_frac", "frozen_frac", "saturated_frac"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), atol=0.02, rtol=0)
+    torch.testing.assert_close(a.mean_act, b.mean_act, atol=1e-4, rtol=1e-4)
+    assert a.state.keys() == b.state.keys()
+    for k in a.state:
+        torch.testing.assert_close(a.state[k], b.state[k], atol=1e-4, rtol=1e-4)
+
+
+def test_batched_agrees_with_sequential_relu(data: Dataset) -> None:
+    members = [
+        Member(seed=0, lr=0.05),
+        Member(seed=1, lr=0.5),
+        Member(seed=2, lr=0.1, bias_init=0.01),
+        Member(seed=3, lr=0.1, bias_init=-0.3, bias_kick=-2.0, kick_step=8),
+    ]
+    a, b = train_batched(members, _cfg(), data), train_sequential(members, _cfg(), data)
+    _assert_agree(a, b)
+    assert a.dead_frac[3, 1:].sum() > 0  # the kick killed units: the test sees dead units
+    for ma, mb in zip(a.dead_masks, b.dead_masks, strict=True):
+        assert (ma != mb).float().mean() < 0.01
+
+
+def test_batched_agrees_with_sequential_mixed_slopes_in_one_call(data: Dataset) -> None:
+    # interleaved parameter sets: groups are trained apart and put back in member order
+    members = [
+        Member(seed=0, lr=0.1, activation="leaky_relu(0.01)"),
+        Member(seed=1, lr=0.1, activation="leaky_relu(0.3)"),
+        Member(seed=2, lr=0.1, activation="leaky_relu(0.01)"),
+    ]
+    a = train_batched(members, _cfg(), data)
+    _assert_agree(a, train_sequential(members, _cfg(), data))
+    alone = train_batched([members[1]], _cfg(), data)
+    torch.testing.assert_close(a.test_acc[1:2], alone.test_acc, atol=0.004, rtol=0)
+
+
+def test_batched_agrees_with_sequential_learnable_prelu(data: Dataset) -> None:
+    members = [Member(seed=s, lr=0.2, activation="prelu") for s in range(3)]
+    a = train_batched(members, _cfg(), data)
+    _assert_agree(a, train_sequential(members, _cfg(), data))
+    slopes = a.state["acts.0.weight"]
+    assert slopes.shape == (3, 1)
+    assert not torch.allclose(slopes, torch.full_like(slopes, 0.25))  # the slope learned
+
+
+def test_units_killed_by_construction_are_found_exactly(data: Dataset) -> None:
+    def kill(model: nn.Module) -> None:
+        assert isinstance(model, MLP)
+        with torch.no_grad():
+            model.linear_layers()[0].bias[[3, 7]] = -1000.0
+
+    members = [Member(seed=0, lr=0.1, init_fn=kill), Member(seed=1, lr=0.1)]
+    res = train_batched(members, _cfg(), data)
+    first = res.dead_masks[0]  # (T, M, H)
+    # member 0: exactly units 3 and 7 of layer 1 are dead at init, and stay dead
+    assert torch.nonzero(first[0, 0]).flatten().tolist() == [3, 7]
+    assert first[:, 0, [3, 7]].all()
+    assert not first[0, 1].any()
+    assert res.dead_frac[0, 0, 0].item() == pytest.approx(2 / WIDTHS[1])
+    # a dead ReLU unit gets no gradient: its incoming weights never moved
+    init = build_member(members[0], WIDTHS).linear_layers()[0]
+    torch.testing.assert_close(res.state["linears.0.weight"][0, [3, 7]], init.weight[[3, 7]])
+    # for ReLU, frozen (zero gradient on every probe row) is the same as dead
+    torch.testing.assert_close(res.frozen_frac, res.dead_frac)
+
+
+def test_large_negative_bias_kills_every_layer(data: Dataset) -> None:
+    res = train_batched([Member(seed=0, lr=0.1, bias_init=-1000.0)], _cfg(steps=8), data)
+    assert (res.dead_frac == 1.0).all()
+    assert res.test_acc.max() < 0.3  # a constant classifier
+
+
+def test_leaky_units_never_active_are_dead_but_not_frozen(data: Dataset) -> None:
+    member = Member(seed=0, lr=0.1, activation="leaky_relu", bias_init=-1000.0)
+    res = train_batched([member], _cfg(steps=8), data)
+    assert res.dead_frac[0, 0, 0] == 1.0
+    assert (res.frozen_frac == 0).all()
+
+
+def test_saturated_units_of_elu_are_counted(data: Dataset) -> None:
+    member = Member(seed=0, lr=0.0, activation="elu", bias_init=-1000.0)
+    res = train_batched([member], _cfg(steps=2, eval_every=2), data)
+    assert (res.saturated_frac[0, :, 0] == 1.0).all()
+
+
+def test_same_members_same_numbers(data: Dataset) -> None:
+    members = [Member(seed=4, lr=0.3), Member(seed=5, lr=0.03)]
+    a, b = train_batched(members, _cfg(), data), train_batched(members, _cfg(), data)
+    assert torch.equal(a.test_acc, b.test_acc) and torch.equal(a.dead_frac, b.dead_frac)
+    assert all(torch.equal(a.state[k], b.state[k]) for k in a.state)
+
+
+def test_module_returns_the_trained_member(data: Dataset) -> None:
+    members = [Member(seed=0, lr=0.1), Member(seed=1, lr=0.1)]
+    res = train_batched(members, _cfg(), data)
+    logits, _, _ = res.module(1)(data.x_test)
+    acc = (logits.argmax(1) == data.y_test).double().mean()
+    assert acc.item() == pytest.approx(res.test_acc[1, -1].item(), abs=1e-9)
+
+
+def test_mixed_activation_names_are_refused(data: Dataset) -> None:
+    members = [Member(seed=0, lr=0.1), Member(seed=1, lr=0.1, activation="elu")]
+    with pytest.raises(ValueError, match="share the activation name"):
+        train_batched(members, _cfg(), data)
+
+
+def test_widths_must_fit_the_data(data: Dataset) -> None:
+    with pytest.raises(ValueError, match="do not fit the dataset"):
+        train_batched([Member(seed=0, lr=0.1)], _cfg(widths=(64, 10, 10)), data)

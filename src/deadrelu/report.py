@@ -1,0 +1,505 @@
+"""The result of a scan: per-unit classes per call site, as a table, JSON and plots.
+
+A :class:`Report` is built from ``{site name: UnitStats}`` and the matching
+``{site name: Site}`` (what :func:`deadrelu.scan.scan` and the Monitor gather). It
+classifies every unit with :mod:`deadrelu.classify` (the one place the words are defined):
+
+* ``dead``: never z > 0 on any position seen (:func:`~deadrelu.classify.dead_mask`);
+* ``dormant``: ReDo score <= ``tau`` (:func:`~deadrelu.classify.dormant_mask`), computed
+  among the units whose mean |output| is finite; a unit with NaN/inf output is not dormant;
+* ``rarely_active``: z > 0 on fewer than ``rarely_fraction`` of positions;
+* ``saturated``: only for saturating activations (ELU, SELU, GELU, ...) and only when the
+  statistics have ``detail`` (they need the z range);
+* ``nonfinite``: at least one NaN or inf pre-activation.
+
+A site that saw no position has every mask False. The statistics are copied to the CPU
+once, at construction; the report never touches the model.
+
+JSON (:meth:`Report.to_json`) is ``{"schema": "deadrelu.report/1", "settings": ...,
+"meta": ..., "summary": ..., "sites": [...]}``; every site carries its raw statistics,
+so :meth:`Report.from_json` rebuilds the same report (and can re-classify with another
+``tau``). Non-finite floats are written as the strings ``"nan"``, ``"inf"``, ``"-inf"``.
+
+Plots: :meth:`Report.plot` draws the dead and dormant fraction per site;
+:func:`plot_history` draws any per-site series over training steps (for the Monitor).
+Both write a PNG with matplotlib's Agg canvas, imported lazily, without touching pyplot's
+global state.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from deadrelu import activations, classify
+from deadrelu.capture import Site
+from deadrelu.stats import UnitStats
+
+__all__ = ["CLASSES", "SCHEMA", "LayerSummary", "Report", "plot_history"]
+
+SCHEMA = "deadrelu.report/1"
+#: The unit classes a report knows, in display order.
+CLASSES = ("dead", "dormant", "rarely_active", "saturated", "nonfinite")
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """One row of :attr:`Report.layers`: the counts of one call site."""
+
+    name: str
+    activation: str
+    kind: str
+    unit_dim: int
+    units: int
+    positions: int
+    dead: int
+    dormant: int
+    rarely_active: int
+    saturated: int
+    nonfinite: int
+    dead_fraction: float
+    dormant_fraction: float
+    mean_active_fraction: float
+    mean_abs: float
+
+
+class Report:
+    """Dead, dormant, rarely-active, saturated and non-finite units per call site.
+
+    Args:
+        stats: ``{site name: UnitStats}``.
+        sites: ``{site name: Site}``; must cover every key of ``stats``.
+        tau: ReDo dormancy threshold.
+        rarely_fraction: the rarely-active threshold (fraction of positions).
+        saturation_threshold: |f'| below which a saturating unit counts as saturated.
+        meta: free-form, JSON-serialisable information (batches seen, mode ...).
+    """
+
+    def __init__(
+        self,
+        stats: Mapping[str, UnitStats],
+        sites: Mapping[str, Site],
+        *,
+        tau: float = classify.DORMANT_TAU,
+        rarely_fraction: float = classify.RARELY_ACTIVE_FRACTION,
+        saturation_threshold: float = classify.SATURATION_THRESHOLD,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        missing = [name for name in stats if name not in sites]
+        if missing:
+            raise ValueError(f"no Site given for statistics of {missing}")
+        if tau < 0:
+            raise ValueError(f"tau must be >= 0, got {tau}")
+        self.tau = float(tau)
+        self.rarely_fraction = float(rarely_fraction)
+        self.saturation_threshold = float(saturation_threshold)
+        self.meta: dict[str, Any] = dict(meta or {})
+        self.sites: dict[str, Site] = {name: sites[name] for name in stats}
+        self.stats: dict[str, UnitStats] = {name: s.to("cpu") for name, s in stats.items()}
+        self._masks = {name: self._classify(name) for name in self.stats}
+
+    # ------------------------------------------------------------------ classification
+
+    def _classify(self, name: str) -> dict[str, Tensor]:
+        s = self.stats[name]
+        act = self.sites[name].activation
+        seen = bool(s.positions > 0)
+        nonfinite = s.nonfinite > 0
+        if not seen:
+            false = torch.zeros(s.units, dtype=torch.bool)
+            return {c: false.clone() for c in CLASSES}
+        mean_abs = s.mean_abs
+        finite = torch.isfinite(mean_abs)
+        dormant = torch.zeros(s.units, dtype=torch.bool)
+        if bool(finite.any()):
+            dormant[finite] = classify.dormant_mask(mean_abs[finite], self.tau)
+        if s.detail:
+            saturated = classify.saturated_mask(
+                s.z_min, s.z_max, act, threshold=self.saturation_threshold
+            )
+        else:
+            saturated = torch.zeros(s.units, dtype=torch.bool)
+        return {
+            "dead": classify.dead_mask(s.active),
+            "dormant": dormant,
+            "rarely_active": classify.rarely_active_mask(
+                s.active, s.positions, self.rarely_fraction
+            ),
+            "saturated": saturated,
+            "nonfinite": nonfinite,
+        }
+
+    def _site(self, site: str) -> str:
+        if site not in self._masks:
+            raise KeyError(f"no call site {site!r} in this report; sites: {list(self._masks)}")
+        return site
+
+    def masks(self, site: str) -> dict[str, Tensor]:
+        """``{class: (U,) bool mask}`` for one site (classes in :data:`CLASSES`)."""
+        return {k: v.clone() for k, v in self._masks[self._site(site)].items()}
+
+    def units(self, kind: str, site: str) -> list[int]:
+        """Indices of the units of ``site`` in class ``kind`` (one of :data:`CLASSES`)."""
+        if kind not in CLASSES:
+            raise ValueError(f"unknown unit class {kind!r}; known: {', '.join(CLASSES)}")
+        return torch.nonzero(self._masks[self._site(site)][kind]).flatten().tolist()
+
+    def dead_units(self, site: str) -> list[int]:
+        """Indices of the dead units of ``site``, e.g. ``report.dead_units("features.3")``."""
+        return self.units("dead", site)
+
+    def dormant_units(self, site: str) -> list[int]:
+        """Indices of the dormant units (ReDo score <= tau) of ``site``."""
+        return self.units("dormant", site)
+
+    def rarely_active_units(self, site: str) -> list[int]:
+        """Indices of the rarely active units of ``site``."""
+        return self.units("rarely_active", site)
+
+    def saturated_units(self, site: str) -> list[int]:
+        """Indices of the saturated units of ``site`` (saturating activations only)."""
+        return self.units("saturated", site)
+
+    def nonfinite_units(self, site: str) -> list[int]:
+        """Indices of the units of ``site`` that saw a NaN or inf pre-activation."""
+        return self.units("nonfinite", site)
+
+    def all_units(self, kind: str = "dead") -> dict[str, list[int]]:
+        """``{site: indices}`` of class ``kind``, sites with none included (empty list)."""
+        return {name: self.units(kind, name) for name in self._masks}
+
+    # ------------------------------------------------------------------ summaries
+
+    @property
+    def layers(self) -> list[LayerSummary]:
+        """One :class:`LayerSummary` per site, in order of first call."""
+        rows = []
+        for name, s in self.stats.items():
+            m = self._masks[name]
+            site = self.sites[name]
+            units = s.units
+            rows.append(
+                LayerSummary(
+                    name=name,
+                    activation=str(site.activation),
+                    kind=site.kind,
+                    unit_dim=site.unit_dim,
+                    units=units,
+                    positions=int(s.positions),
+                    dead=int(m["dead"].sum()),
+                    dormant=int(m["dormant"].sum()),
+                    rarely_active=int(m["rarely_active"].sum()),
+                    saturated=int(m["saturated"].sum()),
+                    nonfinite=int(m["nonfinite"].sum()),
+                    dead_fraction=float(m["dead"].sum()) / units,
+                    dormant_fraction=float(m["dormant"].sum()) / units,
+                    mean_active_fraction=float(s.active_fraction.mean()),
+                    mean_abs=float(s.mean_abs.mean()),
+                )
+            )
+        return rows
+
+    @property
+    def total_units(self) -> int:
+        """Units over all sites."""
+        return sum(s.units for s in self.stats.values())
+
+    def count(self, kind: str = "dead") -> int:
+        """Units of class ``kind`` over all sites."""
+        if kind not in CLASSES:
+            raise ValueError(f"unknown unit class {kind!r}; known: {', '.join(CLASSES)}")
+        return sum(int(m[kind].sum()) for m in self._masks.values())
+
+    def fraction(self, kind: str = "dead") -> float:
+        """Fraction of all units (over all sites) in class ``kind``; 0 for no units."""
+        total = self.total_units
+        return self.count(kind) / total if total else 0.0
+
+    @property
+    def dead_fraction(self) -> float:
+        """Dead units / all units, over every site."""
+        return self.fraction("dead")
+
+    @property
+    def dormant_fraction(self) -> float:
+        """Dormant units / all units, over every site."""
+        return self.fraction("dormant")
+
+    def summary(self) -> dict[str, Any]:
+        """Totals: units, and count and fraction of every class."""
+        out: dict[str, Any] = {"sites": len(self.stats), "units": self.total_units}
+        for kind in CLASSES:
+            out[kind] = self.count(kind)
+            out[f"{kind}_fraction"] = self.fraction(kind)
+        return out
+
+    # ------------------------------------------------------------------ display
+
+    def table(self, title: str | None = None) -> Any:
+        """A ``rich.table.Table`` with one row per site."""
+        from rich.table import Table
+
+        s = self.summary()
+        table = Table(
+            title=title
+            or (
+                f"deadrelu: {s['dead']}/{s['units']} units dead "
+                f"({100 * s['dead_fraction']:.1f} %) in {s['sites']} sites"
+            )
+        )
+        for col, just in (
+            ("site", "left"),
+            ("activation", "left"),
+            ("units", "right"),
+            ("dead", "right"),
+            (f"dormant (τ={self.tau:g})", "right"),
+            ("rarely active", "right"),
+            ("saturated", "right"),
+            ("non-finite", "right"),
+            ("dead %", "right"),
+            ("active %", "right"),
+        ):
+            table.add_column(col, justify=just)  # type: ignore[arg-type]
+        for row in self.layers:
+            style = "red" if row.dead else None
+            table.add_row(
+                row.name,
+                row.activation,
+                str(row.units),
+                str(row.dead),
+                str(row.dormant),
+                str(row.rarely_active),
+                str(row.saturated) if self.sites[row.name].activation.spec.saturates else "-",
+                str(row.nonfinite),
+                f"{100 * row.dead_fraction:.1f}",
+                f"{100 * row.mean_active_fraction:.1f}",
+                style=style,
+            )
+        return table
+
+    def __str__(self) -> str:
+        from rich.console import Console
+
+        buf = io.StringIO()
+        Console(file=buf, width=120, no_color=True, color_system=None).print(self.table())
+        return buf.getvalue().rstrip()
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        return (
+            f"Report(sites={s['sites']}, units={s['units']}, dead={s['dead']}, "
+            f"dormant={s['dormant']}, tau={self.tau:g})"
+        )
+
+    # ------------------------------------------------------------------ JSON
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready dictionary (see the module docstring)."""
+        sites = []
+        for row in self.layers:
+            site = self.sites[row.name]
+            stats = self.stats[row.name]
+            entry: dict[str, Any] = {
+                "name": row.name,
+                "activation": str(site.activation),
+                "kind": site.kind,
+                "module": site.module,
+                "unit_dim": site.unit_dim,
+                "summary": {k: v for k, v in asdict(row).items() if k not in {"name"}},
+                "units": {kind: self.units(kind, row.name) for kind in CLASSES},
+                "stats": {k: _encode(v) for k, v in stats.state_dict().items()},
+            }
+            sites.append(entry)
+        return _sanitize(
+            {
+                "schema": SCHEMA,
+                "settings": {
+                    "tau": self.tau,
+                    "rarely_fraction": self.rarely_fraction,
+                    "saturation_threshold": self.saturation_threshold,
+                },
+                "meta": self.meta,
+                "summary": self.summary(),
+                "sites": sites,
+            }
+        )
+
+    def to_json(self, path: str | Path | None = None, *, indent: int | None = 1) -> str:
+        """The report as JSON text; also written to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        if path is not None:
+            Path(path).write_text(text + "\n", encoding="utf-8")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, tau: float | None = None) -> Report:
+        """Rebuild from :meth:`to_dict`; ``tau`` re-classifies with another threshold."""
+        schema = data.get("schema")
+        if schema != SCHEMA:
+            raise ValueError(
+                f"not a deadrelu report: schema is {schema!r}, expected {SCHEMA!r}; "
+                f"was this file written by Report.to_json()?"
+            )
+        settings = data.get("settings", {})
+        stats: dict[str, UnitStats] = {}
+        sites: dict[str, Site] = {}
+        for entry in data["sites"]:
+            name = entry["name"]
+            act = activations.get(entry["activation"])
+            assert act is not None
+            sites[name] = Site(
+                name, act, int(entry["unit_dim"]), entry["kind"], entry.get("module", "")
+            )
+            stats[name] = UnitStats.from_state_dict(
+                {k: _decode(v) for k, v in entry["stats"].items()}
+            )
+        return cls(
+            stats,
+            sites,
+            tau=settings.get("tau", classify.DORMANT_TAU) if tau is None else tau,
+            rarely_fraction=settings.get("rarely_fraction", classify.RARELY_ACTIVE_FRACTION),
+            saturation_threshold=settings.get(
+                "saturation_threshold", classify.SATURATION_THRESHOLD
+            ),
+            meta=data.get("meta"),
+        )
+
+    @classmethod
+    def from_json(cls, source: str | Path, *, tau: float | None = None) -> Report:
+        """Rebuild from JSON text or a path to a ``.json`` file written by :meth:`to_json`."""
+        text = str(source)
+        if isinstance(source, Path) or not text.lstrip().startswith("{"):
+            text = Path(source).read_text(encoding="utf-8")
+        return cls.from_dict(json.loads(text), tau=tau)
+
+    # ------------------------------------------------------------------ plots
+
+    def plot(self, path: str | Path, *, title: str | None = None) -> Path:
+        """Write a PNG: dead and dormant fraction per site (horizontal bars). Returns path."""
+        rows = self.layers
+        names = [r.name for r in rows]
+        fig, ax = _figure(width=7.0, height=max(2.0, 0.35 * len(rows) + 1.2))
+        y = list(range(len(rows)))
+        ax.barh(
+            y,
+            [r.dormant_fraction for r in rows],
+            color="#f4a582",
+            label=f"dormant (τ={self.tau:g})",
+        )
+        ax.barh(y, [r.dead_fraction for r in rows], color="#b2182b", label="dead")
+        ax.set_yticks(y)
+        ax.set_yticklabels(names)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("fraction of units")
+        ax.set_title(title or f"dead units per site ({100 * self.dead_fraction:.1f} % overall)")
+        ax.legend(loc="lower right", fontsize="small")
+        return _save(fig, path)
+
+
+def plot_history(
+    steps: Sequence[int],
+    series: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    ylabel: str = "dead fraction",
+    title: str | None = None,
+    logx: bool = False,
+) -> Path:
+    """Write a PNG of per-site values over training steps (one line per site).
+
+    Args:
+        steps: the x values, length T.
+        series: ``{site name: T values}``, e.g. the dead fraction of each site at each
+            Monitor step; NaN leaves a gap (a site not yet seen).
+        path: where to write the PNG.
+        ylabel, title, logx: axis label, title, logarithmic step axis.
+    """
+    for name, values in series.items():
+        if len(values) != len(steps):
+            raise ValueError(
+                f"series {name!r} has {len(values)} values for {len(steps)} steps; "
+                f"give one value per step (NaN where missing)"
+            )
+    fig, ax = _figure(width=7.0, height=4.0)
+    for name, values in series.items():
+        ax.plot(list(steps), list(values), label=name, linewidth=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    if logx:
+        ax.set_xscale("log")
+    if title:
+        ax.set_title(title)
+    if 0 < len(series) <= 12:
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
+def _figure(width: float, height: float) -> tuple[Any, Any]:
+    """A matplotlib Figure on an Agg canvas and its axes, without pyplot."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("plotting needs matplotlib: pip install 'deadrelu[plot]'") from exc
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    return fig, ax
+
+
+def _save(fig: Any, path: str | Path) -> Path:
+    path = Path(path)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path
+
+
+def _encode(t: Tensor) -> Any:
+    """Tensor -> JSON value; non-finite floats as strings."""
+    value = t.tolist()
+    if t.is_floating_point():
+        return _map_floats(value, lambda x: x if math.isfinite(x) else str(x))
+    return value
+
+
+def _decode(value: Any) -> Tensor:
+    """Inverse of :func:`_encode` (ints stay int64, floats become float64)."""
+    floats = _has_float(value)
+    decoded = _map_floats(value, lambda x: float(x)) if floats else value
+    if isinstance(decoded, bool):
+        return torch.tensor(decoded)
+    return torch.tensor(decoded, dtype=torch.float64 if floats else torch.int64)
+
+
+def _sanitize(value: Any) -> Any:
+    """Non-finite floats anywhere in dicts/lists -> ``"nan"``, ``"inf"``, ``"-inf"``."""
+    if isinstance(value, dict):
+        return {k: _sanitize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_sanitize(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def _map_floats(value: Any, fn: Any) -> Any:
+    if isinstance(value, list):
+        return [_map_floats(v, fn) for v in value]
+    if isinstance(value, (float, str)):
+        return fn(value)
+    return value
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    return isinstance(value, (float, str))

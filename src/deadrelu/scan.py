@@ -1,0 +1,251 @@
+"""One pass of a model over data: per-unit statistics of every activation, as a Report.
+
+:func:`scan` attaches :mod:`deadrelu.capture` to the model, runs it under
+``torch.no_grad()`` over the batches, reduces every activation call into a
+:class:`~deadrelu.stats.UnitStats` on the activation's device, and returns a
+:class:`~deadrelu.report.Report`. The model is put in **eval mode** by default (dropout
+off, BatchNorm on running statistics: the network as it is used), or left as it is with
+``keep_mode=True``; either way every module's ``training`` flag is restored afterwards and
+every hook is removed, also when forward raises.
+
+Batches may be:
+
+* a ``Tensor``: ``model(x)``;
+* a ``tuple`` or ``list`` (``(inputs, targets)``, what a ``DataLoader`` yields): the first
+  item is the input (a tensor, or a dict of keyword arguments);
+* a ``dict`` (Hugging Face style): ``model(**batch)``.
+
+``data`` is any iterable of batches (a ``DataLoader``, a list, a generator), a single
+``Tensor`` or ``dict`` (one batch), or a callable: called once with no argument, it
+returns either an iterable of batches or one batch; in the second case it is called again
+for each batch, and ``max_batches`` is required. Tensors in a batch are moved to
+``device`` (default: the device of the model's first parameter or buffer, else CPU); the
+model itself is not moved. A batch whose input has size 0 in its first dim is skipped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from deadrelu import classify
+from deadrelu.capture import Site, UnitDim, attach, known_names
+from deadrelu.report import Report
+from deadrelu.stats import UnitStats
+
+__all__ = ["Batch", "scan"]
+
+log = logging.getLogger(__name__)
+
+Batch = Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def _is_single_batch(obj: Any) -> bool:
+    if isinstance(obj, (Tensor, Mapping)):
+        return True
+    return isinstance(obj, (tuple, list)) and bool(obj) and isinstance(obj[0], (Tensor, Mapping))
+
+
+def _batches(data: Any, max_batches: int | None) -> Iterator[Any]:
+    if isinstance(data, (Tensor, Mapping)):
+        yield data
+        return
+    if callable(data) and not isinstance(data, Iterable):
+        first = data()
+        if _is_single_batch(first):
+            if max_batches is None:
+                raise ValueError(
+                    "data is a callable that returns one batch per call: pass max_batches "
+                    "to say how many calls to make"
+                )
+            yield first
+            for _ in range(max_batches - 1):
+                yield data()
+            return
+        data = first
+    if not isinstance(data, Iterable):
+        raise TypeError(
+            f"cannot iterate over data of type {type(data).__name__}: pass a DataLoader, a "
+            f"list or generator of batches, a tensor, or a callable returning batches"
+        )
+    yield from data
+
+
+def _to(obj: Any, device: torch.device) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {k: _to(v, device) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(v, device) for v in obj)
+    return obj
+
+
+def _unsupported(batch: Any) -> TypeError:
+    return TypeError(
+        f"unsupported batch of type {type(batch).__name__}: each batch must be a Tensor "
+        f"(model(x)), a tuple/list whose first item is the input tensor or a dict of "
+        f"keyword arguments (model(x) / model(**kw)), or a dict (model(**batch)); wrap "
+        f"other data in a generator that yields one of these"
+    )
+
+
+def _split(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Tensor | None]:
+    """batch -> (args, kwargs, the tensor whose first dim is the batch size)."""
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise _unsupported(batch)
+        batch = batch[0]
+    if isinstance(batch, Tensor):
+        return (batch,), {}, batch
+    if isinstance(batch, Mapping):
+        kwargs = dict(batch)
+        lead = next((v for v in kwargs.values() if isinstance(v, Tensor) and v.dim()), None)
+        return (), kwargs, lead
+    raise _unsupported(batch)
+
+
+def _units(z: Tensor, unit_dim: int) -> int:
+    if z.dim() == 0:
+        return 1
+    if z.dim() == 1:
+        return int(z.shape[0])
+    return int(z.shape[unit_dim])
+
+
+def scan(
+    model: nn.Module,
+    data: Iterable[Batch] | Batch | Callable[[], Any],
+    *,
+    max_batches: int | None = None,
+    device: torch.device | str | None = None,
+    unit_dim: UnitDim = None,
+    tau: float = classify.DORMANT_TAU,
+    progress: bool = False,
+    keep_mode: bool = False,
+    functional: bool = True,
+    detail: bool = True,
+) -> Report:
+    """Run ``model`` over ``data`` and report its dead, dormant, ... units per call site.
+
+    Args:
+        model: any ``nn.Module``; it is not moved and its parameters are not changed.
+        data: batches as described in the module docstring.
+        max_batches: stop after this many non-empty batches (None: all of ``data``).
+        device: where to move the batches' tensors (default: the model's device).
+        unit_dim: unit-axis override, see :func:`deadrelu.capture.attach`.
+        tau: ReDo dormancy threshold of the report.
+        progress: show a progress bar (rich, on stderr).
+        keep_mode: run in the model's current train/eval mode instead of eval.
+        functional: also capture functional calls (``F.relu`` ...) in forwards.
+        detail: also gather z moments, extrema and non-finite counts (needed for
+            ``saturated`` and ``nonfinite``).
+
+    Returns:
+        A :class:`~deadrelu.report.Report`; ``report.meta`` holds ``batches`` (forwards
+        run), ``skipped_empty`` and ``mode``.
+
+    Raises:
+        ValueError: ``data`` yields no batch (or only empty ones), ``max_batches`` < 1,
+            or the model calls no activation deadrelu recognises.
+        TypeError: a batch of an unsupported type.
+    """
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
+    target = torch.device(device) if device is not None else _model_device(model)
+    stats: dict[str, UnitStats] = {}
+
+    def collect(site: Site, z: Tensor, out: Tensor) -> None:
+        if z.numel() == 0:
+            return
+        s = stats.get(site.name)
+        if s is None:
+            s = stats[site.name] = UnitStats.empty(
+                _units(z, site.unit_dim), z.device, detail=detail
+            )
+        s.update(z, out, site.unit_dim)
+
+    flags = [(m, m.training) for m in model.modules()]
+    seen = ran = skipped = 0
+    sites: dict[str, Site] = {}
+    try:
+        if not keep_mode:
+            model.eval()
+        batches = _batches(data, max_batches)
+        if progress:
+            batches = _progress(batches, max_batches if max_batches is not None else data)
+        with attach(model, collect, unit_dim=unit_dim, functional=functional) as handle:
+            with torch.no_grad():
+                for batch in batches:
+                    seen += 1
+                    args, kwargs, lead = _split(batch)
+                    if lead is not None and lead.dim() > 0 and lead.shape[0] == 0:
+                        skipped += 1
+                        continue
+                    model(*_to(args, target), **_to(kwargs, target))
+                    ran += 1
+                    if ran == 1 and not handle.sites:
+                        raise ValueError(_no_activation_message(model, functional))
+                    if max_batches is not None and ran >= max_batches:
+                        break
+            sites = dict(handle.sites)
+    finally:
+        for m, was_training in flags:
+            m.training = was_training
+    if seen == 0:
+        raise ValueError(
+            "data yielded no batches: pass a non-empty DataLoader or iterable (check the "
+            "dataset length, drop_last, and that a generator was not already consumed)"
+        )
+    if ran == 0:
+        raise ValueError(
+            f"all {skipped} batches were empty (size 0 in the first dim): nothing to scan"
+        )
+    if skipped:
+        log.info("scan skipped %d empty batch(es)", skipped)
+    meta = {
+        "batches": ran,
+        "skipped_empty": skipped,
+        "mode": "keep" if keep_mode else "eval",
+        "model": type(model).__name__,
+    }
+    return Report(stats, sites, tau=tau, meta=meta)
+
+
+def _no_activation_message(model: nn.Module, functional: bool) -> str:
+    hint = (
+        ""
+        if functional
+        else " (functional calls such as F.relu were not looked for: functional=False)"
+    )
+    return (
+        f"the model ({type(model).__name__}) called no activation layer or function that "
+        f"deadrelu recognises{hint}; known: {', '.join(known_names())}. Use one of these "
+        f"(modules such as nn.ReLU or calls such as F.relu / x.relu()), or register a new "
+        f"one with deadrelu.activations.register()"
+    )
+
+
+def _progress(batches: Iterator[Any], total_hint: Any) -> Iterator[Any]:
+    from rich.progress import track
+
+    total: int | None = None
+    if isinstance(total_hint, int):
+        total = total_hint
+    else:
+        try:
+            total = len(total_hint)
+        except TypeError:
+            total = None
+    return iter(track(batches, total=total, description="scanning", transient=True))

@@ -1,0 +1,230 @@
+"""scan(): ground truth by construction, batch kinds, modes, errors, cleanup."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from deadrelu.scan import scan
+from models import (
+    DeadChannelCNN,
+    DeadMLP,
+    DictInputModel,
+    TinyTransformerBlock,
+    all_models,
+)
+from test_capture import no_hooks_left
+
+
+@pytest.mark.parametrize("model", all_models(), ids=lambda m: type(m).__name__)
+def test_reported_units_are_exactly_the_killed_ones(model: nn.Module) -> None:
+    report = scan(model, model.make_batches())  # type: ignore[operator]
+    expected = model.expected_dead
+    assert report.all_units("dead") == expected
+    # alive units fire at every position by construction, so the other classes agree
+    assert report.all_units("dormant") == expected
+    assert report.all_units("rarely_active") == expected
+    assert no_hooks_left(model)
+
+
+def test_saturated_only_for_saturating_activation() -> None:
+    t = TinyTransformerBlock()
+    report = scan(t, t.make_batches(2))
+    assert report.saturated_units("ffn:gelu") == [2, 11]
+    assert report.saturated_units("ffn:relu") == []
+
+
+class Recorder(nn.Module):
+    """Records the training flag and grad mode seen in forward; has dropout and BN."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+        self.bn = nn.BatchNorm1d(4)
+        self.act = nn.ReLU()
+        self.seen: list[tuple[bool, bool]] = []
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.seen.append((self.training, torch.is_grad_enabled()))
+        return self.act(self.bn(self.fc(x)))
+
+
+def test_eval_and_no_grad_by_default_and_modes_restored() -> None:
+    m = Recorder()
+    m.train()
+    m.bn.eval()  # mixed modes must come back exactly
+    scan(m, [torch.randn(4, 3)])
+    assert m.seen == [(False, False)]
+    assert m.training and not m.bn.training and m.fc.training
+    scan(m, [torch.randn(4, 3)], keep_mode=True)
+    assert m.seen[-1] == (True, False)
+    assert m.training and not m.bn.training
+
+
+def test_batch_kinds() -> None:
+    m = DeadMLP()
+    xs = m.make_batches(3, batch=10)
+    y = torch.zeros(10)
+    ds = TensorDataset(torch.cat(xs), torch.zeros(30))
+    kinds = {
+        "list of tensors": xs,
+        "tuples": [(x, y) for x in xs],
+        "lists": [[x, y] for x in xs],
+        "generator": (x for x in xs),
+        "DataLoader": DataLoader(ds, batch_size=10),
+        "callable -> iterable": lambda: iter(xs),
+        "dict inputs in tuples": [({"input": x}, y) for x in xs],
+    }
+    for kind, data in kinds.items():
+        if kind == "dict inputs in tuples":
+            continue
+        report = scan(m, data)
+        assert int(report.stats["relu1"].positions) == 30, kind
+        assert report.all_units("dead") == m.expected_dead, kind
+    single = scan(m, xs[0])
+    assert int(single.stats["relu1"].positions) == 10
+    calls = iter(xs)
+    factory = scan(m, lambda: next(calls), max_batches=3)
+    assert int(factory.stats["relu1"].positions) == 30
+
+
+def test_dict_batches_and_dict_in_tuple() -> None:
+    m = DictInputModel()
+    batches = m.make_batches(2)
+    assert scan(m, batches).all_units("dead") == m.expected_dead
+    report = scan(m, [(b, b["labels"]) for b in batches])
+    assert report.all_units("dead") == m.expected_dead
+    assert int(report.stats["encoder.act"].positions) == 32
+
+
+def test_max_batches_and_meta() -> None:
+    m = DeadMLP()
+    report = scan(m, m.make_batches(5, batch=4), max_batches=2)
+    assert int(report.stats["relu1"].positions) == 8
+    assert report.meta["batches"] == 2 and report.meta["mode"] == "eval"
+
+
+def test_zero_size_batch_skipped() -> None:
+    m = DeadMLP()
+    xs = m.make_batches(2, batch=4)
+    report = scan(m, [xs[0], torch.empty(0, 8), xs[1], {"input": torch.empty(0, 8)}])
+    assert int(report.stats["relu1"].positions) == 8
+    assert report.meta["skipped_empty"] == 2
+
+
+def test_bf16_counted_correctly() -> None:
+    m = DeadMLP().to(torch.bfloat16)
+    xs = [x.to(torch.bfloat16) for x in m.make_batches(3, batch=64)]
+    reference = torch.zeros(16, dtype=torch.float64)
+
+    def ref_hook(mod: nn.Module, args: tuple[Tensor], out: Tensor) -> None:
+        nonlocal reference
+        reference = reference + out.double().abs().sum(0)
+
+    report = scan(m, xs)
+    h = m.relu1.register_forward_hook(ref_hook)
+    with torch.no_grad():
+        for x in xs:
+            m(x)
+    h.remove()
+    assert report.all_units("dead") == m.expected_dead
+    s = report.stats["relu1"]
+    assert int(s.positions) == 192
+    torch.testing.assert_close(s.abs_sum, reference, rtol=1e-6, atol=1e-6)
+
+
+def test_nan_and_inf_counted_not_crashing() -> None:
+    m = DeadMLP()
+    x = m.make_batches(1, batch=8)[0]
+    x[3, 0] = float("nan")
+    x[5, 1] = float("inf")
+    report = scan(m, [x])
+    assert report.nonfinite_units("relu1") == list(range(16))
+    assert int(report.stats["relu1"].nonfinite.min()) >= 1
+    assert report.dead_units("relu1") == [1, 4]
+    assert report.to_json()  # still serialisable
+
+
+def test_state_size_constant_10_vs_1000_batches() -> None:
+    m = DeadMLP(in_features=2, hidden=(3, 2), dead1=(0,), dead2=())
+    x = torch.rand(1, 2)
+
+    def size(n: int) -> int:
+        report = scan(m, lambda: x, max_batches=n)
+        return sum(
+            t.numel() * t.element_size()
+            for s in report.stats.values()
+            for t in s.state_dict().values()
+        )
+
+    assert size(10) == size(1000)
+
+
+def test_conv_unit_axis_and_override() -> None:
+    m = DeadChannelCNN()
+    report = scan(m, m.make_batches(1))
+    assert [r.unit_dim for r in report.layers] == [1, 1]
+    assert [r.units for r in report.layers] == [6, 5]
+    over = scan(m, m.make_batches(1), unit_dim={"relu2": -1})
+    assert over.layers[1].units == 8  # the W axis
+
+
+def test_error_no_recognised_activation() -> None:
+    m = nn.Sequential(nn.Linear(3, 3), nn.Tanh())
+    with pytest.raises(ValueError, match=r"recognises.*relu, leaky_relu"):
+        scan(m, [torch.randn(2, 3)])
+    assert no_hooks_left(m)
+
+
+def test_error_empty_data() -> None:
+    with pytest.raises(ValueError, match="no batches"):
+        scan(DeadMLP(), [])
+    with pytest.raises(ValueError, match="all 2 batches were empty"):
+        scan(DeadMLP(), [torch.empty(0, 8), torch.empty(0, 8)])
+
+
+def test_error_unsupported_batch() -> None:
+    with pytest.raises(TypeError, match="unsupported batch of type str"):
+        scan(DeadMLP(), ["not a tensor"])
+    with pytest.raises(TypeError, match="cannot iterate"):
+        scan(DeadMLP(), 3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_batches"):
+        scan(DeadMLP(), lambda: torch.zeros(2, 8))
+    with pytest.raises(ValueError, match="max_batches"):
+        scan(DeadMLP(), [torch.zeros(2, 8)], max_batches=0)
+
+
+def test_hooks_removed_and_mode_restored_when_forward_raises() -> None:
+    class Fails(DeadMLP):
+        def forward(self, x: Tensor) -> Tensor:
+            super().forward(x)
+            raise RuntimeError("forward failed")
+
+    m = Fails()
+    m.train()
+    with pytest.raises(RuntimeError, match="forward failed"):
+        scan(m, m.make_batches(1))
+    assert no_hooks_left(m)
+    assert all(mod.training for mod in m.modules())
+
+
+def test_error_in_data_iterator_cleans_up() -> None:
+    m = DeadMLP()
+
+    def broken() -> Iterator[Tensor]:
+        yield torch.zeros(2, 8)
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        scan(m, broken())
+    assert no_hooks_left(m)
+
+
+def test_progress_and_device() -> None:
+    m = DeadMLP()
+    report = scan(m, m.make_batches(2), progress=True, device="cpu")
+    assert report.all_units("dead") == m.expected_dead

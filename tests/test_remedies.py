@@ -1,0 +1,327 @@
+"""Tests of deadrelu.remedies and deadrelu.born_dead, with dead units by construction."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+
+from deadrelu.born_dead import born_dead_rate
+from deadrelu.remedies import (
+    init_bias_,
+    link_sites,
+    rai_init_,
+    rai_sample,
+    recycle,
+    swap_activations,
+)
+from deadrelu.scan import scan
+
+KILLED = [1, 4]
+
+
+def _bias_killed_mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        OrderedDict(
+            fc1=nn.Linear(8, 16),
+            relu1=nn.ReLU(),
+            fc2=nn.Linear(16, 12),
+            relu2=nn.ReLU(),
+            head=nn.Linear(12, 3),
+        )
+    )
+    with torch.no_grad():
+        net.fc1.bias[KILLED] = -1000.0
+    return net
+
+
+def _data(seed: int = 0, n: int = 256) -> tuple[Tensor, Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 8, generator=g)
+    y = torch.randint(0, 3, (n,), generator=g)
+    return x, y
+
+
+def _step_lowers_loss(net: nn.Module, opt: torch.optim.Optimizer, x: Tensor, y: Tensor) -> None:
+    before = F.cross_entropy(net(x), y)
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after = F.cross_entropy(net(x), y)
+    assert float(after) < float(before.detach())
+
+
+pytestmark = pytest.mark.filterwarnings("error::UserWarning")
+
+
+def test_links_of_an_mlp_and_a_cnn() -> None:
+    links = link_sites(_bias_killed_mlp())
+    assert links["relu1"].producer == "fc1"
+    assert links["relu1"].consumers == [("fc2", "linear")]
+    assert links["relu2"].consumers == [("head", "linear")]
+    cnn = _cnn()
+    lk = link_sites(cnn)
+    assert (lk["relu1"].producer, lk["relu1"].norm) == ("conv1", "bn1")
+    assert lk["relu1"].consumers == [("conv2", "conv")]
+    assert lk["relu2"].consumers == [("fc", "flatten_linear")]
+
+
+def test_bias_killed_units_init_bias_then_scan_finds_none() -> None:
+    net = _bias_killed_mlp()
+    x, y = _data()
+    assert scan(net, x).dead_units("relu1") == KILLED
+    summary = init_bias_(net, 0.01)
+    assert float(net.fc1.bias.detach().min()) == pytest.approx(0.01)
+    assert float(net.head.bias.detach().abs().max()) != 0.01  # the output layer is left alone
+    assert any("fc1.bias" in c for c in summary.changed)
+    report = scan(net, x)
+    assert report.count("dead") == 0
+    _step_lowers_loss(net, torch.optim.SGD(net.parameters(), lr=0.1), x, y)
+
+
+def test_bias_killed_units_recycle_keeps_outputs_then_revives() -> None:
+    net = _bias_killed_mlp()
+    x, y = _data()
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    # populate Adam's moments
+    F.cross_entropy(net(x), y).backward()
+    opt.step()
+    opt.zero_grad()
+    report = scan(net, x)
+    assert report.dead_units("relu1") == KILLED
+    with torch.no_grad():
+        before = net(x)
+    summary = recycle(net, report, opt)
+    with torch.no_grad():
+        after = net(x)
+    assert float((after - before).abs().max()) <= 1e-6
+    assert set(KILLED) <= set(summary.units["relu1"])
+    rows = summary.units["relu1"]
+    assert float(net.fc1.bias.detach()[rows].abs().max()) == 0.0
+    assert float(net.fc2.weight.detach()[:, rows].abs().max()) == 0.0
+    # Adam's moments are zero exactly at the touched rows / columns, not elsewhere
+    for p, dim in ((net.fc1.weight, 0), (net.fc2.weight, 1)):
+        for key in ("exp_avg", "exp_avg_sq"):
+            state = opt.state[p][key]
+            touched = state.index_select(dim, torch.tensor(rows))
+            assert float(touched.abs().max()) == 0.0
+    assert float(opt.state[net.fc2.weight]["exp_avg_sq"].abs().sum()) > 0
+    assert scan(net, x).count("dead") == 0
+    _step_lowers_loss(net, opt, x, y)
+
+
+class _CNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(6, 5, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(5 * 4 * 4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.relu1(self.bn1(self.conv1(x)))
+        h = self.pool(self.relu2(self.conv2(h)))
+        return self.fc(torch.flatten(h, 1))
+
+
+def _cnn() -> _CNN:
+    torch.manual_seed(1)
+    net = _CNN()
+    with torch.no_grad():
+        net.bn1.bias[2] = -1000.0
+        net.conv2.bias[[0, 3]] = -1000.0
+    return net.eval()
+
+
+def test_recycle_conv_bn_and_conv_flatten_linear() -> None:
+    net = _cnn()
+    x = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    report = scan(net, x)
+    assert report.dead_units("relu1") == [2]
+    assert report.dead_units("relu2") == [0, 3]
+    masks = {
+        "relu1": torch.tensor([False, False, True, False, False, False]),
+        "relu2": torch.tensor([True, False, False, True, False]),
+    }
+    with torch.no_grad():
+        before = net(x)
+    summary = recycle(net, masks)
+    with torch.no_grad():
+        after = net(x)
+    assert float((after - before).abs().max()) <= 1e-6
+    assert summary.units == {"relu1": [2], "relu2": [0, 3]}
+    assert float(net.bn1.bias.detach()[2]) == 0.0 and float(net.bn1.running_var.detach()[2]) == 1.0
+    # channel 2's outgoing weights are zero, except in conv2's own recycled rows 0 and 3
+    assert float(net.conv2.weight.detach()[[1, 2, 4], 2].abs().max()) == 0.0
+    cols = torch.cat([torch.arange(0, 16), torch.arange(48, 64)])
+    assert float(net.fc.weight.detach()[:, cols].abs().max()) == 0.0
+    assert float(net.fc.weight.detach()[:, 16:48].abs().min()) > 0.0
+    assert scan(net, x).count("dead") == 0
+
+
+def test_recycle_never_touches_the_output_layer_or_residuals() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3), nn.ReLU())
+    w_before = [p.detach().clone() for p in net.parameters()]
+    summary = recycle(net, {"3": torch.ones(3, dtype=torch.bool)})
+    assert summary.units == {}
+    assert "output" in summary.skipped[0]
+    assert all(torch.equal(a, b) for a, b in zip(w_before, net.parameters(), strict=True))
+
+    class Res(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.act = nn.ReLU()
+            self.out = nn.Linear(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.out(x + self.act(self.fc(x)))
+
+    summary = recycle(Res(), {"act": torch.ones(4, dtype=torch.bool)})
+    assert summary.units == {} and "add" in summary.skipped[0]
+
+
+def test_swap_to_leaky_gives_dead_units_gradient() -> None:
+    net = _bias_killed_mlp()
+    x, y = _data()
+    F.cross_entropy(net(x), y).backward()
+    assert net.fc1.weight.grad is not None
+    assert float(net.fc1.weight.grad[KILLED].abs().max()) == 0.0  # C2: dead, no gradient
+    net.zero_grad()
+    summary = swap_activations(net, "leaky_relu(0.01)")
+    assert isinstance(net.relu1, nn.LeakyReLU) and net.relu1.negative_slope == 0.01
+    assert len(summary.changed) == 2 and summary.model is net
+    F.cross_entropy(net(x), y).backward()
+    grad = net.fc1.weight.grad
+    assert grad is not None
+    assert bool((grad[KILLED].abs().sum(dim=1) > 0).all())
+    assert net.fc1.bias.grad is not None and bool((net.fc1.bias.grad[KILLED] != 0).all())
+
+
+def test_swap_keeps_dtype_device_and_sharing() -> None:
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 3), nn.Linear(3, 3)
+            self.act = nn.ReLU()
+            self.seq = nn.Sequential(nn.Linear(3, 3), self.act)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.seq(self.b(self.act(self.a(x))))
+
+    net = Shared().double()
+    summary = swap_activations(net, "prelu")
+    assert net.act is net.seq[1]
+    assert net.act.weight.dtype == torch.float64
+    assert len(summary.changed) == 2
+    net(torch.randn(2, 3, dtype=torch.float64)).sum().backward()
+
+
+def test_swap_only_where_asked() -> None:
+    net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 2), nn.ELU(), nn.ReLU())
+    swap_activations(net, "leaky_relu(0.1)", where="1")
+    assert isinstance(net[1], nn.LeakyReLU) and isinstance(net[4], nn.ReLU)
+    assert isinstance(net[3], nn.ELU)
+    swap_activations(net, "gelu", where="elu")
+    assert isinstance(net[3], nn.GELU) and isinstance(net[4], nn.ReLU)
+
+
+class _Functional(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.relu(self.fc1(x)))
+
+
+def test_swap_functional_calls_by_tracing() -> None:
+    torch.manual_seed(0)
+    net = _Functional()
+    x = torch.randn(5, 4)
+    summary = swap_activations(net, "leaky_relu(0.2)")
+    gm = summary.model
+    assert isinstance(gm, fx.GraphModule)
+    expected = net.fc2(F.leaky_relu(net.fc1(x), 0.2))
+    assert torch.allclose(gm(x), expected)
+    assert gm.fc1 is net.fc1  # parameters are shared
+
+
+def test_swap_lists_untraceable_functional_calls() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            if x.sum() > 0:
+                return F.relu(self.fc(x))
+            return x
+
+    summary = swap_activations(Branchy(), "elu")
+    assert len(summary.manual) == 1
+    assert "test_remedies.py:" in summary.manual[0] and "F.relu(self.fc(x))" in summary.manual[0]
+
+
+def test_init_bias_targets_batchnorm_when_present() -> None:
+    net = _cnn()
+    conv_bias = net.conv1.bias.detach().clone()
+    summary = init_bias_(net, 0.05)
+    assert torch.equal(net.conv1.bias, conv_bias)  # BN removes it: left alone
+    assert torch.allclose(net.bn1.bias, torch.full((6,), 0.05))
+    assert torch.allclose(net.conv2.bias, torch.full((5,), 0.05))
+    assert float(net.fc.bias.detach().abs().max()) != 0.05
+    assert len(summary.changed) == 2
+
+
+def test_rai_sample_has_one_positive_beta_entry_per_unit() -> None:
+    g = torch.Generator().manual_seed(0)
+    w, b = rai_sample(2000, 3, sigma=1e-6, generator=g)
+    assert b is not None
+    v = torch.cat([w, b[:, None]], dim=1)
+    big = v.abs() > 1e-3  # the symmetric part is tiny, so the Beta(2, 1) entry stands out
+    assert bool((big.sum(1) == 1).all())
+    beta = v[big]
+    assert bool((beta > 0).all() and (beta <= 1).all())
+    assert float(beta.mean()) == pytest.approx(2 / 3, abs=0.02)  # mean of Beta(2, 1)
+    # the chosen entry is uniform over the fan_in + 1 positions
+    counts = big.sum(0).float() / 2000
+    assert bool(((counts - 0.25).abs() < 0.05).all())
+
+
+def test_rai_init_changes_only_layers_feeding_relu() -> None:
+    net = _bias_killed_mlp()
+    head = net.head.weight.detach().clone()
+    summary = rai_init_(net, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(net.head.weight, head)
+    assert len(summary.changed) == 2
+    v = torch.cat([net.fc1.weight, net.fc1.bias[:, None]], dim=1)
+    assert bool((v.max(dim=1).values > 0).all())
+
+
+def test_rai_lowers_born_dead_rate() -> None:
+    rates = {}
+    for width, depth in ((2, 10), (3, 20), (4, 30)):
+        he = born_dead_rate(depth, width, "he", trials=300, seed=0, n_inputs=64)
+        rai = born_dead_rate(depth, width, "rai", trials=300, seed=0, n_inputs=64)
+        rates[(width, depth)] = (he.rate, rai.rate)
+        assert rai.rate < he.rate
+    # the known value: width 2, depth 10 symmetric init is dead > 80 % of the time
+    assert rates[(2, 10)][0] > 0.8
+
+
+def test_born_dead_counts_a_network_with_a_dead_layer() -> None:
+    r = born_dead_rate(1, 1, "he", trials=50, seed=0)
+    # one unit, d_in = 1, zero bias: relu(w x) is active for x of the sign of w: never dead
+    assert r.dead == 0
+    with pytest.raises(ValueError, match="unknown init"):
+        born_dead_rate(3, 3, "xavier")

@@ -21,8 +21,9 @@ order, with a rich progress bar, and writes into ``cfg.out``:
 An experiment that raises is recorded as a result with verdict ``"n/a"``, the error in its
 numbers and caveats, and the run goes on; :func:`failed` lists such results.
 
-Determinism: each experiment runs with ``torch.use_deterministic_algorithms(True)`` and the
-global RNG seeded with 0 (restored afterwards); experiments seed their own generators.
+Determinism: each experiment runs with ``torch.use_deterministic_algorithms(True)``, the
+global RNG seeded with 0 and, on the CPU, one intra-op thread (:data:`EXPERIMENT_THREADS`);
+all restored afterwards. Experiments seed their own generators.
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ SCHEMA = "deadrelu.lab/1"
 log = logging.getLogger(__name__)
 
 _ERROR_KEY = "error"
+
+#: Intra-op threads while an experiment runs on the CPU. The lab's matmuls are small
+#: (batches of 100 x 100 weights): on a 2-core machine one thread was 4x to 30x faster
+#: than two (more so when the cores are shared), and a fixed count keeps float results
+#: identical on machines with different core counts.
+EXPERIMENT_THREADS = 1
 
 
 # --------------------------------------------------------------------------------------
@@ -306,10 +313,13 @@ def failed(results: Sequence[ExperimentResult]) -> list[ExperimentResult]:
 def _run_one(exp_id: str, cfg: LabConfig) -> tuple[ExperimentResult, float]:
     spec = EXPERIMENTS[exp_id]
     was_det = torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         torch.use_deterministic_algorithms(True, warn_only=True)
+        if cfg.device == "cpu":
+            torch.set_num_threads(EXPERIMENT_THREADS)
         try:
             result = spec.run(cfg)
         except Exception as exc:  # recorded, the run goes on
@@ -317,6 +327,7 @@ def _run_one(exp_id: str, cfg: LabConfig) -> tuple[ExperimentResult, float]:
             result = _failed_result(exp_id, exc)
         finally:
             torch.use_deterministic_algorithms(was_det)
+            torch.set_num_threads(threads)
     return result, time.perf_counter() - t0
 
 

@@ -13,6 +13,7 @@ of the reproducible file.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,8 +27,10 @@ __all__ = [
     "ExperimentSpec",
     "LabConfig",
     "Verdict",
+    "ci_dict",
     "experiment",
     "new_figure",
+    "rounded",
     "save_figure",
 ]
 
@@ -219,3 +222,23 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float
     import matplotlib.pyplot as plt
 
     return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+
+
+def rounded(x: float, digits: int = 6) -> float | None:
+    """``x`` to ``digits`` significant digits for the JSON output; None if not finite."""
+    x = float(x)
+    if not math.isfinite(x):
+        return None
+    return float(f"{x:.{digits}g}")
+
+
+def ci_dict(samples: Any) -> dict[str, Any]:
+    """``{"mean", "lo", "hi", "n"}``: the mean and 95 % t-interval of one number per seed
+    (``deadrelu.lab.verdicts.mean_ci``), rounded, non-finite bounds as None."""
+    from deadrelu.lab.verdicts import mean_ci
+
+    values = [float(v) for v in samples]
+    if not values:
+        return {"mean": None, "lo": None, "hi": None, "n": 0}
+    m, lo, hi = mean_ci(values)
+    return {"mean": rounded(m), "lo": rounded(lo), "hi": rounded(hi), "n": len(values)}

@@ -203,6 +203,22 @@ class TrainResult:
     members: list[Member]
     widths: tuple[int, ...] = field(default=())
 
+    @property
+    def diverged(self) -> Tensor:
+        """``(M,)`` bool: the member's final test loss or parameters are not finite."""
+        bad = ~torch.isfinite(self.test_loss[:, -1])
+        for v in self.state.values():
+            bad |= ~torch.isfinite(v.reshape(v.shape[0], -1)).all(dim=1)
+        return bad
+
+    def pooled(self, what: str = "dead_frac", t: int = -1) -> Tensor:
+        """``(M,)``: a per-layer fraction (``"dead_frac"``, ``"frozen_frac"``,
+        ``"saturated_frac"``) at evaluation ``t`` pooled over all hidden units (layers
+        weighted by width)."""
+        per_layer = getattr(self, what)[:, t, :]  # (M, L)
+        w = torch.tensor(self.widths[1:-1], dtype=torch.float64)
+        return (per_layer * w).sum(dim=1) / w.sum()
+
     def module(self, i: int) -> MLP:
         """Member ``i`` as a trained ``MLP`` (a fresh module holding copies of its weights)."""
         m = MLP(self.widths, get(self.members[i].activation) or "relu")

@@ -51,6 +51,7 @@ __all__ = [
     "rai_init_",
     "rai_sample",
     "recycle",
+    "suggest",
     "swap_activations",
 ]
 
@@ -788,3 +789,104 @@ def _reset_optimizer(
                     value[:, idx] = 0
                 count += 1
     return count
+
+
+# --------------------------------------------------------------------------------------
+# suggest
+# --------------------------------------------------------------------------------------
+
+#: A relative update ||delta w|| / ||w|| above this in one step is "large" (the usual rule
+#: of thumb for a healthy step is about 1e-3).
+LARGE_UPDATE = 1e-2
+#: A site with a larger dead fraction than this gets the "switch activation" advice.
+SWITCH_FRACTION = 0.1
+
+
+def suggest(source: Any, *, model: nn.Module | None = None, data: Any = None) -> list[str]:
+    """Plain-language advice from what was measured, each line with the number behind it.
+
+    Args:
+        source: a :class:`deadrelu.explain.Explanation` (best: causes and update sizes),
+            a ``Report`` or a ``Monitor``.
+        model: with a Report or Monitor, explain it first (causes) on this model.
+        data: passed to :func:`deadrelu.explain.explain` (re-scan for z_max).
+
+    Returns:
+        Lines such as ``"12 units died right after updates of median 80 % of their
+        weights (lr 0.5): lower the learning rate by about 80x"``.
+    """
+    from deadrelu.explain import Explanation, explain
+
+    lines: list[str] = []
+    expl: Explanation | None = source if isinstance(source, Explanation) else None
+    report = None
+    if expl is None:
+        report = source
+        if not hasattr(report, "stats") and callable(getattr(report, "report", None)):
+            report = report.report()
+        if model is not None:
+            expl = explain(model, source, data)
+    if report is not None:
+        total = sum(int(st.units) for st in report.stats.values())
+        dead_by_site = {s: len(report.dead_units(s)) for s in report.stats}
+        if expl is not None:  # a Monitor's own window definition
+            dead_by_site = {s: 0 for s in report.stats}
+            for u in expl.units:
+                dead_by_site[u.site] = dead_by_site.get(u.site, 0) + 1
+        n_dead = sum(dead_by_site.values())
+        if n_dead == 0:
+            return [f"no dead units among {total}: nothing to cure"]
+        lines.append(f"{n_dead} of {total} units are dead ({n_dead / max(total, 1):.1%})")
+        for s, k in dead_by_site.items():
+            units = int(report.stats[s].units)
+            if units and k / units > SWITCH_FRACTION:
+                lines.append(
+                    f"{s}: {k} of {units} units dead ({k / units:.0%} > "
+                    f"{SWITCH_FRACTION:.0%}): swap_activations(model, 'leaky_relu(0.01)') "
+                    "keeps a gradient (slope 0.01) where z < 0"
+                )
+    if expl is None:
+        if not lines:
+            lines.append("pass model= (or an Explanation) for causes and cures")
+        return lines
+    if report is None:
+        lines.append(f"{len(expl.units)} dead unit(s) explained")
+    big = [u for u in expl.units if u.update_ratio is not None and u.update_ratio > LARGE_UPDATE]
+    if big:
+        ratios = sorted(u.update_ratio for u in big if u.update_ratio is not None)
+        med = ratios[len(ratios) // 2]
+        lrs = sorted({u.lr for u in big if u.lr is not None})
+        factor = max(2, math.ceil(med / LARGE_UPDATE))
+        lines.append(
+            f"{len(big)} unit(s) died right after updates of median {med:.0%} of their "
+            f"weights (lr {', '.join(f'{lr:.3g}' for lr in lrs)}); steps above "
+            f"{LARGE_UPDATE:.0%} are large: lower the learning rate by about {factor}x "
+            "(or warm it up / clip gradients)"
+        )
+    by_bias = [u for u in expl.units if u.cause == "bias"]
+    if by_bias:
+        b = sorted(u.bias for u in by_bias if u.bias is not None)
+        lines.append(
+            f"{len(by_bias)} unit(s) are held below 0 by their bias alone (median b = "
+            f"{b[len(b) // 2]:.3g}; the weights would activate them): init_bias_(model, 0.01) "
+            "or recycle(model, report, optimizer)"
+        )
+    by_w = [u for u in expl.units if u.cause in ("weights", "both")]
+    if by_w:
+        lines.append(
+            f"{len(by_w)} unit(s) have w.x <= 0 on all the data (cause weights or both): "
+            "recycle(model, report, optimizer) re-initialises them without changing outputs"
+        )
+    born = [u for u in expl.units if u.died_at == 0]
+    if born:
+        lines.append(
+            f"{len(born)} unit(s) were dead from the first step: rai_init_(model) or "
+            "init_bias_(model, 0.01) before training"
+        )
+    revived = sum(len(v) for v in expl.revived.values())
+    if revived:
+        lines.append(
+            f"{revived} unit(s) died and later came back: dead units can revive when the "
+            "layers before them change"
+        )
+    return lines

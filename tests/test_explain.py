@@ -1,0 +1,155 @@
+"""Tests of deadrelu.explain (causes, margins, step of death) and remedies.suggest."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deadrelu.certify import Box
+from deadrelu.explain import UpdateTracker, cause_of, explain
+from deadrelu.monitor import Monitor
+from deadrelu.remedies import suggest
+from deadrelu.scan import scan
+from models import DeadChannelCNN, DeadMLP, FirstLayerNegativeWeights
+
+SPIKE_STEP, SPIKE_LR, BASE_LR = 5, 0.3, 0.01
+
+
+def test_cause_rule() -> None:
+    assert cause_of(-1.0, -2.0) == "bias"  # max w.x = 1 > 0, b < 0
+    assert cause_of(-1.0, 0.0) == "weights"  # b >= 0
+    assert cause_of(-0.5, 0.5) == "weights"
+    assert cause_of(-3.0, -1.0) == "both"  # max w.x = -2 <= 0, b < 0
+    assert cause_of(-1.0, -1.0) == "both"  # max w.x = 0: w.x <= 0 on all data
+    assert cause_of(-math.inf, 0.0) == "unknown"
+
+
+def test_bias_killed_units_are_labelled_bias() -> None:
+    model = DeadMLP()
+    data = model.make_batches()
+    expl = explain(model, scan(model, data))
+    assert expl.causes("relu1") == {1: "bias", 4: "bias"}
+    assert expl.causes("relu2") == {7: "bias"}
+    u = expl.unit("relu1", 4)
+    assert u.bias == -1000.0 and u.producer == "fc1"
+    assert u.wx_max is not None and 0 < u.wx_max <= 1.0  # |w.x| <= 1 by construction
+    assert u.z_max == pytest.approx(-1000.0 + u.wx_max)
+    assert u.margin == -u.z_max
+    assert expl.by_cause() == {"bias": 3, "weights": 0, "both": 0, "unknown": 0}
+
+
+def test_weights_and_both_by_construction() -> None:
+    model = FirstLayerNegativeWeights()
+    data = model.make_batches()
+    expl = explain(model, scan(model, data))
+    assert expl.causes("act") == {3: "weights"}
+    assert expl.unit("act", 3).bias == 0.0
+    with torch.no_grad():
+        model.fc.bias[3] = -0.5  # negative weights and a negative bias: either kills it
+    expl = explain(model, scan(model, data))
+    assert expl.causes("act") == {3: "both"}
+    u = expl.unit("act", 3)
+    assert u.wx_max is not None and u.wx_max <= 0
+
+
+def test_bias_through_batchnorm() -> None:
+    model = DeadChannelCNN()
+    expl = explain(model, scan(model, model.make_batches()))
+    assert expl.causes("relu1") == {2: "bias"}
+    assert expl.causes("relu2") == {0: "bias", 4: "bias"}
+    assert expl.unit("relu1", 2).bias == pytest.approx(-1000.0, abs=1.0)
+
+
+def test_certified_flag_and_lines() -> None:
+    model = DeadMLP()
+    expl = explain(model, scan(model, model.make_batches()), box=Box.from_bounds((8,), -1, 1))
+    assert all(u.certified for u in expl.units)
+    text = str(expl)
+    assert "relu1[1]" in text and "cause: bias" in text and "certified dead" in text
+
+
+def test_unknown_cause_is_explained() -> None:
+    class Res(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+            self.act = nn.ReLU()
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.act(self.fc(x) + x - 100.0)
+
+    model = Res()
+    expl = explain(model, scan(model, torch.rand(8, 3)))
+    assert expl.by_cause()["unknown"] == 3
+    assert "sub()" in expl.units[0].note
+
+
+def _spike_run() -> tuple[nn.Module, Monitor, UpdateTracker, Tensor]:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 4, generator=g)
+    y = x.sum(1, keepdim=True) * 3
+    opt = torch.optim.SGD(net.parameters(), lr=BASE_LR)
+    tracker = UpdateTracker(net, opt)
+    with Monitor(net, every=1, window=2, threshold=None) as mon:
+        for t in range(12):
+            for group in opt.param_groups:
+                group["lr"] = SPIKE_LR if t == SPIKE_STEP else BASE_LR
+            loss = F.mse_loss(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            mon.step()
+    return net, mon, tracker, x
+
+
+def test_one_huge_step_is_blamed_with_its_size_and_lr() -> None:
+    net, mon, tracker, x = _spike_run()
+    expl = explain(net, mon, x, tracker=tracker)
+    killed = [u for u in expl.units if u.died_at == SPIKE_STEP + 1]
+    assert killed, str(expl)
+    for u in killed:
+        assert u.update_step == SPIKE_STEP
+        assert u.lr == pytest.approx(SPIKE_LR)
+        assert u.update_ratio is not None
+        # the spike's update dwarfs the same unit's updates at the base learning rate
+        calm = max(float(tracker.ratios[u.site][s][u.unit]) for s in range(SPIKE_STEP))
+        assert u.update_ratio > 10 * calm
+        assert u.cause in ("bias", "weights", "both")
+    assert "after an update" in killed[0].line() and "lr 0.3" in killed[0].line()
+    advice = suggest(expl)
+    assert any("lower the learning rate" in line for line in advice)
+
+
+def test_revived_units_are_listed() -> None:
+    model = DeadMLP()
+    data = model.make_batches()
+    with Monitor(model, every=1, window=1, threshold=None, training_only=False) as mon:
+        for t in range(6):
+            if t == 3:
+                with torch.no_grad():
+                    model.fc1.bias[4] = 1.5  # unit 4 comes back
+            model(data[t % len(data)])
+            mon.step()
+    expl = explain(model, mon, data)
+    assert expl.revived["relu1"] == [4]
+    assert expl.causes("relu1") == {1: "bias"}
+    assert any("came back" in line for line in expl.lines())
+    assert any("came back" in line for line in suggest(expl))
+
+
+def test_suggest_from_a_report() -> None:
+    model = DeadMLP()
+    report = scan(model, model.make_batches())
+    lines = suggest(report, model=model)
+    assert lines[0].startswith("3 of 28 units are dead")
+    assert any("init_bias_" in line and "-1e+03" in line for line in lines)
+    healthy = nn.Sequential(nn.Linear(2, 3), nn.ReLU())
+    with torch.no_grad():
+        healthy[0].bias.fill_(5.0)
+    assert suggest(scan(healthy, torch.rand(4, 2))) == ["no dead units among 3: nothing to cure"]

@@ -1,0 +1,422 @@
+"""Tests of :mod:`deadrelu.monitor`: ground truth by construction (bias -1000 kills a unit)."""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from collections.abc import Callable, Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deadrelu.monitor import (
+    Monitor,
+    MonitorWarning,
+    _update_counts,
+    find_producers,
+    producer_of,
+)
+from deadrelu.stats import UnitStats
+from models import (
+    DEAD_BIAS,
+    DeadChannelCNN,
+    DeadMLP,
+    FirstLayerNegativeWeights,
+    InplaceReLUModel,
+    ReusedReLUModel,
+    TinyTransformerBlock,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Tiny models: one intra-op thread avoids pool wake-ups on a loaded 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _as_lists(d: dict[str, Tensor]) -> dict[str, list[int]]:
+    return {k: v.tolist() for k, v in d.items()}
+
+
+def _train(
+    model: nn.Module,
+    mon: Monitor,
+    steps: int,
+    *,
+    lr: float = 1e-3,
+    extra_loss: Callable[[], Tensor] | None = None,
+    hook: Callable[[int], None] | None = None,
+) -> None:
+    """``steps`` SGD steps on the model's own batches (cycled), ``mon.step()`` after each."""
+    xs = model.make_batches(4)  # type: ignore[operator]
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for t in range(steps):
+        if hook is not None:
+            hook(t)
+        loss = model(xs[t % len(xs)]).pow(2).mean()
+        if extra_loss is not None:
+            loss = loss + extra_loss()
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        mon.step()
+
+
+def _hooks_left(model: nn.Module) -> int:
+    n = 0
+    for m in model.modules():
+        n += len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+    for p in model.parameters():
+        n += len(p._backward_hooks or {})
+    return n
+
+
+# ------------------------------------------------------------------ exact dead units
+
+
+@pytest.mark.parametrize(
+    "make",
+    [DeadMLP, FirstLayerNegativeWeights, DeadChannelCNN, TinyTransformerBlock, ReusedReLUModel],
+)
+def test_dead_units_exact_in_eval_passes(make: Callable[[], nn.Module]) -> None:
+    model = make().eval()
+    with Monitor(model, every=1, window=4, training_only=False) as mon:
+        for x in model.make_batches(4):  # type: ignore[operator]
+            model(x)
+            mon.step()
+    assert _as_lists(mon.dead_units()) == model.expected_dead
+    report = mon.report()
+    assert {s: report.dead_units(s) for s in model.expected_dead} == model.expected_dead
+
+
+def test_inplace_relu_exact() -> None:
+    model = InplaceReLUModel().eval()
+    with Monitor(model, every=1, window=4, training_only=False) as mon:
+        for x in model.make_batches(3):
+            model(x)
+            mon.step()
+    assert _as_lists(mon.dead_units()) == model.expected_dead
+
+
+def test_dead_units_exact_while_training_with_default_sampling() -> None:
+    torch.manual_seed(0)
+    model = DeadMLP()
+    mon = Monitor(model)  # every=10, window=100
+    with mon:
+        _train(model, mon, 120)
+    assert mon.every == 10
+    assert mon.history.steps == list(range(0, 120, 10))
+    assert _as_lists(mon.dead_units()) == model.expected_dead
+    frac = mon.dead_fraction()
+    assert frac == {"relu1": 2 / 16, "relu2": 1 / 12}
+    rep = mon.report()
+    assert rep.dead_units("relu1") == [1, 4]
+    assert rep.dead_units("relu2") == [7]
+    # 12 sampled steps x 32 positions, panes: [0, 100) full + [100, 120)
+    assert int(rep.stats["relu1"].positions) == 12 * 32
+    assert rep.meta["steps"] == [0, 110]
+
+
+def test_training_only_ignores_eval_forwards() -> None:
+    model = DeadMLP()
+    x = model.make_batches(1)[0]
+    with Monitor(model, every=1) as mon, pytest.warns(MonitorWarning, match="no activation"):
+        model.eval()
+        model(x)
+        model.train()
+        mon.step()
+    assert mon.sites == []
+    with Monitor(model, every=1, training_only=False) as mon:
+        model.eval()
+        model(x)
+        mon.step()
+    assert mon.sites == ["relu1", "relu2"]
+
+
+# ------------------------------------------------------------------ sampling and hooks
+
+
+def test_hooks_only_on_sampled_steps_and_none_after_exit() -> None:
+    model = DeadMLP()
+    registered = []
+    mon = Monitor(model, every=3, window=9, track_grad=True)
+    with mon:
+        for t in range(7):
+            registered.append(mon.hooks_registered)
+            _train(model, mon, 1)
+            assert mon.step_count == t + 1
+    assert registered == [True, False, False, True, False, False, True]
+    assert _hooks_left(model) == 0
+    assert not mon.attached
+
+
+def test_always_hooks_are_gated_and_removed() -> None:
+    model = DeadMLP()
+    with Monitor(model, every=4, window=8, hooks="always") as mon:
+        assert _hooks_left(model) > 0
+        _train(model, mon, 8)
+        assert mon.hooks_registered
+    assert _hooks_left(model) == 0
+    # only steps 0 and 4 were counted: 2 x 32 positions
+    assert int(mon.statistics()["relu1"].positions) == 2 * 32
+
+
+def test_no_hooks_remain_after_exception() -> None:
+    model = DeadMLP()
+    with pytest.raises(RuntimeError, match="boom"), Monitor(model, track_grad=True) as mon:
+        _train(model, mon, 2)
+        raise RuntimeError("boom")
+    assert _hooks_left(model) == 0
+
+
+def test_state_size_is_the_same_after_10_and_1000_steps() -> None:
+    model = DeadMLP().eval()
+    x = model.make_batches(1)[0]
+    sizes = {}
+    for steps in (10, 1000):
+        with Monitor(model, every=1, window=5, training_only=False, track_grad=True) as mon:
+            for _ in range(steps):
+                model(x)
+                mon.step()
+        state = mon.state_dict()
+        tensor_bytes = sum(
+            t.numel() * t.element_size()
+            for site in state["sites"].values()
+            for t in _flat_tensors(site)
+        )
+        sizes[steps] = (mon.state_nbytes(), tensor_bytes)
+        assert len(mon.history.steps) == steps  # the history: one row per sampled step
+    assert sizes[10] == sizes[1000]
+    assert sizes[10][0] > 0
+
+
+def _flat_tensors(obj: object) -> list[Tensor]:
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for v in obj.values() for t in _flat_tensors(v)]
+    return []
+
+
+def test_fast_counts_match_unitstats_update() -> None:
+    torch.manual_seed(0)
+    for shape, dim in [((64, 8, 5, 5), 1), ((4, 7, 12), -1), ((9, 6), -1), ((5,), -1)]:
+        z = torch.randn(shape)
+        z[z.abs() < 0.1] = 0.0  # exact zeros are not active
+        out = F.relu(z)
+        units = z.shape[dim] if z.dim() > 1 else z.numel()
+        ref = UnitStats.empty(units, detail=False)
+        mine = UnitStats.empty(units, detail=False)
+        for _ in range(2):
+            ref.update(z, out, dim)
+            _update_counts(mine, z, out, dim)
+        assert torch.equal(ref.positions, mine.positions)
+        assert torch.equal(ref.active, mine.active)
+        assert torch.allclose(ref.abs_sum, mine.abs_sum)
+
+
+# ------------------------------------------------------------------ window, died, revived
+
+
+def test_died_and_revived_since() -> None:
+    """Unit 0 of relu1 is killed at step 20 and revived at step 60 (every=1, window=5)."""
+    model = DeadMLP(dead1=(1,), dead2=())
+    b0 = model.fc1.bias.detach().clone()
+
+    def surgery(t: int) -> None:
+        with torch.no_grad():
+            if t == 20:
+                model.fc1.bias[0] = DEAD_BIAS
+            if t == 60:
+                model.fc1.bias[0] = b0[0]
+
+    mon = Monitor(model, every=1, window=5)
+    with mon:
+        _train(model, mon, 40, lr=0.0, hook=surgery)
+        assert _as_lists(mon.dead_units())["relu1"] == [0, 1]
+        assert _as_lists(mon.died_since(15))["relu1"] == [0]  # 1 was never active
+        assert _as_lists(mon.died_since(25))["relu1"] == []
+        since = mon.dead_since["relu1"]
+        assert since[0] == 20 and since[1] == 0 and since[2] == -1
+        _train(model, mon, 30, lr=0.0, hook=lambda t: surgery(t + 40))
+    assert _as_lists(mon.dead_units())["relu1"] == [1]
+    assert _as_lists(mon.revived_since(55))["relu1"] == [0]
+    assert _as_lists(mon.revived_since(61))["relu1"] == []
+    frac = mon.history.fractions()[:, 0]
+    steps = mon.history.steps
+    # dead over the window of 5 from step 24 (last active 19) until the revival at 60
+    dead2 = [t for t, f in zip(steps, frac.tolist(), strict=True) if f == 2 / 16]
+    assert dead2 == list(range(24, 60))
+
+
+def test_window_semantics_with_sampling() -> None:
+    """every=10, window=30: a unit killed at step 35 (last sampled-active 30) is dead at
+    the first sampled step t with 30 < t - 30 + 1, i.e. t = 60."""
+    model = DeadMLP(dead1=(), dead2=())
+
+    def kill(t: int) -> None:
+        if t == 35:
+            with torch.no_grad():
+                model.fc1.bias[3] = DEAD_BIAS
+
+    with Monitor(model, every=10, window=30) as mon:
+        _train(model, mon, 51, lr=0.0, hook=kill)
+        assert _as_lists(mon.dead_units())["relu1"] == []
+        _train(model, mon, 10, lr=0.0)
+        assert _as_lists(mon.dead_units())["relu1"] == [3]
+    assert mon.dead_since["relu1"][3] == 31
+
+
+# ------------------------------------------------------------------ warnings and export
+
+
+def test_threshold_warning_once_per_crossing() -> None:
+    model = DeadMLP(dead1=tuple(range(8)), dead2=())
+    with Monitor(model, every=1, window=3, threshold=0.5) as mon:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _train(model, mon, 2)  # window not full yet: no warning
+            assert not [w for w in caught if issubclass(w.category, MonitorWarning)]
+            _train(model, mon, 5)
+        hits = [w for w in caught if issubclass(w.category, MonitorWarning)]
+        assert len(hits) == 1
+        assert "'relu1'" in str(hits[0].message) and "8 of 16" in str(hits[0].message)
+    quiet = Monitor(DeadMLP(), every=1, window=3, threshold=0.9)
+    with quiet, warnings.catch_warnings():
+        warnings.simplefilter("error", MonitorWarning)
+        _train(quiet.model, quiet, 5)
+
+
+def test_history_csv_json_and_plot(tmp_path) -> None:
+    model = DeadMLP()
+    with Monitor(model, every=2, window=4) as mon:
+        _train(model, mon, 7)
+    text = mon.to_csv(tmp_path / "h.csv")
+    lines = text.strip().splitlines()
+    assert lines[0] == "step,relu1,relu2"
+    assert [line.split(",")[0] for line in lines[1:]] == ["0", "2", "4", "6"]
+    assert float(lines[-1].split(",")[1]) == pytest.approx(2 / 16)
+    assert (tmp_path / "h.csv").read_text() == text
+    data = json.loads(mon.to_json())
+    assert data["steps"] == [0, 2, 4, 6]
+    assert data["dead"][-1] == [2, 1]
+    assert data["dead_fraction"][-1] == pytest.approx([2 / 16, 1 / 12])
+    png = mon.plot_history(tmp_path / "h.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def test_state_dict_resume_equals_uninterrupted_run() -> None:
+    torch.manual_seed(0)
+    ref_model = DeadMLP()
+    model = DeadMLP()
+    model.load_state_dict(ref_model.state_dict())
+
+    with Monitor(ref_model, every=2, window=6) as ref:
+        _train(ref_model, ref, 30)
+
+    with Monitor(model, every=2, window=6) as first:
+        _train(model, first, 15)
+    buf = io.BytesIO()
+    torch.save(first.state_dict(), buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=False)
+
+    second = Monitor(model, every=2, window=6)
+    second.load_state_dict(saved)
+    assert second.step_count == 15
+    with second:
+        _train_from(model, second, 15, 15)
+
+    assert second.history.as_dict() == ref.history.as_dict()
+    assert _as_lists(second.dead_units()) == _as_lists(ref.dead_units())
+    a, b = second.state_dict(), ref.state_dict()
+    for name in a["sites"]:
+        assert torch.equal(a["sites"][name]["last_active"], b["sites"][name]["last_active"])
+        assert torch.equal(a["sites"][name]["pane"]["active"], b["sites"][name]["pane"]["active"])
+
+
+def _train_from(model: DeadMLP, mon: Monitor, start: int, steps: int) -> None:
+    xs = model.make_batches(4)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    for t in range(start, start + steps):
+        model(xs[t % 4]).pow(2).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        mon.step()
+
+
+def test_load_state_dict_rejects_other_settings() -> None:
+    model = DeadMLP()
+    with Monitor(model, every=2, window=6) as mon:
+        _train(model, mon, 3)
+    with pytest.raises(ValueError, match="every=2, window=6"):
+        Monitor(model, every=5, window=10).load_state_dict(mon.state_dict())
+
+
+def test_bad_arguments() -> None:
+    model = DeadMLP()
+    with pytest.raises(ValueError, match="every"):
+        Monitor(model, every=0)
+    with pytest.raises(ValueError, match="window"):
+        Monitor(model, every=10, window=5)
+    with pytest.raises(ValueError, match="hooks"):
+        Monitor(model, hooks="never")
+
+
+# ------------------------------------------------------------------ zero gradient (C2)
+
+
+def test_dead_units_get_exactly_zero_gradient() -> None:
+    torch.manual_seed(0)
+    model = DeadMLP()
+    with Monitor(model, every=2, window=10, track_grad=True) as mon:
+        _train(model, mon, 20, lr=1e-2)
+    assert mon.producers == {"relu1": "fc1", "relu2": "fc2"}
+    checks = mon.check_zero_grad()
+    assert checks["relu1"].dead.tolist() == [1, 4]
+    assert checks["relu2"].dead.tolist() == [7]
+    assert all(c.holds for c in checks.values())
+    # not vacuous: every alive unit's incoming weights did get gradient in the window
+    for name, st in mon._sites.items():
+        assert st.grad_last is not None
+        alive = torch.ones(st.units, dtype=torch.bool)
+        alive[checks[name].dead] = False
+        assert bool((st.grad_last[alive] >= 10).all())
+
+
+def test_zero_grad_check_can_fail() -> None:
+    """A weight-decay-like term in the loss gives dead units' weights gradient: reported."""
+    model = DeadMLP()
+    with Monitor(model, every=1, window=4, track_grad=True) as mon:
+        _train(model, mon, 6, extra_loss=lambda: 1e-3 * model.fc1.weight.pow(2).sum())
+    checks = mon.check_zero_grad()
+    assert checks["relu1"].dead_with_grad.tolist() == [1, 4]
+    assert not checks["relu1"].holds
+    assert checks["relu2"].holds
+
+
+def test_check_zero_grad_needs_track_grad() -> None:
+    with pytest.raises(RuntimeError, match="track_grad=True"):
+        Monitor(DeadMLP()).check_zero_grad()
+
+
+def test_find_producers() -> None:
+    cnn = DeadChannelCNN().eval()
+    x = cnn.make_batches(1)[0]
+    assert find_producers(cnn, x) == {"relu1": "bn1", "relu2": "bn2"}
+    block = TinyTransformerBlock()
+    prods = find_producers(block, block.make_batches(1)[0])
+    assert prods["ffn:relu"] == "ffn.up"
+    assert prods["ffn:gelu"] == "ffn.gate"
+    mlp = DeadMLP()
+    assert producer_of(mlp, "relu2", mlp.make_batches(1)[0]) is mlp.fc2
+    assert _hooks_left(mlp) == 0

@@ -497,3 +497,16 @@ def test_prelu_shared_slope_takes_any_shape() -> None:
     for shape in [(2, 4), (4,), (), (2, 3, 4, 5)]:
         z = torch.randn(shape)
         assert torch.equal(module(z), F.leaky_relu(z, 0.25))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_derivative_float32_matches_autograd(case: str) -> None:
+    act = get(case)
+    assert act is not None
+    z = _inputs(seed=8).float()
+    z = z[torch.isfinite(z)]  # 1e300 is inf in float32
+    zz = z.clone().requires_grad_(True)
+    (auto,) = torch.autograd.grad(act.module().eval()(zz).sum(), zz)
+    ours = act.derivative(z)
+    assert ours.dtype == torch.float32
+    torch.testing.assert_close(ours, auto, rtol=1e-5, atol=1e-6, equal_nan=True)

@@ -66,8 +66,10 @@ main{max-width:1100px;margin:0 auto;padding:24px 28px 60px}
 h1{font-size:1.7em;margin:.2em 0 .1em}h2{margin-top:1.8em;border-bottom:2px solid #ddd;
  padding-bottom:.2em}h3{margin:1.1em 0 .4em}
 .sub{color:#555;margin-top:0}
-table{border-collapse:collapse;margin:.4em 0 1em;font-size:.92em;background:#fff}
-th,td{border:1px solid #d5d5d5;padding:4px 8px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:.4em 0 1em;font-size:.92em;background:#fff;
+ max-width:100%}
+th,td{border:1px solid #d5d5d5;padding:4px 8px;text-align:left;vertical-align:top;
+ overflow-wrap:anywhere}
 th{background:#f0f0f3}
 td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
 table.nested{margin:0;font-size:.95em}
@@ -81,6 +83,7 @@ figcaption{color:#666;font-size:.85em}
 .rule{background:#f6f6f9;border-left:4px solid #999;padding:6px 10px;font-size:.92em}
 .caveats li{margin:.2em 0}
 code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.9em}
+code{white-space:pre-wrap;overflow-wrap:anywhere}
 pre{background:#f6f6f9;padding:8px;overflow-x:auto}
 details summary{cursor:pointer;color:#333}
 .missing{color:#c0392b;font-weight:600}
@@ -243,8 +246,7 @@ def _live_section(panel: Mapping[str, Any]) -> str:
     if cols:
         head = "".join(f"<th>{_e(c)}</th>" for c in cols)
         body = "".join(
-            "<tr>" + "".join(f'<td class="num">{_e(_fmt(x))}</td>' for x in row) + "</tr>"
-            for row in rows
+            "<tr>" + "".join(f"<td>{_e(_fmt(x))}</td>" for x in row) + "</tr>" for row in rows
         )
         parts.append(f"<table><tr>{head}</tr>{body}</table>")
     if panel.get("verdict"):
@@ -332,7 +334,7 @@ def render_html(
         _claims_table(results, live),
     ]
     if live:
-        parts.append('<h2 id="live">Live checks (C1, C2, C14)</h2>')
+        parts.append('<h2 id="live">Live checks (C1, C2, C14) and notes (C13)</h2>')
         parts.extend(_live_section(p) for p in live)
     if results:
         parts.append('<h2 id="experiments">Experiments</h2>')

@@ -274,13 +274,54 @@ def _dead_unit_check() -> dict[str, Any]:
     }
 
 
+def _selu_notes() -> dict[str, Any]:
+    """C13: not an experiment; what is known of SELU's limits, as a panel."""
+    known = [
+        [
+            "init",
+            "the (0, 1) fixed point needs LeCun normal weights, N(0, 1/fan_in) "
+            "(Klambauer et al. 2017, Sec. 3); E8 shows it holds there",
+        ],
+        [
+            "dropout",
+            "standard dropout breaks the fixed point; the paper introduces alpha-dropout",
+        ],
+        [
+            "architecture",
+            "the proof covers fully connected layers with normalised inputs; with convolutions, "
+            "residual connections or BatchNorm the guarantee does not carry over",
+        ],
+        [
+            "adoption",
+            "far less used than ReLU/GELU in published architectures, so fewer tested recipes "
+            "(the notes' 'new, less studied')",
+        ],
+    ]
+    return {
+        "id": "L13",
+        "claims": ["C13"],
+        "title": "SELU's drawbacks (not an experiment)",
+        "text": (
+            "C13 is not tested: the notes call SELU new and less studied. Known limits of its "
+            "self-normalisation, from the paper itself; E8 tests it inside those limits."
+        ),
+        "columns": ["topic", "what is known"],
+        "rows": known,
+        "verdict": "n/a",
+        "rule": "no experiment: a statement about the literature, reported, not measured",
+        "summary": "not an experiment: init, alpha-dropout and architecture limits (see E8)",
+        "numbers": {},
+    }
+
+
 def live_checks() -> list[dict[str, Any]]:
-    """The report's live panels: C1 + C2 (a -1000-bias unit), C14 (derivatives).
+    """The report's live panels: C1 + C2 (a -1000-bias unit), C14 (derivatives), and C13
+    (SELU's known limits, not an experiment).
 
     Each panel is a dict with ``id``, ``claims``, ``title``, ``text``, ``columns``,
     ``rows``, ``verdict``, ``rule``, ``summary`` and ``numbers``; deterministic.
     """
-    return [_dead_unit_check(), _derivative_check()]
+    return [_dead_unit_check(), _derivative_check(), _selu_notes()]
 
 
 # --------------------------------------------------------------------------------------

@@ -33,34 +33,45 @@ What it keeps (``U`` units per activation call site, ``S`` sites):
   fixed-size.
 
 Why it samples (``every=10`` by default). Counting every unit on every step costs a few
-reductions per activation; on a small CPU model this is 5-30 % of a training step (the
-naive ``(out > 0).sum(dims)`` hook measured 1.07 to 1.28 x). The Monitor counts on every
-``every``-th step only: on the other steps the hooks stay registered but return at once
-on a Python flag (measured cheaper than removing and re-registering hooks, and the only
-way that works under ``torch.compile``, which does not see hooks added after it traced
-the model). A unit that is active on a sampled step is certainly alive; a unit that is
-inactive on all sampled steps of a window of ``window`` steps (default 100, so 10 sampled
-batches) is reported dead. Use ``every=1`` for exact per-step tracking.
+reductions per activation, and the capture machinery itself (a pre- and a post-hook on
+every submodule, and a torch-function mode over the forward for functional activations)
+costs Python time on every call. The naive ``(out > 0).sum(dims)`` hook measured 1.07 to
+1.28 x a training step on this project's CPU benchmarks. The Monitor counts on every
+``every``-th step only, and in eager mode registers the capture hooks for those steps
+only: an unsampled step runs the bare model, and attaching/removing the hooks once per
+sampled step costs well under a millisecond (measured: cheaper than leaving flag-gated
+hooks registered, whose torch-function mode alone intercepts every op of the forward).
+A unit active on a sampled step is certainly alive; a unit inactive on all sampled steps
+of the last ``window`` steps (default 100, so 10 sampled batches) is reported dead: with
+sampling, "dead" means "not seen active on 10 batches", a lower bound on activity. Use
+``every=1`` for exact per-step tracking. By default only the active counts, positions and
+mean |out| are kept (``detail=False``), which is all dead, dormant and rarely-active need.
 
 Host synchronisation: the hooks make none. At the end of a sampled step :meth:`step`
-makes one small one (the dead count per site, ``S`` integers) to record the history
-and to warn; nothing else reads tensors back until you ask for a report.
+makes one small one (two integers per site: dead count and whether it was called) to
+record the history and to warn; nothing else reads tensors back until you ask for a
+report or an export.
 
 Distributed (DDP): with ``torch.distributed`` initialised, the per-step statistics of
 each sampled step are all-reduced across the process group inside :meth:`step`, before
 they update the state, so every rank holds the same state and reports the same, global
-totals. :meth:`step` is therefore collective: every rank must call it, in step.
+totals: a unit is dead only if it was inactive on every rank's data. :meth:`step` is
+therefore collective: every rank must call it, in step. Pass ``group=False`` to track
+each rank's own data.
 
-``torch.compile``: attach the Monitor **before** calling ``torch.compile(model)`` (or at
-least before its first call). Dynamo traces module hooks registered before compilation;
-the on/off flag is guarded, so the compiled model gets one graph with the counting and
-one without and switches between them. Hooks registered *after* the compiled model has
-run are silently not called (dynamo skips hook-dict guards by default, see PyTorch's
-"nn.Module hooks support" notes): the Monitor then sees nothing. It detects this at the
-first sampled step where no site reported and warns (:class:`MonitorWarning`); call
-``torch._dynamo.reset()`` (or attach before compiling) to fix it. Functional activations
-(``F.relu`` inside ``forward``) are captured through a torch-function mode, which dynamo
-may not trace: under ``torch.compile`` rely on activation modules.
+``torch.compile``: attach the Monitor **before** the compiled model's first call
+(simplest: before ``torch.compile(model)``). Dynamo then traces the capture hooks into
+the graph; the Monitor notices (``torch.compiler.is_compiling()`` inside its callback)
+and keeps the hooks registered from then on, gated by its ``sampling`` flag, which dynamo
+guards: the compiled model gets one graph with the counting and one without and switches
+between them, and the counts are exact (``tests/test_compile.py``). Attached **after**
+the compiled model has run, the hooks are silently not called: dynamo does not guard
+hook dicts by default (``torch._dynamo.config.skip_nnmodule_hook_guards``), so the
+cached graph runs without them. The Monitor then sees nothing, warns
+(:class:`MonitorWarning`) at the first sampled step, and judges no unit (nothing is
+reported dead); ``torch._dynamo.reset()`` after attaching makes dynamo retrace with the
+hooks. A site that stops being called (for instance hooks removed under a compiled
+model) is warned about too, and its units are not judged on such steps.
 
 The optional zero-gradient check (``track_grad=True``, claim C2 of the notes): the
 Monitor finds, on the first sampled step, the module whose output feeds each activation
@@ -353,6 +364,7 @@ class _SiteState:
         self.pane = UnitStats.empty(units, device, detail=detail)
         self.prev: UnitStats | None = None
         self.last_active = torch.full((units,), _NEVER, dtype=torch.int64, device=device)
+        self.last_seen = torch.tensor(_NEVER, dtype=torch.int64, device=device)
         self.revived_at = torch.full((units,), _NEVER, dtype=torch.int64, device=device)
         self.was_dead = torch.zeros(units, dtype=torch.bool, device=device)
         self.first_step = _NEVER
@@ -366,6 +378,7 @@ class _SiteState:
     def tensors(self) -> dict[str, Tensor]:
         out = {
             "last_active": self.last_active,
+            "last_seen": self.last_seen,
             "revived_at": self.revived_at,
             "was_dead": self.was_dead,
         }
@@ -433,13 +446,15 @@ class Monitor:
         group: process group for the all-reduce; default: the world group when
             ``torch.distributed`` is initialised, else no reduction. ``False``: never
             reduce (each rank tracks its own data).
-        hooks: ``"sampled"`` (default): the capture hooks are registered only during
-            sampled steps and removed in between, so unsampled steps run the bare model
-            (capture hooks every submodule and, with ``functional=True``, runs a
-            torch-function mode over the whole forward: too costly to leave on).
-            ``"always"``: registered from :meth:`attach` to :meth:`detach` and gated by a
-            flag; use it with ``torch.compile`` (attach before compiling), which does not
-            see hooks added after it traced the model.
+        hooks: ``"auto"`` (default): in eager mode the capture hooks are registered
+            only during sampled steps and removed in between, so unsampled steps run the
+            bare model (capture hooks every submodule and, with ``functional=True``, runs
+            a torch-function mode over the whole forward: too costly to leave on). When
+            the hooks run inside ``torch.compile`` (the Monitor was attached before the
+            compiled model's first call), they stay registered from then on, gated by a
+            flag, because dynamo does not see hooks added after it traced the model.
+            ``"always"``: registered from :meth:`attach` to :meth:`detach`, gated by the
+            flag.
     """
 
     def __init__(
@@ -455,7 +470,7 @@ class Monitor:
         unit_dim: int | None = None,
         functional: bool = True,
         group: Any = None,
-        hooks: str = "sampled",
+        hooks: str = "auto",
     ) -> None:
         if every < 1:
             raise ValueError(f"every must be >= 1 (count on every k-th step), got {every}")
@@ -466,8 +481,8 @@ class Monitor:
             )
         if threshold is not None and not 0 < threshold <= 1:
             raise ValueError(f"threshold must be in (0, 1] or None, got {threshold}")
-        if hooks not in ("sampled", "always"):
-            raise ValueError(f"hooks must be 'sampled' or 'always', got {hooks!r}")
+        if hooks not in ("auto", "always"):
+            raise ValueError(f"hooks must be 'auto' or 'always', got {hooks!r}")
         self.hooks = hooks
         self.model = _unwrap(model)
         self.every = every
@@ -496,6 +511,8 @@ class Monitor:
         self._producers_found: dict[str, str | None] = {}
         self._pending: dict[str, dict[str, Tensor]] = {}
         self._warned_blind = False
+        self._warned_unseen: set[str] = set()
+        self._compiled = False
         self._update_sampling()
 
     # ---------------------------------------------------------------- lifecycle
@@ -514,8 +531,8 @@ class Monitor:
         """Start monitoring (idempotent); returns ``self``.
 
         With ``hooks="always"`` the capture hooks are registered now and stay until
-        :meth:`detach`; with ``hooks="sampled"`` they are registered only for the
-        sampled steps.
+        :meth:`detach`; with ``hooks="auto"`` they are registered for the sampled steps
+        only (for good, once they were seen running compiled).
         """
         if self._attached:
             return self
@@ -582,6 +599,8 @@ class Monitor:
         """Capture callback: reduce one activation call into the step's buffers."""
         if not self._sampling:
             return
+        if not self._compiled and torch.compiler.is_compiling():
+            self._compiled = True  # dynamo traced the hooks: keep them registered from now
         if self.training_only and not self.model.training:
             return
         state = self._sites.get(site.name)
@@ -616,6 +635,7 @@ class Monitor:
         if state.prev is not None:
             state.prev = state.prev.to(device)
         state.last_active = state.last_active.to(device)
+        state.last_seen = state.last_seen.to(device)
         state.revived_at = state.revived_at.to(device)
         state.was_dead = state.was_dead.to(device)
         if state.grad_last is not None and state.grad_step is not None:
@@ -639,7 +659,7 @@ class Monitor:
             self._finalize(self.step_count)
         self.step_count += 1
         self._update_sampling()
-        if self.hooks == "sampled":
+        if self.hooks == "auto" and not self._compiled:
             if self._sampling:
                 self._register()
             else:
@@ -689,8 +709,9 @@ class Monitor:
         for st in states:
             if st.first_step == _NEVER:
                 st.first_step = t
-            active_now = st.step.active > 0
-            st.last_active = torch.where(active_now, t, st.last_active)
+            seen = st.step.positions > 0
+            st.last_seen = torch.where(seen, t, st.last_seen)
+            st.last_active = torch.where(st.step.active > 0, t, st.last_active)
             if st.grad_step is not None and st.grad_last is not None:
                 st.grad_last = torch.where(st.grad_step > 0, t, st.grad_last)
                 st.grad_step.zero_()
@@ -701,8 +722,10 @@ class Monitor:
             st.pane.merge(st.step)
             st.step.reset()
             counts.append(dead.sum())
-        dead_counts = torch.stack(counts).tolist()  # the one host sync of a sampled step
-        by_name = dict(zip(names, dead_counts, strict=True))
+            counts.append(seen.to(torch.int64))
+        host = torch.stack(counts).tolist()  # the one host sync of a sampled step
+        by_name = dict(zip(names, host[0::2], strict=True))
+        self._warn_unseen(t, [n for n, flag in zip(names, host[1::2], strict=True) if not flag])
         self._history.steps.append(t)
         self._history.dead.append([by_name.get(n) for n in self._history.sites])
         if self.threshold is not None:
@@ -712,9 +735,27 @@ class Monitor:
         return max(st.first_step, t - self.window + 1)
 
     def _dead(self, st: _SiteState, t: int) -> Tensor:
-        """``(U,)`` bool: dead over the window ending at step ``t`` (classify's definition)."""
-        in_window = (st.last_active >= self._window_start(st, t)).to(torch.int64)
-        return dead_mask(in_window)
+        """``(U,)`` bool: dead over the window ending at step ``t`` (classify's definition).
+
+        Only a site that was called on a sampled step of the window is judged: a site
+        not run at all (a branch not taken) has no evidence, and its units are not dead.
+        """
+        start = self._window_start(st, t)
+        in_window = (st.last_active >= start).to(torch.int64)
+        return dead_mask(in_window) & (st.last_seen >= start)
+
+    def _warn_unseen(self, t: int, unseen: list[str]) -> None:
+        for name in unseen:
+            if name in self._warned_unseen:
+                continue
+            self._warned_unseen.add(name)
+            warnings.warn(
+                f"step {t}: site {name!r} was not called during this sampled step, so its "
+                "units are not judged on it (a branch not taken, or a compiled model that "
+                "no longer runs the hooks: attach the Monitor before torch.compile)",
+                MonitorWarning,
+                stacklevel=4,
+            )
 
     def _maybe_warn(self, t: int, dead_counts: Mapping[str, int]) -> None:
         assert self.threshold is not None
@@ -1016,6 +1057,7 @@ class Monitor:
             )
         dev = st.device
         st.last_active = entry["last_active"].to(dev).clone()
+        st.last_seen = entry["last_seen"].to(dev).clone()
         st.revived_at = entry["revived_at"].to(dev).clone()
         st.was_dead = entry["was_dead"].to(dev).clone()
         st.first_step = int(entry["first_step"])

@@ -104,13 +104,14 @@ def run_lab_command(args: argparse.Namespace) -> int:
         only = resolve_only(args.only) if args.only is not None else None
         check_device(cfg.device)
     except ValueError as exc:
-        err.print(f"[red]deadrelu lab: {exc}[/red]")
+        err.print(f"[red]deadrelu lab: {exc}[/red]", soft_wrap=True)
         return 2
     results = run_lab(cfg, only=only, progress=not args.no_progress)
     console.print(claims_table(results, live_checks()))
     console.print(f"report: {cfg.out / 'index.html'}   numbers: {cfg.out / 'results.json'}")
     bad = failed(results)
     if bad:
-        err.print(f"[red]{len(bad)} experiment(s) failed: {', '.join(r.id for r in bad)}[/red]")
+        ids = ", ".join(r.id for r in bad)
+        err.print(f"[red]{len(bad)} experiment(s) failed: {ids}[/red]", soft_wrap=True)
         return 1
     return 0

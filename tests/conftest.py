@@ -1,4 +1,4 @@
-"""Shared test settings: a small, deterministic hypothesis profile and a torch seed fixture.
+"""Shared test settings: a small hypothesis profile and a torch seed fixture.
 
 Profiles: ``ci`` (default: 50 examples, no deadline, since the CPU is shared and timings
 vary) and ``thorough`` (500 examples); choose with ``HYPOTHESIS_PROFILE=thorough``. Set

@@ -510,3 +510,10 @@ def test_derivative_float32_matches_autograd(case: str) -> None:
     ours = act.derivative(z)
     assert ours.dtype == torch.float32
     torch.testing.assert_close(ours, auto, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.parametrize("name", names())
+def test_tensor_methods_exist(name: str) -> None:
+    spec = get(name).spec  # type: ignore[union-attr]
+    for method in spec.tensor_methods:
+        assert callable(getattr(torch.Tensor, method))

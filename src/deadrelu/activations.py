@@ -775,6 +775,7 @@ register(
         saturates=False,
         torch_modules=(nn.PReLU,),
         torch_functions=(F.prelu,),
+        tensor_methods=("prelu",),
         learnable=True,
         description="parametric ReLU (He et al. 2015)",
     ),

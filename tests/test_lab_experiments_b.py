@@ -116,33 +116,33 @@ def test_time_activations_shape() -> None:
 
 
 def test_born_dead_rates_are_monotone_in_depth_and_zero_at_depth_one() -> None:
-    for init in ("symmetric", "rai"):
+    for init in ("he", "rai"):
         rates = e10_born_dead.born_dead_by_depth(2, 12, nets=200, inputs=32, init=init, seed=1)
         assert len(rates) == 12
         assert all(b >= a for a, b in itertools.pairwise(rates))
-        if init == "symmetric":
-            # zero bias and Gaussian inputs: some input activates every first-layer unit
+        if init == "he":
+            # zero bias, inputs of both signs: no first layer is dead on every input
             assert rates[0] == 0.0
             assert rates[-1] > 0.3
 
 
-def test_born_dead_detects_a_dead_layer_by_construction(monkeypatch: pytest.MonkeyPatch) -> None:
-    # An 'init' whose biases are -1000 kills the first layer of every net: rate 1 at depth 1.
-    def dead_sampler(rows: int, fan_in: int, **kw: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = kw["batch"]
-        return (
-            torch.zeros(*batch, rows, fan_in, dtype=kw["dtype"]),
-            torch.full((*batch, rows), -1000.0, dtype=kw["dtype"]),
-        )
-
-    monkeypatch.setattr(e10_born_dead, "_rai_sampler", lambda: (dead_sampler, "test"))
-    rates = e10_born_dead.born_dead_by_depth(3, 4, nets=10, inputs=8, init="rai", seed=0)
-    assert rates == [1.0, 1.0, 1.0, 1.0]
+def test_born_dead_width_one_matches_the_closed_form() -> None:
+    # Width 1, zero biases, input dim 1: layer 1 is alive (the grid holds both signs of x);
+    # each later layer relu(w h) with h >= 0 not all 0 dies exactly when w < 0, probability
+    # 1/2, independently. So P(dead by depth L) = 1 - 2^-(L - 1).
+    nets = 4000
+    rates = e10_born_dead.born_dead_by_depth(1, 6, nets=nets, inputs=16, init="he", seed=5)
+    for depth, rate in enumerate(rates, start=1):
+        p = 1 - 2.0 ** -(depth - 1)
+        assert abs(rate - p) <= 4 * math.sqrt(p * (1 - p) / nets) + 1e-12
 
 
-def test_born_dead_rejects_unknown_init() -> None:
-    with pytest.raises(ValueError, match="symmetric"):
-        e10_born_dead.born_dead_by_depth(2, 2, nets=2, inputs=2, init="xavier", seed=0)
+def test_born_dead_last_depth_equals_the_library_rate() -> None:
+    from deadrelu.born_dead import born_dead_rate
+
+    rates = e10_born_dead.born_dead_by_depth(3, 8, nets=300, inputs=32, init="rai", seed=2)
+    lib = born_dead_rate(8, 3, init="rai", trials=300, seed=2, d_in=1, n_inputs=32)
+    assert rates[-1] == lib.rate
 
 
 # --------------------------------------------------------------------------------------

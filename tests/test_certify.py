@@ -111,7 +111,8 @@ def test_activation_bounds_contain_every_value(name: str) -> None:
     g = torch.Generator().manual_seed(0)
     a = torch.randn(1, 200, generator=g, dtype=torch.float64) * 3
     b = a + torch.rand(1, 200, generator=g, dtype=torch.float64) * 4
-    iv = _activation_bounds(module, act, Interval(a, b))
+    with torch.no_grad():
+        iv = _activation_bounds(module, act, Interval(a, b))
     t = torch.linspace(0, 1, 501, dtype=torch.float64)[:, None]
     with torch.no_grad():
         values = module(a + t * (b - a))
@@ -172,12 +173,17 @@ def _mlp(draw: st.DrawFn) -> tuple[nn.Module, Box]:
 @given(_mlp())
 def test_never_certifies_an_activated_unit(case: tuple[nn.Module, Box]) -> None:
     net, box = case
-    cert = certify(net, box)
     seen = _preacts(net, _corners_and_samples(box, 500, 0))
-    for site, bounds in cert.sites.items():
-        z = seen[site].double()
-        assert bool((z <= bounds.upper + 1e-5).all()), site
-        assert not bool((z[bounds.certified_dead] > 0).any()), site
+    ibp = certify(net, box, method="ibp")
+    sym = certify(net, box, method="symbolic")
+    for cert in (ibp, sym):
+        for site, bounds in cert.sites.items():
+            z = seen[site].double()
+            assert bool((z <= bounds.upper + 1e-5).all()), (cert.method, site)
+            assert not bool((z[bounds.certified_dead] > 0).any()), (cert.method, site)
+    for site in ibp.sites:  # symbolic bounds are never looser than IBP's
+        assert bool((sym.sites[site].upper <= ibp.sites[site].upper + 1e-9).all())
+        assert set(ibp.dead_units(site)) <= set(sym.dead_units(site))
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -201,11 +207,76 @@ def test_never_certifies_in_conv_nets(seed: int, shift: float) -> None:
         net[7].bias.add_(shift)
     net.eval()
     box = Box.from_bounds((2, 8, 8), -0.5, 0.5)
-    cert = certify(net, box)
     seen = _preacts(net, _corners_and_samples(box, 300, seed))
-    for site, bounds in cert.sites.items():
-        assert bool((seen[site].double() <= bounds.upper + 1e-5).all())
-        assert not bool((seen[site][bounds.certified_dead] > 0).any())
+    for method in ("ibp", "symbolic"):
+        cert = certify(net, box, method=method)
+        for site, bounds in cert.sites.items():
+            assert bool((seen[site].double() <= bounds.upper + 1e-5).all()), (method, site)
+            assert not bool((seen[site][bounds.certified_dead] > 0).any()), (method, site)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(width, width), nn.Linear(width, width)
+        self.act = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.fc2(F.leaky_relu(self.fc1(x), 0.1)) * 0.5
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**16), st.integers(1, 3), st.sampled_from([0.0, -0.5, -1.5]))
+def test_never_certifies_in_residual_nets(seed: int, blocks: int, shift: float) -> None:
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = [nn.Linear(3, 6)]
+    for _ in range(blocks):
+        layers += [_ResBlock(6), nn.ReLU()]
+    net = nn.Sequential(*layers, nn.Linear(6, 1))
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.Linear):
+                m.bias.add_(shift)
+    box = Box.from_bounds((3,), -1.0, 1.0)
+    x = _corners_and_samples(box, 400, seed)
+    with torch.no_grad():
+        zs: dict[str, Tensor] = {}
+        h = net[0](x)
+        for i, m in enumerate(net[1:-1], start=1):
+            if isinstance(m, nn.ReLU):
+                zs[str(i)] = h.amax(0)
+            h = m(h)
+    for method in ("ibp", "symbolic"):
+        cert = certify(net, box, method=method)
+        for site, z in zs.items():
+            assert bool((z.double() <= cert.sites[site].upper + 1e-5).all()), (method, site)
+            assert not bool((z[cert.sites[site].certified_dead] > 0).any()), (method, site)
+
+
+def test_symbolic_bounds_see_cancellation_ibp_cannot() -> None:
+    net = nn.Sequential(nn.Linear(1, 2), nn.ReLU(), nn.Linear(2, 1), nn.ReLU())
+    with torch.no_grad():
+        net[0].weight[:] = torch.tensor([[1.0], [1.0]])
+        net[0].bias.zero_()
+        net[2].weight[:] = torch.tensor([[1.0, -1.0]])
+        net[2].bias.fill_(-0.1)  # z = relu(x) - relu(x) - 0.1 = -0.1 for every x
+    box = Box.from_bounds((1,), 0.5, 1.0)
+    assert certify(net, box, method="ibp").dead_units("3") == []
+    sym = certify(net, box, method="symbolic")
+    assert sym.dead_units("3") == [0]
+    assert float(sym.sites["3"].upper[0]) == pytest.approx(-0.1)
+
+
+def test_symbolic_falls_back_to_ibp_when_too_large() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3), nn.ReLU())
+    box = Box.from_bounds((4,), -1.0, 1.0)
+    small = certify(net, box, max_coefficients=10)
+    ibp = certify(net, box, method="ibp")
+    for site in ibp.sites:
+        assert torch.allclose(small.sites[site].upper, ibp.sites[site].upper)
+    with pytest.raises(ValueError, match="unknown certification method"):
+        certify(net, box, method="crown")
 
 
 def test_unsupported_layers_are_named() -> None:

@@ -1,4 +1,4 @@
-"""Certified dead units: z < 0 for *every* input of a box, by interval bound propagation.
+"""Certified dead units: z < 0 for *every* input of a box, by bound propagation.
 
 The notes define a dead unit as one that outputs 0 "for any input value" (C1). Detection
 over data (:mod:`deadrelu.scan`) can only say "on the inputs seen"; this module proves it
@@ -9,13 +9,26 @@ IBP: Gowal et al. 2018, "On the Effectiveness of Interval Bound Propagation for 
 Verifiably Robust Models") and reports, at every activation site, the units whose
 pre-activation upper bound is below zero: **certified dead**, i.e. z < 0 for every x in B.
 
-Soundness. Each rule below returns an interval that contains every value the real layer
-can produce when its input lies in the input interval, so ``u`` is an upper bound of z over
-B. Bounds are computed in float64 and a unit is certified only when ``u < -atol``
-(default ``atol = 1e-5``), a margin for the float32 rounding of the model's own forward.
-A certificate may miss dead units (IBP is loose with depth) but never claims a unit dead
-that some input of B activates. The certificate is about the model in **eval mode**:
-Dropout is the identity and BatchNorm uses its running statistics.
+Two methods. ``"ibp"`` propagates one interval per value. ``"symbolic"`` (the default)
+also propagates, per value, a lower and an upper *linear function of the input* (the
+forward linear relaxation of CROWN / DeepPoly without back-substitution: Zhang et al.
+2018, "Efficient Neural Network Robustness Certification with General Activation
+Functions"; Singh et al. 2019, "An Abstract Domain for Certifying Neural Networks"):
+affine layers map them exactly, ReLU / leaky ReLU / PReLU / eval-mode RReLU get CROWN's
+relaxation (the chord above, ``lam z`` below), and at every value the two methods'
+bounds are intersected, so it is never looser than IBP; it sees cancellations IBP cannot
+(``relu(x) - relu(x)``). Other activations, max pooling and products fall back to the
+IBP interval at that value (a constant linear bound) and the symbolic bounds go on from
+there. The coefficients cost ``D`` (input features) times each layer's size; a layer
+above ``max_coefficients`` continues with IBP.
+
+Soundness. Each rule returns bounds that contain every value the real layer can produce
+when its input lies in the input bounds, so ``u`` is an upper bound of z over B. Bounds
+are computed in float64 and a unit is certified only when ``u < -atol`` (default
+``atol = 1e-5``), a margin for the float32 rounding of the model's own forward. A
+certificate may miss dead units (the bounds loosen with depth) but never claims a unit
+dead that some input of B activates. The certificate is about the model in **eval
+mode**: Dropout is the identity and BatchNorm uses its running statistics.
 
 Supported graphs. The model is traced with ``torch.fx`` (activation modules and the layers
 below are kept as leaves), so ``nn.Sequential``, nested Sequentials, and custom modules
@@ -63,6 +76,7 @@ from torch import Tensor, fx, nn
 from deadrelu.activations import Activation, ActivationSpec, get, names, spec_for_function
 
 __all__ = [
+    "METHODS",
     "Box",
     "Certificate",
     "Interval",
@@ -74,6 +88,8 @@ __all__ = [
 ]
 
 _DTYPE = torch.float64
+#: Certification methods: symbolic linear bounds (tighter) and plain IBP.
+METHODS = ("symbolic", "ibp")
 
 
 # --------------------------------------------------------------------------------------
@@ -285,6 +301,7 @@ class Certificate:
     method: str
     atol: float
     sites: dict[str, SiteBounds] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def dead_units(self, site: str) -> list[int]:
         """Certified-dead unit indices at ``site``."""
@@ -548,13 +565,293 @@ def _default_unit_dim(ndim: int, producer: int | None) -> int:
     return _CHANNEL if ndim >= 4 else _LAST
 
 
+# --------------------------------------------------------------------------------------
+# Symbolic linear bounds (method="symbolic")
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Sym:
+    """Linear bounds in the input x (flattened, D features) of a value ``(1, *S)``:
+
+    ``la . x + lc <= value <= ua . x + uc`` elementwise, with ``la``, ``ua`` of shape
+    ``(D, *S)`` (None: zero, a constant bound) and ``lc``, ``uc`` of shape ``(1, *S)``.
+    """
+
+    la: Tensor | None
+    lc: Tensor
+    ua: Tensor | None
+    uc: Tensor
+
+
+def _opt_add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a + b
+
+
+def _opt_apply(f: Callable[[Tensor], Tensor] | None, t: Tensor | None) -> Tensor | None:
+    return None if f is None or t is None else f(t)
+
+
+class _SymCtx:
+    """The box as ``(D,)`` centre and radius, and the memory limit of the coefficients."""
+
+    def __init__(self, box: Box, limit: int) -> None:
+        self.mid = ((box.lower + box.upper) / 2).to(_DTYPE).flatten()
+        self.rad = ((box.upper - box.lower) / 2).to(_DTYPE).flatten()
+        self.d = self.mid.numel()
+        self.limit = limit
+        self.dropped: list[str] = []
+
+    def input(self, shape: torch.Size) -> _Sym:
+        eye = torch.eye(self.d, dtype=_DTYPE).reshape(self.d, *shape)
+        zero = torch.zeros((1, *shape), dtype=_DTYPE)
+        return _Sym(eye, zero, eye, zero.clone())
+
+    def const(self, iv: Interval) -> _Sym:
+        return _Sym(None, iv.lo, None, iv.hi)
+
+    def _dot(self, a: Tensor, upper: bool) -> Tensor:
+        shape = (self.d,) + (1,) * (a.dim() - 1)
+        centre = (a * self.mid.view(shape)).sum(0, keepdim=True)
+        spread = (a.abs() * self.rad.view(shape)).sum(0, keepdim=True)
+        return centre + spread if upper else centre - spread
+
+    def concretize(self, sym: _Sym) -> Interval:
+        lo = sym.lc if sym.la is None else sym.lc + self._dot(sym.la, upper=False)
+        hi = sym.uc if sym.ua is None else sym.uc + self._dot(sym.ua, upper=True)
+        return Interval(lo, hi)
+
+    def affine(
+        self,
+        sym: _Sym,
+        f_pos: Callable[[Tensor], Tensor],
+        f_neg: Callable[[Tensor], Tensor] | None,
+        bias: Tensor | float | None = None,
+    ) -> _Sym | None:
+        """Bounds of ``g(value) + bias`` for a linear ``g = f_pos + f_neg`` where ``f_pos``
+        has non-negative and ``f_neg`` non-positive coefficients."""
+        la = _opt_add(_opt_apply(f_pos, sym.la), _opt_apply(f_neg, sym.ua))
+        ua = _opt_add(_opt_apply(f_pos, sym.ua), _opt_apply(f_neg, sym.la))
+        lc, uc = f_pos(sym.lc), f_pos(sym.uc)
+        if f_neg is not None:
+            lc, uc = lc + f_neg(sym.uc), uc + f_neg(sym.lc)
+        if bias is not None:
+            lc, uc = lc + bias, uc + bias
+        out = _Sym(la, lc, ua, uc)
+        return self.checked(out)
+
+    def checked(self, sym: _Sym) -> _Sym | None:
+        for a in (sym.la, sym.ua):
+            if a is not None and a.numel() > self.limit:
+                return None
+        return sym
+
+
+def _sym_neg(s: _Sym) -> _Sym:
+    return _Sym(None if s.ua is None else -s.ua, -s.uc, None if s.la is None else -s.la, -s.lc)
+
+
+def _sym_sum(a: _Sym, b: _Sym) -> _Sym:
+    return _Sym(_opt_add(a.la, b.la), a.lc + b.lc, _opt_add(a.ua, b.ua), a.uc + b.uc)
+
+
+def _scale_fns(
+    c: Tensor,
+) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+    pos, neg = c.clamp(min=0), c.clamp(max=0)
+    return (lambda t: t * pos), (lambda t: t * neg)
+
+
+def _index_map(op: Callable[[Tensor], Tensor], shape: torch.Size) -> Callable[[Tensor], Tensor]:
+    """A pure data-movement op (view, permute, getitem ...) as a gather on flat indices."""
+    idx = op(torch.arange(math.prod(shape), dtype=torch.int64).reshape(shape))
+    out_shape, flat = tuple(idx.shape[1:]), idx.reshape(-1)
+
+    def gather(t: Tensor) -> Tensor:
+        return t.reshape(t.shape[0], -1)[:, flat].reshape(t.shape[0], *out_shape)
+
+    return gather
+
+
+#: Registry activations of the form max(z, a z) (a >= 0 read from the function itself).
+_MAX_FAMILY = ("relu", "leaky_relu", "prelu", "rrelu")
+
+
+def _piecewise_slope(
+    f: Callable[[Tensor], Tensor], spec: ActivationSpec, like: Tensor
+) -> Tensor | None:
+    """The negative-side slope ``a`` (``(1, *S)``) when ``f(z) = max(z, a z)`` with
+    0 <= a <= 1 elementwise (ReLU, leaky ReLU, PReLU, eval RReLU); else None."""
+    if spec.name not in _MAX_FAMILY:
+        return None
+    one = torch.ones_like(like)
+    a = -f(-one)
+    if not (torch.equal(f(one), one) and torch.equal(f(2 * one), 2 * one)):
+        return None
+    if not torch.allclose(f(-2 * one), -2 * a, rtol=0, atol=1e-12):
+        return None
+    if bool((a < 0).any() or (a > 1).any()):
+        return None
+    return a
+
+
+def _sym_activation(ctx: _SymCtx, sym: _Sym, z: Interval, a: Tensor) -> _Sym | None:
+    """CROWN's linear relaxation of ``max(z, a z)`` (0 <= a <= 1) over ``[l, u]``
+    (Zhang et al. 2018, "Efficient Neural Network Robustness Certification with General
+    Activation Functions"): the chord above, ``lam z`` below with lam in {a, 1}."""
+    lo, hi = z.lo, z.hi
+    dead, alive = hi <= 0, lo >= 0
+    cross = ~dead & ~alive
+    one = torch.ones_like(lo)
+    lam = torch.where(alive | (cross & (hi >= -lo)), one, a)
+    width = torch.where(cross, hi - lo, one)
+    chord = (hi - a * lo) / width
+    slope = torch.where(cross, chord, torch.where(alive, one, a))
+    shift = torch.where(cross, a * lo - chord * lo, torch.zeros_like(lo))
+    la = None if sym.la is None else sym.la * lam
+    ua = None if sym.ua is None else sym.ua * slope
+    return ctx.checked(_Sym(la, sym.lc * lam, ua, sym.uc * slope + shift))
+
+
+_POOL_LINEAR_MODULES: tuple[type[nn.Module], ...] = (
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+)  # fmt: skip
+_POOL_LINEAR_FUNCTIONS: set[Any] = {
+    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+}  # fmt: skip
+_MOVE_METHODS = {
+    "view", "reshape", "flatten", "unsqueeze", "squeeze", "permute", "transpose",
+    "contiguous", "expand", "__getitem__",
+}  # fmt: skip
+_MOVE_FUNCTIONS: set[Any] = {
+    torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute,
+    torch.transpose, operator.getitem,
+}  # fmt: skip
+
+
+def _symbolic(
+    ctx: _SymCtx,
+    gm: fx.GraphModule,
+    node: fx.Node,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    syms: dict[str, _Sym],
+    act_f: tuple[Callable[[Tensor], Tensor], ActivationSpec] | None,
+) -> _Sym | None:
+    """Symbolic bounds of ``node``'s output, or None (then its IBP interval is used)."""
+
+    def sym_of(i: int) -> _Sym | None:
+        a = node.args[i] if i < len(node.args) else None
+        v = args[i] if i < len(args) else None
+        if not _is_iv(v):
+            return None
+        if isinstance(a, fx.Node) and a.name in syms:
+            return syms[a.name]
+        assert isinstance(v, Interval)
+        return ctx.const(v)
+
+    x = sym_of(0)
+    if x is None:
+        return None
+    target = node.target
+    if act_f is not None:
+        a = _piecewise_slope(act_f[0], act_f[1], args[0].lo)
+        return None if a is None else _sym_activation(ctx, x, args[0], a)
+    if node.op == "call_module":
+        m = gm.get_submodule(str(target))
+        if isinstance(m, nn.Linear):
+            w = m.weight.detach().to(_DTYPE)
+            wp, wn = w.clamp(min=0), w.clamp(max=0)
+            b = None if m.bias is None else m.bias.detach().to(_DTYPE)
+            return ctx.affine(x, lambda t: F.linear(t, wp), lambda t: F.linear(t, wn), b)
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            w = m.weight.detach().to(_DTYPE)
+            wp, wn = w.clamp(min=0), w.clamp(max=0)
+            conv = m
+            cb = None
+            if m.bias is not None:
+                cb = m.bias.detach().to(_DTYPE).view((1, -1) + (1,) * (args[0].lo.dim() - 2))
+            return ctx.affine(
+                x,
+                lambda t: conv._conv_forward(t, wp, None),
+                lambda t: conv._conv_forward(t, wn, None),
+                cb,
+            )
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is not None:
+            assert m.running_mean is not None
+            scale = 1.0 / torch.sqrt(m.running_var.detach().to(_DTYPE) + m.eps)
+            if m.weight is not None:
+                scale = scale * m.weight.detach().to(_DTYPE)
+            shift = -m.running_mean.detach().to(_DTYPE) * scale
+            if m.bias is not None:
+                shift = shift + m.bias.detach().to(_DTYPE)
+            shape = (1, -1) + (1,) * (args[0].lo.dim() - 2)
+            fp, fn = _scale_fns(scale.view(shape))
+            return ctx.affine(x, fp, fn, shift.view(shape))
+        if isinstance(m, _IDENTITY_MODULES):
+            return x
+        if isinstance(m, _POOL_LINEAR_MODULES):
+            return ctx.affine(x, m, None)
+        if isinstance(m, (nn.Flatten, nn.Unflatten)):
+            return ctx.affine(x, _index_map(m, args[0].lo.shape), None)
+        return None
+    if node.op == "call_method":
+        name = str(target)
+        if name in _MOVE_METHODS and not _any_iv(args[1:]):
+
+            def op(t: Tensor) -> Tensor:
+                return getattr(t, name)(*args[1:], **kwargs)
+
+            return ctx.affine(x, _index_map(op, args[0].lo.shape), None)
+        return None
+    if target in (operator.add, torch.add, operator.iadd, operator.sub, torch.sub, operator.isub):
+        sign = -1.0 if target in (operator.sub, torch.sub, operator.isub) else 1.0
+        y = sym_of(1)
+        if y is None:
+            if not _is_iv(args[0]):
+                return None
+            c = _const(args[1])
+            return _Sym(x.la, x.lc + sign * c, x.ua, x.uc + sign * c)
+        return _sym_sum(x, _sym_neg(y) if sign < 0 else y)
+    if target in (operator.mul, torch.mul, operator.imul, operator.truediv, torch.div):
+        if _is_iv(args[1]):
+            return None
+        c = torch.as_tensor(_const(args[1]), dtype=_DTYPE)
+        if target in (operator.truediv, torch.div):
+            c = 1.0 / c
+        fp, fn = _scale_fns(c)
+        return ctx.affine(x, fp, fn)
+    if target in (operator.neg, torch.neg):
+        return _sym_neg(x)
+    if target in _IDENTITY_FUNCTIONS:
+        return x
+    if target in _POOL_LINEAR_FUNCTIONS:
+        rest = args[1:]
+        return ctx.affine(x, lambda t: target(t, *rest, **kwargs), None)  # type: ignore[operator]
+    if target in _MOVE_FUNCTIONS and not _any_iv(args[1:]):
+        rest = args[1:]
+
+        def op2(t: Tensor) -> Tensor:
+            return target(t, *rest, **kwargs)  # type: ignore[operator]
+
+        return ctx.affine(x, _index_map(op2, args[0].lo.shape), None)
+    return None
+
+
 def certify(
     model: nn.Module,
     box: Box,
     *,
-    method: str = "ibp",
+    method: str = "symbolic",
     atol: float = 1e-5,
     unit_dim: int | None = None,
+    max_coefficients: int = 2**25,
 ) -> Certificate:
     """Certify dead units of ``model`` over the input ``box`` (C1's "for any input value").
 
@@ -562,9 +859,13 @@ def certify(
         model: a traceable module taking one input tensor ``(N, *S)``; its parameters are
             read, never changed. It is analysed as in eval mode.
         box: the input domain; ``box.shape`` is ``S``, one sample's shape.
-        method: ``"ibp"`` (interval bound propagation; the only method for now).
+        method: ``"symbolic"`` (default: symbolic linear bounds intersected with IBP,
+            never looser than IBP) or ``"ibp"`` (interval bound propagation only).
         atol: a unit is certified only when its upper bound on z is below ``-atol``.
         unit_dim: the unit axis at every site; default: the rule of :mod:`deadrelu.capture`.
+        max_coefficients: with ``"symbolic"``, the largest coefficient tensor
+            ``(D, *S)`` (D input features, S a layer's shape) kept; a layer beyond it
+            continues with IBP from there (noted in ``Certificate.notes``).
 
     Returns:
         A :class:`Certificate`; ``cert.dead_units("net.1")`` lists the units proved to have
@@ -574,14 +875,18 @@ def certify(
         ValueError: the model cannot be traced, or uses an operation IBP does not support
             (the message names it).
     """
-    if method != "ibp":
-        raise ValueError(f"unknown certification method {method!r}; available: 'ibp'")
+    if method not in METHODS:
+        raise ValueError(
+            f"unknown certification method {method!r}; available: {', '.join(METHODS)}"
+        )
     if atol < 0:
         raise ValueError(f"atol must be >= 0, got {atol}")
     gm = trace(model)
     sites = site_names(gm)
     producer: int | None = None
     cert = Certificate(box=box, method=method, atol=atol)
+    ctx = _SymCtx(box, max_coefficients) if method == "symbolic" else None
+    syms: dict[str, _Sym] = {}
     env: dict[str, Any] = {}
     placeholders = 0
 
@@ -603,6 +908,8 @@ def certify(
                 lo = box.lower.to(_DTYPE).unsqueeze(0)
                 hi = box.upper.to(_DTYPE).unsqueeze(0)
                 env[node.name] = Interval(lo, hi)
+                if ctx is not None:
+                    syms[node.name] = ctx.input(box.shape)
                 continue
             if node.op == "output":
                 break
@@ -623,12 +930,60 @@ def certify(
                     env[node.name] = node.target(*args, **kwargs)
                 continue
             site = sites.get(node)
+            act_f = None
             if site is not None:
-                env[node.name] = _site(cert, gm, node, site, args, kwargs, atol, unit_dim, producer)
-                continue
-            env[node.name] = _op_bounds(gm, node, args, kwargs)
-            producer = _producer_kind(gm, node, producer)
+                out = _site(cert, gm, node, site, args, kwargs, atol, unit_dim, producer)
+                if ctx is not None:
+                    act_f = (_act_fn(gm, node, site[1], args, kwargs)[0], site[1])
+            else:
+                out = _op_bounds(gm, node, args, kwargs)
+                producer = _producer_kind(gm, node, producer)
+            if ctx is not None and isinstance(out, Interval):
+                sym = _symbolic(ctx, gm, node, args, kwargs, syms, act_f)
+                if (
+                    sym is None
+                    and _any_iv(args)
+                    and node.args
+                    and isinstance(node.args[0], fx.Node)
+                    and node.args[0].name in syms
+                ):
+                    cert.notes.append(f"{node.name}: symbolic bounds restart from IBP")
+                if sym is not None:
+                    tight = ctx.concretize(sym)
+                    out = Interval(torch.maximum(out.lo, tight.lo), torch.minimum(out.hi, tight.hi))
+                    syms[node.name] = sym
+            env[node.name] = out
     return cert
+
+
+def _act_fn(
+    gm: fx.GraphModule,
+    node: fx.Node,
+    spec: ActivationSpec,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+) -> tuple[Callable[[Tensor], Tensor], Activation | None]:
+    """The elementwise function an activation node applies (float64), and its params."""
+    f: Callable[[Tensor], Tensor]
+    if node.op == "call_module":
+        module = copy.deepcopy(gm.get_submodule(str(node.target))).to(_DTYPE).eval()
+        return module, get(module)
+    if node.op == "call_function":
+        act = _bound_activation_params(spec, args[1:], kwargs)
+        target = node.target
+        assert callable(target)
+        rest, kw = args[1:], kwargs
+
+        def f(t: Tensor) -> Tensor:
+            return target(t, *rest, **kw)
+
+        return f, act
+    method, rest, kw = str(node.target), args[1:], kwargs
+
+    def g(t: Tensor) -> Tensor:
+        return getattr(t, method)(*rest, **kw)
+
+    return g, spec.bind()
 
 
 def _site(
@@ -646,27 +1001,7 @@ def _site(
     z = args[0]
     if not _is_iv(z):
         raise _unsupported(f"activation {name!r} applied to a non-interval argument")
-    f: Callable[[Tensor], Tensor]
-    if node.op == "call_module":
-        module = copy.deepcopy(gm.get_submodule(str(node.target))).to(_DTYPE).eval()
-        act = get(module)
-        f = module
-    elif node.op == "call_function":
-        act = _bound_activation_params(spec, args[1:], kwargs)
-        target = node.target
-        assert callable(target)
-        rest, kw = args[1:], kwargs
-
-        def f(t: Tensor) -> Tensor:
-            return target(t, *rest, **kw)
-
-    else:
-        act = spec.bind()
-        method, rest, kw = str(node.target), args[1:], kwargs
-
-        def f(t: Tensor) -> Tensor:
-            return getattr(t, method)(*rest, **kw)
-
+    f, act = _act_fn(gm, node, spec, args, kwargs)
     dim = unit_dim if unit_dim is not None else _default_unit_dim(z.hi.dim(), producer)
     upper, lower = _per_unit(z.hi, "max", dim), _per_unit(z.lo, "min", dim)
     cert.sites[name] = SiteBounds(

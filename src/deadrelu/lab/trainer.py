@@ -54,6 +54,7 @@ from deadrelu.lab.data import Dataset
 __all__ = [
     "MLP",
     "Member",
+    "StepHook",
     "TrainConfig",
     "TrainResult",
     "build_member",
@@ -568,11 +569,22 @@ def train_batched(members: Sequence[Member], cfg: TrainConfig, data: Dataset) ->
 # --------------------------------------------------------------------------------------
 
 
-def train_sequential(members: Sequence[Member], cfg: TrainConfig, data: Dataset) -> TrainResult:
+#: ``on_step(step, model, optimizer)``: called by :func:`train_sequential` after each SGD
+#: step (``step`` counts completed steps, from 1); may change the model in place.
+StepHook = Callable[[int, "MLP", torch.optim.Optimizer], None]
+
+
+def train_sequential(
+    members: Sequence[Member],
+    cfg: TrainConfig,
+    data: Dataset,
+    on_step: StepHook | None = None,
+) -> TrainResult:
     """Train the members one after the other with plain modules and ``torch.optim.SGD``.
 
     Same members, batches, kicks and evaluation as :func:`train_batched`; the reference the
-    batched path is tested against.
+    batched path is tested against. ``on_step(step, model, optimizer)``, when given, runs
+    after every SGD step (e.g. ReDo recycling, which changes one model at a time).
     """
     acts = _check(members, cfg, data)
     device = data.x_train.device
@@ -612,6 +624,8 @@ def train_sequential(members: Sequence[Member], cfg: TrainConfig, data: Dataset)
             opt.step()
             loss_sum += float(loss.detach())
             loss_n += 1
+            if on_step is not None:
+                on_step(step + 1, model, opt)
         final.append({k: v.detach() for k, v in model.state_dict().items()})
     state = {k: torch.stack([f[k] for f in final]) for k in final[0]}
     return rec.result(list(members), state, cfg.widths)

@@ -9,7 +9,8 @@ and torch's alternate within each repeat (the order flips every repeat), after w
 one repeat times ``--inner`` back-to-back steps; the ratio is of the medians, measured
 side by side in this one run. RReLU runs in training
 mode (random slopes) for both; PReLU is compared with ``nn.PReLU`` (its weight gradient is
-computed too).
+computed too). A second instance of the torch module is timed in the same rotation as an
+A/A control: ``control_ratio`` (torch / torch) shows how noisy the run was.
 
 Prints one JSON object. Usage: ``python benchmarks/activations.py [--elements N]
 [--repeats R] [--inner K] [--threads T] [--device cpu|cuda]``.
@@ -81,20 +82,24 @@ def bench(elements: int, repeats: int, warmup: int, inner: int, device: str) -> 
         assert act is not None
         ours = act.module().to(device)
         theirs = TORCH_BUILTIN[act.name](dict(act.params)).to(device)
+        control = TORCH_BUILTIN[act.name](dict(act.params)).to(device)
+        modules = [ours, theirs, control]
         for _ in range(warmup):
-            _step(ours, x, g, sync, inner)
-            _step(theirs, x, g, sync, inner)
-        t_ours: list[float] = []
-        t_torch: list[float] = []
+            for module in modules:
+                _step(module, x, g, sync, inner)
+        times: list[list[float]] = [[], [], []]
         for r in range(repeats):
-            pair = [(ours, t_ours), (theirs, t_torch)]
-            for module, times in pair if r % 2 == 0 else pair[::-1]:
-                times.append(_step(module, x, g, sync, inner))
-        m_ours, m_torch = statistics.median(t_ours), statistics.median(t_torch)
+            order = [(r + k) % 3 for k in range(3)]  # rotate who goes first
+            for i in order:
+                times[i].append(_step(modules[i], x, g, sync, inner))
+        m_ours, m_torch, m_control = (statistics.median(t) for t in times)
         results[str(act)] = {
             "ours_ms": round(m_ours * 1e3, 4),
             "torch_ms": round(m_torch * 1e3, 4),
             "ratio": round(m_ours / m_torch, 4),
+            # A/A control: a second torch module against the first, timed the same way.
+            # Its distance from 1 is the noise of this run.
+            "control_ratio": round(m_control / m_torch, 4),
         }
     return results
 
@@ -112,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     results = bench(args.elements, args.repeats, args.warmup, args.inner, args.device)
     ratios = [r["ratio"] for r in results.values()]
+    noise = max(abs(r["control_ratio"] - 1.0) for r in results.values())
     doc = {
         "benchmark": "activations_forward_backward",
         "claim": f"every ratio ours/torch <= {TARGET}",
@@ -127,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         "max_ratio": max(ratios),
         "target": TARGET,
         "all_within_target": all(r <= TARGET for r in ratios),
+        "max_control_deviation": round(noise, 4),
+        "note": "ratios are meaningful only when max_control_deviation is well under 0.05",
     }
     print(json.dumps(doc, indent=2))
     return 0

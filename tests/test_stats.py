@@ -92,6 +92,20 @@ def test_nonfinite_counted_not_crashing() -> None:
     assert torch.isnan(s.z_sum[0])
 
 
+def test_large_batch_count_path_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above 2**24 positions per unit the counts switch to integer sums: same results."""
+    import deadrelu.stats as stats_module
+
+    z = torch.tensor([[1.0, -1.0], [float("nan"), 2.0], [float("inf"), 0.0]])
+    fast = UnitStats.empty(2)
+    fast.update(z, torch.relu(z), 1)
+    monkeypatch.setattr(stats_module, "_FLOAT_COUNT_EXACT", 2)
+    slow = UnitStats.empty(2)
+    slow.update(z, torch.relu(z), 1)
+    assert slow.active.tolist() == fast.active.tolist() == [2, 1]
+    assert slow.nonfinite.tolist() == fast.nonfinite.tolist() == [2, 0]
+
+
 def test_zero_size_batch_is_ignored() -> None:
     s = UnitStats.empty(4)
     s.update(torch.empty(0, 4), torch.empty(0, 4), 1)

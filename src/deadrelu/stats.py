@@ -28,20 +28,28 @@ field             shape        dtype      reduces (merge / ``all_reduce``) by
 reduced in float32 (float64 for float64 activations; bf16/fp16 activations are upcast, so
 they are counted exactly), which is exact enough within one batch because torch reduces
 pairwise; the ``(U,)`` batch results are then added into the float64 accumulators, which
-keeps full precision over millions of batches at a cost of O(U) per batch.
+keeps full precision over millions of batches at a cost of O(U) per batch. Counts of one
+batch are float sums of 0/1 values, exact below 2**24 positions per unit and batch (int32
+or int64 sums of bools above that, decided from the shape).
 
 The variance is not kept as a sum of squares (``z_sqsum - z_sum**2 / n`` cancels
-catastrophically when |mean| >> std): each batch gives its own mean and M2 through one
-Welford pass (``torch.var_mean``), merged with Chan's formula. ``z_sqsum`` is still
-available as a derived property.
+catastrophically when |mean| >> std): each batch's sums are taken about a per-unit shift
+K, the batch's first position (|mean - K| is of the order of the spread, so
+``s2 - s1**2 / n`` keeps its digits), and the batch's (n, mean, M2) is merged into the
+running one with Chan's formula. ``z_sqsum`` is still available as a derived property.
+
+Cost: one scratch tensor of the activation's size per update (freed on return); about 4
+elementwise passes over the activation with ``detail=False`` and 13 with ``detail=True``.
 
 Non-finite pre-activations are counted in ``nonfinite`` and otherwise propagate: they make
 ``z_sum``/``z_m2``/extrema (and ``abs_sum`` for the output) NaN or inf for that unit, which
 the report flags instead of hiding. ``z > 0`` is False for NaN, so NaN counts as inactive.
+(A finite z with |z - K| > 1.8e19 in a float32 batch overflows when squared and is
+counted as non-finite too.)
 
 With ``detail=False`` (see :meth:`UnitStats.empty`) only ``positions``, ``active`` and
 ``abs_sum`` are updated: the minimum that dead, dormant and rarely-active need, at about
-half the cost. The other fields keep their initial values.
+a third of the cost. The other fields keep their initial values.
 
 ``REDUCE`` declares how every field combines (like torchmetrics' ``dist_reduce_fx``);
 :meth:`merge`, :meth:`all_reduce`, :meth:`state_dict` are generic over it.
@@ -62,6 +70,16 @@ __all__ = ["UnitStats", "accumulator_dtype"]
 def accumulator_dtype(device: torch.device | str) -> torch.dtype:
     """The dtype of the float accumulators on ``device``: float64, or float32 on ``mps``."""
     return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+#: Below this many positions per unit and batch, float32 sums of 0/1 values are exact.
+_FLOAT_COUNT_EXACT = 2**24
+_INT32_MAX = 2**31 - 1
+
+
+def _count_dtype(n: int) -> torch.dtype:
+    """int32 sums of bools are 4x faster than int64 on CPU; exact below 2**31."""
+    return torch.int32 if n <= _INT32_MAX else torch.int64
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -186,36 +204,52 @@ class UnitStats:
         dims = tuple(i for i in range(z.dim()) if i != d)
         work = _work_dtype(z.dtype)
         acc = self.abs_sum.dtype
+        exact_float = n_b < _FLOAT_COUNT_EXACT
 
+        # One scratch tensor of z's size (work dtype) serves every elementwise step:
+        # on CPU a fresh large allocation costs as much as the arithmetic.
+        buf = torch.empty(z.shape, dtype=work, device=z.device)
         self.positions.add_(n_b)
-        self.active.add_((z > 0).sum(dims))
-        self.abs_sum.add_(out.abs().sum(dims, dtype=work).to(acc))
+        if exact_float:
+            # z > 0 written as 0.0/1.0 (NaN > 0 is False), summed exactly in float
+            self.active.add_(torch.gt(z, 0, out=buf).sum(dims).to(torch.int64))
+        else:
+            self.active.add_(torch.gt(z, 0).sum(dims, dtype=_count_dtype(n_b)))
+        if out.dtype == work:
+            self.abs_sum.add_(torch.abs(out, out=buf).sum(dims))
+        else:  # bf16 / fp16: abs is exact in the input dtype, the sum runs in float32
+            self.abs_sum.add_(out.abs().sum(dims, dtype=work))
         if not self.detail:
             return
 
-        zw = z if z.dtype == work else z.to(work)
-        var_b, mean_b = torch.var_mean(zw, dim=dims, correction=0)
-        mean_b = mean_b.to(acc)
-        m2_b = var_b.to(acc) * n_b
+        # Moments about a per-unit shift K (this batch's first position), so that
+        # s2 - s1**2 / n does not cancel: |mean - K| is of the order of the spread.
+        index = tuple(slice(None) if i == d else 0 for i in range(z.dim()))
+        shift = z[index].to(work).nan_to_num(0.0, 0.0, 0.0)  # (U,)
+        view = [units if i == d else 1 for i in range(z.dim())]
+        torch.sub(z, shift.reshape(view), out=buf)
+        s1 = buf.sum(dims).to(acc)
+        buf.square_()
+        s2 = buf.sum(dims).to(acc)
+        if exact_float:
+            # (z - K)**2 * 0 is 0 where finite, NaN where z is NaN or +-inf
+            nonfinite = buf.mul_(0).nan_to_num_(1.0, 1.0, 1.0).sum(dims).to(torch.int64)
+        else:
+            nonfinite = n_b - torch.isfinite(z).sum(dims, dtype=_count_dtype(n_b))
+        self.nonfinite.add_(nonfinite)
+        del buf
+
+        # Chan et al.: merge (n_a, mean_a, M2_a) with this batch's (n_b, mean_b, M2_b).
+        mean_b = shift.to(acc) + s1 / n_b
+        m2_b = s2 - s1 * s1 / n_b
         n_a = self.positions.to(acc) - n_b  # positions before this batch
         mean_a = self.z_sum / n_a.clamp_min(1)
         delta = mean_b - mean_a
         self.z_m2.add_(m2_b + delta * delta * (n_a * n_b / (n_a + n_b)))
         self.z_sum.add_(mean_b * n_b)
 
-        # Extrema in one pass where the layout allows: (A, U, B) view, then (A, U) -> (U,).
-        lead = 1
-        for s in z.shape[:d]:
-            lead *= s
-        trail = n_b // lead
-        if trail == 1:
-            lo, hi = torch.aminmax(z.reshape(lead, units), dim=0)
-        else:
-            lo3, hi3 = torch.aminmax(z.reshape(lead, units, trail), dim=2)
-            lo, hi = lo3.amin(0), hi3.amax(0)
-        torch.maximum(self.z_max, hi.to(acc), out=self.z_max)
-        torch.minimum(self.z_min, lo.to(acc), out=self.z_min)
-        self.nonfinite.add_(n_b - torch.isfinite(z).sum(dims))
+        torch.maximum(self.z_max, z.amax(dims).to(acc), out=self.z_max)
+        torch.minimum(self.z_min, z.amin(dims).to(acc), out=self.z_min)
 
     # ------------------------------------------------------------------ combining
 

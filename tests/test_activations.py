@@ -517,3 +517,20 @@ def test_tensor_methods_exist(name: str) -> None:
     spec = get(name).spec  # type: ignore[union-attr]
     for method in spec.tensor_methods:
         assert callable(getattr(torch.Tensor, method))
+
+
+def test_benchmark_script_runs() -> None:
+    """Smoke test of benchmarks/activations.py (tiny tensor; no timing is asserted)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "activations.py"
+    argv = ["--elements", "256", "--repeats", "3", "--warmup", "1", "--inner", "1"]
+    out = subprocess.run(
+        [sys.executable, str(script), *argv], capture_output=True, text=True, check=True
+    )
+    doc = json.loads(out.stdout)
+    assert set(names()) <= set(doc["results"])
+    assert all(r["ratio"] > 0 and r["control_ratio"] > 0 for r in doc["results"].values())

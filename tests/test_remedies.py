@@ -325,3 +325,33 @@ def test_born_dead_counts_a_network_with_a_dead_layer() -> None:
     assert r.dead == 0
     with pytest.raises(ValueError, match="unknown init"):
         born_dead_rate(3, 3, "xavier")
+
+
+def test_recycle_gated_ffn_of_a_transformer_block() -> None:
+    from models import TinyTransformerBlock
+
+    model = TinyTransformerBlock().eval()
+    data = model.make_batches()
+    report = scan(model, data)
+    with torch.no_grad():
+        before = model(data[0])
+    summary = recycle(model, report)
+    with torch.no_grad():
+        after = model(data[0])
+    assert summary.units == {"ffn:relu": [5], "ffn:gelu": [2, 11]}
+    assert float((after - before).abs().max()) <= 1e-6
+    assert scan(model, data).dead_units("ffn:relu") == []
+
+
+def test_recycle_from_a_monitor() -> None:
+    from deadrelu.monitor import Monitor
+
+    net = _bias_killed_mlp()
+    x, _ = _data()
+    with Monitor(net, every=1, window=2, threshold=None, training_only=False) as mon:
+        for _ in range(3):
+            net(x)
+            mon.step()
+    summary = recycle(net, mon)
+    assert set(KILLED) <= set(summary.units["relu1"])
+    assert scan(net, x).count("dead") == 0

@@ -96,6 +96,7 @@ def born_dead_rate(
     d_in: int = 1,
     n_inputs: int = 512,
     sigma: float = RAI_SIGMA,
+    device: torch.device | str = "cpu",
 ) -> BornDead:
     """Monte Carlo probability that a ``depth`` x ``width`` ReLU network is born dead.
 
@@ -110,6 +111,9 @@ def born_dead_rate(
         d_in: input dimension.
         n_inputs: inputs per network.
         sigma: RAI's sigma.
+        device: where the networks are evaluated (the draws are made on the CPU with the
+            seeded generator, so the result does not depend on the device but for
+            floating-point rounding).
 
     Returns:
         A :class:`BornDead`.
@@ -127,11 +131,12 @@ def born_dead_rate(
         x = torch.linspace(-a, a, n_inputs).unsqueeze(1)
     else:
         x = (torch.rand(n_inputs, d_in, generator=g) * 2 - 1) * a
-    h = x.expand(trials, n_inputs, d_in)
-    first_dead = torch.zeros(trials, dtype=torch.int64)
+    h = x.to(device).expand(trials, n_inputs, d_in)
+    first_dead = torch.zeros(trials, dtype=torch.int64, device=device)
     with torch.no_grad():
         for layer in range(1, depth + 1):
             w, b = _layer(init, trials, width, h.shape[-1], g, sigma)
+            w, b = w.to(device), b.to(device)
             h = torch.relu(torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2)))
             dead_now = (h == 0).flatten(1).all(dim=1) & (first_dead == 0)
             first_dead[dead_now] = layer
@@ -147,5 +152,5 @@ def born_dead_rate(
         init=init,
         seed=seed,
         stderr=math.sqrt(rate * (1 - rate) / trials),
-        first_dead_layer=first_dead,
+        first_dead_layer=first_dead.cpu(),
     )

@@ -599,16 +599,17 @@ def _opt_apply(f: Callable[[Tensor], Tensor] | None, t: Tensor | None) -> Tensor
 class _SymCtx:
     """The box as ``(D,)`` centre and radius, and the memory limit of the coefficients."""
 
-    def __init__(self, box: Box, limit: int) -> None:
-        self.mid = ((box.lower + box.upper) / 2).to(_DTYPE).flatten()
-        self.rad = ((box.upper - box.lower) / 2).to(_DTYPE).flatten()
+    def __init__(self, box: Box, limit: int, device: torch.device) -> None:
+        self.device = device
+        self.mid = ((box.lower + box.upper) / 2).to(device, _DTYPE).flatten()
+        self.rad = ((box.upper - box.lower) / 2).to(device, _DTYPE).flatten()
         self.d = self.mid.numel()
         self.limit = limit
         self.dropped: list[str] = []
 
     def input(self, shape: torch.Size) -> _Sym:
-        eye = torch.eye(self.d, dtype=_DTYPE).reshape(self.d, *shape)
-        zero = torch.zeros((1, *shape), dtype=_DTYPE)
+        eye = torch.eye(self.d, dtype=_DTYPE, device=self.device).reshape(self.d, *shape)
+        zero = torch.zeros((1, *shape), dtype=_DTYPE, device=self.device)
         return _Sym(eye, zero, eye, zero.clone())
 
     def const(self, iv: Interval) -> _Sym:
@@ -857,7 +858,8 @@ def certify(
 
     Args:
         model: a traceable module taking one input tensor ``(N, *S)``; its parameters are
-            read, never changed. It is analysed as in eval mode.
+            read, never changed. It is analysed as in eval mode, in float64 on the
+            device of its parameters (CPU or CUDA; not MPS, which has no float64).
         box: the input domain; ``box.shape`` is ``S``, one sample's shape.
         method: ``"symbolic"`` (default: symbolic linear bounds intersected with IBP,
             never looser than IBP) or ``"ibp"`` (interval bound propagation only).
@@ -885,7 +887,8 @@ def certify(
     sites = site_names(gm)
     producer: int | None = None
     cert = Certificate(box=box, method=method, atol=atol)
-    ctx = _SymCtx(box, max_coefficients) if method == "symbolic" else None
+    device = next(itertools.chain(model.parameters(), model.buffers()), torch.empty(0)).device
+    ctx = _SymCtx(box, max_coefficients, device) if method == "symbolic" else None
     syms: dict[str, _Sym] = {}
     env: dict[str, Any] = {}
     placeholders = 0
@@ -905,8 +908,8 @@ def certify(
                         "certify: the model takes more than one input; certify supports "
                         "models of one tensor input"
                     )
-                lo = box.lower.to(_DTYPE).unsqueeze(0)
-                hi = box.upper.to(_DTYPE).unsqueeze(0)
+                lo = box.lower.to(device, _DTYPE).unsqueeze(0)
+                hi = box.upper.to(device, _DTYPE).unsqueeze(0)
                 env[node.name] = Interval(lo, hi)
                 if ctx is not None:
                     syms[node.name] = ctx.input(box.shape)
@@ -1003,7 +1006,7 @@ def _site(
         raise _unsupported(f"activation {name!r} applied to a non-interval argument")
     f, act = _act_fn(gm, node, spec, args, kwargs)
     dim = unit_dim if unit_dim is not None else _default_unit_dim(z.hi.dim(), producer)
-    upper, lower = _per_unit(z.hi, "max", dim), _per_unit(z.lo, "min", dim)
+    upper, lower = _per_unit(z.hi, "max", dim).cpu(), _per_unit(z.lo, "min", dim).cpu()
     cert.sites[name] = SiteBounds(
         site=name,
         activation=str(act) if act is not None else spec.name,

@@ -30,6 +30,7 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import math
+import operator
 import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -110,6 +111,8 @@ _CHANNEL_KEEPING: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._BatchNorm,
 )
 _PASS_FUNCTIONS: set[Any] = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout}
+#: Elementwise products (a gated unit, ``relu(up(x)) * gate(x)``): unit i stays unit i.
+_GATES: set[Any] = {operator.mul, torch.mul}
 _POOL_FUNCTIONS: set[Any] = {
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
@@ -281,7 +284,9 @@ def _forward_step(
             stack.append((u, flat))
             return None
         return f"its output reaches {_describe(u)} ({type(m).__name__})"
-    if u.op == "call_function" and (u.target in _PASS_FUNCTIONS or u.target in _POOL_FUNCTIONS):
+    if u.op == "call_function" and (
+        u.target in _PASS_FUNCTIONS or u.target in _POOL_FUNCTIONS or u.target in _GATES
+    ):
         stack.append((u, flat))
         return None
     return f"its output reaches {_describe(u)}"

@@ -230,3 +230,17 @@ def test_chromium_check_detects_a_broken_image(cfg: LabConfig, tmp_path: Path) -
     page = write_html(_dicts([r]), cfg.out)
     dom = _chromium(exe, tmp_path, "--virtual-time-budget=10000", "--dump-dom", page.as_uri())
     assert 'data-images-loaded="1/2"' in dom.stdout
+
+
+def test_report_of_a_real_tiny_run_renders_in_chromium(tmp_path: Path) -> None:
+    from deadrelu.lab.runner import run_lab
+
+    exe = _chromium_or_skip()
+    cfg = LabConfig(preset="tiny", out=tmp_path / "lab")
+    results = run_lab(cfg, only="E8,E10", progress=False)
+    n_images = sum(len(r.figures) for r in results)
+    assert n_images == 2
+    url = (cfg.out / "index.html").resolve().as_uri()
+    dom = _chromium(exe, tmp_path, "--virtual-time-budget=10000", "--dump-dom", url)
+    assert f'data-images-loaded="{n_images}/{n_images}"' in dom.stdout
+    assert 'data-claims-visible="yes"' in dom.stdout

@@ -86,7 +86,7 @@ def run(cfg: LabConfig) -> ExperimentResult:
         runs = rates[init][w]
         return [sum(r[d] for r in runs) / len(runs) for d in range(depth)]
 
-    fig, axes = new_figure(ncols=1, width=7.0, height=4.0)
+    fig, axes = new_figure(ncols=1, width=8.5, height=4.0)
     ax = axes[0][0]
     depths = list(range(1, depth + 1))
     for i, w in enumerate(widths):
@@ -102,7 +102,7 @@ def run(cfg: LabConfig) -> ExperimentResult:
         "(dotted: He with symmetric biases)",
         fontsize=9,
     )
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     figure = save_figure(fig, cfg, "e10_born_dead.png")
 

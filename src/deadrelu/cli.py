@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,12 +70,13 @@ def add_activations_parser(subparsers: Any) -> argparse.ArgumentParser:
         "activations",
         help="table of the ReLU family (formula, defaults, f'(0), zero-gradient region) "
         "and a PNG of each function and its derivative",
-        description=(
+        description=textwrap.fill(
             "Print a table of the activations deadrelu knows: name, formula, default "
             "parameters, f'(0) (PyTorch's convention at the kink), the region where the "
-            "gradient is exactly zero, whether f' saturates to 0 as z -> -inf, and the torch "
-            "modules it covers. Write a PNG grid with f (solid) and its analytic derivative "
-            "f' (dashed) for each, the zero-gradient region shaded."
+            "gradient is exactly zero and whether f' saturates to 0 as z -> -inf. Write a "
+            "PNG grid with f (solid) and its analytic derivative f' (dashed) for each, the "
+            "zero-gradient region shaded.",
+            width=80,
         ),
         epilog=(
             "examples:  deadrelu activations --out report\n"

@@ -153,3 +153,24 @@ def test_suggest_from_a_report() -> None:
     with torch.no_grad():
         healthy[0].bias.fill_(5.0)
     assert suggest(scan(healthy, torch.rand(4, 2))) == ["no dead units among 3: nothing to cure"]
+
+
+def test_untraceable_model_uses_a_probe_forward() -> None:
+    class Branchy(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 4)
+            with torch.no_grad():
+                self.fc.bias[2] = -1000.0
+            self.head = nn.Linear(4, 1)
+
+        def forward(self, x: Tensor) -> Tensor:
+            if x.sum() > -1e9:  # data-dependent control flow: torch.fx cannot trace it
+                x = F.relu(self.fc(x))
+            return self.head(x)
+
+    model = Branchy()
+    x = torch.rand(16, 3)
+    expl = explain(model, scan(model, x), x)
+    assert expl.causes(":relu") == {2: "bias"}
+    assert "probe forward" in expl.notes[0]

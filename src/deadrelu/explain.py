@@ -393,8 +393,14 @@ def explain(
     try:
         links = link_sites(model)
     except ValueError as exc:
-        links = {}
-        expl.notes.append(f"causes unknown: {exc}")
+        links = _probe_links(model, report, data)
+        if links:
+            expl.notes.append(
+                "the model cannot be traced: producers found by one probe forward "
+                "(deadrelu.monitor.find_producers); sites fed by a BatchNorm are unknown"
+            )
+        else:
+            expl.notes.append(f"causes unknown: {exc}")
     if report.meta.get("mode") == "keep" and any(
         isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules()
     ):
@@ -437,6 +443,37 @@ def explain(
                 item.certified = bool(cert.sites[site].certified_dead[u])
             expl.units.append(item)
     return expl
+
+
+def _first_input(data: Any) -> Tensor | None:
+    batch = data
+    if isinstance(batch, (list, tuple)) and batch and not isinstance(batch[0], Tensor):
+        batch = batch[0]
+    if isinstance(batch, (list, tuple)) and batch:
+        batch = batch[0]
+    return batch if isinstance(batch, Tensor) else None
+
+
+def _probe_links(model: nn.Module, report: Any, data: Any) -> dict[str, SiteLinks]:
+    """Producers of an untraceable model by one probe forward (Linear/Conv only)."""
+    x = _first_input(data) if data is not None else None
+    if x is None:
+        return {}
+    from deadrelu.monitor import find_producers
+
+    out: dict[str, SiteLinks] = {}
+    for site, path in find_producers(model, x).items():
+        if site not in report.sites:
+            continue
+        lk = SiteLinks(site=site, activation=report.sites[site].activation)
+        if path is not None and isinstance(
+            model.get_submodule(path), (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+        ):
+            lk.producer = path
+        else:
+            lk.producer_problem = f"fed by {path!r}, not a Linear/Conv layer (probe forward)"
+        out[site] = lk
+    return out
 
 
 def _certificate(model: nn.Module, box: Any, expl: Explanation) -> Any:

@@ -537,8 +537,8 @@ def init_bias_(model: nn.Module, value: float = 0.01, where: Where = None) -> Re
 # RAI
 # --------------------------------------------------------------------------------------
 
-#: sigma of the symmetric part of RAI (Lu et al. 2019, Sec. 5, with P = Beta(2, 1)).
-RAI_SIGMA = 0.6
+#: sigma of the symmetric part of RAI with P = Beta(2, 1) (Lu et al. 2019; 0.6007).
+RAI_SIGMA = 0.6007
 
 
 def rai_sample(
@@ -589,9 +589,11 @@ def rai_init_(
     distribution, N(0, sigma^2 / fan_in), and then one of them, chosen uniformly at
     random, is re-drawn from an asymmetric positive distribution, Beta(2, 1). The paper
     designs sigma from a second-moment analysis so that activations neither vanish nor
-    explode; the issue's recipe gives sigma about 0.6 with Beta(2, 1), the default here.
-    (The paper's full text could not be consulted when this was written: check the exact
-    constant and the fan-in convention against its Sec. 5 before quoting numbers.)
+    explode; with P = Beta(2, 1) this gives sigma = 0.6007 (:data:`RAI_SIGMA`), the
+    default here. (Checked against the issue's recipe and a public implementation that
+    cites the paper, sigma 0.6007 with Beta(2, 1) and N(0, sigma^2 / fan_in); the paper's
+    own text was not available when this was written: check the fan-in convention, fan_in
+    or fan_in + 1, against its Sec. 5 before quoting numbers.)
 
     For a Conv layer the unit is an output channel and its fan-in ``C_in/groups * k...``.
     ``where`` selects sites as in :func:`swap_activations`; producers reused by several

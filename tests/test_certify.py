@@ -353,3 +353,26 @@ def test_models_with_dead_units_by_construction() -> None:
     assert at_zero.dead_units("act") == []
     with pytest.raises(ValueError, match=r"'norm1'.*LayerNorm"):
         certify(TinyTransformerBlock(), Box.from_bounds((5, 8), -1.0, 1.0))
+
+
+def test_site_names_and_units_match_scan() -> None:
+    from deadrelu.scan import scan
+    from models import DeadChannelCNN, DeadMLP, DictInputModel, InplaceReLUModel, ReusedReLUModel
+
+    for model in (
+        DeadMLP(),
+        DeadChannelCNN(),
+        ReusedReLUModel(),
+        InplaceReLUModel(),
+        DictInputModel(),
+    ):
+        data = model.make_batches()
+        report = scan(model, data)
+        inputs = [d["features"] if isinstance(d, dict) else d for d in data]
+        cert = certify(model, Box.from_data(inputs))
+        assert list(cert.sites) == list(report.stats), type(model).__name__
+        for site, bounds in cert.sites.items():
+            assert bounds.upper.numel() == report.stats[site].units
+            assert bounds.unit_dim == report.sites[site].unit_dim
+            # the data lie in the box: a unit certified on it is dead on the data
+            assert set(bounds.dead_units()) <= set(report.dead_units(site))

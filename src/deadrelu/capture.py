@@ -65,6 +65,7 @@ from torch.utils.hooks import RemovableHandle
 
 from deadrelu import activations
 from deadrelu.activations import Activation, ActivationSpec
+from deadrelu.stats import scratch
 
 __all__ = ["CaptureCallback", "CaptureHandle", "Site", "UnitDim", "attach", "known_names"]
 
@@ -283,6 +284,16 @@ def _functional_activation(
         return spec.bind()
 
 
+def _copy(z: Tensor) -> Tensor:
+    """A detached copy of ``z`` (taken before an in-place activation) in reused scratch memory.
+
+    Only one copy is alive at a time: activation modules are leaves, and functional calls
+    inside them are not captured.
+    """
+    buf = scratch(z.shape, z.dtype, z.device, slot="capture")
+    return buf.copy_(z.detach())
+
+
 # ------------------------------------------------------------------------------------------
 # The handle
 # ------------------------------------------------------------------------------------------
@@ -362,7 +373,7 @@ class _CaptureMode(TorchFunctionMode):
         z = args[0] if args else kwargs.get("input")
         if in_activation or not isinstance(z, Tensor):
             return func(*args, **kwargs)
-        z_in = z.detach().clone() if _is_inplace(func, args, kwargs) else z
+        z_in = _copy(z) if _is_inplace(func, args, kwargs) else z
         out = func(*args, **kwargs)
         name = state.site_name(f"{path}:{spec.name}")
         site = state.sites.get(name)
@@ -477,7 +488,7 @@ def _hook_module(state: _State, path: str, module: nn.Module) -> list[RemovableH
         state.stack.append(entry)
         if inplace and args and isinstance(args[0], Tensor):
             with torch._C.DisableTorchFunction():
-                state.stash.setdefault(key, []).append(args[0].detach().clone())
+                state.stash.setdefault(key, []).append(_copy(args[0]))
 
     def post(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         try:

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from deadrelu import classify
 from deadrelu.capture import Site, UnitDim, attach, known_names
 from deadrelu.report import Report
-from deadrelu.stats import UnitStats
+from deadrelu.stats import UnitStats, release_scratch
 
 __all__ = ["Batch", "scan"]
 
@@ -203,6 +203,7 @@ def scan(
     finally:
         for m, was_training in flags:
             m.training = was_training
+        release_scratch()
     if seen == 0:
         raise ValueError(
             "data yielded no batches: pass a non-empty DataLoader or iterable (check the "

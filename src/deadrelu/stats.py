@@ -38,8 +38,9 @@ K, the batch's first position (|mean - K| is of the order of the spread, so
 ``s2 - s1**2 / n`` keeps its digits), and the batch's (n, mean, M2) is merged into the
 running one with Chan's formula. ``z_sqsum`` is still available as a derived property.
 
-Cost: one scratch tensor of the activation's size per update (freed on return); about 4
-elementwise passes over the activation with ``detail=False`` and 13 with ``detail=True``.
+Cost: about 4 elementwise passes over the activation with ``detail=False`` and 13 with
+``detail=True``, in one scratch tensor of the activation's size (:func:`scratch`: on CPU
+one buffer per thread, kept between calls and freed by :func:`release_scratch`).
 
 Non-finite pre-activations are counted in ``nonfinite`` and otherwise propagate: they make
 ``z_sum``/``z_m2``/extrema (and ``abs_sum`` for the output) NaN or inf for that unit, which
@@ -57,14 +58,16 @@ a third of the cost. The other fields keep their initial values.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-__all__ = ["UnitStats", "accumulator_dtype"]
+__all__ = ["UnitStats", "accumulator_dtype", "release_scratch", "scratch"]
 
 
 def accumulator_dtype(device: torch.device | str) -> torch.dtype:
@@ -80,6 +83,36 @@ _INT32_MAX = 2**31 - 1
 def _count_dtype(n: int) -> torch.dtype:
     """int32 sums of bools are 4x faster than int64 on CPU; exact below 2**31."""
     return torch.int32 if n <= _INT32_MAX else torch.int64
+
+
+_LOCAL = threading.local()
+
+
+def scratch(
+    shape: Sequence[int], dtype: torch.dtype, device: torch.device, slot: str = "stats"
+) -> Tensor:
+    """An uninitialised tensor of ``shape`` for temporary use, reused between calls on CPU.
+
+    On CPU a fresh multi-megabyte tensor costs page faults worth about one pass over it,
+    so each thread keeps one flat buffer per ``(slot, dtype)``, as large as the largest
+    request so far, and returns a view of it: the caller must be done with the view before
+    the next request of the same slot. Other devices get ``torch.empty`` (their caching
+    allocators already reuse memory). :func:`release_scratch` frees the buffers.
+    """
+    if device.type != "cpu":
+        return torch.empty(tuple(shape), dtype=dtype, device=device)
+    numel = math.prod(shape)
+    buffers: dict[tuple[str, torch.dtype], Tensor] = _LOCAL.__dict__.setdefault("buffers", {})
+    buf = buffers.get((slot, dtype))
+    if buf is None or buf.numel() < numel:
+        buf = torch.empty(numel, dtype=dtype)
+        buffers[(slot, dtype)] = buf
+    return buf[:numel].view(tuple(shape))
+
+
+def release_scratch() -> None:
+    """Free this thread's CPU scratch buffers (:func:`scan` calls it when it is done)."""
+    _LOCAL.__dict__.get("buffers", {}).clear()
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -206,9 +239,9 @@ class UnitStats:
         acc = self.abs_sum.dtype
         exact_float = n_b < _FLOAT_COUNT_EXACT
 
-        # One scratch tensor of z's size (work dtype) serves every elementwise step:
-        # on CPU a fresh large allocation costs as much as the arithmetic.
-        buf = torch.empty(z.shape, dtype=work, device=z.device)
+        # One scratch tensor of z's size (work dtype) serves every elementwise step.
+        z, out = z.detach(), out.detach()
+        buf = scratch(z.shape, work, z.device)
         self.positions.add_(n_b)
         if exact_float:
             # z > 0 written as 0.0/1.0 (NaN > 0 is False), summed exactly in float

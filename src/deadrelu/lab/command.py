@@ -108,7 +108,9 @@ def run_lab_command(args: argparse.Namespace) -> int:
         return 2
     results = run_lab(cfg, only=only, progress=not args.no_progress)
     console.print(claims_table(results, live_checks()))
-    console.print(f"report: {cfg.out / 'index.html'}   numbers: {cfg.out / 'results.json'}")
+    console.print(
+        f"report: {cfg.out / 'index.html'}   numbers: {cfg.out / 'results.json'}", soft_wrap=True
+    )
     bad = failed(results)
     if bad:
         ids = ", ".join(r.id for r in bad)

@@ -60,7 +60,7 @@ def run(cfg: LabConfig) -> ExperimentResult:
     widths = cfg.size(tiny=(2, 4), quick=(2, 3, 4, 5, 8), full=(2, 3, 4, 5, 8, 16))
     depth = cfg.size(tiny=10, quick=50, full=100)
     nets = cfg.size(tiny=100, quick=300, full=1000)
-    inputs = cfg.size(tiny=32, quick=64, full=256)
+    inputs = cfg.size(tiny=32, quick=64, full=128)
     seeds = list(range(cfg.n_seeds))
     rates: dict[str, dict[str, list[list[float]]]] = {init: {} for init in INITS}
     for init in INITS:

@@ -37,7 +37,7 @@ def run(cfg: LabConfig) -> ExperimentResult:
     """Train the three variants on the same seeds; compare final test accuracy."""
     data = load(cfg.dataset, 0).to(cfg.device)
     hidden = cfg.size(tiny=16, quick=100, full=100)
-    steps = cfg.size(tiny=30, quick=500, full=3000)
+    steps = cfg.size(tiny=30, quick=1000, full=3000)
     lr = 0.1
     tc = TrainConfig(
         widths=(data.n_features, hidden, hidden, data.n_classes),

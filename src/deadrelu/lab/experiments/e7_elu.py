@@ -71,7 +71,7 @@ def run(cfg: LabConfig) -> ExperimentResult:
     """Train ReLU and ELU(0.1, 0.3, 1.0) on the same seeds; derivatives at 0."""
     data = load(cfg.dataset, 0).to(cfg.device)
     hidden = cfg.size(tiny=16, quick=100, full=100)
-    steps = cfg.size(tiny=30, quick=500, full=3000)
+    steps = cfg.size(tiny=30, quick=800, full=3000)
     lr = 0.1
     tc = TrainConfig(
         widths=(data.n_features, hidden, hidden, data.n_classes),

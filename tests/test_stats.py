@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import Tensor
@@ -208,3 +210,39 @@ def test_all_reduce_is_noop_without_process_group() -> None:
     before = s.clone()
     assert s.all_reduce() is s
     assert torch.equal(s.active, before.active)
+
+
+def _rank_batches(rank: int) -> list[Tensor]:
+    g = torch.Generator().manual_seed(10 + rank)
+    return [torch.randn(6 + rank, 3, 2, generator=g) * (rank + 1) + 3 * rank for _ in range(2)]
+
+
+def _all_reduce_worker(rank: int, world: int, init: str, out_path: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        s = UnitStats.empty(3)
+        for z in _rank_batches(rank):
+            s.update(z, torch.relu(z), 1)
+        s.all_reduce()
+        torch.save(s.state_dict(), f"{out_path}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_all_reduce_two_processes_equals_merge(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+
+    world = 2
+    init = f"file://{tmp_path / 'pg'}"
+    out = str(tmp_path / "stats")
+    mp.spawn(_all_reduce_worker, args=(world, init, out), nprocs=world, join=True)
+    expected = UnitStats.empty(3)
+    for rank in range(world):
+        for z in _rank_batches(rank):
+            expected.update(z, torch.relu(z), 1)
+    for rank in range(world):
+        got = UnitStats.from_state_dict(torch.load(f"{out}.{rank}"))
+        for name in UnitStats.REDUCE:
+            torch.testing.assert_close(getattr(got, name), getattr(expected, name), msg=name)

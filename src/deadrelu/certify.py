@@ -852,7 +852,7 @@ def certify(
     method: str = "symbolic",
     atol: float = 1e-5,
     unit_dim: int | None = None,
-    max_coefficients: int = 2**25,
+    max_coefficients: int = 2**24,
 ) -> Certificate:
     """Certify dead units of ``model`` over the input ``box`` (C1's "for any input value").
 
@@ -942,7 +942,9 @@ def certify(
                 out = _op_bounds(gm, node, args, kwargs)
                 producer = _producer_kind(gm, node, producer)
             if ctx is not None and isinstance(out, Interval):
-                sym = _symbolic(ctx, gm, node, args, kwargs, syms, act_f)
+                sym = None
+                if ctx.d * out.lo.numel() <= ctx.limit:  # else: IBP from here
+                    sym = _symbolic(ctx, gm, node, args, kwargs, syms, act_f)
                 if (
                     sym is None
                     and _any_iv(args)
@@ -950,7 +952,11 @@ def certify(
                     and isinstance(node.args[0], fx.Node)
                     and node.args[0].name in syms
                 ):
-                    cert.notes.append(f"{node.name}: symbolic bounds restart from IBP")
+                    what = node.target if node.op == "call_module" else node.name
+                    cert.notes.append(
+                        f"{what}: no symbolic bounds (unsupported there, or more than "
+                        f"max_coefficients = {ctx.limit} coefficients); IBP from there"
+                    )
                 if sym is not None:
                     tight = ctx.concretize(sym)
                     out = Interval(torch.maximum(out.lo, tight.lo), torch.minimum(out.hi, tight.hi))

@@ -362,7 +362,8 @@ class _SiteState:
         self.units = units
         self.step = UnitStats.empty(units, device, detail=detail)
         self.pane = UnitStats.empty(units, device, detail=detail)
-        self.prev: UnitStats | None = None
+        # allocated up front, so the state has its full size from the first call on
+        self.prev: UnitStats | None = UnitStats.empty(units, device, detail=detail)
         self.last_active = torch.full((units,), _NEVER, dtype=torch.int64, device=device)
         self.last_seen = torch.tensor(_NEVER, dtype=torch.int64, device=device)
         self.revived_at = torch.full((units,), _NEVER, dtype=torch.int64, device=device)
@@ -702,8 +703,14 @@ class Monitor:
         if t >= self.pane_start + self.window:  # panes [k*window, (k+1)*window)
             adjacent = t < self.pane_start + 2 * self.window
             for st in states:
-                st.prev = st.pane if adjacent else None
-                st.pane = UnitStats.empty(st.units, st.device, detail=self.detail)
+                old = st.prev
+                st.prev = st.pane
+                if not adjacent:
+                    st.prev.reset()
+                if old is None:
+                    old = UnitStats.empty(st.units, st.device, detail=self.detail)
+                old.reset()
+                st.pane = old
             self.pane_start += (t - self.pane_start) // self.window * self.window
         counts: list[Tensor] = []
         for st in states:
@@ -870,11 +877,7 @@ class Monitor:
         stats = self.statistics()
         sites = {n: self._site_meta[n] for n in stats}
         first = min((st.first_step for st in self._sites.values()), default=_NEVER)
-        start = (
-            self.pane_start - self.window
-            if any(st.prev is not None for st in self._sites.values())
-            else max(first, 0)
-        )
+        start = max(first, self.pane_start - self.window, 0)
         meta = {
             "source": "Monitor",
             "every": self.every,

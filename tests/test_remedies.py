@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from deadrelu.born_dead import born_dead_rate
+from deadrelu.explain import explain
 from deadrelu.remedies import (
     init_bias_,
     link_sites,
@@ -74,7 +75,9 @@ def test_links_of_an_mlp_and_a_cnn() -> None:
 def test_bias_killed_units_init_bias_then_scan_finds_none() -> None:
     net = _bias_killed_mlp()
     x, y = _data()
-    assert scan(net, x).dead_units("relu1") == KILLED
+    report = scan(net, x)
+    assert report.dead_units("relu1") == KILLED
+    assert explain(net, report).causes("relu1") == dict.fromkeys(KILLED, "bias")
     summary = init_bias_(net, 0.01)
     assert float(net.fc1.bias.detach().min()) == pytest.approx(0.01)
     assert float(net.head.bias.detach().abs().max()) != 0.01  # the output layer is left alone

@@ -358,3 +358,19 @@ def test_recycle_from_a_monitor() -> None:
     summary = recycle(net, mon)
     assert set(KILLED) <= set(summary.units["relu1"])
     assert scan(net, x).count("dead") == 0
+
+
+def test_recycle_refuses_mismatched_unit_axes() -> None:
+    class ConvThenLinear(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(2, 3, 1)
+            self.act = nn.ReLU()
+            self.fc = nn.Linear(4, 2)  # acts on the last (width) dim, not on channels
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.fc(self.act(self.conv(x))).sum(dim=(1, 2))
+
+    model = ConvThenLinear()
+    summary = recycle(model, {"act": torch.tensor([True, False, False])})
+    assert summary.units == {} and "last dim" in summary.skipped[0]

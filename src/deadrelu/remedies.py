@@ -190,6 +190,7 @@ def link_sites(model: nn.Module) -> dict[str, SiteLinks]:
         links = SiteLinks(site=name, activation=act)
         _link_back(gm, node, links, calls)
         _link_forward(gm, node, links, calls)
+        _check_axes(gm, links)
         out[name] = links
     return out
 
@@ -229,6 +230,23 @@ def _link_back(gm: fx.GraphModule, node: fx.Node, links: SiteLinks, calls: dict[
         links.producer_problem = f"the site is fed by {_describe(n)}, not a Linear/Conv layer"
         return
     links.producer_problem = "the site has no tensor input"
+
+
+def _check_axes(gm: fx.GraphModule, links: SiteLinks) -> None:
+    """A Conv's units are channels (dim 1), a Linear's the last dim: consumers must agree."""
+    if links.producer is None or links.consumer_problem is not None:
+        return
+    conv = not isinstance(gm.get_submodule(links.producer), nn.Linear)
+    for path, kind in links.consumers:
+        if conv and kind == "linear":
+            links.consumer_problem = (
+                f"Linear {path!r} reads the last dim of the Conv output, not its channels"
+            )
+        elif not conv and kind == "conv":
+            links.consumer_problem = f"Conv {path!r} reads channels of a Linear output"
+        if links.consumer_problem is not None:
+            links.consumers = []
+            return
 
 
 def _link_forward(
@@ -758,6 +776,11 @@ def recycle(
                         f"{in_f} inputs are not a multiple of the {units} channels"
                     )
                 block = in_f // units
+                if block > 1 and isinstance(producer, nn.Linear):
+                    raise ValueError(
+                        f"recycle: {path!r} reads a flatten of the (N, *, {units}) output of "
+                        f"Linear {lk.producer!r}: its columns are not one block per unit"
+                    )
                 cols = (idx[:, None] * block + torch.arange(block, device=idx.device)).flatten()
             else:
                 cols = idx

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -65,6 +67,8 @@ def test_bias_killed_units_found_exactly() -> None:
     assert {0, 6} <= set(cert.dead_units("3"))
     assert cert.sites["1"].activation == "relu"
     assert cert.n_certified >= 4
+    as_json = json.loads(json.dumps(cert.to_dict()))
+    assert as_json["sites"]["1"]["certified_dead"] == truth
 
 
 def test_conv_channel_killed_and_functional_sites() -> None:

@@ -314,6 +314,26 @@ class Certificate:
         """Number of certified-dead units over all sites."""
         return sum(int(s.certified_dead.sum()) for s in self.sites.values())
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: method, atol, box shape, notes and per site the certified units and
+        the upper bounds of z."""
+        return {
+            "method": self.method,
+            "atol": self.atol,
+            "box_shape": list(self.box.shape),
+            "notes": list(self.notes),
+            "sites": {
+                s.site: {
+                    "activation": s.activation,
+                    "unit_dim": s.unit_dim,
+                    "units": int(s.upper.numel()),
+                    "certified_dead": s.dead_units(),
+                    "upper": [float(v) for v in s.upper],
+                }
+                for s in self.sites.values()
+            },
+        }
+
     def summary(self) -> str:
         """One line per site: certified-dead count out of units."""
         lines = [f"certificate ({self.method}) over a box of shape {tuple(self.box.shape)}:"]

@@ -81,6 +81,16 @@ class RemedySummary:
     model: nn.Module | None = None
     manual: list[str] = field(default_factory=list)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (without the model)."""
+        return {
+            "remedy": self.remedy,
+            "changed": list(self.changed),
+            "skipped": list(self.skipped),
+            "units": {k: list(v) for k, v in self.units.items()},
+            "manual": list(self.manual),
+        }
+
     def __str__(self) -> str:
         lines = [f"{self.remedy}: {len(self.changed)} change(s)"]
         lines += [f"  changed: {c}" for c in self.changed]
@@ -378,7 +388,9 @@ def swap_activations(
         be changed in place: when the model can be traced they are rewritten into calls of
         new modules in a ``torch.fx.GraphModule``, returned as ``summary.model`` (use it
         instead of ``model``; it shares the parameters). When it cannot be traced, each
-        call is listed in ``summary.manual`` with its file, line and code.
+        call is listed in ``summary.manual`` with its file, line and code. The
+        ``GraphModule`` has the original's submodules and parameters but not its other
+        Python attributes or methods.
     """
     new_act = get(to)
     if new_act is None:

@@ -93,3 +93,17 @@ def test_attached_after_compile_warns_and_judges_nothing() -> None:
         torch._dynamo.reset()
         _train(model, compiled, mon, 4)
     assert {k: v.tolist() for k, v in mon.dead_units().items()} == model.expected_dead
+
+
+def test_attached_on_an_unsampled_step_then_compiled() -> None:
+    """Resuming at a step that is not sampled: the hooks must still be traced."""
+    model = DeadMLP()
+    mon = Monitor(model, every=2, window=4)
+    mon.step()  # not attached: only advances the counter, to step 1 (not sampled)
+    assert not mon.sampling
+    with mon:
+        compiled = torch.compile(model, backend=BACKEND)
+        _train(model, compiled, mon, 6)  # steps 1..6, sampled 2, 4, 6
+    assert mon.history.steps == [2, 4, 6]
+    assert {k: v.tolist() for k, v in mon.dead_units().items()} == model.expected_dead
+    assert int(mon.statistics()["relu1"].positions) == 3 * 32

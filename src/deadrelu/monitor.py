@@ -531,15 +531,16 @@ class Monitor:
     def attach(self) -> Monitor:
         """Start monitoring (idempotent); returns ``self``.
 
-        With ``hooks="always"`` the capture hooks are registered now and stay until
-        :meth:`detach`; with ``hooks="auto"`` they are registered for the sampled steps
-        only (for good, once they were seen running compiled).
+        The capture hooks are registered now. With ``hooks="always"`` they stay until
+        :meth:`detach`; with ``hooks="auto"`` :meth:`step` keeps them for the sampled
+        steps only (for good, once they were seen running compiled).
         """
         if self._attached:
             return self
         self._attached = True
-        if self.hooks == "always" or self._sampling:
-            self._register()
+        # registered now even if this step is not sampled: should the model be compiled
+        # before its next call, dynamo traces the hooks and the Monitor keeps them
+        self._register()
         if self.track_grad:
             if self._producers is None:
                 self._start_probe()
@@ -598,10 +599,10 @@ class Monitor:
 
     def _on_call(self, site: Site, z: Tensor, out: Tensor) -> None:
         """Capture callback: reduce one activation call into the step's buffers."""
+        if torch.compiler.is_compiling():
+            self._compiled = True  # dynamo traced the hooks: keep them registered from now
         if not self._sampling:
             return
-        if not self._compiled and torch.compiler.is_compiling():
-            self._compiled = True  # dynamo traced the hooks: keep them registered from now
         if self.training_only and not self.model.training:
             return
         state = self._sites.get(site.name)

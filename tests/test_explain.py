@@ -174,3 +174,22 @@ def test_untraceable_model_uses_a_probe_forward() -> None:
     expl = explain(model, scan(model, x), x)
     assert expl.causes(":relu") == {2: "bias"}
     assert "probe forward" in expl.notes[0]
+
+
+def test_tracker_reads_the_lr_of_the_units_param_group() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+    rest = [p for m in (net[2], net[4]) for p in m.parameters()]
+    opt = torch.optim.SGD([{"params": net[0].parameters(), "lr": 0.01}, {"params": rest}], lr=0.5)
+    tracker = UpdateTracker(net, opt)
+    net(torch.randn(8, 3)).sum().backward()
+    old = torch.cat([net[0].weight[0], net[0].bias[:1]]).detach().clone()
+    opt.step()
+    new = torch.cat([net[0].weight[0], net[0].bias[:1]]).detach()
+    hit1, hit3 = tracker.blame("1", 0, 0, 0), tracker.blame("3", 0, 0, 0)
+    assert hit1 is not None and hit3 is not None
+    assert (hit1[0], hit1[2], hit3[2]) == (0, 0.01, 0.5)
+    # the ratio is ||delta theta|| / ||theta|| of the unit's incoming weights and bias
+    assert hit1[1] == pytest.approx(float((new - old).norm() / old.norm()), rel=1e-5)
+    assert tracker.blame("1", 0, 1, 5) is None
+    tracker.remove()

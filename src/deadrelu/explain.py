@@ -211,6 +211,10 @@ def _unit_params(model: nn.Module, lk: SiteLinks) -> list[tuple[Tensor, int]]:
     return out
 
 
+def _as_float(v: Any) -> float:
+    return float(v.detach().cpu()) if isinstance(v, Tensor) else float(v)
+
+
 class UpdateTracker:
     """Record, at every optimizer step, the lr and each unit's relative update size.
 
@@ -227,7 +231,8 @@ class UpdateTracker:
     step it copies the units' parameters (producer weight and bias, BatchNorm scale and
     shift, for every activation site with a producer), after it stores
     ``||theta_i(t+1) - theta_i(t)|| / ||theta_i(t)||`` per unit ``(U,)`` on the
-    parameters' device (no host sync) and the first param group's learning rate. Step
+    parameters' device (no host sync) and every param group's learning rate (a unit is
+    blamed with the lr of the group holding its producer's weight). Step
     ``s`` is the ``s``-th ``optimizer.step()`` since the tracker was made, which matches
     the Monitor's step count when both start together. Memory: one copy of those
     parameters plus ``U`` floats per step, for the last ``max_steps`` steps.
@@ -243,7 +248,10 @@ class UpdateTracker:
         self._params = {s: _unit_params(model, lk) for s, lk in self.links.items()}
         self._before: dict[str, list[Tensor]] = {}
         self.ratios: dict[str, deque[Tensor]] = {s: deque(maxlen=max_steps) for s in self.links}
-        self.lrs: deque[float] = deque(maxlen=max_steps)
+        #: per step, the learning rate of every param group
+        self.lrs: deque[tuple[float, ...]] = deque(maxlen=max_steps)
+        groups = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
+        self._group = {s: groups.get(id(ps[0][0]), 0) for s, ps in self._params.items() if ps}
         self._handles = [
             optimizer.register_step_pre_hook(self._pre),
             optimizer.register_step_post_hook(self._post),
@@ -269,9 +277,9 @@ class UpdateTracker:
                     num += d.pow(2).sum(1)
                     den += o.pow(2).sum(1)
                 self.ratios[site].append(num.sqrt() / den.sqrt().clamp_min(1e-30))
-        group = self.optimizer.param_groups[0]
-        lr = group.get("lr", float("nan"))
-        self.lrs.append(float(lr) if not isinstance(lr, Tensor) else float(lr.detach().cpu()))
+        self.lrs.append(
+            tuple(_as_float(g.get("lr", math.nan)) for g in self.optimizer.param_groups)
+        )
         self.step_count += 1
         self._before = {}
 
@@ -296,7 +304,7 @@ class UpdateTracker:
             i = s - self.first_step
             r = float(self.ratios[site][i][unit])
             if best is None or r > best[1]:
-                best = (s, r, self.lrs[i])
+                best = (s, r, self.lrs[i][self._group.get(site, 0)])
         return best
 
 

@@ -193,3 +193,10 @@ def test_tracker_reads_the_lr_of_the_units_param_group() -> None:
     assert hit1[1] == pytest.approx(float((new - old).norm() / old.norm()), rel=1e-5)
     assert tracker.blame("1", 0, 1, 5) is None
     tracker.remove()
+
+
+def test_suggest_from_a_monitor() -> None:
+    net, mon, _tracker, x = _spike_run()
+    lines = suggest(mon, model=net, data=x)
+    n_dead = sum(idx.numel() for idx in mon.dead_units().values())
+    assert lines[0].startswith(f"{n_dead} of 64 units are dead")

@@ -220,3 +220,31 @@ def test_callback_error_propagates_and_cleans_up() -> None:
 def test_attach_rejects_non_module() -> None:
     with pytest.raises(TypeError, match=r"nn\.Module"):
         attach(lambda x: x, lambda *a: None)  # type: ignore[arg-type]
+
+
+@pytest.mark.skipif(not hasattr(torch, "compile"), reason="needs torch.compile")
+def test_compiled_model_counts_each_call_once() -> None:
+    """Under torch.compile a callback that breaks the graph must not make the functional
+    call inside nn.ReLU look like a second, functional site."""
+    torch._dynamo.reset()
+    try:
+        # positions per unit over 3 batches: (8, C, 8, 8) images; (4, 5, D) token batches
+        for model, positions in ((DeadChannelCNN(), 3 * 8 * 64), (TinyTransformerBlock(), 3 * 20)):
+            compiled = torch.compile(model, backend="eager")
+            stats: dict[str, UnitStats] = {}
+
+            def cb(site: Site, z: Tensor, out: Tensor) -> None:
+                s = stats.get(site.name)
+                if s is None:
+                    s = stats[site.name] = UnitStats.empty(z.shape[site.unit_dim])
+                s.update(z, out, site.unit_dim)
+
+            batches = model.make_batches(3)
+            with attach(model, cb), torch.no_grad():
+                for b in batches:
+                    compiled(b)
+            assert dead(stats) == model.expected_dead
+            assert {int(s.positions) for s in stats.values()} == {positions}
+            assert no_hooks_left(model)
+    finally:
+        torch._dynamo.reset()

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -70,6 +71,7 @@ from deadrelu.stats import scratch
 __all__ = ["CaptureCallback", "CaptureHandle", "Site", "UnitDim", "attach", "known_names"]
 
 SiteKind = Literal["module", "functional"]
+_MAX_FRAMES = 64
 UnitDim = int | Mapping[str, int] | None
 
 
@@ -313,6 +315,27 @@ class _State:
     mode: _CaptureMode | None = None
     mode_on: bool = False
     stash: dict[int, list[Tensor]] = field(default_factory=dict)
+    modules: dict[int, tuple[str, bool]] = field(default_factory=dict)  # id -> stack entry
+
+    def enclosing(self) -> tuple[str, bool]:
+        """(path, is_activation) of the innermost hooked module whose code is running.
+
+        Read from the Python call stack (the nearest frame whose ``self`` is a hooked
+        module), which stays right when ``torch.compile`` splits a forward at graph
+        breaks and the hooks' own bookkeeping runs out of order; the hook-maintained
+        stack is the fallback.
+        """
+        frame = sys._getframe(2)
+        for _ in range(_MAX_FRAMES):
+            if frame is None:
+                break
+            code = frame.f_code
+            if code.co_argcount and code.co_varnames[0] == "self":
+                entry = self.modules.get(id(frame.f_locals.get("self")))
+                if entry is not None:
+                    return entry
+            frame = frame.f_back
+        return self.stack[-1] if self.stack else ("", False)
 
     def site_name(self, base: str) -> str:
         k = self.counts.get(base, 0)
@@ -369,7 +392,7 @@ class _CaptureMode(TorchFunctionMode):
                 self.state.producer = producer
             return func(*args, **kwargs)
         state = self.state
-        path, in_activation = state.stack[-1] if state.stack else ("", False)
+        path, in_activation = state.enclosing()
         z = args[0] if args else kwargs.get("input")
         if in_activation or not isinstance(z, Tensor):
             return func(*args, **kwargs)
@@ -478,6 +501,7 @@ def _hook_module(state: _State, path: str, module: nn.Module) -> list[RemovableH
     base = path if path else (act.name if act is not None else "")
     key = id(module)
     entry = (path, act is not None)
+    state.modules[key] = entry
 
     def pre(mod: nn.Module, args: tuple[Any, ...]) -> None:
         if not state.stack:

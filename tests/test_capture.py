@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -47,6 +48,19 @@ def run(model: nn.Module, batches: list, **kw: object) -> tuple[dict[str, UnitSt
         sites = dict(handle.sites)
     assert no_hooks_left(model)
     return stats, sites
+
+
+def collector() -> tuple[dict[str, UnitStats], Callable[[Site, Tensor, Tensor], None]]:
+    """A dict of statistics and the callback that fills it."""
+    stats: dict[str, UnitStats] = {}
+
+    def cb(site: Site, z: Tensor, out: Tensor) -> None:
+        s = stats.get(site.name)
+        if s is None:
+            s = stats[site.name] = UnitStats.empty(z.shape[site.unit_dim], z.device)
+        s.update(z, out, site.unit_dim)
+
+    return stats, cb
 
 
 def dead(stats: dict[str, UnitStats]) -> dict[str, list[int]]:
@@ -231,14 +245,7 @@ def test_compiled_model_counts_each_call_once() -> None:
         # positions per unit over 3 batches: (8, C, 8, 8) images; (4, 5, D) token batches
         for model, positions in ((DeadChannelCNN(), 3 * 8 * 64), (TinyTransformerBlock(), 3 * 20)):
             compiled = torch.compile(model, backend="eager")
-            stats: dict[str, UnitStats] = {}
-
-            def cb(site: Site, z: Tensor, out: Tensor) -> None:
-                s = stats.get(site.name)
-                if s is None:
-                    s = stats[site.name] = UnitStats.empty(z.shape[site.unit_dim])
-                s.update(z, out, site.unit_dim)
-
+            stats, cb = collector()
             batches = model.make_batches(3)
             with attach(model, cb), torch.no_grad():
                 for b in batches:

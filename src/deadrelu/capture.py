@@ -56,6 +56,7 @@ import inspect
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any, Literal
 
 import torch
@@ -325,7 +326,7 @@ class _State:
         breaks and the hooks' own bookkeeping runs out of order; the hook-maintained
         stack is the fallback.
         """
-        frame = sys._getframe(2)
+        frame: FrameType | None = sys._getframe(2)
         for _ in range(_MAX_FRAMES):
             if frame is None:
                 break

@@ -6,19 +6,23 @@ and the output ``out`` (same shape). Two kinds of calls are caught:
 
 * **module** calls: an ``nn.Module`` the registry recognises (``nn.ReLU``,
   ``nn.LeakyReLU``, ``deadrelu.activations.ELU`` ...). ``z`` is read in a forward
-  pre-hook when the module is ``inplace=True`` (cloned before it is overwritten),
-  otherwise from the forward hook's input.
+  pre-hook when the module is ``inplace=True`` (copied before it is overwritten, into
+  scratch memory reused between calls: :func:`deadrelu.stats.scratch`), otherwise from
+  the forward hook's input.
 * **functional** calls (``functional=True``): every callable in the registry's
   ``torch_functions`` and ``tensor_methods`` (``F.relu``, ``torch.relu_``,
   ``Tensor.relu``, ``F.leaky_relu``, ``F.gelu``, ``F.silu`` ...) made inside a module's
   forward, intercepted by a :class:`torch.overrides.TorchFunctionMode` that is active only
   while the model runs. The functional call made *by* one of the recognised activation
-  modules is not counted again. In-place functional calls have ``z`` cloned first.
+  modules is not counted again. In-place functional calls (``F.relu_``, ``x.relu_()``,
+  ``inplace=True``) have ``z`` copied first.
 
 **Call-site names.** A module site is the module's qualified name in the model
 (``"features.3"``). A functional site is the qualified name of the innermost module whose
 forward made the call, a colon and the registry name (``"block.mlp:gelu"``; the root
-model's own forward gives ``":relu"``). When the same name occurs again within one
+model's own forward gives ``":relu"``). That module is found on the Python call stack (the
+nearest frame whose ``self`` is a module of the model), which stays right when
+``torch.compile`` splits a forward at graph breaks. When the same name occurs again within one
 outermost forward (a reused ``nn.ReLU`` instance, two ``F.relu`` calls in one forward), the
 k-th repeat gets ``#k``: ``"features.3#1"``, ``"block.mlp:relu#1"``. Counters restart at
 every outermost forward, so the names are stable from batch to batch.
@@ -46,7 +50,9 @@ matching key wins, exact names before patterns.
 a reference to ``z`` or ``out`` after the callback returns. :meth:`CaptureHandle.remove`
 (or leaving the ``with`` block) removes every hook and pops the mode if a forward was
 interrupted. Callbacks run with torch-function handling disabled, so tensor work inside
-them is not intercepted.
+them is not intercepted. With ``torch.compile``, attach before the compiled model's first
+call (dynamo then traces or graph-breaks around the hooks; hooks added later are not
+called by already compiled code); checked with ``backend="eager"`` in the tests.
 """
 
 from __future__ import annotations

@@ -380,3 +380,34 @@ def test_site_names_and_units_match_scan() -> None:
             assert bounds.unit_dim == report.sites[site].unit_dim
             # the data lie in the box: a unit certified on it is dead on the data
             assert set(bounds.dead_units()) <= set(report.dead_units(site))
+
+
+def test_arithmetic_with_extra_arguments_is_refused_and_clamp_is_sound() -> None:
+    class Alpha(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.relu(torch.add(self.fc(x), x, alpha=-3.0))
+
+    with pytest.raises(ValueError, match="extra arguments"):
+        certify(Alpha(), Box.from_bounds((2,), 0.0, 1.0))
+
+    class Clamp(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(2, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.relu(self.fc(x.clamp(min=0.5)) - 2.0)
+
+    torch.manual_seed(0)
+    model = Clamp()
+    box = Box.from_bounds((2,), -1.0, 1.0)
+    x = _corners_and_samples(box, 300, 0)
+    with torch.no_grad():
+        z = (model.fc(x.clamp(min=0.5)) - 2.0).amax(0)
+    for method in ("ibp", "symbolic"):
+        bounds = certify(model, box, method=method).sites[":relu"]
+        assert bool((z.double() <= bounds.upper + 1e-6).all())

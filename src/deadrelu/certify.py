@@ -423,10 +423,10 @@ _SHAPE_METHODS = {
     "view", "reshape", "flatten", "unsqueeze", "squeeze", "permute", "transpose",
     "contiguous", "expand", "expand_as", "view_as", "reshape_as", "__getitem__",
 }  # fmt: skip
-_MONOTONE_METHODS = {"mean", "sum"}
+_MONOTONE_METHODS = {"mean", "sum", "clamp", "clamp_min", "clamp_max", "clip"}
 _SHAPE_FUNCTIONS: set[Any] = {
     torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze, torch.permute,
-    torch.transpose, operator.getitem, torch.mean, torch.sum,
+    torch.transpose, operator.getitem, torch.mean, torch.sum, torch.clamp, torch.clip,
     F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
     F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
     F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
@@ -440,6 +440,12 @@ _MONOTONE_MODULES: tuple[type[nn.Module], ...] = (
 _IDENTITY_MODULES: tuple[type[nn.Module], ...] = (
     nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
 )  # fmt: skip
+
+
+_ARITHMETIC: set[Any] = {
+    operator.add, torch.add, operator.iadd, operator.sub, torch.sub, operator.isub,
+    operator.mul, torch.mul, operator.imul, operator.truediv, torch.div,
+}  # fmt: skip
 
 
 def _unsupported(what: str) -> ValueError:
@@ -711,7 +717,7 @@ def _piecewise_slope(
         return None
     one = torch.ones_like(like)
     a = -f(-one)
-    if not (torch.equal(f(one), one) and torch.equal(f(2 * one), 2 * one)):
+    if not (torch.equal(f(one.clone()), one) and torch.equal(f(2 * one), 2 * one)):
         return None
     if not torch.allclose(f(-2 * one), -2 * a, rtol=0, atol=1e-12):
         return None
@@ -830,6 +836,8 @@ def _symbolic(
                 return getattr(t, name)(*args[1:], **kwargs)
 
             return ctx.affine(x, _index_map(op, args[0].lo.shape), None)
+        return None
+    if target in _ARITHMETIC and (kwargs or len(args) != 2):
         return None
     if target in (operator.add, torch.add, operator.iadd, operator.sub, torch.sub, operator.isub):
         sign = -1.0 if target in (operator.sub, torch.sub, operator.isub) else 1.0
@@ -1063,6 +1071,8 @@ def _op_bounds(
             if _any_iv(args[1:]):
                 raise _unsupported(f"method .{name}() with an interval argument")
             return x.map(lambda t: getattr(t, name)(*args[1:], **kwargs))
+        if name in ("add", "sub", "mul", "div") and (kwargs or len(args) != 2):
+            raise _unsupported(f"method .{name}() with extra arguments (alpha, rounding_mode)")
         if name in ("add", "sub"):
             return _add(x, args[1], 1.0 if name == "add" else -1.0)
         if name in ("mul", "div") and not _is_iv(args[1]):
@@ -1070,6 +1080,11 @@ def _op_bounds(
             return _mul(x, c)
         raise _unsupported(f"tensor method .{name}() (node {node.name!r})")
     # call_function
+    if target in _ARITHMETIC and (kwargs or len(args) != 2):
+        raise _unsupported(
+            f"{getattr(target, '__name__', target)}() with extra arguments (alpha, "
+            "rounding_mode, out)"
+        )
     if target in (operator.add, torch.add, operator.iadd):
         return _add(args[0], args[1])
     if target in (operator.sub, torch.sub, operator.isub):

@@ -143,6 +143,16 @@ def test_table_and_str() -> None:
     assert "dead=3" in repr(r)
 
 
+def test_counts_only_statistics_show_unknown_columns() -> None:
+    s = UnitStats.empty(2, detail=False)
+    s.update(torch.tensor([[1.0, -1.0]]), torch.tensor([[1.0, 0.0]]), 1)
+    r = Report({"a:gelu": s}, {"a:gelu": site("a:gelu", "gelu")})
+    assert r.dead_units("a:gelu") == [1] and r.saturated_units("a:gelu") == []
+    cells = [c.strip() for c in str(r).splitlines()[-2].split("│")[1:-1]]
+    assert cells[6:8] == ["-", "-"]  # saturated and non-finite are unknown, not 0
+    assert Report.from_json(r.to_json()).stats["a:gelu"].detail is False
+
+
 def test_plot_and_history(tmp_path: Path) -> None:
     r = sample_report()
     path = r.plot(tmp_path / "dead.png")

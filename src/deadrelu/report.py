@@ -270,6 +270,8 @@ class Report:
             table.add_column(col, justify=just)  # type: ignore[arg-type]
         for row in self.layers:
             style = "red" if row.dead else None
+            detail = self.stats[row.name].detail  # without it: no z range, no NaN count
+            saturates = self.sites[row.name].activation.spec.saturates
             table.add_row(
                 row.name,
                 row.activation,
@@ -277,8 +279,8 @@ class Report:
                 str(row.dead),
                 str(row.dormant),
                 str(row.rarely_active),
-                str(row.saturated) if self.sites[row.name].activation.spec.saturates else "-",
-                str(row.nonfinite),
+                str(row.saturated) if saturates and detail else "-",
+                str(row.nonfinite) if detail else "-",
                 f"{100 * row.dead_fraction:.1f}",
                 f"{100 * row.mean_active_fraction:.1f}",
                 style=style,

@@ -36,6 +36,9 @@ BORN_DEAD_BOUND = 0.05
 MIN_DEPTH_EFFECT = 0.05
 #: "RAI lowers it": rate(he) - rate(RAI) at least this, deepest narrowest setting.
 MIN_RAI_EFFECT = 0.05
+#: Depth at which RAI is compared with He: deep enough for He to die often, shallow enough
+#: that the rate is not saturated at 1 for both (at depth 100 and width 2 both are ~1).
+RAI_DEPTH = 10
 
 
 def born_dead_by_depth(
@@ -72,13 +75,16 @@ def run(cfg: LabConfig) -> ExperimentResult:
     narrow = str(min(widths))
     sym_deep = [r[-1] for r in rates["he"][narrow]]
     sym_shallow = [r[0] for r in rates["he"][narrow]]
+    rai_depth = min(RAI_DEPTH, depth)
     rai_deep = [r[-1] for r in rates["rai"][narrow]]
+    sym_ref = [r[rai_depth - 1] for r in rates["he"][narrow]]
+    rai_ref = [r[rai_depth - 1] for r in rates["rai"][narrow]]
     exists = threshold_detail(sym_deep, bound=BORN_DEAD_BOUND, above=True)
     grows = compare_detail(
         sym_deep, sym_shallow, min_effect=MIN_DEPTH_EFFECT, higher_is_better=True, paired=True
     )
     rai_helps = compare_detail(
-        rai_deep, sym_deep, min_effect=MIN_RAI_EFFECT, higher_is_better=False, paired=True
+        rai_ref, sym_ref, min_effect=MIN_RAI_EFFECT, higher_is_better=False, paired=True
     )
     verdict = combine([exists.verdict, grows.verdict, rai_helps.verdict])
 
@@ -138,16 +144,21 @@ def run(cfg: LabConfig) -> ExperimentResult:
         "grows_with_depth": grows.to_dict(),
         "rai_lowers_it": rai_helps.to_dict(),
     }
+
+    def avg(xs: list[float]) -> float:
+        return sum(xs) / len(xs)
+
     summary = (
-        f"width {narrow}, depth {depth}: P(born dead) {sum(sym_deep) / len(sym_deep):.3f} "
-        f"He (bias 0) vs {sum(rai_deep) / len(rai_deep):.3f} RAI (depth 1: "
-        f"{sum(sym_shallow) / len(sym_shallow):.3f})"
+        f"width {narrow}: P(born dead) depth 1 {avg(sym_shallow):.3f}, depth {rai_depth} "
+        f"{avg(sym_ref):.3f} He (bias 0) vs {avg(rai_ref):.3f} RAI, depth {depth} "
+        f"{avg(sym_deep):.3f} vs {avg(rai_deep):.3f}"
     )
     rule = (
         f"at the narrowest width ({narrow}), rates per seed: (1) threshold(): P(born dead) at "
         f"depth {depth} above {BORN_DEAD_BOUND} -> {exists.verdict}; (2) compare(): depth "
         f"{depth} minus depth 1 >= {MIN_DEPTH_EFFECT}, paired -> {grows.verdict}; (3) "
-        f"compare(): He (bias 0) minus RAI at depth {depth} >= {MIN_RAI_EFFECT}, paired -> "
+        f"compare(): He (bias 0) minus RAI at depth {rai_depth} >= {MIN_RAI_EFFECT}, paired "
+        f"-> "
         f"{rai_helps.verdict}. Overall combine(): supported if all three are."
     )
     caveats = [

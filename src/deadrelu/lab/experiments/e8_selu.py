@@ -64,7 +64,7 @@ def run(cfg: LabConfig) -> ExperimentResult:
     """Propagate through 64 LeCun layers; train a deep SELU net vs ReLU."""
     seeds = list(range(cfg.n_seeds))
     width = cfg.size(tiny=32, quick=128, full=256)
-    n = cfg.size(tiny=64, quick=256, full=1024)
+    n = cfg.size(tiny=64, quick=256, full=512)
     prop: dict[str, dict[str, list[list[float]]]] = {}
     for name in _PROPAGATE:
         runs = [propagate(name, DEPTH, width, n, 1000 + s) for s in seeds]

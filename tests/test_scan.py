@@ -198,6 +198,11 @@ def test_error_unsupported_batch() -> None:
         scan(DeadMLP(), [torch.zeros(2, 8)], max_batches=0)
 
 
+def test_error_device_mismatch() -> None:
+    with pytest.raises(ValueError, match="move the model"):
+        scan(DeadMLP(), [torch.zeros(2, 8)], device="meta")
+
+
 def test_hooks_removed_and_mode_restored_when_forward_raises() -> None:
     class Fails(DeadMLP):
         def forward(self, x: Tensor) -> Tensor:

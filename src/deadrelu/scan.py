@@ -163,7 +163,13 @@ def scan(
     """
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
-    target = torch.device(device) if device is not None else _model_device(model)
+    model_device = _model_device(model)
+    target = torch.device(device) if device is not None else model_device
+    if target.type != model_device.type:
+        raise ValueError(
+            f"the model is on {model_device} but device={target} was asked for the batches: "
+            f"move the model first (model.to({str(target)!r})) or leave device=None"
+        )
     stats: dict[str, UnitStats] = {}
 
     def collect(site: Site, z: Tensor, out: Tensor) -> None:

@@ -198,16 +198,20 @@ def _derivative_check() -> dict[str, Any]:
 def _dead_unit_check() -> dict[str, Any]:
     """C1 + C2: a tiny model with two units given bias -1000: found dead, zero gradient."""
     from deadrelu.classify import dead_mask
+    from deadrelu.scan import scan
 
     g = torch.Generator().manual_seed(0)
     lin1, lin2 = nn.Linear(4, 6), nn.Linear(6, 3)
+    model = nn.Sequential(lin1, nn.ReLU(), lin2)
     with torch.no_grad():
-        for p in (*lin1.parameters(), *lin2.parameters()):
+        for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
         lin1.bias[2] = -1000.0
         lin1.bias[4] = -1000.0
     x = torch.randn(512, 4, generator=g)
     y = torch.randint(0, 3, (512,), generator=g)
+    report = scan(model, x)  # the library's own pass: site "1" is the ReLU
+    found_scan = report.dead_units("1")
     z = lin1(x)  # (N, 6)
     h = torch.relu(z)
     loss = nn.functional.cross_entropy(lin2(h), y)
@@ -217,9 +221,7 @@ def _dead_unit_check() -> dict[str, Any]:
     dead = dead_mask((z > 0).sum(dim=0))
     found = [int(i) for i in torch.nonzero(dead).flatten()]
     bound = 10.0  # certificate domain: every input in the box [-10, 10]^4
-    zmax_box = (
-        lin1.bias + bound * lin1.weight.abs().sum(dim=1)
-    ).detach()  # max of w.x + b over the box
+    zmax_box = (lin1.bias + bound * lin1.weight.abs().sum(dim=1)).detach()
     rows = []
     grads_ok = True
     for u in range(6):
@@ -234,6 +236,7 @@ def _dead_unit_check() -> dict[str, Any]:
             [
                 u,
                 float(lin1.bias[u].detach()),
+                u in found_scan,
                 bool(dead[u]),
                 out_max,
                 gw,
@@ -241,22 +244,24 @@ def _dead_unit_check() -> dict[str, Any]:
                 float(zmax_box[u]) < 0,
             ]
         )
-    ok = found == [2, 4] and grads_ok
+    ok = found == [2, 4] and found_scan == [2, 4] and grads_ok
     return {
         "id": "L1",
         "claims": ["C1", "C2"],
         "title": "a unit with bias -1000: dead, and its gradient is exactly 0",
         "text": (
             "Linear(4, 6) -> ReLU -> Linear(6, 3), weights N(0, 0.25) from seed 0, biases of "
-            "units 2 and 4 set to -1000; 512 Gaussian inputs, one cross-entropy backward. "
-            "Dead = deadrelu.classify.dead_mask (never z > 0 on any input). The last column "
-            "is the data-free certificate over the box [-10, 10]^4: max of w.x + b over the "
-            "box, b + 10 * sum|w|, is below 0 (C1's 'for any input value')."
+            "units 2 and 4 set to -1000; 512 Gaussian inputs. Dead units found by "
+            "deadrelu.scan and, directly, by deadrelu.classify.dead_mask (never z > 0 on any "
+            "input); then one cross-entropy backward. The last column is the data-free "
+            "certificate over the box [-10, 10]^4: max of w.x + b over the box, "
+            "b + 10 * sum|w|, is below 0 (C1's 'for any input value')."
         ),
         "columns": [
             "unit",
             "bias",
-            "dead",
+            "dead (scan)",
+            "dead (classify)",
             "max |output|",
             "max |dL/dw|",
             "|dL/db|",
@@ -265,12 +270,17 @@ def _dead_unit_check() -> dict[str, Any]:
         "rows": rows,
         "verdict": "supported" if ok else "not supported",
         "rule": (
-            "supported if exactly units [2, 4] are found dead, their outputs and the gradients "
-            f"of their weights and bias are exactly 0, and every live unit gets a non-zero "
-            f"gradient; found dead {found}, gradients as claimed: {grads_ok}"
+            "supported if exactly units [2, 4] are found dead (by scan and by classify), their "
+            "outputs and the gradients of their weights and bias are exactly 0, and every live "
+            f"unit gets a non-zero gradient; found dead {found_scan} (scan), {found} "
+            f"(classify), gradients as claimed: {grads_ok}"
         ),
-        "summary": f"dead units found {found}; their dL/dw and dL/db are exactly 0",
-        "numbers": {"dead_found": found, "gradients_as_claimed": grads_ok},
+        "summary": f"dead units found {found_scan}; their dL/dw and dL/db are exactly 0",
+        "numbers": {
+            "dead_found": found,
+            "dead_found_scan": found_scan,
+            "gradients_as_claimed": grads_ok,
+        },
     }
 
 

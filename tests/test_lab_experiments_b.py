@@ -203,6 +203,7 @@ def test_failing_experiment_is_recorded_and_the_run_goes_on(
 def test_live_checks_find_the_dead_units_and_match_autograd() -> None:
     panels = {p["id"]: p for p in live_checks()}
     assert panels["L1"]["numbers"]["dead_found"] == [2, 4]
+    assert panels["L1"]["numbers"]["dead_found_scan"] == [2, 4]
     assert panels["L1"]["verdict"] == "supported"
     assert panels["L14"]["verdict"] == "supported"
     assert panels["L14"]["numbers"]["max_abs_diff"] <= 1e-12

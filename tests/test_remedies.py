@@ -333,6 +333,7 @@ def test_born_dead_counts_a_network_with_a_dead_layer() -> None:
 def test_recycle_gated_ffn_of_a_transformer_block() -> None:
     from models import TinyTransformerBlock
 
+    torch.manual_seed(0)
     model = TinyTransformerBlock().eval()
     data = model.make_batches()
     report = scan(model, data)

@@ -107,7 +107,7 @@ def run_lab_command(args: argparse.Namespace) -> int:
         err.print(f"[red]deadrelu lab: {exc}[/red]", soft_wrap=True)
         return 2
     results = run_lab(cfg, only=only, progress=not args.no_progress)
-    console.print(claims_table(results, live_checks()))
+    console.print(claims_table(results, live_checks(), show_text=console.width >= 120))
     console.print(
         f"report: {cfg.out / 'index.html'}   numbers: {cfg.out / 'results.json'}", soft_wrap=True
     )

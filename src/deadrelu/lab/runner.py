@@ -517,11 +517,15 @@ _STYLE = {"supported": "green", "not supported": "red", "mixed": "yellow", "n/a"
 
 
 def claims_table(
-    results: Sequence[ExperimentResult], live: Sequence[Mapping[str, Any]] | None = None
+    results: Sequence[ExperimentResult],
+    live: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    show_text: bool = True,
 ) -> Any:
     """A ``rich.table.Table``: one row per (claim, experiment), with verdict and key number.
 
-    ``live`` panels (default: none) add rows for C1, C2, C14.
+    ``live`` panels (default: none) add rows for C1, C2, C13, C14. ``show_text=False``
+    leaves out the column with the claim's text (for narrow terminals).
     """
     from rich.table import Table
 
@@ -540,17 +544,14 @@ def claims_table(
 
     table = Table(title="deadrelu lab: claims")
     table.add_column("claim", no_wrap=True)
-    table.add_column("the notes say")
+    if show_text:
+        table.add_column("the notes say")
     table.add_column("where", no_wrap=True)
     table.add_column("verdict", no_wrap=True)
     table.add_column("key number")
     for claim, where, verdict, summary in sorted(rows, key=key):
         style = _STYLE.get(verdict, "")
-        table.add_row(
-            claim,
-            CLAIM_TEXT.get(claim, ""),
-            where,
-            f"[{style}]{verdict}[/{style}]" if style else verdict,
-            summary,
-        )
+        cells = [claim, CLAIM_TEXT.get(claim, "")] if show_text else [claim]
+        badge = f"[{style}]{verdict}[/{style}]" if style else verdict
+        table.add_row(*cells, where, badge, summary)
     return table

@@ -72,6 +72,8 @@ th,td{border:1px solid #d5d5d5;padding:4px 8px;text-align:left;vertical-align:to
  overflow-wrap:anywhere}
 th{background:#f0f0f3}
 td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
+#claims-table th,#claims-table td:nth-child(1),#claims-table td:nth-child(3),
+#claims-table td:nth-child(4){white-space:nowrap;overflow-wrap:normal}
 table.nested{margin:0;font-size:.95em}
 .badge{display:inline-block;padding:1px 9px;border-radius:10px;font-weight:600;
  font-size:.85em;white-space:nowrap;color:#fff}

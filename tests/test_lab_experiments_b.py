@@ -80,12 +80,18 @@ def test_steps_to_target_first_hit_and_censoring() -> None:
 
 def test_propagate_one_layer_matches_direct_computation() -> None:
     means, variances = e8_selu.propagate("relu", depth=1, width=8, n=16, seed=3)
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(16, 8, generator=g, dtype=torch.float64)
-    w = torch.randn(8, 8, generator=g, dtype=torch.float64) / math.sqrt(8)
-    h = torch.relu(x @ w.T)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        x = torch.randn(16, 8, dtype=torch.float64)
+        layer = torch.nn.Linear(8, 8, bias=False, dtype=torch.float64)
+        with torch.no_grad():
+            layer.weight.normal_(0.0, 1 / math.sqrt(8))  # LeCun normal, by hand
+            h = torch.relu(layer(x))
     assert means == [float(h.mean())]
     assert variances == [float(h.var(unbiased=False))]
+    state = torch.get_rng_state()
+    e8_selu.propagate("selu", depth=2, width=4, n=4, seed=0)
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's RNG is untouched
 
 
 def test_relu_second_moment_halves_under_lecun_init() -> None:

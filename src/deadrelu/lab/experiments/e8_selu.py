@@ -14,12 +14,13 @@ the evaluation points (area under the accuracy curve) measures how fast each lea
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
+from torch import nn
 
 from deadrelu.activations import get
+from deadrelu.init import lecun_normal_
 from deadrelu.lab.core import ExperimentResult, LabConfig, experiment, new_figure, save_figure
 from deadrelu.lab.data import load
 from deadrelu.lab.trainer import Member, TrainConfig, train_batched
@@ -41,21 +42,24 @@ def propagate(
 ) -> tuple[list[float], list[float]]:
     """Mean and variance of the activations after each of ``depth`` LeCun-normal layers.
 
-    Inputs ``(n, width)`` are standard normal; layer ``l`` computes ``h = f(h W_l^T)`` with
-    ``W_l ~ N(0, 1/width)`` and no bias. Float64. Returns two lists of length ``depth``.
+    Inputs ``(n, width)`` are standard normal; layer ``l`` is an ``nn.Linear(width, width,
+    bias=False)`` initialised by :func:`deadrelu.init.lecun_normal_` (``W ~ N(0, 1/width)``)
+    and computes ``h = f(h W^T)``. Float64; the global RNG is seeded with ``seed`` inside a
+    fork, so the caller's RNG state is untouched. Returns two lists of length ``depth``.
     """
     act = get(activation)
     assert act is not None
-    g = torch.Generator().manual_seed(seed)
-    h = torch.randn(n, width, generator=g, dtype=torch.float64)
     means: list[float] = []
     variances: list[float] = []
-    std = 1.0 / math.sqrt(width)
-    for _ in range(depth):
-        w = torch.randn(width, width, generator=g, dtype=torch.float64) * std
-        h = act(h @ w.T)
-        means.append(float(h.mean()))
-        variances.append(float(h.var(unbiased=False)))
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        h = torch.randn(n, width, dtype=torch.float64)
+        for _ in range(depth):
+            layer = nn.Linear(width, width, bias=False, dtype=torch.float64)
+            lecun_normal_(layer)
+            h = act(layer(h))
+            means.append(float(h.mean()))
+            variances.append(float(h.var(unbiased=False)))
     return means, variances
 
 
@@ -157,7 +161,7 @@ def run(cfg: LabConfig) -> ExperimentResult:
             "depth": DEPTH,
             "width": width,
             "inputs": n,
-            "init": "LeCun normal N(0, 1/fan_in), zero bias",
+            "init": "deadrelu.init.lecun_normal_: N(0, 1/fan_in), no bias",
             "seeds": [1000 + s for s in seeds],
             "per_layer": prop,
             "layer_64": last,

@@ -181,6 +181,21 @@ def test_run_lab_is_reproducible_and_keeps_timings_apart(tmp_path: Path) -> None
     assert (outs[0] / "index.html").is_file()
 
 
+def test_to_jsonable() -> None:
+    import numpy as np
+
+    value = {
+        "t": torch.tensor([1.0, float("nan")]),
+        "a": np.arange(3),
+        "s": np.float32(0.5),
+        "p": Path("x/y"),
+        1: (float("inf"), None, True),
+    }
+    out = to_jsonable(value)
+    assert out == {"t": [1.0, None], "a": [0, 1, 2], "s": 0.5, "p": "x/y", "1": [None, None, True]}
+    json.dumps(out, allow_nan=False)
+
+
 def test_resolve_only_errors_name_the_known_ids() -> None:
     assert resolve_only("e7, E6") == ["E6", "E7"]
     with pytest.raises(ValueError, match=r"unknown experiment id\(s\) E99; known: .*E6"):

@@ -73,7 +73,7 @@ EXPERIMENT_THREADS = 1
 
 
 def to_jsonable(x: Any) -> Any:
-    """``x`` with tensors, tuples, paths and numpy scalars made JSON-able; NaN/inf -> None."""
+    """``x`` with tensors, tuples, paths and numpy values made JSON-able; NaN/inf -> None."""
     if isinstance(x, float):
         return x if math.isfinite(x) else None
     if x is None or isinstance(x, (bool, int, str)):
@@ -86,9 +86,9 @@ def to_jsonable(x: Any) -> Any:
         return [to_jsonable(v) for v in x]
     if isinstance(x, Path):
         return x.as_posix()
-    item = getattr(x, "item", None)  # numpy scalars
-    if callable(item):
-        return to_jsonable(item())
+    tolist = getattr(x, "tolist", None)  # numpy arrays and scalars
+    if callable(tolist):
+        return to_jsonable(tolist())
     return str(x)
 
 

@@ -255,3 +255,24 @@ def test_compiled_model_counts_each_call_once() -> None:
             assert no_hooks_left(model)
     finally:
         torch._dynamo.reset()
+
+
+def test_callback_gets_detached_tensors_and_no_reference_survives() -> None:
+    import gc
+    import weakref
+
+    m = TinyTransformerBlock()
+    inplace = InplaceReLUModel()
+    refs: list[weakref.ref[Tensor]] = []
+    grads: list[bool] = []
+
+    def cb(site: Site, z: Tensor, out: Tensor) -> None:
+        grads.append(z.requires_grad or out.requires_grad)
+        refs.extend([weakref.ref(z), weakref.ref(out)])
+
+    for model in (m, inplace):
+        with attach(model, cb):
+            model(model.make_batches(1)[0]).sum().backward()  # training forward with autograd
+    gc.collect()
+    assert grads and not any(grads)
+    assert refs and all(r() is None for r in refs)

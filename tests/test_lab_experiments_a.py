@@ -124,13 +124,14 @@ def test_same_config_same_numbers(tiny_results: dict[str, Any], tmp_path: Path) 
 
 
 def test_e4_has_every_arm(tiny_results: dict[str, Any]) -> None:
-    arms = tiny_results["E4"].numbers["arms"]
+    numbers = tiny_results["E4"].numbers
+    assert list(numbers["settings"]) == ["high lr", "negative update"]
+    arms = numbers["settings"]["high lr"]["arms"]
     expected = {"relu", "relu, low lr", "relu, bias 0.01", "leaky_relu", "prelu", "elu", "selu"}
     assert expected <= set(arms)
-    assert {"relu, RAI", "relu, ReDo"} <= set(arms) | set(
-        tiny_results["E4"].numbers["missing_arms"]
-    )
+    assert {"relu, RAI", "relu, ReDo"} <= set(arms) | set(numbers["missing_arms"])
     assert all(len(a["stuck"]) == 2 for a in arms.values())
+    assert "relu, low lr" not in numbers["settings"]["negative update"]["arms"]
 
 
 # --------------------------------------------------------------------------------------
@@ -196,7 +197,7 @@ def _e4_numbers(effect: bool) -> dict[str, Any]:
     for v in e4_remedies.VARIANTS:
         arms[v] = {"stuck": other, "acc": ACC}
     arms["relu, ReDo"] = {"stuck": other, "acc": ACC}
-    return {"arms": arms}
+    return {"settings": {"a": {"arms": arms}, "b": {"arms": arms}}}
 
 
 def test_e4_rules() -> None:
@@ -207,9 +208,12 @@ def test_e4_rules() -> None:
 
 def _e5_numbers(best: float) -> dict[str, Any]:
     rows = []
-    for s in e5_leaky_slope.SLOPES:
-        acc = [a + (0.05 if s == best else 0.0) for a in ACC]
-        rows.append({"slope": s, "stuck": CLEAR_HIGH if s == 0 else ZEROS, "acc": acc})
+    for lr in (0.3, 2.0):
+        for s in e5_leaky_slope.SLOPES:
+            acc = [a + (0.05 if s == best else 0.0) for a in ACC]
+            rows.append(
+                {"lr": lr, "slope": s, "stuck": CLEAR_HIGH if s == 0 else ZEROS, "acc": acc}
+            )
     return {"rows": rows}
 
 
@@ -217,5 +221,7 @@ def test_e5_rules() -> None:
     assert e5_leaky_slope.verdicts(_e5_numbers(0.01))[0] == "supported"
     # 0.2 beats 0.01 by 5 points on every seed: "why 0.01" fails, dying is prevented
     v, d = e5_leaky_slope.verdicts(_e5_numbers(0.2))
-    assert d["best_slope"] == 0.2 and d["why_0.01"]["verdict"] == "not supported"
+    why = d["why_0.01 (lr 2.0)"]
+    assert why["best_slope"] == 0.2 and why["verdict"] == "not supported"
+    assert d["no_dying (lr 2.0)"]["verdict"] == "supported"
     assert v == "mixed"

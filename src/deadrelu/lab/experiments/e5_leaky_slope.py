@@ -33,8 +33,8 @@ from deadrelu.lab.trainer import Member, TrainConfig, train_batched
 from deadrelu.lab.verdicts import combine, compare_detail
 
 SLOPES = (0.0, 0.001, 0.01, 0.1, 0.2, 0.3)
-#: The learning rate that kills ReLU units (E1).
-LR = 2.0
+#: Learning rates: a moderate one, and the one that kills ReLU units in E1.
+LRS = (0.3, 2.0)
 #: Minimum reduction of the stuck fraction for "does not die".
 MIN_STUCK_EFFECT = 0.02
 #: Accuracy (absolute) by which 0.01 may trail the best slope and still be "a good choice".
@@ -57,15 +57,18 @@ def sweep(cfg: LabConfig) -> dict[str, Any]:
     )
     seeds = list(range(cfg.n_seeds))
     n = len(seeds)
+    settings = [(lr, a) for lr in LRS for a in SLOPES]
     members = [
-        Member(seed=s, lr=LR, activation=f"leaky_relu(slope={a!r})") for a in SLOPES for s in seeds
+        Member(seed=s, lr=lr, activation=f"leaky_relu(slope={a!r})")
+        for lr, a in settings
+        for s in seeds
     ]
     res = train_batched(members, tc, data)
     stuck = res.pooled("frozen_frac").tolist()
     never = res.pooled("dead_frac").tolist()
     div = res.diverged.tolist()
     rows = []
-    for k, slope in enumerate(SLOPES):
+    for k, (lr, slope) in enumerate(settings):
         idx = list(range(k * n, (k + 1) * n))
         ok = [i for i in idx if not div[i]]
         rev: list[Any] = []
@@ -77,6 +80,7 @@ def sweep(cfg: LabConfig) -> dict[str, Any]:
             rev.append(rounded(revived / ever) if ever else None)
         rows.append(
             {
+                "lr": lr,
                 "slope": slope,
                 "diverged": len(idx) - len(ok),
                 "stuck": [1.0 if div[i] else rounded(float(stuck[i])) for i in idx],
@@ -89,7 +93,7 @@ def sweep(cfg: LabConfig) -> dict[str, Any]:
     return {
         "widths": tc.widths,
         "steps": steps,
-        "lr": LR,
+        "lrs": list(LRS),
         "seeds": n,
         "eval_every": every,
         "slopes": list(SLOPES),
@@ -97,89 +101,111 @@ def sweep(cfg: LabConfig) -> dict[str, Any]:
     }
 
 
-def verdicts(numbers: dict[str, Any]) -> tuple[Verdict, dict[str, Any]]:
-    """C9 = combine of two rules, both paired over seeds:
+def _why_001(rows: list[dict[str, Any]]) -> tuple[Verdict, dict[str, Any]]:
+    """Is 0.01 a good slope among ``rows`` (one learning rate)? See :func:`verdicts`."""
+    by_slope = {r["slope"]: r for r in rows}
+    best = max(rows, key=lambda r: ci_dict(r["acc"])["mean"] or 0.0)
+    if best["slope"] == 0.01:
+        return "supported", {
+            "best_slope": 0.01,
+            "verdict": "supported",
+            "rule": "0.01 has the best mean accuracy",
+        }
+    gap = compare_detail(
+        best["acc"],
+        by_slope[0.01]["acc"],
+        min_effect=ACC_TOLERANCE,
+        higher_is_better=True,
+        paired=True,
+    )
+    # the claim is the opposite of "the best slope beats 0.01 by >= ACC_TOLERANCE"
+    good: Verdict = "mixed"
+    if gap.verdict == "supported":
+        good = "not supported"
+    elif gap.verdict == "not supported":
+        good = "supported"
+    return good, {
+        **gap.to_dict(),
+        "best_slope": best["slope"],
+        "gap_verdict": gap.verdict,
+        "verdict": good,
+        "rule": (
+            f"gap = accuracy(best slope {best['slope']}) - accuracy(0.01) = {gap.effect:.4g}, "
+            f"95% CI [{gap.lo:.4g}, {gap.hi:.4g}] (paired t); 0.01 is a good choice "
+            f"(supported) if CI hi < {ACC_TOLERANCE}, not supported if CI lo > 0 and gap >= "
+            f"{ACC_TOLERANCE}, else mixed"
+        ),
+    }
 
-    * "does not die": stuck fraction at slope 0 minus at 0.01 (diverged = 1); supported if
-      CI lo > 0 and effect >= MIN_STUCK_EFFECT, not supported if CI hi < MIN_STUCK_EFFECT.
-    * "0.01 is a good choice": accuracy of the best slope (highest mean) minus accuracy at
-      0.01; supported if the CI lies below ACC_TOLERANCE, not supported if entirely above
-      it, else mixed. (If 0.01 is itself the best slope, supported.)
+
+def verdicts(numbers: dict[str, Any]) -> tuple[Verdict, dict[str, Any]]:
+    """C9 = combine of these rules, all paired over seeds:
+
+    * "does not die", at the largest learning rate: stuck fraction at slope 0 minus at
+      0.01 (diverged = 1); supported if CI lo > 0 and effect >= MIN_STUCK_EFFECT, not
+      supported if CI hi < MIN_STUCK_EFFECT, else mixed.
+    * "0.01 is a good choice", at each learning rate: accuracy of the best slope (highest
+      mean) minus accuracy at 0.01; supported if 0.01 is the best or the CI lies below
+      ACC_TOLERANCE, not supported if the best slope wins by >= ACC_TOLERANCE with CI lo >
+      0, else mixed.
     """
-    rows = {r["slope"]: r for r in numbers["rows"]}
     detail: dict[str, Any] = {}
+    lrs = sorted({r["lr"] for r in numbers["rows"]})
+    high = {r["slope"]: r for r in numbers["rows"] if r["lr"] == lrs[-1]}
     die = compare_detail(
-        rows[0.0]["stuck"],
-        rows[0.01]["stuck"],
+        high[0.0]["stuck"],
+        high[0.01]["stuck"],
         min_effect=MIN_STUCK_EFFECT,
         higher_is_better=True,
         paired=True,
     )
-    detail["no_dying"] = die.to_dict()
-    best = max(numbers["rows"], key=lambda r: ci_dict(r["acc"])["mean"] or 0.0)
-    detail["best_slope"] = best["slope"]
-    good: Verdict
-    if best["slope"] == 0.01:
-        good = "supported"
-        detail["why_0.01"] = {"verdict": good, "rule": "0.01 has the best mean accuracy"}
-    else:
-        gap = compare_detail(
-            best["acc"],
-            rows[0.01]["acc"],
-            min_effect=ACC_TOLERANCE,
-            higher_is_better=True,
-            paired=True,
-        )
-        # the claim is the opposite of "the best slope beats 0.01 by >= ACC_TOLERANCE"
-        good = {"supported": "not supported", "not supported": "supported"}.get(
-            gap.verdict, "mixed"
-        )  # type: ignore[assignment]
-        detail["why_0.01"] = {
-            **gap.to_dict(),
-            "gap_verdict": gap.verdict,
-            "verdict": good,
-            "rule": (
-                f"gap = accuracy(best slope {best['slope']}) - accuracy(0.01) = "
-                f"{gap.effect:.4g}, 95% CI [{gap.lo:.4g}, {gap.hi:.4g}] (paired t); 0.01 is a "
-                f"good choice (supported) if CI hi < {ACC_TOLERANCE}, not supported if CI lo > 0 "
-                f"and gap >= {ACC_TOLERANCE}, else mixed"
-            ),
-        }
-    return combine([die.verdict, good]), detail
+    detail[f"no_dying (lr {lrs[-1]})"] = die.to_dict()
+    parts: list[Verdict] = [die.verdict]
+    for lr in lrs:
+        v, d = _why_001([r for r in numbers["rows"] if r["lr"] == lr])
+        detail[f"why_0.01 (lr {lr})"] = d
+        parts.append(v)
+    return combine(parts), detail
 
 
 def _figure(cfg: LabConfig, numbers: dict[str, Any]) -> str:
     fig, axes = new_figure(ncols=3, width=3.9)
-    xs = [r["slope"] for r in numbers["rows"]]
-    labels = [str(x) for x in xs]
     panels = (
         (axes[0, 0], "acc", "test accuracy"),
         (axes[0, 1], "never_active", "never-active fraction (end)"),
         (axes[0, 2], "revived", "never-active units that came back"),
     )
-    for ax, key, title in panels:
-        cis = [ci_dict([v for v in r[key] if v is not None]) for r in numbers["rows"]]
-        means = [c["mean"] if c["mean"] is not None else float("nan") for c in cis]
-        lo = [m - c["lo"] if c["lo"] is not None else 0.0 for m, c in zip(means, cis, strict=True)]
-        hi = [c["hi"] - m if c["hi"] is not None else 0.0 for m, c in zip(means, cis, strict=True)]
-        ax.errorbar(range(len(xs)), means, yerr=[lo, hi], marker="o", capsize=3)
-        ax.set_xticks(range(len(xs)), labels)
-        ax.set_xlabel("negative slope")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"Leaky ReLU slope sweep, SGD lr {numbers['lr']}", fontsize=10)
+    for lr in numbers["lrs"]:
+        rows = [r for r in numbers["rows"] if r["lr"] == lr]
+        xs = list(range(len(rows)))
+        for ax, key, title in panels:
+            cis = [ci_dict([v for v in r[key] if v is not None]) for r in rows]
+            means = [c["mean"] if c["mean"] is not None else float("nan") for c in cis]
+            lo = [
+                m - c["lo"] if c["lo"] is not None else 0.0 for m, c in zip(means, cis, strict=True)
+            ]
+            hi = [
+                c["hi"] - m if c["hi"] is not None else 0.0 for m, c in zip(means, cis, strict=True)
+            ]
+            ax.errorbar(xs, means, yerr=[lo, hi], marker="o", capsize=3, label=f"lr {lr}")
+            ax.set_xticks(xs, [str(r["slope"]) for r in rows])
+            ax.set_xlabel("negative slope")
+            ax.set_title(title, fontsize=10)
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend()
+    fig.suptitle("Leaky ReLU slope sweep (SGD)", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, cfg, "e5_leaky_slope")
 
 
 @experiment("E5", ("C9",), "Leaky ReLU slope: why 0.01?")
 def run(cfg: LabConfig) -> ExperimentResult:
-    """Sweep the negative slope; apply the C9 rule."""
+    """Sweep the negative slope at two learning rates; apply the C9 rule."""
     numbers = sweep(cfg)
     verdict, detail = verdicts(numbers)
     numbers["verdict_detail"] = detail
     numbers["summary"] = {
-        str(r["slope"]): {
+        f"lr {r['lr']}, slope {r['slope']}": {
             "acc": ci_dict(r["acc"]),
             "stuck": ci_dict(r["stuck"]),
             "never_active": ci_dict(r["never_active"]) if r["never_active"] else None,
@@ -189,16 +215,22 @@ def run(cfg: LabConfig) -> ExperimentResult:
         for r in numbers["rows"]
     }
     s = numbers["summary"]
+    lrs = numbers["lrs"]
 
-    def acc(slope: float) -> str:
-        m = s[str(slope)]["acc"]["mean"]
+    def acc(lr: float, slope: float) -> str:
+        m = s[f"lr {lr}, slope {slope}"]["acc"]["mean"]
         return f"{m:.3f}" if m is not None else "n/a"
 
+    def stuck(lr: float, slope: float) -> str:
+        m = s[f"lr {lr}, slope {slope}"]["stuck"]["mean"]
+        return f"{100 * m:.0f} %" if m is not None else "n/a"
+
+    best = ", ".join(f"lr {lr}: {detail[f'why_0.01 (lr {lr})']['best_slope']}" for lr in lrs)
     summary = (
-        f"accuracy at slope 0 / 0.01 / 0.3: {acc(0.0)} / {acc(0.01)} / {acc(0.3)}; best "
-        f"slope {detail['best_slope']}; stuck at slope 0: "
-        f"{100 * (s['0.0']['stuck']['mean'] or 0):.0f} %, at 0.01: "
-        f"{100 * (s['0.01']['stuck']['mean'] or 0):.0f} %"
+        "accuracy at slope 0 / 0.01 / 0.3: "
+        + "; ".join(f"lr {lr}: {acc(lr, 0.0)} / {acc(lr, 0.01)} / {acc(lr, 0.3)}" for lr in lrs)
+        + f"; best slope {best}; stuck at lr {lrs[-1]}: slope 0 {stuck(lrs[-1], 0.0)}, "
+        f"0.01 {stuck(lrs[-1], 0.01)}"
     )
     return ExperimentResult(
         id="E5",
@@ -210,29 +242,29 @@ def run(cfg: LabConfig) -> ExperimentResult:
             "mean activation."
         ),
         method=(
-            f"MLP {numbers['widths']} on {cfg.dataset}, SGD lr {numbers['lr']} (kills ReLU "
-            f"units in E1), {numbers['steps']} steps, He init, {numbers['seeds']} seeds shared "
-            "by all slopes (one batched call; each slope is its own group). Every "
-            f"{numbers['eval_every']} steps every unit is classified on the training set; "
-            "stuck = zero gradient on every training input; revived = never active at some "
-            "evaluation, active at a later one."
+            f"MLP {numbers['widths']} on {cfg.dataset}, SGD at lr {lrs} (the largest kills "
+            f"ReLU units in E1), {numbers['steps']} steps, He init, {numbers['seeds']} seeds "
+            "shared by all slopes and rates (one batched call; each slope is its own group). "
+            f"Every {numbers['eval_every']} steps every unit is classified on the training "
+            "set; stuck = zero gradient on every training input; revived = never active at "
+            "some evaluation, active at a later one."
         ),
         numbers=numbers,
         verdict=verdict,
         verdict_rule=(
-            "Two parts, both paired over seeds with 95 % t CIs. No dying: stuck(slope 0) - "
-            f"stuck(0.01) (diverged = 1), supported if CI lo > 0 and effect >= "
-            f"{MIN_STUCK_EFFECT}, not supported if CI hi < {MIN_STUCK_EFFECT}. Why 0.01: "
-            "accuracy(best slope) - accuracy(0.01); supported if 0.01 is the best or the CI "
-            f"lies below {ACC_TOLERANCE}, not supported if the best slope wins by >= "
-            f"{ACC_TOLERANCE} with CI lo > 0, else mixed. Verdict: all supported -> supported, "
-            "all not -> not supported, else mixed."
+            "All parts paired over seeds with 95 % t CIs. No dying (largest lr): "
+            "stuck(slope 0) - stuck(0.01) (diverged = 1), supported if CI lo > 0 and effect "
+            f">= {MIN_STUCK_EFFECT}, not supported if CI hi < {MIN_STUCK_EFFECT}. Why 0.01 "
+            "(each lr): accuracy(best slope) - accuracy(0.01); supported if 0.01 is the best "
+            f"or the CI lies below {ACC_TOLERANCE}, not supported if the best slope wins by "
+            f">= {ACC_TOLERANCE} with CI lo > 0, else mixed. Verdict: all supported -> "
+            "supported, all not -> not supported, else mixed."
         ),
         summary=summary,
         figures=[_figure(cfg, numbers)],
         caveats=[
-            "One learning rate and one small MLP: the best slope depends on the setting (Maas "
-            "et al. 2013 chose 0.01 without a sweep; later work often uses 0.1-0.3).",
+            "Two learning rates and one small MLP: the best slope depends on the setting "
+            "(Maas et al. 2013 chose 0.01 without a sweep; later work often uses 0.1-0.3).",
             "Stuck (zero gradient) is impossible for any slope > 0 by construction; the "
             "informative numbers are accuracy, revival and never-active fractions.",
             "Cost ('cheap') is measured in E9, not here.",

@@ -21,8 +21,10 @@ $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	@touch $(STAMP)
 
+# The main job: every claim of the notes as an experiment (quick preset, MNIST-1D),
+# written to $(OUT)/index.html and $(OUT)/results.json.
 demo: install
-	$(VENV)/bin/deadrelu activations --out $(OUT)
+	$(VENV)/bin/deadrelu lab --preset quick --out $(OUT)
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

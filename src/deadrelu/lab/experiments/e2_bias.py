@@ -66,7 +66,7 @@ def sweep(cfg: LabConfig) -> dict[str, Any]:
     widths = (data.n_features, hidden, hidden, data.n_classes)
     biases = cfg.size(
         tiny=[-3.0, 0.0, 0.01],
-        quick=[-3.0, -1.0, -0.5, -0.1, 0.0, 0.01, 0.1, 0.5],
+        quick=[-3.0, -2.0, -1.0, -0.5, -0.1, 0.0, 0.01, 0.1, 0.5],
         full=[-5.0, -3.0, -2.0, -1.0, -0.5, -0.25, -0.1, 0.0, 0.01, 0.05, 0.1, 0.5, 1.0],
     )
     kicks = cfg.size(

@@ -55,7 +55,7 @@ from deadrelu.lab.verdicts import combine, compare_detail
 #: of training under a moderate rate.
 SETTINGS: dict[str, dict[str, Any]] = {
     "high lr": {"lr": 2.0, "kick": 0.0, "low_lr": 0.3},
-    "negative update": {"lr": 0.3, "kick": -2.0, "low_lr": None},
+    "negative update": {"lr": 0.3, "kick": -3.0, "low_lr": None},
 }
 #: Minimum reduction of the stuck fraction (absolute) for "the remedy works".
 MIN_EFFECT = 0.02
@@ -296,7 +296,7 @@ def run(cfg: LabConfig) -> ExperimentResult:
     summary = (
         "stuck units (diverged = 100 %) "
         + "; ".join(
-            f"[{sname}] " + ", ".join(pct(st["arms"], a) for a in st["arms"])
+            f"{sname}: " + ", ".join(pct(st["arms"], a) for a in st["arms"])
             for sname, st in numbers["settings"].items()
         )
         + f" (C8 {claim_verdicts['C8']}, C16 {claim_verdicts['C16']})"

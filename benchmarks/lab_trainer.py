@@ -12,8 +12,9 @@ timing is the training loop). Printed as one JSON object:
   measured in the same run (best of several);
 * ``fraction_of_dense``: achieved / dense.
 
-Usage: ``python benchmarks/lab_trainer.py [--steps 200] [--members 64]``. Numbers are
-only meaningful on a quiet machine.
+Usage: ``python benchmarks/lab_trainer.py [--steps 200] [--members 64] [--threads N]``.
+Numbers are only meaningful on a quiet machine (the lab runner trains with one intra-op
+thread; ``--threads 1`` measures that configuration).
 """
 
 from __future__ import annotations
@@ -58,7 +59,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--members", type=int, default=64)
     parser.add_argument("--batch", type=int, default=100)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="intra-op threads (0: torch's default)"
+    )
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     data = load("mnist1d", 0)
     members = [Member(seed=s, lr=0.05) for s in range(args.members)]

@@ -303,6 +303,26 @@ def _copy(z: Tensor) -> Tensor:
     return buf.copy_(z.detach())
 
 
+@torch.compiler.disable
+def _frame_owner(modules: Mapping[int, tuple[str, bool]]) -> tuple[str, bool] | None:
+    """The entry of the nearest frame on the call stack whose ``self`` is in ``modules``.
+
+    Never traced by dynamo (``torch.compiler.disable``): under ``torch.compile`` the call
+    breaks the graph silently and runs in real frames, as the lookup needs.
+    """
+    frame: FrameType | None = sys._getframe(1)
+    for _ in range(_MAX_FRAMES):
+        if frame is None:
+            return None
+        code = frame.f_code
+        if code.co_argcount and code.co_varnames[0] == "self":
+            entry = modules.get(id(frame.f_locals.get("self")))
+            if entry is not None:
+                return entry
+        frame = frame.f_back
+    return None
+
+
 # ------------------------------------------------------------------------------------------
 # The handle
 # ------------------------------------------------------------------------------------------
@@ -332,16 +352,9 @@ class _State:
         breaks and the hooks' own bookkeeping runs out of order; the hook-maintained
         stack is the fallback.
         """
-        frame: FrameType | None = sys._getframe(2)
-        for _ in range(_MAX_FRAMES):
-            if frame is None:
-                break
-            code = frame.f_code
-            if code.co_argcount and code.co_varnames[0] == "self":
-                entry = self.modules.get(id(frame.f_locals.get("self")))
-                if entry is not None:
-                    return entry
-            frame = frame.f_back
+        entry = _frame_owner(self.modules)
+        if entry is not None:
+            return entry
         return self.stack[-1] if self.stack else ("", False)
 
     def site_name(self, base: str) -> str:

@@ -225,3 +225,38 @@ def test_e5_rules() -> None:
     assert why["best_slope"] == 0.2 and why["verdict"] == "not supported"
     assert d["no_dying (lr 2.0)"]["verdict"] == "supported"
     assert v == "mixed"
+
+
+# --------------------------------------------------------------------------------------
+# ReDo through the sequential trainer's hook
+# --------------------------------------------------------------------------------------
+
+
+def test_redo_hook_recycles_units_killed_by_construction() -> None:
+    from torch import nn
+
+    from deadrelu.lab.data import Dataset, load
+    from deadrelu.lab.trainer import MLP, Member, TrainConfig, train_sequential
+    from deadrelu.remedies import recycle
+
+    d = load("synthetic", 0)
+    data = Dataset(d.name, d.x_train[:400], d.y_train[:400], d.x_test[:200], d.y_test[:200], 10)
+
+    def kill(model: nn.Module) -> None:
+        assert isinstance(model, MLP)
+        with torch.no_grad():
+            model.linear_layers()[0].bias[[3, 7]] = -1000.0
+
+    tc = TrainConfig(
+        widths=(40, 16, 16, 10), steps=6, batch_size=50, eval_every=3, record_masks=True
+    )
+    member = Member(seed=0, lr=0.05, init_fn=kill)
+    plain = train_sequential([member], tc, data)
+    assert plain.dead_masks[0][-1, 0, [3, 7]].all()  # without ReDo they stay dead
+    hook = e4_remedies.redo_hook(recycle, data.x_train, every=2, last=4, tau=0.0)
+    cured = train_sequential([member], tc, data, on_step=hook)
+    first = cured.dead_masks[0]  # (T, 1, 16)
+    assert torch.nonzero(first[0, 0]).flatten().tolist() == [3, 7]  # dead at init
+    assert not first[-1, 0, [3, 7]].any()  # recycled at step 2: alive afterwards
+    # their bias was reset from -1000 to 0 (then trained a few steps)
+    assert cured.state["linears.0.bias"][0, [3, 7]].abs().max() < 1.0

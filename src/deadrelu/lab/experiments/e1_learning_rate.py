@@ -211,10 +211,16 @@ def run(cfg: LabConfig) -> ExperimentResult:
         d = relu.get(str(lr), {}).get("dead") if lr is not None else None
         return f"{100 * d['mean']:.1f} %" if d and d["mean"] is not None else "n/a"
 
+    numbers["claim_summaries"] = {
+        "C3": f"ReLU dead {dead_at(lo_lr)} at lr {lo_lr} vs {dead_at(hi_lr)} at lr {hi_lr}",
+        "C6": (
+            f"largest lr with < 1 % dead: {c6.get('lr_safe')}; accuracy cost vs the best lr "
+            f"{c6.get('acc_cost')}"
+        ),
+    }
     summary = (
-        f"ReLU dead fraction {dead_at(lo_lr)} at lr {lo_lr} vs {dead_at(hi_lr)} at lr {hi_lr} "
-        f"(C3 {claim_verdicts['C3']}); largest lr with < 1 % dead: {c6.get('lr_safe')}, "
-        f"accuracy cost {c6.get('acc_cost')} (C6 {claim_verdicts['C6']})"
+        f"{numbers['claim_summaries']['C3']} (C3 {claim_verdicts['C3']}); "
+        f"{numbers['claim_summaries']['C6']} (C6 {claim_verdicts['C6']})"
     )
     return ExperimentResult(
         id="E1",

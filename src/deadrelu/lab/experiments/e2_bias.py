@@ -243,12 +243,21 @@ def run(cfg: LabConfig) -> ExperimentResult:
 
     neg = b["values"].index(min(b["values"]))
     big = k["values"].index(min(k["values"]))
+    numbers["claim_summaries"] = {
+        "C4": (
+            f"dead after training: bias {b['values'][neg]} -> {pct(b['dead_after'][neg])}, "
+            f"one update of {k['values'][big]} -> {pct(k['dead_end'][big])} (bias 0, no "
+            f"update: {pct(b['dead_after'][b['values'].index(0.0)])})"
+        ),
+        "C7": (
+            f"at lr {numbers['high_lr']}: dead with bias 0 "
+            f"{pct(h['dead_after'][h['values'].index(0.0)])}, with 0.01 "
+            f"{pct(h['dead_after'][h['values'].index(0.01)])}"
+        ),
+    }
     summary = (
-        f"dead after training: bias {b['values'][neg]} -> {pct(b['dead_after'][neg])}; one "
-        f"update of {k['values'][big]} -> {pct(k['dead_end'][big])} (C4 "
-        f"{claim_verdicts['C4']}); at lr {numbers['high_lr']}: bias 0 -> "
-        f"{pct(h['dead_after'][h['values'].index(0.0)])}, bias 0.01 -> "
-        f"{pct(h['dead_after'][h['values'].index(0.01)])} (C7 {claim_verdicts['C7']})"
+        f"{numbers['claim_summaries']['C4']} (C4 {claim_verdicts['C4']}); "
+        f"{numbers['claim_summaries']['C7']} (C7 {claim_verdicts['C7']})"
     )
     return ExperimentResult(
         id="E2",

@@ -36,7 +36,7 @@ ACTIVATIONS = ("relu", "leaky_relu")
 #: Learning rate of the run (kills units in E1).
 LR = 1.5
 #: One negative update of every hidden bias, early, so that every layer has dead units.
-KICK = -1.5
+KICK = -2.5
 #: "Not recoverable": fewer than this fraction of dead units ever come back.
 MAX_REVIVAL = 0.05
 

@@ -293,6 +293,17 @@ def run(cfg: LabConfig) -> ExperimentResult:
         m = ci_dict(arms[arm]["stuck"])["mean"]
         return f"{arm} {100 * m:.0f} %" if m is not None else f"{arm} n/a"
 
+    def stuck_of(arms: dict[str, Any], names: tuple[str, ...]) -> str:
+        return ", ".join(pct(arms, a) for a in names if a in arms)
+
+    c8_parts, c16_parts = [], []
+    for sname, st in numbers["settings"].items():
+        c8_parts.append(f"{sname}: " + stuck_of(st["arms"], ("relu", *VARIANTS)))
+        c16_parts.append(f"{sname}: " + stuck_of(st["arms"], ("relu", "relu, ReDo")))
+    numbers["claim_summaries"] = {
+        "C8": "stuck units (diverged = 100 %) " + "; ".join(c8_parts),
+        "C16": "stuck units " + "; ".join(c16_parts),
+    }
     summary = (
         "stuck units (diverged = 100 %) "
         + "; ".join(
@@ -312,6 +323,10 @@ def run(cfg: LabConfig) -> ExperimentResult:
         "or a bias update.",
         "The 'negative update' setting moves every hidden bias directly (a controlled "
         "stand-in for one large gradient step).",
+        "PReLU has one learned slope per layer (num_parameters=1, initial 0.25): when most "
+        "units of a layer sit on the negative side, that slope receives the summed gradient "
+        "of all of them, and plain SGD can diverge; per-channel slopes or a smaller rate "
+        "for the slope may behave differently.",
         "One small MLP, plain SGD: other settings may rank the remedies differently.",
     ]
     if numbers["missing_arms"]:

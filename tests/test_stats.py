@@ -246,3 +246,33 @@ def test_all_reduce_two_processes_equals_merge(tmp_path: Path) -> None:
         got = UnitStats.from_state_dict(torch.load(f"{out}.{rank}"))
         for name in UnitStats.REDUCE:
             torch.testing.assert_close(getattr(got, name), getattr(expected, name), msg=name)
+
+
+@pytest.mark.skipif(not hasattr(torch, "compile"), reason="needs torch.compile")
+def test_fused_kernel_equals_eager() -> None:
+    g = torch.Generator().manual_seed(4)
+    cases = [
+        (torch.randn(4, 3, 5, 6, generator=g) * 2 + 1, 1),
+        (torch.randn(3, 7, 5, generator=g), -1),
+        ((torch.randn(16, 6, generator=g) * 3).to(torch.bfloat16), 1),
+    ]
+    nan_case = torch.randn(5, 4, generator=g)
+    nan_case[1, 2], nan_case[3, 0], nan_case[0, 1] = float("nan"), float("inf"), float("-inf")
+    cases.append((nan_case, 1))
+    for z, dim in cases:
+        for detail in (True, False):
+            eager = UnitStats.empty(z.shape[dim], detail=detail)
+            fused = UnitStats.empty(z.shape[dim], detail=detail)
+            for _ in range(2):
+                eager.update(z, torch.relu(z), dim)
+                fused.update(z, torch.relu(z), dim, fused=True)
+            for name in UnitStats.REDUCE:
+                # both sum each batch in float32, in different orders
+                torch.testing.assert_close(
+                    getattr(fused, name),
+                    getattr(eager, name),
+                    rtol=1e-5,
+                    atol=1e-5,
+                    equal_nan=True,
+                    msg=name,
+                )

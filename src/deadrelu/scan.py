@@ -136,6 +136,7 @@ def scan(
     keep_mode: bool = False,
     functional: bool = True,
     detail: bool = True,
+    fused: bool = False,
 ) -> Report:
     """Run ``model`` over ``data`` and report its dead, dormant, ... units per call site.
 
@@ -151,6 +152,9 @@ def scan(
         functional: also capture functional calls (``F.relu`` ...) in forwards.
         detail: also gather z moments, extrema and non-finite counts (needed for
             ``saturated`` and ``nonfinite``).
+        fused: reduce each activation in one ``torch.compile``-d kernel (see
+            :meth:`UnitStats.update`): a few seconds of compiling, then cheaper
+            statistics; for long scans.
 
     Returns:
         A :class:`~deadrelu.report.Report`; ``report.meta`` holds ``batches`` (forwards
@@ -180,7 +184,7 @@ def scan(
             s = stats[site.name] = UnitStats.empty(
                 _units(z, site.unit_dim), z.device, detail=detail
             )
-        s.update(z, out, site.unit_dim)
+        s.update(z, out, site.unit_dim, fused=fused)
 
     flags = [(m, m.training) for m in model.modules()]
     seen = ran = skipped = 0

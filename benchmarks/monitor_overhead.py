@@ -24,7 +24,9 @@ Conditions:
   feeds it, the closest a module hook gets).
 
 Target: ``monitor`` median ratio <= 1.05 for each model. Timing on a shared machine is
-noisy: run on a quiet machine for numbers to quote. ``--quick`` runs a short smoke pass.
+noisy: run on a quiet machine for numbers to quote (``--clock cpu --threads 1`` measures
+this process's CPU time instead of wall time, steadier when other processes compete for
+the cores). ``--quick`` runs a short smoke pass.
 """
 
 from __future__ import annotations
@@ -133,9 +135,9 @@ class Runner:
         elif condition == "naive":
             naive_hooks(model)
 
-    def run(self, steps: int) -> float:
-        """Seconds for ``steps`` training steps."""
-        start = time.perf_counter()
+    def run(self, steps: int, clock: Callable[[], float] = time.perf_counter) -> float:
+        """Seconds for ``steps`` training steps, on ``clock``."""
+        start = clock()
         for _ in range(steps):
             loss = F.cross_entropy(self.model(self.x), self.y)
             loss.backward()
@@ -143,10 +145,16 @@ class Runner:
             self.opt.zero_grad(set_to_none=True)
             if self.monitor is not None:
                 self.monitor.step()
-        return time.perf_counter() - start
+        return clock() - start
 
 
-def bench_model(name: str, conditions: list[str], rounds: int, steps: int) -> dict[str, Any]:
+def bench_model(
+    name: str,
+    conditions: list[str],
+    rounds: int,
+    steps: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[str, Any]:
     torch.manual_seed(0)
     base, x, y = MODELS[name]()
     runners = {c: Runner(copy.deepcopy(base), x, y, c) for c in conditions}
@@ -156,13 +164,13 @@ def bench_model(name: str, conditions: list[str], rounds: int, steps: int) -> di
     ratios: dict[str, list[float]] = {c: [] for c in conditions if c != "plain"}
     for i in range(rounds):
         order = conditions[i % len(conditions) :] + conditions[: i % len(conditions)]
-        t = {c: runners[c].run(steps) for c in order}
+        t = {c: runners[c].run(steps, clock) for c in order}
         for c in conditions:
             times[c].append(t[c])
         for c in ratios:
             ratios[c].append(t[c] / t["plain"])
     out: dict[str, Any] = {
-        "plain_ms_per_step": 1e3 * statistics.median(times["plain"]) / steps,
+        "plain_ms_per_step": round(1e3 * statistics.median(times["plain"]) / steps, 3),
     }
     for c, rs in ratios.items():
         out[f"{c}_ratio_median"] = round(statistics.median(rs), 4)
@@ -184,14 +192,22 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 rounds x 10 steps")
+    parser.add_argument(
+        "--clock",
+        choices=["wall", "cpu"],
+        default="wall",
+        help="wall: time.perf_counter (default); cpu: this process's CPU time "
+        "(time.process_time), steadier on a shared machine, best with --threads 1",
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.steps = 3, 10
     if args.threads:
         torch.set_num_threads(args.threads)
     conditions = ["plain", "monitor", "monitor_always", "naive"]
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     results = {
-        name: bench_model(name, conditions, args.rounds, args.steps)
+        name: bench_model(name, conditions, args.rounds, args.steps, clock)
         for name in args.models.split(",")
     }
     print(
@@ -203,6 +219,7 @@ def main() -> None:
                 "threads": torch.get_num_threads(),
                 "rounds": args.rounds,
                 "steps_per_block": args.steps,
+                "clock": args.clock,
                 "monitor_defaults": {"every": 10, "window": 100, "detail": True},
                 "results": results,
                 "all_meet_target": all(r["monitor_meets_target"] for r in results.values()),

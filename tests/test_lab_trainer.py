@@ -152,3 +152,14 @@ def test_mixed_activation_names_are_refused(data: Dataset) -> None:
 def test_widths_must_fit_the_data(data: Dataset) -> None:
     with pytest.raises(ValueError, match="do not fit the dataset"):
         train_batched([Member(seed=0, lr=0.1)], _cfg(widths=(64, 10, 10)), data)
+
+
+def test_members_split_into_stacks_agree(data: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deadrelu.lab import trainer
+
+    members = [Member(seed=s, lr=0.1 * (s + 1)) for s in range(5)]
+    whole = train_batched(members, _cfg(), data)
+    monkeypatch.setattr(trainer, "MEMBER_CHUNK", 2)  # stacks of 2, 2 and 1
+    split = train_batched(members, _cfg(), data)
+    _assert_agree(whole, split)
+    _assert_agree(split, train_sequential(members, _cfg(), data))

@@ -3,17 +3,19 @@
 The lab's sweeps need hundreds of small runs. :func:`train_batched` trains ``M`` members
 of one architecture in one program: the members' ``nn.Module`` s are built one by one (so
 any initialiser, e.g. ``deadrelu.remedies.rai_init_``, can be applied to each first), their
-parameters are stacked with ``torch.func.stack_module_state`` and the forward pass is
-``torch.vmap`` over ``torch.func.functional_call``: one batched matmul per layer for all
-members. :func:`train_sequential` trains the same members one after the other with plain
-``nn.Module`` calls and ``torch.optim.SGD``: the reference the batched path is tested
-against.
+parameters are stacked with ``torch.func.stack_module_state`` and each ``Linear`` runs as
+one batched matmul (``torch.baddbmm``) for all members of a stack; an activation with
+parameters of its own (PReLU) runs as ``torch.vmap`` over ``torch.func.functional_call``
+with each member's parameters. :func:`train_sequential` trains the same members one
+after the other with plain ``nn.Module`` calls and ``torch.optim.SGD``: the reference the
+batched path is tested against.
 
 Each :class:`Member` has its own seed (initial weights and minibatch order), learning
 rate, initial hidden bias, one-off bias kick and activation *parameters*; all members of
 one call share the architecture (``widths``) and the activation *name*. Members whose
 activation parameters differ (e.g. Leaky ReLU slopes 0.01 and 0.1) are trained in one call
-as several vmapped groups, one per distinct parameter set.
+as several groups, one per distinct parameter set (and per block of
+:data:`MEMBER_CHUNK` members, which keeps each stack in the CPU caches).
 
 Training is plain minibatch SGD on the mean cross-entropy, ``steps`` steps of ``batch_size``
 examples drawn without replacement (a new permutation of the training set per epoch, from
@@ -64,6 +66,11 @@ __all__ = [
 
 #: Probe chunk size (rows of the probe set evaluated at once).
 PROBE_CHUNK = 1000
+
+#: Members trained in one batched matmul. Larger stacks stop fitting in the CPU caches:
+#: on a 2-core EPYC (1 MB L2 per core), 64 MLPs 40-100-100-10 at batch 100 trained 1.3x
+#: faster as four stacks of 16 than as one stack of 64.
+MEMBER_CHUNK = 16
 
 
 class MLP(nn.Module):
@@ -454,8 +461,13 @@ def _make_groups(
     keys: dict[tuple[tuple[str, Any], ...], list[int]] = {}
     for i, a in enumerate(acts):
         keys.setdefault(_param_key(a), []).append(i)
+    chunks = [
+        idx[start : start + MEMBER_CHUNK]
+        for idx in keys.values()
+        for start in range(0, len(idx), MEMBER_CHUNK)
+    ]
     groups: list[_Group] = []
-    for idx in keys.values():
+    for idx in chunks:
         models = [build_member(members[i], cfg.widths).to(device) for i in idx]
         params, buffers = stack_module_state(models)
         if buffers:
@@ -547,7 +559,7 @@ def train_batched(members: Sequence[Member], cfg: TrainConfig, data: Dataset) ->
             grads = torch.autograd.grad(member_loss.sum(), list(g.params.values()))
             with torch.no_grad():
                 for p, gr in zip(g.params.values(), grads, strict=True):
-                    p -= g.lr.view(-1, *([1] * (p.dim() - 1))) * gr
+                    p.addcmul_(g.lr.view(-1, *([1] * (p.dim() - 1))), gr, value=-1.0)
                 loss_sum.index_add_(0, g.index, member_loss.detach().double())
         loss_n += 1
 

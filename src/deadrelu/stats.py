@@ -5,7 +5,8 @@ activation's output ``(N, U, *)`` or ``(N, *, U)`` is reduced over every dim but
 dim, and the reductions are added into ``(U,)`` accumulators that live on the activation's
 device. Memory is O(U) whatever the number of batches; :meth:`UnitStats.update` makes no
 host synchronisation (no ``.item()``, no ``.cpu()``, no Python branch on tensor values), so
-it can run inside a training step.
+it can run inside a training step. (One exception, on CPU only, where reading a value
+synchronises nothing: the non-finite count is skipped when the batch's sum is finite.)
 
 Fields (all tensors; ``U`` units):
 
@@ -150,7 +151,11 @@ def _eager_reductions(
     s1 = buf.sum(dims)
     buf.square_()
     s2 = buf.sum(dims)
-    if exact_float:
+    if z.device.type == "cpu" and not torch.compiler.is_compiling() and bool(s1.isfinite().all()):
+        # On CPU reading a value costs no device synchronisation: a finite sum of z - K
+        # means no NaN or inf in the batch, so the counting passes are skipped.
+        nonfinite = torch.zeros_like(s1)
+    elif exact_float:
         # (z - K)**2 * 0 is 0 where finite, NaN where z is NaN or +-inf
         nonfinite = buf.mul_(0).nan_to_num_(1.0, 1.0, 1.0).sum(dims)
     else:

@@ -168,6 +168,15 @@ def _figure(cfg: LabConfig, numbers: dict[str, Any]) -> str:
                 ax.errorbar(xs, ms, yerr=err, marker="o", capsize=3, label=act)
             else:
                 ax.plot(xs, ms, marker="o", label=act)
+        for r in rows:
+            if r["diverged"]:
+                ax_acc.annotate(
+                    f"{act}: {r['diverged']}/{numbers['seeds']} diverged",
+                    (r["lr"], 0.1),
+                    fontsize=7,
+                    rotation=90,
+                    va="bottom",
+                )
     ax_dead.axhline(SAFE_DEAD, color="grey", ls=":", lw=1)
     for ax in (ax_dead, ax_acc):
         ax.set_xscale("log")

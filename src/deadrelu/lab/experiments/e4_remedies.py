@@ -102,7 +102,7 @@ def redo_hook(
         with torch.no_grad():
             _, _, post = model(probe)
         masks = {f"acts.{i}": dormant_mask(h.abs().mean(dim=0), tau) for i, h in enumerate(post)}
-        g = torch.Generator().manual_seed(step)
+        g = torch.Generator(device=probe.device).manual_seed(step)
         recycle(_Plain(model), masks, optimizer=opt, generator=g)
 
     return hook

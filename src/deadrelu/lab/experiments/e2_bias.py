@@ -190,11 +190,12 @@ def _figure(cfg: LabConfig, numbers: dict[str, Any]) -> str:
     fig, axes = new_figure(ncols=3, width=4.0)
     b = numbers["bias_init"]
     ax = axes[0, 0]
+    xs = list(range(len(b["values"])))
     for key, label in (("dead_at_init", "at init"), ("dead_after", "after training")):
         means = [ci_dict(v)["mean"] if v else None for v in b[key]]
-        ax.plot(b["values"], means, marker="o", label=label)
-    ax.set_xscale("symlog", linthresh=0.01)
-    ax.set_xlabel("initial hidden bias")
+        ax.plot(xs, means, marker="o", label=label)
+    ax.set_xticks(xs, [f"{v:g}" for v in b["values"]], fontsize=8)
+    ax.set_xlabel("initial hidden bias (not to scale)")
     ax.set_ylabel("dead fraction (ReLU)")
     ax.set_title(f"bias at init, lr {numbers['base_lr']}")
     ax.legend()

@@ -420,3 +420,15 @@ def test_find_producers() -> None:
     mlp = DeadMLP()
     assert producer_of(mlp, "relu2", mlp.make_batches(1)[0]) is mlp.fc2
     assert _hooks_left(mlp) == 0
+
+
+def test_paused_block_is_not_counted() -> None:
+    model = DeadMLP()
+    x = model.make_batches(1)[0]
+    with Monitor(model, every=1, window=4) as mon:
+        model(x)
+        with mon.paused():
+            model(x)
+            model(x)
+        mon.step()
+    assert int(mon.statistics()["relu1"].positions) == 32

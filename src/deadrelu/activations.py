@@ -147,6 +147,8 @@ class ActivationSpec:
         torch_functions: torch callables this spec covers (``F.relu``, ``torch.relu``, ...).
         tensor_methods: ``Tensor`` method names it covers (``"relu"``, ``"relu_"``).
         learnable: the module has trainable parameters (PReLU).
+        max_of_linear: f(z) = max(z, a z) with 0 <= a <= 1 (ReLU, leaky, PReLU, eval
+            RReLU): linear on each side of a kink at 0, the form bound propagation relaxes.
         description: one line for tables.
         check: optional ``check(params)`` run by :meth:`bind` after each parameter is
             validated, for constraints between parameters (RReLU: lower <= upper); raises
@@ -167,6 +169,7 @@ class ActivationSpec:
     torch_functions: tuple[Callable[..., Any], ...] = ()
     tensor_methods: tuple[str, ...] = ()
     learnable: bool = False
+    max_of_linear: bool = False
     description: str = ""
     check: Callable[[Mapping[str, Any]], None] | None = None
 
@@ -731,6 +734,7 @@ register(
         forward=F.relu,
         derivative=_relu_grad,
         module=ReLU,
+        max_of_linear=True,
         zero_grad_region="z <= 0",
         zero_grad=_nonpositive,
         saturates=False,
@@ -749,6 +753,7 @@ register(
         forward=_leaky_fwd,
         derivative=_leaky_grad,
         module=LeakyReLU,
+        max_of_linear=True,
         zero_grad_region="none (z <= 0 when slope = 0)",
         zero_grad=lambda z, slope=0.01: (z <= 0) if slope == 0 else _never(z),
         saturates=False,
@@ -770,6 +775,7 @@ register(
         forward=_prelu_fwd,
         derivative=_prelu_grad,
         module=PReLU,
+        max_of_linear=True,
         zero_grad_region="none (while a != 0)",
         zero_grad=lambda z, num_parameters=1, init=0.25: (z <= 0) if init == 0 else _never(z),
         saturates=False,
@@ -793,6 +799,7 @@ register(
         forward=_rrelu_fwd,
         derivative=_rrelu_grad,
         module=RReLU,
+        max_of_linear=True,
         zero_grad_region="none",
         zero_grad=_never,
         saturates=False,

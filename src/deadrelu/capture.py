@@ -75,7 +75,16 @@ from deadrelu import activations
 from deadrelu.activations import Activation, ActivationSpec
 from deadrelu.stats import scratch
 
-__all__ = ["CaptureCallback", "CaptureHandle", "Site", "UnitDim", "attach", "known_names"]
+__all__ = [
+    "CaptureCallback",
+    "CaptureHandle",
+    "Site",
+    "UnitDim",
+    "attach",
+    "default_unit_dim",
+    "known_names",
+    "producer_axis",
+]
 
 SiteKind = Literal["module", "functional"]
 _MAX_FRAMES = 64
@@ -225,7 +234,20 @@ def _tables() -> tuple[dict[Any, ActivationSpec], dict[Any, int]]:
     return _FUNCTION_SPECS, _FUNCTION_PRODUCERS
 
 
-def _default_unit_dim(ndim: int, producer: int | None) -> int:
+def producer_axis(producer: nn.Module | Callable[..., Any]) -> int | None:
+    """The unit axis a producer implies: 1 (channel-first: conv, norm, pooling), -1 (last dim:
+    Linear, LayerNorm, attention, matmul), or None (shape-preserving or unknown).
+
+    ``producer`` is a module instance or a torch callable (``F.conv2d``, ``torch.matmul``).
+    """
+    if isinstance(producer, nn.Module):
+        return _module_producer(producer)
+    return _tables()[1].get(producer)
+
+
+def default_unit_dim(ndim: int, producer: int | None) -> int:
+    """The unit dim of a rank-``ndim`` pre-activation after a producer of axis ``producer``
+    (see :func:`producer_axis`), by the rule in the module docstring."""
     if ndim <= 2:
         return -1
     if producer is not None:
@@ -372,7 +394,7 @@ class _State:
             for pattern, dim in override.items():
                 if fnmatch.fnmatchcase(name, pattern):
                     return int(dim)
-        return _default_unit_dim(ndim, self.producer)
+        return default_unit_dim(ndim, self.producer)
 
     def site(self, name: str, activation: Activation, z: Tensor, kind: SiteKind, path: str) -> Site:
         site = self.sites.get(name)

@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from deadrelu.activations import Activation, ActivationSpec, get, names, spec_for_function
+from deadrelu.capture import default_unit_dim, producer_axis
 
 __all__ = [
     "METHODS",
@@ -548,47 +549,15 @@ def _per_unit(t: Tensor, reduce: str, dim: int) -> Tensor:
     return t.amax(dim=1) if reduce == "max" else t.amin(dim=1)
 
 
-# The unit axis, by the rule of deadrelu.capture: rank 2 -> the feature dim; rank >= 3 ->
-# dim 1 after a channel-first producer (conv, norm, pooling), the last dim after a
-# last-dim producer (Linear), else dim 1 for rank >= 4 and the last dim for rank 3.
-_CHANNEL, _LAST = 1, -1
-_CHANNEL_MODULES: tuple[type[nn.Module], ...] = (
-    nn.modules.conv._ConvNd,
-    nn.modules.batchnorm._NormBase,
-    nn.modules.pooling._MaxPoolNd,
-    nn.modules.pooling._AvgPoolNd,
-    nn.modules.pooling._AdaptiveAvgPoolNd,
-    nn.modules.pooling._AdaptiveMaxPoolNd,
-)
-_LAST_MODULES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Bilinear, nn.LayerNorm)
-_CHANNEL_FUNCTIONS: set[Any] = {
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-}  # fmt: skip
-
-
 def _producer_kind(gm: fx.GraphModule, node: fx.Node, current: int | None) -> int | None:
+    """The unit axis implied by ``node`` if it is a producer (rule of :mod:`deadrelu.capture`)."""
     if node.op == "call_module":
-        m = gm.get_submodule(str(node.target))
-        if isinstance(m, _CHANNEL_MODULES):
-            return _CHANNEL
-        if isinstance(m, _LAST_MODULES):
-            return _LAST
-    elif node.op == "call_function":
-        if node.target in _CHANNEL_FUNCTIONS:
-            return _CHANNEL
-        if node.target is F.linear:
-            return _LAST
-    return current
-
-
-def _default_unit_dim(ndim: int, producer: int | None) -> int:
-    if ndim <= 2:
-        return -1
-    if producer is not None:
-        return producer
-    return _CHANNEL if ndim >= 4 else _LAST
+        axis = producer_axis(gm.get_submodule(str(node.target)))
+    elif node.op == "call_function" and callable(node.target):
+        axis = producer_axis(node.target)
+    else:
+        axis = None
+    return current if axis is None else axis
 
 
 # --------------------------------------------------------------------------------------
@@ -704,16 +673,12 @@ def _index_map(op: Callable[[Tensor], Tensor], shape: torch.Size) -> Callable[[T
     return gather
 
 
-#: Registry activations of the form max(z, a z) (a >= 0 read from the function itself).
-_MAX_FAMILY = ("relu", "leaky_relu", "prelu", "rrelu")
-
-
 def _piecewise_slope(
     f: Callable[[Tensor], Tensor], spec: ActivationSpec, like: Tensor
 ) -> Tensor | None:
     """The negative-side slope ``a`` (``(1, *S)``) when ``f(z) = max(z, a z)`` with
     0 <= a <= 1 elementwise (ReLU, leaky ReLU, PReLU, eval RReLU); else None."""
-    if spec.name not in _MAX_FAMILY:
+    if not spec.max_of_linear:
         return None
     one = torch.ones_like(like)
     a = -f(-one)
@@ -1039,7 +1004,7 @@ def _site(
     if not _is_iv(z):
         raise _unsupported(f"activation {name!r} applied to a non-interval argument")
     f, act = _act_fn(gm, node, spec, args, kwargs)
-    dim = unit_dim if unit_dim is not None else _default_unit_dim(z.hi.dim(), producer)
+    dim = unit_dim if unit_dim is not None else default_unit_dim(z.hi.dim(), producer)
     upper, lower = _per_unit(z.hi, "max", dim).cpu(), _per_unit(z.lo, "min", dim).cpu()
     cert.sites[name] = SiteBounds(
         site=name,

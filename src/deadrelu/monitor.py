@@ -318,41 +318,6 @@ class ZeroGradCheck:
         return self.producer is not None and self.dead_with_grad.numel() == 0
 
 
-_INT32_SAFE = 2**31 - 1
-
-
-def _update_counts(stats: UnitStats, z: Tensor, out: Tensor, unit_dim: int) -> None:
-    """``UnitStats.update`` for ``detail=False`` (positions, active, abs_sum), faster.
-
-    Same results as :meth:`UnitStats.update` (checked in ``tests/test_monitor.py``), but
-    the active count of a batch is summed as int32 (exact below 2**31 positions per unit
-    and batch) before it is added into the int64 accumulator: torch's int64 reduction of a
-    bool tensor over non-contiguous dims is 5-7x slower on CPU ((64, 64, 32, 32), dims
-    (0, 2, 3): 16 ms vs 2.4 ms), which alone decides whether a sampled step of a small CNN
-    fits the 5 % budget. ``z``, ``out``: same shape, e.g. ``(N, C, H, W)``.
-    """
-    if z.dim() <= 1:
-        z = z.reshape(1, -1)
-        out = out.reshape(1, -1)
-        unit_dim = 1
-    d = unit_dim % z.dim()
-    units = z.shape[d]
-    n_b = z.numel() // units if units else 0
-    if n_b == 0:
-        return
-    if units != stats.units:
-        raise ValueError(
-            f"z has {units} units along dim {unit_dim} (shape {tuple(z.shape)}) but the "
-            f"Monitor holds {stats.units} for this site; check the unit axis"
-        )
-    dims = tuple(i for i in range(z.dim()) if i != d)
-    count_dtype = torch.int32 if n_b <= _INT32_SAFE else torch.int64
-    work = torch.float64 if z.dtype == torch.float64 else torch.float32
-    stats.positions.add_(n_b)
-    stats.active.add_(torch.gt(z, 0).sum(dims, dtype=count_dtype))
-    stats.abs_sum.add_(out.abs().sum(dims, dtype=work))
-
-
 class _SiteState:
     """Everything the Monitor keeps for one site; all tensors ``(U,)`` on one device."""
 
@@ -438,7 +403,7 @@ class Monitor:
         detail: also keep the z moments and extrema (:class:`UnitStats` ``detail``),
             needed for "saturated" in reports of ELU-like activations. Default ``False``:
             dead, dormant and rarely active need only the active counts and mean |out|,
-            and a sampled step of the benchmark CNN then costs about 4x less.
+            and a sampled step of the benchmark CNN then costs several times less.
         track_grad: record whether dead units' incoming weights/bias receive gradient
             (see :meth:`check_zero_grad`).
         training_only: count only forwards run in ``model.training`` mode (evaluation
@@ -610,10 +575,7 @@ class Monitor:
             state = self._new_site(site, z)
         elif state.device != z.device:
             self._move(state, z.device)
-        if self.detail:
-            state.step.update(z, out, site.unit_dim)
-        else:
-            _update_counts(state.step, z, out, site.unit_dim)
+        state.step.update(z, out, site.unit_dim)
         if self._probe is not None and site.name not in self._producers_found:
             self._producers_found[site.name] = self._probe.get(_key(z))
 

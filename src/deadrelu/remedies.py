@@ -764,7 +764,7 @@ def recycle(
         if isinstance(pb, Tensor):
             pb[idx] = 0.0
             touched.append((pb, "rows", idx))
-        changed = [f"{lk.producer} rows re-initialised, bias 0"]
+        changed = [f"rows of {lk.producer!r} re-initialised, bias 0"]
         if lk.norm is not None:
             bn = model.get_submodule(lk.norm)
             assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
@@ -777,7 +777,7 @@ def recycle(
             if bn.running_mean is not None and bn.running_var is not None:
                 bn.running_mean[idx] = 0.0
                 bn.running_var[idx] = 1.0
-            changed.append(f"{lk.norm} channels reset")
+            changed.append(f"channels of {lk.norm!r} reset")
         for path, kind in lk.consumers:
             w = _param(model.get_submodule(path), "weight")
             if kind == "flatten_linear":
@@ -798,7 +798,7 @@ def recycle(
                 cols = idx
             w[:, cols] = 0.0
             touched.append((w, "cols", cols))
-            changed.append(f"{path} columns zeroed ({kind})")
+            changed.append(f"columns of {path!r} zeroed ({kind})")
         summary.units[site] = [int(i) for i in idx.cpu()]
         summary.changed.append(f"{site}: {idx.numel()} unit(s) recycled: " + "; ".join(changed))
     if optimizer is not None:

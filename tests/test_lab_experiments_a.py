@@ -111,8 +111,10 @@ def test_experiment_runs_tiny(tiny_results: dict[str, Any], exp_id: str) -> None
     # JSON-able with no NaN/inf, and no wall-clock numbers among the reproducible ones
     text = json.dumps(res.to_dict(include_timings=False), allow_nan=False)
     assert "timings" not in json.loads(text)
-    for v in res.numbers.get("claim_verdicts", {}).values():
-        assert v in VERDICTS
+    # one verdict and one key number per claim, for the claims table
+    assert set(res.numbers["claim_verdicts"]) == set(res.claims)
+    assert set(res.numbers["claim_summaries"]) == set(res.claims)
+    assert all(v in VERDICTS for v in res.numbers["claim_verdicts"].values())
 
 
 def test_same_config_same_numbers(tiny_results: dict[str, Any], tmp_path: Path) -> None:

@@ -210,6 +210,8 @@ def run(cfg: LabConfig) -> ExperimentResult:
                 else f"{act} L{layer + 1} n/a"
             )
     summary = "dead units that come back: " + ", ".join(parts)
+    numbers["claim_verdicts"] = {"C5": verdict}
+    numbers["claim_summaries"] = {"C5": summary}
     return ExperimentResult(
         id="E3",
         claims=("C5",),

@@ -232,6 +232,8 @@ def run(cfg: LabConfig) -> ExperimentResult:
         + f"; best slope {best}; stuck at lr {lrs[-1]}: slope 0 {stuck(lrs[-1], 0.0)}, "
         f"0.01 {stuck(lrs[-1], 0.01)}"
     )
+    numbers["claim_verdicts"] = {"C9": verdict}
+    numbers["claim_summaries"] = {"C9": summary}
     return ExperimentResult(
         id="E5",
         claims=("C9",),

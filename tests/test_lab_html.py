@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from deadrelu.lab.core import ExperimentResult, LabConfig, new_figure, save_figure
-from deadrelu.lab.html import render_html, write_html
+from deadrelu.lab.html import claim_rows, render_html, write_html
 from deadrelu.lab.runner import live_checks, to_jsonable, write_outputs
 
 CHROMIUM_FLAGS = [
@@ -92,6 +92,24 @@ def test_claims_table_comes_first_and_is_sorted_by_claim(cfg: LabConfig) -> None
     assert claims == ["C1", "C2", "C4", "C7", "C11", "C13", "C14"]
     assert body.count('class="badge ok"') == 6  # C1, C2, C4, C7, C11, C14; C13 is n/a
     assert 'class="badge na"' in body
+
+
+def test_per_claim_verdicts_override_the_experiment_verdict() -> None:
+    result = {
+        "id": "E2",
+        "claims": ["C7", "C4"],
+        "verdict": "mixed",
+        "summary": "both claims",
+        "numbers": {
+            "claim_verdicts": {"C4": "supported"},
+            "claim_summaries": {"C4": "bias -3: 50 % dead"},
+        },
+    }
+    rows = claim_rows([result])
+    assert rows == [
+        ("C4", "E2", "supported", "bias -3: 50 % dead"),
+        ("C7", "E2", "mixed", "both claims"),
+    ]
 
 
 def test_each_experiment_section_has_its_parts(cfg: LabConfig) -> None:

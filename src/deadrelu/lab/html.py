@@ -192,10 +192,16 @@ def _image(out_dir: Path, rel: str) -> str:
     )
 
 
-def _claims_rows(
-    results: Sequence[Mapping[str, Any]], live: Sequence[Mapping[str, Any]]
+def claim_rows(
+    results: Sequence[Mapping[str, Any]], live: Sequence[Mapping[str, Any]] = ()
 ) -> list[tuple[str, str, str, str]]:
-    """(claim, where, verdict, key number) rows, sorted by claim number then experiment."""
+    """(claim, where, verdict, key number) rows, sorted by claim number then experiment.
+
+    ``results`` are experiment dicts (:meth:`ExperimentResult.to_dict`). An experiment that
+    tests several claims may give each its own verdict and key number in
+    ``numbers["claim_verdicts"]`` / ``numbers["claim_summaries"]``; otherwise every claim
+    of it gets the experiment's verdict and summary.
+    """
     rows: list[tuple[str, str, str, str]] = []
     for panel in live:
         for c in panel.get("claims", ()):
@@ -208,8 +214,13 @@ def _claims_rows(
                 )
             )
     for r in results:
+        numbers = r.get("numbers") or {}
+        per_verdict = numbers.get("claim_verdicts") or {}
+        per_summary = numbers.get("claim_summaries") or {}
         for c in r.get("claims", ()):
-            rows.append((c, str(r["id"]), str(r.get("verdict", "n/a")), str(r.get("summary", ""))))
+            verdict = per_verdict.get(c, r.get("verdict", "n/a"))
+            summary = per_summary.get(c, r.get("summary", ""))
+            rows.append((c, str(r["id"]), str(verdict), str(summary)))
 
     def key(row: tuple[str, str, str, str]) -> tuple[int, str, str]:
         num = int(row[0][1:]) if row[0][1:].isdigit() else 999
@@ -220,7 +231,7 @@ def _claims_rows(
 
 def _claims_table(results: Sequence[Mapping[str, Any]], live: Sequence[Mapping[str, Any]]) -> str:
     body = []
-    for claim, where, verdict, summary in _claims_rows(results, live):
+    for claim, where, verdict, summary in claim_rows(results, live):
         anchor = f"#{_e(where.lower())}"
         body.append(
             f"<tr><td>{_e(claim)}</td><td>{_e(CLAIM_TEXT.get(claim, ''))}</td>"

@@ -529,19 +529,9 @@ def claims_table(
     """
     from rich.table import Table
 
-    from deadrelu.lab.html import CLAIM_TEXT
+    from deadrelu.lab.html import CLAIM_TEXT, claim_rows
 
-    rows: list[tuple[str, str, str, str]] = []
-    for p in live or ():
-        for c in p.get("claims", ()):
-            rows.append((c, str(p["id"]), str(p.get("verdict", "n/a")), str(p.get("summary"))))
-    for r in results:
-        for c in r.claims:
-            rows.append((c, r.id, r.verdict, r.summary))
-
-    def key(row: tuple[str, str, str, str]) -> tuple[int, str]:
-        return (int(row[0][1:]) if row[0][1:].isdigit() else 999, row[1])
-
+    rows = claim_rows([r.to_dict() for r in results], live or ())
     table = Table(title="deadrelu lab: claims")
     table.add_column("claim", no_wrap=True)
     if show_text:
@@ -549,7 +539,7 @@ def claims_table(
     table.add_column("where", no_wrap=True)
     table.add_column("verdict", no_wrap=True)
     table.add_column("key number")
-    for claim, where, verdict, summary in sorted(rows, key=key):
+    for claim, where, verdict, summary in rows:
         style = _STYLE.get(verdict, "")
         cells = [claim, CLAIM_TEXT.get(claim, "")] if show_text else [claim]
         badge = f"[{style}]{verdict}[/{style}]" if style else verdict

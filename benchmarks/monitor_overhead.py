@@ -220,7 +220,7 @@ def main() -> None:
                 "rounds": args.rounds,
                 "steps_per_block": args.steps,
                 "clock": args.clock,
-                "monitor_defaults": {"every": 10, "window": 100, "detail": True},
+                "monitor_defaults": {"every": 10, "window": 100, "detail": False},
                 "results": results,
                 "all_meet_target": all(r["monitor_meets_target"] for r in results.values()),
                 "note": "median ratio condition/plain over interleaved rounds; noisy on a "

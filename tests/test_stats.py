@@ -276,3 +276,29 @@ def test_fused_kernel_equals_eager() -> None:
                     equal_nan=True,
                     msg=name,
                 )
+
+
+@pytest.mark.parametrize(("shape", "unit_dim"), [((6, 5, 4, 7), 1), ((3, 8, 5), -1), ((40, 3), 1)])
+def test_out_nonnegative_equals_abs_path_with_nonfinite(
+    shape: tuple[int, ...], unit_dim: int
+) -> None:
+    """Skipping the abs pass for ReLU outputs gives the same statistics, NaN/inf included."""
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(*shape, generator=g) * 3
+    flat = z.view(-1)
+    flat[::17] = float("nan")
+    flat[5::23] = float("inf")
+    flat[7::29] = float("-inf")
+    out = torch.relu(z)
+    fast, ref = UnitStats.empty(shape[unit_dim]), UnitStats.empty(shape[unit_dim])
+    fast.update(z, out, unit_dim, out_nonnegative=True)
+    ref.update(z, out, unit_dim)
+    for name in UnitStats.REDUCE:
+        torch.testing.assert_close(getattr(fast, name), getattr(ref, name), equal_nan=True)
+    truth = _reference([z], [out], unit_dim)
+    assert torch.equal(fast.active, truth["active"])
+    nonfinite = (~torch.isfinite(z)).movedim(unit_dim, -1).reshape(-1, shape[unit_dim]).sum(0)
+    assert torch.equal(fast.nonfinite, nonfinite)
+    torch.testing.assert_close(fast.abs_sum, truth["abs_sum"], equal_nan=True)
+    torch.testing.assert_close(fast.z_max, truth["z_max"], equal_nan=True)
+    torch.testing.assert_close(fast.z_min, truth["z_min"], equal_nan=True)

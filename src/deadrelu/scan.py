@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 Batch = Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 
+#: Activations whose output is >= 0 (or NaN) for every z: |out| is out itself.
+_NONNEGATIVE = frozenset({"relu", "relu6"})
+
 
 def _model_device(model: nn.Module) -> torch.device:
     for t in itertools.chain(model.parameters(), model.buffers()):
@@ -184,7 +187,13 @@ def scan(
             s = stats[site.name] = UnitStats.empty(
                 _units(z, site.unit_dim), z.device, detail=detail
             )
-        s.update(z, out, site.unit_dim, fused=fused)
+        s.update(
+            z,
+            out,
+            site.unit_dim,
+            fused=fused,
+            out_nonnegative=site.activation.name in _NONNEGATIVE,
+        )
 
     flags = [(m, m.training) for m in model.modules()]
     seen = ran = skipped = 0

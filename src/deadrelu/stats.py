@@ -39,15 +39,19 @@ K, the batch's first position (|mean - K| is of the order of the spread, so
 ``s2 - s1**2 / n`` keeps its digits), and the batch's (n, mean, M2) is merged into the
 running one with Chan's formula. ``z_sqsum`` is still available as a derived property.
 
-Cost: about 4 elementwise passes over the activation with ``detail=False`` and 13 with
-``detail=True``, in one scratch tensor of the activation's size (:func:`scratch`: on CPU
-one buffer per thread, kept between calls and freed by :func:`release_scratch`).
+Cost: each batch is viewed as ``(A, U, B)`` (A the dims before the unit dim, B those
+after it) and every reduction runs over B first, into small ``(A, U)`` partials, then over
+A: contiguous passes that torch vectorises. About 3 passes over the activation with
+``detail=False`` (one of them writing) and 7 with ``detail=True`` (two writing), one fewer
+each when ``out`` is known to be non-negative (ReLU: ``update(..., out_nonnegative=True)``),
+in one scratch tensor of the activation's size (:func:`scratch`: on CPU one buffer per
+thread, kept between calls and freed by :func:`release_scratch`).
 
 Non-finite pre-activations are counted in ``nonfinite`` and otherwise propagate: they make
 ``z_sum``/``z_m2``/extrema (and ``abs_sum`` for the output) NaN or inf for that unit, which
 the report flags instead of hiding. ``z > 0`` is False for NaN, so NaN counts as inactive.
-(A finite z with |z - K| > 1.8e19 in a float32 batch overflows when squared and is
-counted as non-finite too.)
+(A finite z with |z - K| > 1.8e19 in a float32 batch overflows when squared: ``z_m2``
+becomes inf for that unit, but the position is not counted as non-finite.)
 
 With ``detail=False`` (see :meth:`UnitStats.empty`) only ``positions``, ``active`` and
 ``abs_sum`` are updated: the minimum that dead, dormant and rarely-active need, at about
@@ -121,46 +125,69 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _reduce(x3: Tensor, op: str) -> Tensor:
+    """Reduce an ``(A, U, B)`` tensor over dims 0 and 2 to ``(U,)``: ``sum``, ``amax``, ``amin``
+    or ``sqnorm`` (the L2 norm of each row, squared after the reduction).
+
+    The inner dim B is reduced first into ``(A, U)`` partials, which is a contiguous,
+    vectorised pass (about twice as fast on CPU as reducing dims (0, 2) at once), and the
+    small partials are then reduced over A. With B == 1 the reduction is over A directly.
+    ``sqnorm`` squares per-row norms in the partial's dtype and sums them: the same float32
+    sum of squares as ``square().sum()``, without a pass that writes the squares.
+    """
+    if x3.shape[2] == 1:
+        x2 = x3[:, :, 0]
+        if op == "sqnorm":
+            return torch.linalg.vector_norm(x2, 2, dim=0).square()
+        return getattr(x2, op)(0)
+    if op == "sqnorm":
+        return torch.linalg.vector_norm(x3, 2, dim=2).square().sum(0)
+    return getattr(getattr(x3, op)(2), op)(0)
+
+
 def _eager_reductions(
-    z: Tensor, out: Tensor, d: int, shift: Tensor, detail: bool
+    z3: Tensor, out3: Tensor, shift: Tensor, detail: bool, out_nonnegative: bool = False
 ) -> tuple[Tensor, ...]:
-    """One batch's ``(U,)`` reductions, op by op in one scratch tensor.
+    """One batch's ``(U,)`` reductions of ``(A, U, B)`` views, op by op in one scratch tensor.
 
     Returns (active, abs_sum) and, with ``detail``, (s1, s2, nonfinite, max, min), where
     s1, s2 are the sums of ``z - shift`` and its square. Counts come as float sums of 0/1
-    values below 2**24 positions per unit, as int32/int64 sums of bools above.
+    values below 2**24 positions per unit, as int32/int64 sums of bools above. With
+    ``out_nonnegative`` (the caller guarantees ``out >= 0`` or NaN, as for ReLU) |out| is
+    ``out`` itself and its pass is skipped. About 6 passes over the batch with ``detail``
+    (one write + five reads), 3 without (one write + two reads).
     """
-    dims = tuple(i for i in range(z.dim()) if i != d)
-    n_b = z.numel() // z.shape[d]
+    dims = (0, 2)
+    units = z3.shape[1]
+    n_b = z3.numel() // units
     work = shift.dtype
     exact_float = n_b < _FLOAT_COUNT_EXACT
-    buf = scratch(z.shape, work, z.device)
+    buf = scratch(z3.shape, work, z3.device)
     if exact_float:
         # z > 0 written as 0.0/1.0 (NaN > 0 is False), summed exactly in float
-        active = torch.gt(z, 0, out=buf).sum(dims)
+        active = _reduce(torch.gt(z3, 0, out=buf), "sum")
     else:
-        active = torch.gt(z, 0).sum(dims, dtype=_count_dtype(n_b))
-    if out.dtype == work:
-        abs_sum = torch.abs(out, out=buf).sum(dims)
+        active = torch.gt(z3, 0).sum(dims, dtype=_count_dtype(n_b))
+    if out3.dtype == work:
+        abs_sum = _reduce(out3 if out_nonnegative else torch.abs(out3, out=buf), "sum")
     else:  # bf16 / fp16: abs is exact in the input dtype, the sum runs in float32
-        abs_sum = out.abs().sum(dims, dtype=work)
+        abs_sum = out3.abs().sum(dims, dtype=work)
     if not detail:
         return active, abs_sum
-    view = [z.shape[d] if i == d else 1 for i in range(z.dim())]
-    torch.sub(z, shift.reshape(view), out=buf)
-    s1 = buf.sum(dims)
-    buf.square_()
-    s2 = buf.sum(dims)
-    if z.device.type == "cpu" and not torch.compiler.is_compiling() and bool(s1.isfinite().all()):
+    torch.sub(z3, shift[None, :, None], out=buf)
+    s1 = _reduce(buf, "sum")
+    s2 = _reduce(buf, "sqnorm")
+    z_max, z_min = _reduce(z3, "amax"), _reduce(z3, "amin")
+    if z3.device.type == "cpu" and not torch.compiler.is_compiling() and bool(s1.isfinite().all()):
         # On CPU reading a value costs no device synchronisation: a finite sum of z - K
-        # means no NaN or inf in the batch, so the counting passes are skipped.
+        # means no NaN or inf in the batch, so the counting pass is skipped.
         nonfinite = torch.zeros_like(s1)
     elif exact_float:
-        # (z - K)**2 * 0 is 0 where finite, NaN where z is NaN or +-inf
-        nonfinite = buf.mul_(0).nan_to_num_(1.0, 1.0, 1.0).sum(dims)
+        # (z - K) * 0 is 0 where finite, NaN where z is NaN or +-inf
+        nonfinite = _reduce(buf.mul_(0).nan_to_num_(1.0, 1.0, 1.0), "sum")
     else:
-        nonfinite = n_b - torch.isfinite(z).sum(dims, dtype=_count_dtype(n_b))
-    return active, abs_sum, s1, s2, nonfinite, z.amax(dims), z.amin(dims)
+        nonfinite = n_b - torch.isfinite(z3).sum(dims, dtype=_count_dtype(n_b))
+    return active, abs_sum, s1, s2, nonfinite, z_max, z_min
 
 
 def _fused_reductions(z3: Tensor, out3: Tensor, shift: Tensor, detail: bool) -> tuple[Tensor, ...]:
@@ -297,7 +324,15 @@ class UnitStats:
 
     # ------------------------------------------------------------------ hot path
 
-    def update(self, z: Tensor, out: Tensor, unit_dim: int, *, fused: bool = False) -> None:
+    def update(
+        self,
+        z: Tensor,
+        out: Tensor,
+        unit_dim: int,
+        *,
+        fused: bool = False,
+        out_nonnegative: bool = False,
+    ) -> None:
         """Add one batch.
 
         Args:
@@ -313,6 +348,9 @@ class UnitStats:
                 (with one warning) where compiling fails, and is not used inside a model
                 that is itself being compiled. Batches of 2**24 or more positions per
                 unit always take the eager path.
+            out_nonnegative: the caller guarantees ``out >= 0`` (or NaN) everywhere, as for
+                ReLU and ReLU6: ``abs_sum`` is then summed from ``out`` without an ``abs``
+                pass (same result). Ignored by the fused path.
 
         Reduces over every dim but ``unit_dim``. No host synchronisation. A tensor with no
         elements is ignored (decided from its shape only).
@@ -344,18 +382,18 @@ class UnitStats:
         index = tuple(slice(None) if i == d else 0 for i in range(z.dim()))
         shift = z[index].to(work).nan_to_num(0.0, 0.0, 0.0)  # (U,)
 
+        lead = math.prod(z.shape[:d])
+        z3 = z.reshape(lead, units, n_b // lead)  # (A, U, B): a view when z is contiguous
+        out3 = out.reshape(z3.shape)
         kernel = _fused_kernel() if fused and n_b < _FLOAT_COUNT_EXACT else None
         if kernel is not None and not torch.compiler.is_compiling():
-            lead = math.prod(z.shape[:d])
-            z3 = z.reshape(lead, units, n_b // lead)
-            out3 = out.reshape(z3.shape)
             try:
                 parts = kernel(z3, out3, shift, self.detail)
             except Exception as exc:  # compiler missing or broken: eager from now on
                 _disable_fused(exc)
-                parts = _eager_reductions(z, out, d, shift, self.detail)
+                parts = _eager_reductions(z3, out3, shift, self.detail, out_nonnegative)
         else:
-            parts = _eager_reductions(z, out, d, shift, self.detail)
+            parts = _eager_reductions(z3, out3, shift, self.detail, out_nonnegative)
         active_b, abs_b = parts[0], parts[1]
 
         self.positions.add_(n_b)

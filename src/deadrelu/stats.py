@@ -125,24 +125,32 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _reduce(x3: Tensor, op: str) -> Tensor:
-    """Reduce an ``(A, U, B)`` tensor over dims 0 and 2 to ``(U,)``: ``sum``, ``amax``, ``amin``
-    or ``sqnorm`` (the L2 norm of each row, squared after the reduction).
+#: Below this many positions after the unit dim, reductions run over dims (0, 2) at once.
+_INNER_MIN = 64
 
-    The inner dim B is reduced first into ``(A, U)`` partials, which is a contiguous,
-    vectorised pass (about twice as fast on CPU as reducing dims (0, 2) at once), and the
-    small partials are then reduced over A. With B == 1 the reduction is over A directly.
-    ``sqnorm`` squares per-row norms in the partial's dtype and sums them: the same float32
-    sum of squares as ``square().sum()``, without a pass that writes the squares.
+
+def _reduce(x3: Tensor, op: str) -> Tensor:
+    """Reduce an ``(A, U, B)`` tensor over dims 0 and 2 to ``(U,)`` by ``sum``, ``amax`` or
+    ``amin``.
+
+    With B >= 64 the inner dim is reduced first into ``(A, U)`` partials, a contiguous,
+    vectorised pass (on CPU about twice as fast as reducing dims (0, 2) at once), and the
+    small partials are then reduced over A. Otherwise both dims are reduced at once.
     """
-    if x3.shape[2] == 1:
-        x2 = x3[:, :, 0]
-        if op == "sqnorm":
-            return torch.linalg.vector_norm(x2, 2, dim=0).square()
-        return getattr(x2, op)(0)
-    if op == "sqnorm":
-        return torch.linalg.vector_norm(x3, 2, dim=2).square().sum(0)
-    return getattr(getattr(x3, op)(2), op)(0)
+    if x3.shape[2] >= _INNER_MIN:
+        return getattr(getattr(x3, op)(2), op)(0)
+    return getattr(x3, op)((0, 2))
+
+
+def _square_sum(buf: Tensor) -> Tensor:
+    """``(U,)`` sum of squares of an ``(A, U, B)`` tensor; may overwrite ``buf``.
+
+    With B >= 64 from per-row L2 norms over B (a read-only pass; ``vector_norm`` is fast
+    over the inner dim only), squared and summed over A; else squared in place and summed.
+    """
+    if buf.shape[2] >= _INNER_MIN:
+        return torch.linalg.vector_norm(buf, 2, dim=2).square().sum(0)
+    return _reduce(buf.square_(), "sum")
 
 
 def _eager_reductions(
@@ -176,15 +184,12 @@ def _eager_reductions(
         return active, abs_sum
     torch.sub(z3, shift[None, :, None], out=buf)
     s1 = _reduce(buf, "sum")
-    s2 = _reduce(buf, "sqnorm")
+    s2 = _square_sum(buf)
     z_max, z_min = _reduce(z3, "amax"), _reduce(z3, "amin")
     if z3.device.type == "cpu" and not torch.compiler.is_compiling() and bool(s1.isfinite().all()):
         # On CPU reading a value costs no device synchronisation: a finite sum of z - K
         # means no NaN or inf in the batch, so the counting pass is skipped.
         nonfinite = torch.zeros_like(s1)
-    elif exact_float:
-        # (z - K) * 0 is 0 where finite, NaN where z is NaN or +-inf
-        nonfinite = _reduce(buf.mul_(0).nan_to_num_(1.0, 1.0, 1.0), "sum")
     else:
         nonfinite = n_b - torch.isfinite(z3).sum(dims, dtype=_count_dtype(n_b))
     return active, abs_sum, s1, s2, nonfinite, z_max, z_min

@@ -276,3 +276,52 @@ def test_callback_gets_detached_tensors_and_no_reference_survives() -> None:
     gc.collect()
     assert grads and not any(grads)
     assert refs and all(r() is None for r in refs)
+
+
+class ReluLinear(nn.Linear):
+    """A Linear subclass whose forward calls F.relu: not a quiet torch module."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(super().forward(x))
+
+
+class QuietMix(nn.Module):
+    """Quiet torch modules (Linear, LayerNorm, attention) around functional activations."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.norm = nn.LayerNorm(6)
+        self.attn = nn.MultiheadAttention(6, 2, batch_first=True)
+        self.sub = ReluLinear(6, 6)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.gelu(self.norm(self.fc(x)))
+        h = self.attn(h, h, h, need_weights=False)[0]
+        return self.sub(h).relu()
+
+
+def test_quiet_modules_keep_functional_sites_and_restore_the_mode() -> None:
+    """The mode is popped inside plain torch modules only; subclasses are still watched."""
+    m = QuietMix()
+    seen: list[str] = []
+    with attach(m, lambda site, z, out: seen.append(site.name)), torch.no_grad():
+        for _ in range(2):
+            m(torch.randn(2, 5, 6))
+            assert torch._C._len_torch_function_stack() == 0
+        with pytest.raises(RuntimeError):
+            m(torch.randn(2, 5, 7))  # fc raises while the mode is suspended
+        assert torch._C._len_torch_function_stack() == 0
+        m(torch.randn(2, 5, 6))
+    assert seen == [":gelu", "sub:relu", ":relu"] * 3
+    assert no_hooks_left(m)
+
+
+def test_remove_while_suspended_leaves_no_mode() -> None:
+    """remove() from inside a quiet module's forward does not pop a foreign mode."""
+    m = nn.Sequential(nn.Linear(3, 3), nn.ReLU())
+    handle = attach(m, lambda *a: None)
+    m[0].register_forward_pre_hook(lambda *a: handle.remove())  # runs after attach's
+    m(torch.randn(2, 3))
+    assert torch._C._len_torch_function_stack() == 0
+    assert not handle.active

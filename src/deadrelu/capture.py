@@ -159,6 +159,68 @@ _LAST_MODULES: tuple[type[nn.Module], ...] = (
 )
 
 
+def _quiet_types() -> frozenset[type[nn.Module]]:
+    """torch module classes whose own forward calls no activation of the registry.
+
+    While one of these (exactly this class, not a subclass, whose forward may differ) runs,
+    the torch-function mode is suspended: its calls would only be re-dispatched to find
+    nothing, at a cost of a few microseconds each (dozens of calls for attention). Their
+    producer axis comes from the module itself (:func:`_module_producer`).
+    """
+    names = [
+        "Linear",
+        "Bilinear",
+        "Conv1d",
+        "Conv2d",
+        "Conv3d",
+        "ConvTranspose1d",
+        "ConvTranspose2d",
+        "ConvTranspose3d",
+        "BatchNorm1d",
+        "BatchNorm2d",
+        "BatchNorm3d",
+        "InstanceNorm1d",
+        "InstanceNorm2d",
+        "InstanceNorm3d",
+        "LayerNorm",
+        "GroupNorm",
+        "RMSNorm",
+        "LocalResponseNorm",
+        "Embedding",
+        "EmbeddingBag",
+        "MultiheadAttention",
+        "Dropout",
+        "Dropout1d",
+        "Dropout2d",
+        "Dropout3d",
+        "AlphaDropout",
+        "Identity",
+        "Flatten",
+        "Unflatten",
+        "MaxPool1d",
+        "MaxPool2d",
+        "MaxPool3d",
+        "AvgPool1d",
+        "AvgPool2d",
+        "AvgPool3d",
+        "AdaptiveAvgPool1d",
+        "AdaptiveAvgPool2d",
+        "AdaptiveAvgPool3d",
+        "AdaptiveMaxPool1d",
+        "AdaptiveMaxPool2d",
+        "AdaptiveMaxPool3d",
+        "Upsample",
+        "PixelShuffle",
+        "PixelUnshuffle",
+        "Softmax",
+        "LogSoftmax",
+    ]
+    return frozenset(getattr(nn, n) for n in names if hasattr(nn, n))
+
+
+_QUIET_TYPES = _quiet_types()
+
+
 def _module_producer(module: nn.Module) -> int | None:
     if isinstance(module, _CHANNEL_MODULES):
         return _CHANNEL
@@ -363,6 +425,7 @@ class _State:
     producer: int | None = None
     mode: _CaptureMode | None = None
     mode_on: bool = False
+    suspended_at: int = 0  # depth of the module that popped the mode (0: none)
     stash: dict[int, list[Tensor]] = field(default_factory=dict)
     modules: dict[int, tuple[str, bool]] = field(default_factory=dict)  # id -> stack entry
 
@@ -477,9 +540,10 @@ class CaptureHandle:
             h.remove()
         self._handles.clear()
         state = self._state
-        if state.mode_on and state.mode is not None:
+        if state.mode_on and state.mode is not None and not state.suspended_at:
             state.mode.__exit__(None, None, None)
-            state.mode_on = False
+        state.mode_on = False
+        state.suspended_at = 0
         state.stack.clear()
         state.stash.clear()
 
@@ -534,11 +598,29 @@ def attach(
     return CaptureHandle(state, handles)
 
 
+def _suspend_mode(state: _State) -> None:
+    """Pop the capture mode for the module just entered (a quiet one: see
+    :func:`_quiet_types`), if it is on top of the torch-function stack; not while compiling."""
+    if torch.compiler.is_compiling():
+        return
+    depth = torch._C._len_torch_function_stack()
+    if depth and torch._C._get_function_stack_at(depth - 1) is state.mode:
+        torch._C._pop_torch_function_stack()
+        state.suspended_at = len(state.stack)
+
+
+def _resume_mode(state: _State) -> None:
+    """Push the capture mode back when the module that suspended it returns."""
+    torch._C._push_on_torch_function_stack(state.mode)
+    state.suspended_at = 0
+
+
 def _hook_module(state: _State, path: str, module: nn.Module) -> list[RemovableHandle]:
     spec = activations.spec_for_module(module)
     act = activations.get(module) if spec is not None else None
     is_leaf = next(iter(module.children()), None) is None
-    producer = _module_producer(module) if is_leaf else None
+    quiet = act is not None or type(module) in _QUIET_TYPES
+    producer = _module_producer(module) if is_leaf or quiet else None
     inplace = bool(getattr(module, "inplace", False)) if act is not None else False
     base = path if path else (act.name if act is not None else "")
     key = id(module)
@@ -552,6 +634,8 @@ def _hook_module(state: _State, path: str, module: nn.Module) -> list[RemovableH
                 state.mode.__enter__()
                 state.mode_on = True
         state.stack.append(entry)
+        if quiet and state.mode_on and not state.suspended_at:
+            _suspend_mode(state)
         if inplace and args and isinstance(args[0], Tensor):
             with torch._C.DisableTorchFunction():
                 state.stash.setdefault(key, []).append(_copy(args[0]))
@@ -569,6 +653,8 @@ def _hook_module(state: _State, path: str, module: nn.Module) -> list[RemovableH
             elif producer is not None:
                 state.producer = producer
         finally:
+            if state.suspended_at and state.suspended_at >= len(state.stack):
+                _resume_mode(state)
             if state.stack:
                 state.stack.pop()
             if not state.stack:

@@ -325,3 +325,34 @@ def test_remove_while_suspended_leaves_no_mode() -> None:
     m(torch.randn(2, 3))
     assert torch._C._len_torch_function_stack() == 0
     assert not handle.active
+
+
+def test_inplace_callbacks_see_z_before_overwrite_without_copy() -> None:
+    """attach(inplace=...) hands z over before an in-place module runs and out after it."""
+    m = InplaceReLUModel()
+    batches = m.make_batches(3)
+    ref, _ = run(m, batches)
+    split: dict[str, UnitStats] = {}
+    calls: list[str] = []
+
+    def before(site: Site, z: Tensor) -> None:
+        calls.append("z")
+        split.setdefault(site.name, UnitStats.empty(z.shape[site.unit_dim])).update_z(
+            z, site.unit_dim
+        )
+
+    def after(site: Site, out: Tensor) -> None:
+        calls.append("out")
+        assert float(out.min()) >= 0.0
+        split[site.name].add_output(out, site.unit_dim)
+
+    never: Callable[[Site, Tensor, Tensor], None] = lambda *a: pytest.fail("no copy path")  # noqa: E731
+    with attach(m, never, inplace=(before, after)), torch.no_grad():
+        for b in batches:
+            m(b)
+    assert no_hooks_left(m)
+    assert calls == ["z", "out"] * 3
+    assert dead(split) == m.expected_dead
+    assert float(split["act"].z_max[2]) < -900  # z read before the in-place overwrite
+    for name in UnitStats.REDUCE:
+        torch.testing.assert_close(getattr(split["act"], name), getattr(ref["act"], name))

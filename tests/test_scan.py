@@ -233,3 +233,36 @@ def test_progress_and_device() -> None:
     m = DeadMLP()
     report = scan(m, m.make_batches(2), progress=True, device="cpu")
     assert report.all_units("dead") == m.expected_dead
+
+
+def test_inplace_relu_scan_exact_and_equal_to_copy_path() -> None:
+    """scan reduces in-place ReLUs without a copy: dead units by construction, and the same
+    statistics as reducing a copy of z, NaN and inf included."""
+    from deadrelu.capture import Site, attach
+    from deadrelu.stats import UnitStats
+
+    torch.manual_seed(3)
+    conv = nn.Conv2d(3, 6, 3, padding=1)
+    with torch.no_grad():
+        conv.bias[[1, 4]] = -1000.0  # type: ignore[index]
+    m = nn.Sequential(conv, nn.ReLU(inplace=True), nn.Conv2d(6, 4, 1))
+    xs = [torch.randn(2, 3, 8, 8) for _ in range(3)]
+    xs[1][0, 0, 2, 2] = float("nan")
+    xs[2][1, 2, 5, 5] = float("inf")
+    report = scan(m, xs)
+    got = report.stats["1"]
+    ref: dict[str, UnitStats] = {}
+
+    def cb(site: Site, z: Tensor, out: Tensor) -> None:
+        ref.setdefault(site.name, UnitStats.empty(z.shape[1])).update(z, out, 1)
+
+    with attach(m.eval(), cb), torch.no_grad():
+        for x in xs:
+            m(x)
+    for name in UnitStats.REDUCE:
+        torch.testing.assert_close(getattr(got, name), getattr(ref["1"], name), equal_nan=True)
+    assert int(got.nonfinite.sum()) > 0
+    clean = scan(m, xs[:2]).stats["1"]  # NaN is not z > 0; an inf input can make z = +inf
+    assert torch.nonzero(clean.active == 0).flatten().tolist() == [1, 4]
+    assert float(scan(m, xs[:1]).stats["1"].z_max[1]) < -900  # z before the overwrite
+    assert no_hooks_left(m)

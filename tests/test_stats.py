@@ -312,3 +312,20 @@ def test_out_nonnegative_equals_abs_path_with_nonfinite(
     torch.testing.assert_close(fast.abs_sum, truth["abs_sum"], equal_nan=True)
     torch.testing.assert_close(fast.z_max, truth["z_max"], equal_nan=True)
     torch.testing.assert_close(fast.z_min, truth["z_min"], equal_nan=True)
+
+
+@pytest.mark.parametrize("detail", [True, False])
+def test_update_z_then_add_output_equals_update(detail: bool) -> None:
+    """The in-place split (z before the call, output after) gives update's statistics."""
+    g = torch.Generator().manual_seed(6)
+    ref, split = UnitStats.empty(5, detail=detail), UnitStats.empty(5, detail=detail)
+    for shape in [(3, 5, 9, 8), (4, 5, 2, 3)]:
+        z = torch.randn(*shape, generator=g) * 2 - 0.5
+        z.view(-1)[::13] = float("nan")
+        z.view(-1)[3::31] = float("-inf")
+        out = torch.nn.functional.leaky_relu(z, 0.1)
+        ref.update(z, out, 1)
+        split.update_z(z, 1)
+        split.add_output(out, 1)
+    for name in UnitStats.REDUCE:
+        torch.testing.assert_close(getattr(split, name), getattr(ref, name), equal_nan=True)

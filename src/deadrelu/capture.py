@@ -8,14 +8,18 @@ and the output ``out`` (same shape). Two kinds of calls are caught:
   ``nn.LeakyReLU``, ``deadrelu.activations.ELU`` ...). ``z`` is read in a forward
   pre-hook when the module is ``inplace=True`` (copied before it is overwritten, into
   scratch memory reused between calls: :func:`deadrelu.stats.scratch`), otherwise from
-  the forward hook's input.
+  the forward hook's input. With ``attach(..., inplace=(before, after))`` an in-place
+  module's ``z`` is handed to ``before`` in the pre-hook instead, and its output to
+  ``after``: no copy.
 * **functional** calls (``functional=True``): every callable in the registry's
   ``torch_functions`` and ``tensor_methods`` (``F.relu``, ``torch.relu_``,
   ``Tensor.relu``, ``F.leaky_relu``, ``F.gelu``, ``F.silu`` ...) made inside a module's
   forward, intercepted by a :class:`torch.overrides.TorchFunctionMode` that is active only
-  while the model runs. The functional call made *by* one of the recognised activation
-  modules is not counted again. In-place functional calls (``F.relu_``, ``x.relu_()``,
-  ``inplace=True``) have ``z`` copied first.
+  while the model runs, and popped while a plain torch module that calls no activation
+  runs (Linear, Conv, norms, attention, pooling, dropout: see :func:`_quiet_types`; not
+  their subclasses) or an activation module. The functional call made *by* one of the
+  recognised activation modules is not counted again. In-place functional calls
+  (``F.relu_``, ``x.relu_()``, ``inplace=True``) have ``z`` copied first.
 
 **Call-site names.** A module site is the module's qualified name in the model
 (``"features.3"``). A functional site is the qualified name of the innermost module whose
@@ -78,6 +82,7 @@ from deadrelu.stats import scratch
 __all__ = [
     "CaptureCallback",
     "CaptureHandle",
+    "InplaceCallbacks",
     "Site",
     "UnitDim",
     "attach",
@@ -119,6 +124,10 @@ class Site:
 
 #: ``callback(site, z, out)``: ``z`` pre-activation, ``out`` output, same shape.
 CaptureCallback = Callable[[Site, Tensor, Tensor], None]
+
+#: ``(before, after)`` for in-place activation modules (see :func:`attach`): ``before(site,
+#: z)`` runs before the module overwrites ``z``, ``after(site, out)`` once it has returned.
+InplaceCallbacks = tuple[Callable[[Site, Tensor], None], Callable[[Site, Tensor], None]]
 
 
 def known_names() -> list[str]:
@@ -426,6 +435,8 @@ class _State:
     mode: _CaptureMode | None = None
     mode_on: bool = False
     suspended_at: int = 0  # depth of the module that popped the mode (0: none)
+    inplace: InplaceCallbacks | None = None
+    pending: dict[int, list[tuple[Site, torch.Size]]] = field(default_factory=dict)
     stash: dict[int, list[Tensor]] = field(default_factory=dict)
     modules: dict[int, tuple[str, bool]] = field(default_factory=dict)  # id -> stack entry
 
@@ -546,6 +557,7 @@ class CaptureHandle:
         state.suspended_at = 0
         state.stack.clear()
         state.stash.clear()
+        state.pending.clear()
 
     def __enter__(self) -> CaptureHandle:
         return self
@@ -565,6 +577,7 @@ def attach(
     *,
     unit_dim: UnitDim = None,
     functional: bool = True,
+    inplace: InplaceCallbacks | None = None,
 ) -> CaptureHandle:
     """Hook ``model`` so that ``callback(site, z, out)`` runs on every activation call.
 
@@ -578,13 +591,18 @@ def attach(
             site or ``{site name or fnmatch pattern: dim}``.
         functional: also intercept functional calls (``F.relu``, ``x.relu()``...) made in
             forwards. ``False`` hooks activation modules only, a little cheaper.
+        inplace: ``(before, after)``: for in-place activation modules (``nn.ReLU(inplace=
+            True)``), call ``before(site, z)`` in the forward pre-hook, while ``z`` is
+            intact, and ``after(site, out)`` when the module returns, instead of copying
+            ``z`` and calling ``callback``. For callers that reduce ``z`` and ``out``
+            separately (:func:`deadrelu.scan.scan`): it saves a copy of every such ``z``.
 
     Returns:
         A :class:`CaptureHandle`; call ``.remove()`` or use it as a context manager.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"attach needs an nn.Module, got {type(model).__name__}")
-    state = _State(callback=callback, unit_dim=unit_dim, functional=functional)
+    state = _State(callback=callback, unit_dim=unit_dim, functional=functional, inplace=inplace)
     if functional:
         state.mode = _CaptureMode(state)
     handles: list[RemovableHandle] = []
@@ -638,11 +656,22 @@ def _hook_module(state: _State, path: str, module: nn.Module) -> list[RemovableH
             _suspend_mode(state)
         if inplace and args and isinstance(args[0], Tensor):
             with torch._C.DisableTorchFunction():
-                state.stash.setdefault(key, []).append(_copy(args[0]))
+                if state.inplace is not None and act is not None:
+                    z = args[0].detach()
+                    site = state.site(state.site_name(base), act, z, "module", path)
+                    state.pending.setdefault(key, []).append((site, z.shape))
+                    state.inplace[0](site, z)
+                else:
+                    state.stash.setdefault(key, []).append(_copy(args[0]))
 
     def post(mod: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         try:
-            if act is not None:
+            if act is not None and inplace and state.pending.get(key):
+                site, shape = state.pending[key].pop()
+                if isinstance(out, Tensor) and out.shape == shape and state.inplace is not None:
+                    with torch._C.DisableTorchFunction():
+                        state.inplace[1](site, out.detach())
+            elif act is not None:
                 z = state.stash[key].pop() if inplace and state.stash.get(key) else None
                 if z is None and args and isinstance(args[0], Tensor):
                     z = args[0]

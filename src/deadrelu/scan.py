@@ -195,6 +195,22 @@ def scan(
             out_nonnegative=site.activation.name in _NONNEGATIVE,
         )
 
+    def collect_z(site: Site, z: Tensor) -> None:
+        # in-place activation modules: z before it is overwritten, without a copy
+        if z.numel() == 0:
+            return
+        s = stats.get(site.name)
+        if s is None:
+            s = stats[site.name] = UnitStats.empty(
+                _units(z, site.unit_dim), z.device, detail=detail
+            )
+        s.update_z(z, site.unit_dim, fused=fused)
+
+    def collect_out(site: Site, out: Tensor) -> None:
+        s = stats.get(site.name)
+        if s is not None and out.numel():
+            s.add_output(out, site.unit_dim, out_nonnegative=site.activation.name in _NONNEGATIVE)
+
     flags = [(m, m.training) for m in model.modules()]
     seen = ran = skipped = 0
     sites: dict[str, Site] = {}
@@ -204,7 +220,13 @@ def scan(
         batches = _batches(data, max_batches)
         if progress:
             batches = _progress(batches, max_batches if max_batches is not None else data)
-        with attach(model, collect, unit_dim=unit_dim, functional=functional) as handle:
+        with attach(
+            model,
+            collect,
+            unit_dim=unit_dim,
+            functional=functional,
+            inplace=(collect_z, collect_out),
+        ) as handle:
             with torch.no_grad():
                 for batch in batches:
                     seen += 1

@@ -154,7 +154,7 @@ def _square_sum(buf: Tensor) -> Tensor:
 
 
 def _eager_reductions(
-    z3: Tensor, out3: Tensor, shift: Tensor, detail: bool, out_nonnegative: bool = False
+    z3: Tensor, out3: Tensor | None, shift: Tensor, detail: bool, out_nonnegative: bool = False
 ) -> tuple[Tensor, ...]:
     """One batch's ``(U,)`` reductions of ``(A, U, B)`` views, op by op in one scratch tensor.
 
@@ -162,7 +162,8 @@ def _eager_reductions(
     s1, s2 are the sums of ``z - shift`` and its square. Counts come as float sums of 0/1
     values below 2**24 positions per unit, as int32/int64 sums of bools above. With
     ``out_nonnegative`` (the caller guarantees ``out >= 0`` or NaN, as for ReLU) |out| is
-    ``out`` itself and its pass is skipped. About 6 passes over the batch with ``detail``
+    ``out`` itself and its pass is skipped. ``out3=None`` gives an ``abs_sum`` of zeros (see
+    :meth:`UnitStats.update_z`). About 6 passes over the batch with ``detail``
     (one write + five reads), 3 without (one write + two reads).
     """
     dims = (0, 2)
@@ -176,7 +177,9 @@ def _eager_reductions(
         active = _reduce(torch.gt(z3, 0, out=buf), "sum")
     else:
         active = torch.gt(z3, 0).sum(dims, dtype=_count_dtype(n_b))
-    if out3.dtype == work:
+    if out3 is None:
+        abs_sum = torch.zeros(units, dtype=work, device=z3.device)
+    elif out3.dtype == work:
         abs_sum = _reduce(out3 if out_nonnegative else torch.abs(out3, out=buf), "sum")
     else:  # bf16 / fp16: abs is exact in the input dtype, the sum runs in float32
         abs_sum = out3.abs().sum(dims, dtype=work)
@@ -365,9 +368,58 @@ class UnitStats:
                 f"z and out must have the same shape, got {tuple(z.shape)} and "
                 f"{tuple(out.shape)}; pass the activation's input and output"
             )
+        self._update(z, out, unit_dim, fused, out_nonnegative)
+
+    def update_z(self, z: Tensor, unit_dim: int, *, fused: bool = False) -> None:
+        """Add one batch's pre-activation only: everything :meth:`update` adds but
+        ``abs_sum``, which :meth:`add_output` adds from the output of the same call.
+
+        For an in-place activation, whose ``z`` is overwritten by its output: reduce ``z``
+        before the call (``(N, C, H, W)`` or any shape, as in :meth:`update`) and the
+        output after it, instead of copying ``z``. ``update_z(z) + add_output(out)`` is
+        :meth:`update` ``(z, out)``.
+        """
+        self._update(z, None, unit_dim, fused, False)
+
+    def add_output(self, out: Tensor, unit_dim: int, *, out_nonnegative: bool = False) -> None:
+        """Add the ``abs_sum`` of one call's output, whose ``z`` went to :meth:`update_z`.
+
+        ``out``: same shape as that ``z``; ``out_nonnegative`` as in :meth:`update`.
+        """
+        if out.dim() <= 1:
+            out = out.reshape(1, -1)
+            unit_dim = 1
+        d = unit_dim % out.dim()
+        units = out.shape[d]
+        if units != self.units:
+            raise ValueError(
+                f"out has {units} units along dim {unit_dim} (shape {tuple(out.shape)}) but "
+                f"these statistics hold {self.units}; check the unit axis"
+            )
+        if out.numel() == 0:
+            return
+        out = out.detach()
+        lead = math.prod(out.shape[:d])
+        out3 = out.reshape(lead, units, out.numel() // (units * lead))
+        work = _work_dtype(out.dtype)
+        if out.dtype == work:
+            buf = (
+                out3
+                if out_nonnegative
+                else torch.abs(out3, out=scratch(out3.shape, work, out.device))
+            )
+            abs_b = _reduce(buf, "sum")
+        else:
+            abs_b = out3.abs().sum((0, 2), dtype=work)
+        self.abs_sum.add_(abs_b.to(self.abs_sum.dtype))
+
+    def _update(
+        self, z: Tensor, out: Tensor | None, unit_dim: int, fused: bool, out_nonnegative: bool
+    ) -> None:
+        """:meth:`update`; without ``abs_sum`` when ``out`` is None (:meth:`update_z`)."""
         if z.dim() <= 1:
             z = z.reshape(1, -1)
-            out = out.reshape(1, -1)
+            out = out.reshape(1, -1) if out is not None else None
             unit_dim = 1
         d = unit_dim % z.dim()
         units = z.shape[d]
@@ -379,7 +431,8 @@ class UnitStats:
         n_b = z.numel() // units if units else 0
         if n_b == 0:
             return
-        z, out = z.detach(), out.detach()
+        z = z.detach()
+        out = out.detach() if out is not None else None
         work = _work_dtype(z.dtype)
         acc = self.abs_sum.dtype
         # Moments are taken about a per-unit shift K (this batch's first position), so
@@ -389,11 +442,11 @@ class UnitStats:
 
         lead = math.prod(z.shape[:d])
         z3 = z.reshape(lead, units, n_b // lead)  # (A, U, B): a view when z is contiguous
-        out3 = out.reshape(z3.shape)
+        out3 = out.reshape(z3.shape) if out is not None else None
         kernel = _fused_kernel() if fused and n_b < _FLOAT_COUNT_EXACT else None
         if kernel is not None and not torch.compiler.is_compiling():
             try:
-                parts = kernel(z3, out3, shift, self.detail)
+                parts = kernel(z3, z3 if out3 is None else out3, shift, self.detail)
             except Exception as exc:  # compiler missing or broken: eager from now on
                 _disable_fused(exc)
                 parts = _eager_reductions(z3, out3, shift, self.detail, out_nonnegative)
@@ -403,7 +456,8 @@ class UnitStats:
 
         self.positions.add_(n_b)
         self.active.add_(active_b.to(torch.int64))
-        self.abs_sum.add_(abs_b.to(acc))
+        if out3 is not None:
+            self.abs_sum.add_(abs_b.to(acc))
         if not self.detail:
             return
         s1, s2, nonfinite_b, max_b, min_b = parts[2:]

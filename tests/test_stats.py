@@ -47,6 +47,7 @@ def _feed(shape: tuple[int, ...], unit_dim: int, n: int = 3, seed: int = 0) -> t
         ((2, 3, 8, 9), 1),
         ((70, 3, 2), 1),
         ((4, 32, 5), -1),
+        ((8, 128, 3), -1),
     ],
 )
 def test_update_matches_float64_reference(shape: tuple[int, ...], unit_dim: int) -> None:
@@ -289,7 +290,7 @@ def test_fused_kernel_equals_eager() -> None:
 
 @pytest.mark.parametrize(
     ("shape", "unit_dim"),
-    [((6, 5, 4, 7), 1), ((3, 4, 8, 9), 1), ((3, 8, 5), -1), ((40, 3), 1), ((2, 96, 3), -1)],
+    [((6, 5, 4, 7), 1), ((3, 4, 8, 9), 1), ((3, 8, 5), -1), ((40, 3), 1), ((8, 128, 3), -1)],
 )
 def test_out_nonnegative_equals_abs_path_with_nonfinite(
     shape: tuple[int, ...], unit_dim: int

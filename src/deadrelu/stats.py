@@ -136,14 +136,14 @@ def _reduce(x3: Tensor, op: str) -> Tensor:
     With B >= 64 the inner dim is reduced first into ``(A, U)`` partials, a contiguous,
     vectorised pass (on CPU about twice as fast as reducing dims (0, 2) at once), and the
     small partials are then reduced over A. With B == 1 (units last, ``(N, L, D)``) and A
-    a multiple of 64, A is split into ``(A / 64, 64)`` and reduced in two steps likewise
-    (the ``(A / 64, U)`` partials stay in cache: about 1.3x faster). Otherwise both dims
-    are reduced at once.
+    a multiple of 64 and at least 1024, A is split into ``(A / 64, 64)`` and reduced in two
+    steps likewise (the ``(A / 64, U)`` partials stay in cache: about 1.3x faster; no gain
+    for smaller A). Otherwise both dims are reduced at once.
     """
     a_len, units, b_len = x3.shape
     if b_len >= _INNER_MIN:
         return getattr(getattr(x3, op)(2), op)(0)
-    if b_len == 1 and a_len % _INNER_MIN == 0 and a_len > _INNER_MIN:
+    if b_len == 1 and a_len % _INNER_MIN == 0 and a_len >= 16 * _INNER_MIN:
         x = x3.reshape(a_len // _INNER_MIN, _INNER_MIN, units)
         return getattr(getattr(x, op)(1), op)(0)
     return getattr(x3, op)((0, 2))

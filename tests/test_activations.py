@@ -364,6 +364,25 @@ def test_saturation_metadata(case: str) -> None:
         assert act.derivative(far).item() == act.derivative(far_far).item()
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_shape_flags_match_the_function(case: str) -> None:
+    """A flag holds for every parameter value; at the defaults it holds only where flagged."""
+    case_act = get(case)
+    assert case_act is not None
+    z = torch.linspace(-20, 20, 4001, dtype=torch.float64)
+
+    def shapes(act: Activation) -> tuple[bool, bool]:
+        f = act(z)
+        a = -act(torch.tensor(-1.0, dtype=torch.float64))
+        is_max = bool(0 <= a <= 1) and torch.allclose(f, torch.maximum(z, a * z), atol=1e-12)
+        return bool((f >= 0).all()), is_max
+
+    nonnegative, is_max = shapes(case_act)
+    assert nonnegative or not case_act.spec.nonnegative
+    assert is_max or not case_act.spec.max_of_linear
+    assert shapes(case_act.spec.bind()) == (case_act.spec.nonnegative, case_act.spec.max_of_linear)
+
+
 def test_zero_grad_regions_by_construction() -> None:
     z = torch.tensor([-2.0, 0.0, 3.0, 6.0, 7.0])
     relu, relu6, leaky = get("relu"), get("relu6"), get("leaky_relu")

@@ -149,6 +149,7 @@ class ActivationSpec:
         learnable: the module has trainable parameters (PReLU).
         max_of_linear: f(z) = max(z, a z) with 0 <= a <= 1 (ReLU, leaky, PReLU, eval
             RReLU): linear on each side of a kink at 0, the form bound propagation relaxes.
+        nonnegative: f(z) >= 0 for every z (ReLU, ReLU6, Softplus), so |f(z)| = f(z).
         description: one line for tables.
         check: optional ``check(params)`` run by :meth:`bind` after each parameter is
             validated, for constraints between parameters (RReLU: lower <= upper); raises
@@ -170,6 +171,7 @@ class ActivationSpec:
     tensor_methods: tuple[str, ...] = ()
     learnable: bool = False
     max_of_linear: bool = False
+    nonnegative: bool = False
     description: str = ""
     check: Callable[[Mapping[str, Any]], None] | None = None
 
@@ -735,6 +737,7 @@ register(
         derivative=_relu_grad,
         module=ReLU,
         max_of_linear=True,
+        nonnegative=True,
         zero_grad_region="z <= 0",
         zero_grad=_nonpositive,
         saturates=False,
@@ -921,6 +924,7 @@ register(
         forward=_relu6_fwd,
         derivative=_relu6_grad,
         module=ReLU6,
+        nonnegative=True,
         zero_grad_region="z <= 0 or z >= 6",
         zero_grad=lambda z: (z <= 0) | (z >= 6),
         saturates=False,
@@ -941,6 +945,7 @@ register(
         forward=_softplus_fwd,
         derivative=_softplus_grad,
         module=Softplus,
+        nonnegative=True,
         zero_grad_region="none (-> 0 as z -> -inf)",
         zero_grad=_never,
         saturates=True,

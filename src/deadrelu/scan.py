@@ -44,9 +44,6 @@ log = logging.getLogger(__name__)
 
 Batch = Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 
-#: Activations whose output is >= 0 (or NaN) for every z: |out| is out itself.
-_NONNEGATIVE = frozenset({"relu", "relu6"})
-
 
 def _model_device(model: nn.Module) -> torch.device:
     for t in itertools.chain(model.parameters(), model.buffers()):
@@ -179,37 +176,31 @@ def scan(
         )
     stats: dict[str, UnitStats] = {}
 
-    def collect(site: Site, z: Tensor, out: Tensor) -> None:
-        if z.numel() == 0:
-            return
+    def stats_for(site: Site, z: Tensor) -> UnitStats:
         s = stats.get(site.name)
         if s is None:
             s = stats[site.name] = UnitStats.empty(
                 _units(z, site.unit_dim), z.device, detail=detail
             )
-        s.update(
-            z,
-            out,
-            site.unit_dim,
-            fused=fused,
-            out_nonnegative=site.activation.name in _NONNEGATIVE,
+        return s
+
+    def collect(site: Site, z: Tensor, out: Tensor) -> None:
+        if z.numel() == 0:
+            return
+        stats_for(site, z).update(
+            z, out, site.unit_dim, fused=fused, out_nonnegative=site.activation.spec.nonnegative
         )
 
     def collect_z(site: Site, z: Tensor) -> None:
         # in-place activation modules: z before it is overwritten, without a copy
         if z.numel() == 0:
             return
-        s = stats.get(site.name)
-        if s is None:
-            s = stats[site.name] = UnitStats.empty(
-                _units(z, site.unit_dim), z.device, detail=detail
-            )
-        s.update_z(z, site.unit_dim, fused=fused)
+        stats_for(site, z).update_z(z, site.unit_dim, fused=fused)
 
     def collect_out(site: Site, out: Tensor) -> None:
         s = stats.get(site.name)
         if s is not None and out.numel():
-            s.add_output(out, site.unit_dim, out_nonnegative=site.activation.name in _NONNEGATIVE)
+            s.add_output(out, site.unit_dim, out_nonnegative=site.activation.spec.nonnegative)
 
     flags = [(m, m.training) for m in model.modules()]
     seen = ran = skipped = 0

@@ -258,10 +258,12 @@ def test_all_reduce_two_processes_equals_merge(tmp_path: Path) -> None:
             torch.testing.assert_close(getattr(got, name), getattr(expected, name), msg=name)
 
 
-@pytest.mark.skipif(not hasattr(torch, "compile"), reason="needs torch.compile")
-def test_fused_kernel_equals_eager() -> None:
+def _fused_cases() -> list[tuple[Tensor, int]]:
+    """Every layout the kernels handle: B > 64, 1 < B < 64, units last (B == 1), bf16,
+    NaN / +inf / -inf."""
     g = torch.Generator().manual_seed(4)
     cases = [
+        (torch.randn(4, 3, 9, 9, generator=g) * 2 + 1, 1),
         (torch.randn(4, 3, 5, 6, generator=g) * 2 + 1, 1),
         (torch.randn(3, 7, 5, generator=g), -1),
         ((torch.randn(16, 6, generator=g) * 3).to(torch.bfloat16), 1),
@@ -269,23 +271,92 @@ def test_fused_kernel_equals_eager() -> None:
     nan_case = torch.randn(5, 4, generator=g)
     nan_case[1, 2], nan_case[3, 0], nan_case[0, 1] = float("nan"), float("inf"), float("-inf")
     cases.append((nan_case, 1))
-    for z, dim in cases:
-        for detail in (True, False):
-            eager = UnitStats.empty(z.shape[dim], detail=detail)
-            fused = UnitStats.empty(z.shape[dim], detail=detail)
+    return cases
+
+
+def _assert_stats_close(got: UnitStats, want: UnitStats) -> None:
+    for name in UnitStats.REDUCE:
+        # both sum each batch in float32, in different orders
+        torch.testing.assert_close(
+            getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-5, equal_nan=True, msg=name
+        )
+
+
+def _feed_by(s: UnitStats, how: str, z: Tensor, dim: int, *, fused: bool) -> None:
+    """One batch into ``s`` by one of the hot paths."""
+    if how == "relu":
+        s.update(z, torch.relu(z), dim, fused=fused, relu=True)
+    elif how == "out":
+        s.update(z, torch.nn.functional.leaky_relu(z, 0.2), dim, fused=fused)
+    else:
+        s.update_z(z, dim, fused=fused, relu=how == "relu_z")
+
+
+@pytest.mark.skipif(not hasattr(torch, "compile"), reason="needs torch.compile")
+@pytest.mark.parametrize("detail", ["counts", "range", "full"])
+def test_fused_kernel_equals_eager(detail: str) -> None:
+    """Every fused path (ReLU from z, |out| of another activation, the in-place split with
+    and without ReLU) gives the eager statistics, at every detail level."""
+    for z, dim in _fused_cases():
+        units = z.shape[dim]
+        for how in ("relu", "out", "relu_z", "z_only"):
+            eager = UnitStats.empty(units, detail=detail)  # type: ignore[arg-type]
+            fused = UnitStats.empty(units, detail=detail)  # type: ignore[arg-type]
             for _ in range(2):
-                eager.update(z, torch.relu(z), dim)
-                fused.update(z, torch.relu(z), dim, fused=True)
-            for name in UnitStats.REDUCE:
-                # both sum each batch in float32, in different orders
-                torch.testing.assert_close(
-                    getattr(fused, name),
-                    getattr(eager, name),
-                    rtol=1e-5,
-                    atol=1e-5,
-                    equal_nan=True,
-                    msg=name,
-                )
+                _feed_by(eager, how, z, dim, fused=False)
+                _feed_by(fused, how, z, dim, fused=True)
+            _assert_stats_close(fused, eager)
+            if how == "z_only":  # no output given: abs_sum is left alone
+                assert not fused.abs_sum.any() and not eager.abs_sum.any()
+            if how == "relu_z":  # update_z(relu=True) is update(z, relu(z))
+                ref = UnitStats.empty(units, detail=detail)  # type: ignore[arg-type]
+                for _ in range(2):
+                    ref.update(z, torch.relu(z), dim)
+                _assert_stats_close(fused, ref)
+
+
+def test_detail_levels_update_only_their_fields() -> None:
+    """counts < range < full: each level updates its fields exactly as the full level does
+    and leaves the others at their initial values; non-finite values are counted from the
+    extrema probe at "range" (NaN, +inf and -inf alone)."""
+    batches = [torch.randn(6, 4) * 2 - 1 for _ in range(2)]
+    for value in (float("nan"), float("inf"), float("-inf")):
+        bad = torch.randn(3, 4)
+        bad[1, 2] = value
+        batches.append(bad)
+    stats = {lvl: UnitStats.empty(4, detail=lvl) for lvl in ("counts", "range", "full")}
+    for z in batches:
+        for s in stats.values():
+            s.update(z, torch.relu(z), 1)
+    full, rng, counts = stats["full"], stats["range"], stats["counts"]
+    assert full.nonfinite.tolist() == [0, 0, 3, 0]
+    for name in ("positions", "active", "abs_sum"):
+        for s in (rng, counts):
+            torch.testing.assert_close(getattr(s, name), getattr(full, name), equal_nan=True)
+    for name in ("z_max", "z_min", "nonfinite"):
+        torch.testing.assert_close(getattr(rng, name), getattr(full, name), equal_nan=True)
+    assert rng.has_range and not rng.has_moments and full.has_moments and not counts.has_range
+    assert not rng.z_sum.any() and not rng.z_m2.any()
+    assert not counts.nonfinite.any() and torch.isinf(counts.z_max).all()
+
+
+def test_detail_level_names_state_and_merge() -> None:
+    assert UnitStats.empty(2, detail=True).detail == "full"
+    assert UnitStats.empty(2, detail=False).detail == "counts"
+    with pytest.raises(ValueError, match="detail must be one of"):
+        UnitStats.empty(2, detail="moments")  # type: ignore[arg-type]
+    for level in ("counts", "range", "full"):
+        s = UnitStats.empty(3, detail=level)  # type: ignore[arg-type]
+        z = torch.randn(5, 3)
+        s.update(z, torch.relu(z), 1)
+        back = UnitStats.from_state_dict(s.state_dict())
+        assert back.detail == level
+        _assert_stats_close(back, s)
+    legacy = UnitStats.empty(3, detail="full").state_dict()
+    legacy["detail"] = torch.tensor(False)  # written before "range" existed
+    assert UnitStats.from_state_dict(legacy).detail == "counts"
+    with pytest.raises(ValueError, match="detail='range' into detail='full'"):
+        UnitStats.empty(3).merge(UnitStats.empty(3, detail="range"))
 
 
 @pytest.mark.parametrize(

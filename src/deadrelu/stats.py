@@ -6,7 +6,7 @@ dim, and the reductions are added into ``(U,)`` accumulators that live on the ac
 device. Memory is O(U) whatever the number of batches; :meth:`UnitStats.update` makes no
 host synchronisation (no ``.item()``, no ``.cpu()``, no Python branch on tensor values), so
 it can run inside a training step. (One exception, on CPU only, where reading a value
-synchronises nothing: the non-finite count is skipped when the batch's sum is finite.)
+synchronises nothing: the non-finite count is skipped when the batch's extrema are finite.)
 
 Fields (all tensors; ``U`` units):
 
@@ -39,23 +39,36 @@ K, the batch's first position (|mean - K| is of the order of the spread, so
 ``s2 - s1**2 / n`` keeps its digits), and the batch's (n, mean, M2) is merged into the
 running one with Chan's formula. ``z_sqsum`` is still available as a derived property.
 
-Cost: each batch is viewed as ``(A, U, B)`` (A the dims before the unit dim, B those
-after it) and every reduction runs over B first, into small ``(A, U)`` partials, then over
-A: contiguous passes that torch vectorises. About 3 passes over the activation with
-``detail=False`` (one of them writing) and 7 with ``detail=True`` (two writing), one fewer
-each when ``out`` is known to be non-negative (ReLU: ``update(..., out_nonnegative=True)``),
-in one scratch tensor of the activation's size (:func:`scratch`: on CPU one buffer per
-thread, kept between calls and freed by :func:`release_scratch`).
+**Detail levels** (:data:`DETAIL_LEVELS`, ``UnitStats.empty(units, detail=...)``): which
+fields a batch updates; the others keep their initial values.
+
+* ``"counts"`` (or ``False``): ``positions``, ``active``, ``abs_sum``: all that dead,
+  dormant and rarely active need.
+* ``"range"``: also ``z_max``, ``z_min``, ``nonfinite``: saturated, non-finite, and how far
+  from life a dead unit is (:func:`deadrelu.explain.explain`). :func:`deadrelu.scan.scan`'s
+  default.
+* ``"full"`` (or ``True``): also ``z_sum``, ``z_m2``: the mean and variance of the
+  pre-activation.
+
+**Cost.** Eager path: each batch is viewed as ``(A, U, B)`` (A the dims before the unit
+dim, B those after it) and every reduction runs over B first, into small ``(A, U)``
+partials, then over A: contiguous passes that torch vectorises. About 3 passes over the
+activation for "counts" (one of them writing), 5 for "range", 8 for "full" (two writing),
+one fewer each when ``out`` is known to be non-negative (ReLU:
+``update(..., out_nonnegative=True)``), in one scratch tensor of the activation's size
+(:func:`scratch`: on CPU one buffer per thread, kept between calls and freed by
+:func:`release_scratch`). Fused path (``update(..., fused=True)``, "range" and "full"):
+one ``torch.compile``-d kernel reads ``z`` once (and ``out`` once, unless the activation is
+ReLU: ``relu=True`` sums ``relu(z)`` from ``z``), and for "full" a second compiled kernel
+does the ``(U,)`` merge; on a 2-core CPU this costs 2-3x less than eager, after compiling
+for about 1-3 s once per process (:func:`fused_available`; falls back to eager with one
+warning where compiling fails).
 
 Non-finite pre-activations are counted in ``nonfinite`` and otherwise propagate: they make
 ``z_sum``/``z_m2``/extrema (and ``abs_sum`` for the output) NaN or inf for that unit, which
 the report flags instead of hiding. ``z > 0`` is False for NaN, so NaN counts as inactive.
 (A finite z with |z - K| > 1.8e19 in a float32 batch overflows when squared: ``z_m2``
 becomes inf for that unit, but the position is not counted as non-finite.)
-
-With ``detail=False`` (see :meth:`UnitStats.empty`) only ``positions``, ``active`` and
-``abs_sum`` are updated: the minimum that dead, dormant and rarely-active need, at about
-a third of the cost. The other fields keep their initial values.
 
 ``REDUCE`` declares how every field combines (like torchmetrics' ``dist_reduce_fx``);
 :meth:`merge`, :meth:`all_reduce`, :meth:`state_dict` are generic over it.
@@ -67,12 +80,43 @@ import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-__all__ = ["UnitStats", "accumulator_dtype", "release_scratch", "scratch"]
+__all__ = [
+    "DETAIL_LEVELS",
+    "Detail",
+    "Level",
+    "UnitStats",
+    "accumulator_dtype",
+    "detail_level",
+    "fused_available",
+    "release_scratch",
+    "scratch",
+]
+
+#: What a :class:`UnitStats` updates, cheapest first: "counts" (positions, active,
+#: abs_sum: dead, dormant, rarely active), "range" (+ z_max, z_min, nonfinite: saturated,
+#: non-finite, how far from life a dead unit is), "full" (+ z_sum, z_m2: mean and variance
+#: of the pre-activation).
+DETAIL_LEVELS: tuple[str, ...] = ("counts", "range", "full")
+
+Level = Literal["counts", "range", "full"]
+Detail = Level | bool
+
+
+def detail_level(detail: Detail | str) -> Level:
+    """The level of :data:`DETAIL_LEVELS` that ``detail`` names (True: "full", False:
+    "counts")."""
+    if detail is True:
+        return "full"
+    if detail is False:
+        return "counts"
+    if detail not in DETAIL_LEVELS:
+        raise ValueError(f"detail must be one of {DETAIL_LEVELS} (or True/False), got {detail!r}")
+    return detail  # type: ignore[return-value]
 
 
 def accumulator_dtype(device: torch.device | str) -> torch.dtype:
@@ -153,95 +197,228 @@ def _square_sum(buf: Tensor) -> Tensor:
     """``(U,)`` sum of squares of an ``(A, U, B)`` tensor; may overwrite ``buf``.
 
     With B >= 64 from per-row L2 norms over B (a read-only pass; ``vector_norm`` is fast
-    over the inner dim only), squared and summed over A; else squared in place and summed.
+    over the inner dim only), squared and summed over A; else squared in place
+    (``mul_``: ``square_`` is a slower ``pow``) and summed.
     """
     if buf.shape[2] >= _INNER_MIN:
         return torch.linalg.vector_norm(buf, 2, dim=2).square().sum(0)
-    return _reduce(buf.square_(), "sum")
+    return _reduce(buf.mul_(buf), "sum")
 
 
 def _eager_reductions(
-    z3: Tensor, out3: Tensor | None, shift: Tensor, detail: bool, out_nonnegative: bool = False
+    z3: Tensor,
+    out3: Tensor | None,
+    shift: Tensor | None,
+    work: torch.dtype,
+    level: str,
+    out_nonnegative: bool = False,
+    relu: bool = False,
 ) -> tuple[Tensor, ...]:
     """One batch's ``(U,)`` reductions of ``(A, U, B)`` views, op by op in one scratch tensor.
 
-    Returns (active, abs_sum) and, with ``detail``, (s1, s2, nonfinite, max, min), where
-    s1, s2 are the sums of ``z - shift`` and its square. Counts come as float sums of 0/1
-    values below 2**24 positions per unit, as int32/int64 sums of bools above. With
-    ``out_nonnegative`` (the caller guarantees ``out >= 0`` or NaN, as for ReLU) |out| is
-    ``out`` itself and its pass is skipped. ``out3=None`` gives an ``abs_sum`` of zeros (see
-    :meth:`UnitStats.update_z`). About 6 passes over the batch with ``detail``
-    (one write + five reads), 3 without (one write + two reads).
+    Returns (active, abs_sum), with ``level`` "range" also (max, min), with "full"
+    (s1, s2, max, min), where s1, s2 are the sums of ``z - shift`` and its square (``shift``
+    is needed for "full" only). Counts come as float sums of 0/1 values below 2**24
+    positions per unit, as int32/int64 sums of bools above. With ``out_nonnegative`` (the
+    caller guarantees ``out >= 0`` or NaN, as for ReLU) |out| is ``out`` itself and its
+    pass is skipped. ``out3=None`` gives an ``abs_sum`` of zeros (see
+    :meth:`UnitStats.update_z`), or with ``relu`` the sum of ``relu(z)``. Passes over the
+    batch: 3 for "counts" (one writing), 5 for "range", 8 for "full" (two writing).
     """
     dims = (0, 2)
     units = z3.shape[1]
     n_b = z3.numel() // units
-    work = shift.dtype
-    exact_float = n_b < _FLOAT_COUNT_EXACT
     buf = scratch(z3.shape, work, z3.device)
-    if exact_float:
+    if n_b < _FLOAT_COUNT_EXACT:
         # z > 0 written as 0.0/1.0 (NaN > 0 is False), summed exactly in float
         active = _reduce(torch.gt(z3, 0, out=buf), "sum")
     else:
         active = torch.gt(z3, 0).sum(dims, dtype=_count_dtype(n_b))
+    if out3 is None and relu:
+        out3 = torch.clamp_min(z3, 0, out=buf) if z3.dtype == work else z3.clamp_min(0)
+        out_nonnegative = True
     if out3 is None:
         abs_sum = torch.zeros(units, dtype=work, device=z3.device)
     elif out3.dtype == work:
         abs_sum = _reduce(out3 if out_nonnegative else torch.abs(out3, out=buf), "sum")
     else:  # bf16 / fp16: abs is exact in the input dtype, the sum runs in float32
         abs_sum = out3.abs().sum(dims, dtype=work)
-    if not detail:
+    if level == "counts":
         return active, abs_sum
+    extrema = _reduce(z3, "amax").to(work), _reduce(z3, "amin").to(work)
+    if level == "range":
+        return active, abs_sum, *extrema
+    assert shift is not None
     torch.sub(z3, shift[None, :, None], out=buf)
     s1 = _reduce(buf, "sum")
     s2 = _square_sum(buf)
-    z_max, z_min = _reduce(z3, "amax"), _reduce(z3, "amin")
-    if z3.device.type == "cpu" and not torch.compiler.is_compiling() and bool(s1.isfinite().all()):
-        # On CPU reading a value costs no device synchronisation: a finite sum of z - K
-        # means no NaN or inf in the batch, so the counting pass is skipped.
-        nonfinite = torch.zeros_like(s1)
+    return active, abs_sum, s1, s2, *extrema
+
+
+def _nonfinite(z3: Tensor, max_b: Tensor, min_b: Tensor) -> Tensor | None:
+    """``(U,)`` count of NaN/inf positions of an ``(A, U, B)`` batch whose per-unit
+    extrema are ``max_b`` and ``min_b``, or None when there are none.
+
+    On CPU reading a value costs no device synchronisation: a finite sum of
+    ``max_b - min_b`` means no NaN (which both propagate), +inf (in ``max_b``) or -inf (in
+    ``min_b``) in the batch, so the counting pass is skipped. (A sum that overflows only
+    sends a finite batch down the exact counting path.) Elsewhere the positions are counted.
+    """
+    if (
+        z3.device.type == "cpu"
+        and not torch.compiler.is_compiling()
+        and math.isfinite(float((max_b - min_b).sum()))
+    ):
+        return None
+    n_b = z3.numel() // z3.shape[1]
+    return n_b - torch.isfinite(z3).sum((0, 2), dtype=_count_dtype(n_b))
+
+
+def _merge_range(
+    n_b: int,
+    active_b: Tensor,
+    abs_b: Tensor,
+    max_b: Tensor,
+    min_b: Tensor,
+    positions: Tensor,
+    active: Tensor,
+    abs_sum: Tensor,
+    z_max: Tensor,
+    z_min: Tensor,
+) -> None:
+    """Add one batch's counts, ``abs_sum`` and extrema (``(U,)`` each, ``n_b`` positions
+    per unit) into the accumulators, in place. Five small ops: always eager (a compiled
+    call costs more)."""
+    acc = abs_sum.dtype
+    positions.add_(n_b)
+    active.add_(active_b.to(torch.int64))
+    abs_sum.add_(abs_b.to(acc))
+    torch.maximum(z_max, max_b.to(acc), out=z_max)
+    torch.minimum(z_min, min_b.to(acc), out=z_min)
+
+
+def _merge_full(
+    n_b: int,
+    shift: Tensor,
+    active_b: Tensor,
+    abs_b: Tensor,
+    s1: Tensor,
+    s2: Tensor,
+    max_b: Tensor,
+    min_b: Tensor,
+    positions: Tensor,
+    active: Tensor,
+    abs_sum: Tensor,
+    z_sum: Tensor,
+    z_m2: Tensor,
+    z_max: Tensor,
+    z_min: Tensor,
+) -> None:
+    """:func:`_merge_range`, and the batch's moments about ``shift`` into ``z_sum`` and
+    ``z_m2``.
+
+    The moments merge by Chan et al.: (n_a, mean_a, M2_a) and the batch's
+    (n_b, mean_b = shift + s1 / n_b, M2_b = s2 - s1**2 / n_b) give
+    M2 = M2_a + M2_b + delta**2 n_a n_b / (n_a + n_b). About 20 small ops: eager, or one
+    compiled kernel on the fused path.
+    """
+    acc = z_sum.dtype
+    n_a = positions.to(acc)  # positions before this batch
+    s1, s2 = s1.to(acc), s2.to(acc)
+    mean_b = shift.to(acc) + s1 / n_b
+    m2_b = s2 - s1 * s1 / n_b
+    delta = mean_b - z_sum / n_a.clamp_min(1)
+    z_m2.add_(m2_b + delta * delta * (n_a * n_b / (n_a + n_b)))
+    z_sum.add_(mean_b * n_b)
+    _merge_range(n_b, active_b, abs_b, max_b, min_b, positions, active, abs_sum, z_max, z_min)
+
+
+def _fused_body(
+    z3: Tensor, abs_out: Tensor, shift: Tensor | None, work: torch.dtype
+) -> tuple[Tensor, ...]:
+    """The batch's ``(U,)`` reductions of ``(A, U, B)`` tensors, written for one kernel.
+
+    Returns (active, abs_sum, max, min), with a ``shift`` (s1, s2) between them, as
+    :func:`_eager_reductions` for "range" and "full". With B == 1 (units last) everything is
+    one reduction over A, vectorised over the contiguous units; otherwise each ``(a, u)``
+    row is reduced over its contiguous B positions first and the ``(A, U)`` partials then
+    over A: inductor turns either into a single read of ``z`` (and of ``abs_out``'s input).
+    """
+    z = z3.to(work)
+    parts = [(z > 0).to(work), abs_out.to(work)]
+    if shift is not None:
+        dev = z - shift[None, :, None]
+        parts += [dev, dev * dev]
+    if z3.shape[2] == 1:
+        zz = z[:, :, 0]
+        sums = [p[:, :, 0].sum(0) for p in parts]
+        extrema = [zz.amax(0), zz.amin(0)]
     else:
-        nonfinite = n_b - torch.isfinite(z3).sum(dims, dtype=_count_dtype(n_b))
-    return active, abs_sum, s1, s2, nonfinite, z_max, z_min
+        sums = [p.sum(2).sum(0) for p in parts]
+        extrema = [z.amax(2).amax(0), z.amin(2).amin(0)]
+    return (*sums, *extrema)
 
 
-def _fused_reductions(z3: Tensor, out3: Tensor, shift: Tensor, detail: bool) -> tuple[Tensor, ...]:
-    """:func:`_eager_reductions` on an ``(A, U, B)`` view, written for one fused kernel."""
-    work = shift.dtype
-    zf = z3.to(work)
-    active = (zf > 0).to(work).sum((0, 2))
-    abs_sum = out3.to(work).abs().sum((0, 2))
-    if not detail:
-        return active, abs_sum
-    dev = zf - shift[None, :, None]
-    sq = dev * dev
-    nonfinite = torch.isfinite(zf).logical_not().to(work).sum((0, 2))
-    return (
-        active,
-        abs_sum,
-        dev.sum((0, 2)),
-        sq.sum((0, 2)),
-        nonfinite,
-        z3.amax((0, 2)),
-        z3.amin((0, 2)),
-    )
+def _fused_out(z3: Tensor, out3: Tensor, shift: Tensor) -> tuple[Tensor, ...]:
+    """Full :func:`_fused_body` with ``abs_sum`` the sum of ``|out|``."""
+    return _fused_body(z3, out3.abs(), shift, shift.dtype)
+
+
+def _fused_relu(z3: Tensor, shift: Tensor) -> tuple[Tensor, ...]:
+    """Full :func:`_fused_body` for ReLU: ``abs_sum`` sums ``relu(z)``; ``out`` is not read."""
+    return _fused_body(z3, z3.clamp_min(0), shift, shift.dtype)
+
+
+def _fused_out_range(z3: Tensor, out3: Tensor) -> tuple[Tensor, ...]:
+    """:func:`_fused_out` without the moments."""
+    return _fused_body(z3, out3.abs(), None, _work_dtype(z3.dtype))
+
+
+def _fused_relu_range(z3: Tensor) -> tuple[Tensor, ...]:
+    """:func:`_fused_relu` without the moments."""
+    return _fused_body(z3, z3.clamp_min(0), None, _work_dtype(z3.dtype))
 
 
 _FUSED: dict[str, Any] = {}
+#: What :func:`_fused_kernel` compiles, by name: a separate code object each, so that each
+#: has its own dynamo cache (an entry per layout and dtype).
+_COMPILED: dict[str, Callable[..., Any]] = {
+    "relu_full": _fused_relu,
+    "out_full": _fused_out,
+    "merge_full": _merge_full,
+    "relu_range": _fused_relu_range,
+    "out_range": _fused_out_range,
+}
 
 
-def _fused_kernel() -> Callable[..., tuple[Tensor, ...]] | None:
-    """The compiled :func:`_fused_reductions` (compiled lazily), or None if unavailable."""
+def fused_available(device: torch.device | str) -> bool:
+    """Whether the fused statistics kernel may be used on ``device`` (CPU or CUDA, with
+    ``torch.compile``, and no earlier compile failure in this process).
+
+    It is compiled at its first use, which can still fail (no C++ compiler, no Triton):
+    :meth:`UnitStats.update` then warns once and takes the eager path.
+    """
+    return (
+        torch.device(device).type in ("cpu", "cuda")
+        and hasattr(torch, "compile")
+        and not _FUSED.get("disabled", False)
+    )
+
+
+def _fused_kernel(name: str) -> Callable[..., Any] | None:
+    """The compiled function ``_COMPILED[name]`` (compiled lazily, dynamic shapes), or None
+    if unavailable."""
     if _FUSED.get("disabled"):
         return None
-    kernel = _FUSED.get("kernel")
+    kernel = _FUSED.get(name)
     if kernel is None:
+        fn = _COMPILED[name]
         try:
-            kernel = torch.compile(_fused_reductions, dynamic=True)
+            kernel = torch.compile(fn, dynamic=True)
         except Exception as exc:
             _disable_fused(exc)
             return None
-        _FUSED["kernel"] = kernel
+        _FUSED[name] = kernel
     return kernel
 
 
@@ -262,8 +439,8 @@ class UnitStats:
     """Per-unit accumulators for one call site; see the module docstring for the fields.
 
     Build with :meth:`empty`, feed with :meth:`update`, combine with :meth:`merge` or
-    :meth:`all_reduce`. ``detail`` says whether the z moments, extrema and non-finite
-    counts are updated.
+    :meth:`all_reduce`. ``detail`` (a level of :data:`DETAIL_LEVELS`; ``True`` and
+    ``False`` are read as "full" and "counts") says which fields are updated.
     """
 
     positions: Tensor
@@ -274,7 +451,7 @@ class UnitStats:
     z_max: Tensor
     z_min: Tensor
     nonfinite: Tensor
-    detail: bool = True
+    detail: Level = "full"
 
     #: How each tensor field reduces across merges and processes.
     REDUCE: ClassVar[dict[str, str]] = {
@@ -290,13 +467,16 @@ class UnitStats:
 
     # ------------------------------------------------------------------ construction
 
+    def __post_init__(self) -> None:
+        self.detail = detail_level(self.detail)
+
     @classmethod
     def empty(
         cls,
         units: int,
         device: torch.device | str = "cpu",
         *,
-        detail: bool = True,
+        detail: Detail = "full",
         dtype: torch.dtype | None = None,
     ) -> UnitStats:
         """Zeroed accumulators for ``units`` units on ``device``.
@@ -304,7 +484,8 @@ class UnitStats:
         Args:
             units: number of units U (channels or features), >= 1.
             device: where the accumulators live: the activation's device.
-            detail: also track z mean/variance, extrema and non-finite counts.
+            detail: which fields to update: "counts" (or False), "range" or "full" (or
+                True); see :data:`DETAIL_LEVELS`.
             dtype: float accumulator dtype; default :func:`accumulator_dtype`.
         """
         if units < 1:
@@ -321,8 +502,18 @@ class UnitStats:
             z_max=torch.full((units,), float("-inf"), dtype=acc, device=device),
             z_min=torch.full((units,), float("inf"), dtype=acc, device=device),
             nonfinite=torch.zeros(units, dtype=i64, device=device),
-            detail=detail,
+            detail=detail_level(detail),
         )
+
+    @property
+    def has_range(self) -> bool:
+        """Whether ``z_max``, ``z_min`` and ``nonfinite`` are tracked (detail "range"/"full")."""
+        return self.detail != "counts"
+
+    @property
+    def has_moments(self) -> bool:
+        """Whether ``z_sum`` and ``z_m2`` are tracked (detail "full")."""
+        return self.detail == "full"
 
     @property
     def units(self) -> int:
@@ -347,6 +538,7 @@ class UnitStats:
         *,
         fused: bool = False,
         out_nonnegative: bool = False,
+        relu: bool = False,
     ) -> None:
         """Add one batch.
 
@@ -357,15 +549,18 @@ class UnitStats:
             out: activation output, same shape as ``z``.
             unit_dim: the unit axis of ``z`` (negative counts from the end).
             fused: compute the batch's reductions in one ``torch.compile``-d kernel
-                instead of about 13 eager ops (the first call compiles for a few
-                seconds; on a 2-core CPU the statistics then cost 1.2-1.6x less). Same
-                results up to float32 summation order; falls back to the eager path
-                (with one warning) where compiling fails, and is not used inside a model
-                that is itself being compiled. Batches of 2**24 or more positions per
-                unit always take the eager path.
+                (a single read of ``z``, and of ``out`` unless ``relu``) instead of about
+                ten eager ops. The first call in a process compiles for a few seconds; on
+                a 2-core CPU the statistics then cost 2-3x less. Same results up to
+                float32 summation order; falls back to the eager path (with one warning)
+                where compiling fails, and is not used inside a model that is itself being
+                compiled. Batches of 2**24 or more positions per unit, and the "counts"
+                level (three cheap passes), always take the eager path.
             out_nonnegative: the caller guarantees ``out >= 0`` (or NaN) everywhere, as for
                 ReLU and ReLU6: ``abs_sum`` is then summed from ``out`` without an ``abs``
                 pass (same result). Ignored by the fused path.
+            relu: the caller guarantees ``out == relu(z)`` (implies ``out_nonnegative``):
+                the fused path then sums ``relu(z)`` from ``z`` and does not read ``out``.
 
         Reduces over every dim but ``unit_dim``. No host synchronisation. A tensor with no
         elements is ignored (decided from its shape only).
@@ -375,18 +570,23 @@ class UnitStats:
                 f"z and out must have the same shape, got {tuple(z.shape)} and "
                 f"{tuple(out.shape)}; pass the activation's input and output"
             )
-        self._update(z, out, unit_dim, fused, out_nonnegative)
+        self._update(z, out, unit_dim, fused, out_nonnegative or relu, relu)
 
-    def update_z(self, z: Tensor, unit_dim: int, *, fused: bool = False) -> None:
+    def update_z(
+        self, z: Tensor, unit_dim: int, *, fused: bool = False, relu: bool = False
+    ) -> None:
         """Add one batch's pre-activation only: everything :meth:`update` adds but
         ``abs_sum``, which :meth:`add_output` adds from the output of the same call.
 
         For an in-place activation, whose ``z`` is overwritten by its output: reduce ``z``
         before the call (``(N, C, H, W)`` or any shape, as in :meth:`update`) and the
         output after it, instead of copying ``z``. ``update_z(z) + add_output(out)`` is
-        :meth:`update` ``(z, out)``.
+        :meth:`update` ``(z, out)``. With ``relu=True`` (the activation is ReLU) the
+        ``abs_sum`` of ``relu(z)`` is added too, so that ``update_z(z, relu=True)`` alone is
+        :meth:`update` ``(z, relu(z))``: in the fused kernel at no extra pass, eagerly at
+        about one pass more than :meth:`add_output` would take.
         """
-        self._update(z, None, unit_dim, fused, False)
+        self._update(z, None, unit_dim, fused, False, relu)
 
     def add_output(self, out: Tensor, unit_dim: int, *, out_nonnegative: bool = False) -> None:
         """Add the ``abs_sum`` of one call's output, whose ``z`` went to :meth:`update_z`.
@@ -421,9 +621,16 @@ class UnitStats:
         self.abs_sum.add_(abs_b.to(self.abs_sum.dtype))
 
     def _update(
-        self, z: Tensor, out: Tensor | None, unit_dim: int, fused: bool, out_nonnegative: bool
+        self,
+        z: Tensor,
+        out: Tensor | None,
+        unit_dim: int,
+        fused: bool,
+        out_nonnegative: bool,
+        relu: bool,
     ) -> None:
-        """:meth:`update`; without ``abs_sum`` when ``out`` is None (:meth:`update_z`)."""
+        """:meth:`update`; without ``out`` (:meth:`update_z`) ``abs_sum`` is skipped, or with
+        ``relu`` taken from ``relu(z)``."""
         if z.dim() <= 1:
             z = z.reshape(1, -1)
             out = out.reshape(1, -1) if out is not None else None
@@ -442,45 +649,73 @@ class UnitStats:
         out = out.detach() if out is not None else None
         work = _work_dtype(z.dtype)
         acc = self.abs_sum.dtype
-        # Moments are taken about a per-unit shift K (this batch's first position), so
-        # that s2 - s1**2 / n does not cancel: |mean - K| is of the order of the spread.
-        index = tuple(slice(None) if i == d else 0 for i in range(z.dim()))
-        shift = z[index].to(work).nan_to_num(0.0, 0.0, 0.0)  # (U,)
+        level = self.detail
+        shift: Tensor | None = None
+        if level == "full":
+            # Moments are taken about a per-unit shift K (this batch's first position), so
+            # that s2 - s1**2 / n does not cancel: |mean - K| is of the order of the spread.
+            index = tuple(slice(None) if i == d else 0 for i in range(z.dim()))
+            shift = z[index].to(work).nan_to_num(0.0, 0.0, 0.0)  # (U,)
 
         lead = math.prod(z.shape[:d])
         z3 = z.reshape(lead, units, n_b // lead)  # (A, U, B): a view when z is contiguous
         out3 = out.reshape(z3.shape) if out is not None else None
-        kernel = _fused_kernel() if fused and n_b < _FLOAT_COUNT_EXACT else None
-        if kernel is not None and not torch.compiler.is_compiling():
-            try:
-                parts = kernel(z3, z3 if out3 is None else out3, shift, self.detail)
-            except Exception as exc:  # compiler missing or broken: eager from now on
-                _disable_fused(exc)
-                parts = _eager_reductions(z3, out3, shift, self.detail, out_nonnegative)
-        else:
-            parts = _eager_reductions(z3, out3, shift, self.detail, out_nonnegative)
-        active_b, abs_b = parts[0], parts[1]
-
-        self.positions.add_(n_b)
-        self.active.add_(active_b.to(torch.int64))
-        if out3 is not None:
-            self.abs_sum.add_(abs_b.to(acc))
-        if not self.detail:
+        parts: tuple[Tensor, ...] | None = None
+        merge: Callable[..., Any] | None = None
+        if (
+            fused
+            and level != "counts"
+            and n_b < _FLOAT_COUNT_EXACT
+            and not torch.compiler.is_compiling()
+        ):
+            parts, merge = self._fused_parts(z3, out3, shift, relu)
+        if parts is None:
+            parts = _eager_reductions(z3, out3, shift, work, level, out_nonnegative, relu)
+        if level == "counts":
+            self.positions.add_(n_b)
+            self.active.add_(parts[0].to(torch.int64))
+            self.abs_sum.add_(parts[1].to(acc))
             return
-        s1, s2, nonfinite_b, max_b, min_b = parts[2:]
-        s1, s2 = s1.to(acc), s2.to(acc)
-        self.nonfinite.add_(nonfinite_b.to(torch.int64))
+        nonfinite = _nonfinite(z3, parts[-2], parts[-1])
+        if nonfinite is not None:
+            self.nonfinite.add_(nonfinite.to(torch.int64))
+        counts = (self.positions, self.active, self.abs_sum)
+        extrema = (self.z_max, self.z_min)
+        if level == "range":
+            batch: tuple[Any, ...] = (n_b, *parts)
+            accumulators: tuple[Tensor, ...] = (*counts, *extrema)
+        else:
+            batch = (n_b, shift, *parts)
+            accumulators = (*counts, self.z_sum, self.z_m2, *extrema)
+        eager_merge = _merge_range if level == "range" else _merge_full
+        try:
+            (merge or eager_merge)(*batch, *accumulators)
+        except Exception as exc:
+            if merge is None:
+                raise
+            _disable_fused(exc)  # the compiled merge mutates nothing when it fails
+            eager_merge(*batch, *accumulators)
 
-        # Chan et al.: merge (n_a, mean_a, M2_a) with this batch's (n_b, mean_b, M2_b).
-        mean_b = shift.to(acc) + s1 / n_b
-        m2_b = s2 - s1 * s1 / n_b
-        n_a = self.positions.to(acc) - n_b  # positions before this batch
-        mean_a = self.z_sum / n_a.clamp_min(1)
-        delta = mean_b - mean_a
-        self.z_m2.add_(m2_b + delta * delta * (n_a * n_b / (n_a + n_b)))
-        self.z_sum.add_(mean_b * n_b)
-        torch.maximum(self.z_max, max_b.to(acc), out=self.z_max)
-        torch.minimum(self.z_min, min_b.to(acc), out=self.z_min)
+    def _fused_parts(
+        self, z3: Tensor, out3: Tensor | None, shift: Tensor | None, relu: bool
+    ) -> tuple[tuple[Tensor, ...] | None, Callable[..., Any] | None]:
+        """The batch's reductions by the compiled kernel for this level and, for "full", the
+        compiled merge (None for "range": its merge is eager), or (None, None) where
+        compiling is unavailable or fails (then all eager)."""
+        level = self.detail
+        kernel = _fused_kernel(("relu_" if relu else "out_") + level)
+        merge = _fused_kernel("merge_full") if level == "full" else None
+        if kernel is None or (level == "full" and merge is None):
+            return None, None
+        args: tuple[Tensor, ...] = (z3,) if relu else (z3, z3 if out3 is None else out3)
+        try:  # without out (update_z), z stands in for it; its abs_sum is dropped
+            parts = kernel(*args, shift) if level == "full" else kernel(*args)
+        except Exception as exc:  # compiler missing or broken: eager from now on
+            _disable_fused(exc)
+            return None, None
+        if out3 is None and not relu:
+            parts = (parts[0], torch.zeros_like(parts[1]), *parts[2:])
+        return parts, merge
 
     # ------------------------------------------------------------------ combining
 
@@ -488,7 +723,9 @@ class UnitStats:
         if other.units != self.units:
             raise ValueError(f"cannot merge statistics of {other.units} and {self.units} units")
         if other.detail != self.detail:
-            raise ValueError("cannot merge statistics with detail=True and detail=False")
+            raise ValueError(
+                f"cannot merge statistics with detail={other.detail!r} into detail={self.detail!r}"
+            )
 
     def merge(self, other: UnitStats) -> UnitStats:
         """Add ``other`` (same units, any device) into ``self``; return ``self``.
@@ -575,7 +812,7 @@ class UnitStats:
     def state_dict(self) -> dict[str, Tensor]:
         """The accumulators by field name (detached clones), for checkpoints."""
         state = {k: v.detach().clone() for k, v in self._tensors().items()}
-        state["detail"] = torch.tensor(self.detail)
+        state["detail"] = torch.tensor(DETAIL_LEVELS.index(self.detail))
         return state
 
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
@@ -593,14 +830,14 @@ class UnitStats:
                 )
             mine.copy_(theirs)
         if "detail" in state:
-            self.detail = bool(state["detail"])
+            self.detail = _level_from_state(state["detail"])
 
     @classmethod
     def from_state_dict(
         cls, state: Mapping[str, Tensor], device: torch.device | str = "cpu"
     ) -> UnitStats:
         """New statistics on ``device`` from a :meth:`state_dict`."""
-        detail = bool(state["detail"]) if "detail" in state else True
+        detail = _level_from_state(state["detail"]) if "detail" in state else "full"
         return cls(**{k: state[k].to(device).clone() for k in cls.REDUCE}, detail=detail)
 
     # ------------------------------------------------------------------ derived
@@ -619,17 +856,17 @@ class UnitStats:
 
     @property
     def z_mean(self) -> Tensor:
-        """``(U,)`` mean pre-activation (0 before any batch; needs ``detail``)."""
+        """``(U,)`` mean pre-activation (0 before any batch; needs detail "full")."""
         return self.z_sum / self.positions.to(self.z_sum.dtype).clamp_min(1)
 
     @property
     def z_var(self) -> Tensor:
-        """``(U,)`` population variance of the pre-activation (needs ``detail``)."""
+        """``(U,)`` population variance of the pre-activation (needs detail "full")."""
         return self.z_m2 / self.positions.to(self.z_m2.dtype).clamp_min(1)
 
     @property
     def z_sqsum(self) -> Tensor:
-        """``(U,)`` sum of z**2, derived as M2 + sum**2 / n (needs ``detail``)."""
+        """``(U,)`` sum of z**2, derived as M2 + sum**2 / n (needs detail "full")."""
         n = self.positions.to(self.z_sum.dtype).clamp_min(1)
         return self.z_m2 + self.z_sum * self.z_sum / n
 
@@ -638,6 +875,14 @@ class UnitStats:
             f"UnitStats(units={self.units}, device={self.device}, detail={self.detail}, "
             f"dtype={self.abs_sum.dtype})"
         )
+
+
+def _level_from_state(value: Tensor) -> Level:
+    """The detail level stored in a state dict: an index into :data:`DETAIL_LEVELS`, or a
+    bool (state dicts written before "range" existed)."""
+    if value.dtype == torch.bool:
+        return detail_level(bool(value))
+    return detail_level(DETAIL_LEVELS[int(value)])
 
 
 assert {f.name for f in fields(UnitStats)} - {"detail"} == set(UnitStats.REDUCE)

@@ -150,7 +150,7 @@ def test_counts_only_statistics_show_unknown_columns() -> None:
     assert r.dead_units("a:gelu") == [1] and r.saturated_units("a:gelu") == []
     cells = [c.strip() for c in str(r).splitlines()[-2].split("│")[1:-1]]
     assert cells[6:8] == ["-", "-"]  # saturated and non-finite are unknown, not 0
-    assert Report.from_json(r.to_json()).stats["a:gelu"].detail is False
+    assert Report.from_json(r.to_json()).stats["a:gelu"].detail == "counts"
 
 
 def test_plot_and_history(tmp_path: Path) -> None:

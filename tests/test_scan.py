@@ -31,6 +31,75 @@ def test_reported_units_are_exactly_the_killed_ones(model: nn.Module) -> None:
     assert no_hooks_left(model)
 
 
+@pytest.mark.skipif(not hasattr(torch, "compile"), reason="needs torch.compile")
+@pytest.mark.parametrize("model", all_models(), ids=lambda m: type(m).__name__)
+def test_fused_scan_equals_eager_scan(model: nn.Module) -> None:
+    """The fused kernels (ReLU from z, in-place ReLU in the pre-hook, other activations from
+    |out|) give the eager statistics: the same classes exactly, sums to float32 order."""
+    batches = model.make_batches()  # type: ignore[operator]
+    for detail in ("range", "full"):
+        eager = scan(model, batches, detail=detail, fused=False)
+        fused = scan(model, batches, detail=detail, fused=True)
+        assert fused.meta["fused_from_batch"] == 1 and eager.meta["fused_from_batch"] is None
+        assert fused.all_units("dead") == model.expected_dead
+        for kind in ("dead", "dormant", "rarely_active", "saturated", "nonfinite"):
+            assert fused.all_units(kind) == eager.all_units(kind), kind
+        for site, st in eager.stats.items():
+            for name in st.REDUCE:
+                torch.testing.assert_close(
+                    getattr(fused.stats[site], name), getattr(st, name), rtol=1e-5, atol=1e-5
+                )
+
+
+def test_auto_fused_rule() -> None:
+    """fused=None switches after the first batch when the rest is projected to take
+    >= AUTO_FUSED_SECONDS, only with a known length and a device the kernel supports."""
+    from deadrelu.scan import AUTO_FUSED_SECONDS, auto_fused
+
+    cpu = torch.device("cpu")
+    assert auto_fused(AUTO_FUSED_SECONDS / 100, 100, cpu)
+    assert not auto_fused(AUTO_FUSED_SECONDS / 100, 99, cpu)
+    assert not auto_fused(10.0, None, cpu)  # unknown length: never
+    assert not auto_fused(10.0, 1000, torch.device("meta"))
+
+
+def test_auto_fused_in_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the threshold at 0 every scan of known length switches at batch 2; a generator
+    (unknown length) never does; the results equal the eager scan's."""
+    import importlib
+
+    scan_module = importlib.import_module("deadrelu.scan")  # the package exports scan()
+    m = DeadMLP()
+    batches = m.make_batches(3)
+    eager = scan(m, batches, fused=False)
+    monkeypatch.setattr(scan_module, "AUTO_FUSED_SECONDS", 0.0)
+    auto = scan(m, batches)
+    assert auto.meta["fused_from_batch"] == 2
+    assert scan(m, batches, max_batches=1).meta["fused_from_batch"] is None  # nothing left
+    assert scan(m, (b for b in batches)).meta["fused_from_batch"] is None
+    assert auto.all_units("dead") == eager.all_units("dead") == m.expected_dead
+    for site, st in eager.stats.items():
+        torch.testing.assert_close(auto.stats[site].z_max, st.z_max)
+        torch.testing.assert_close(auto.stats[site].abs_sum, st.abs_sum, rtol=1e-6, atol=1e-6)
+
+
+def test_detail_levels_in_scan() -> None:
+    """Default "range": extrema and the saturated class, no moments; "full" adds them;
+    "counts" has neither; a bad level is refused before any forward."""
+    t = TinyTransformerBlock()
+    batches = t.make_batches(2)
+    default = scan(t, batches)
+    full = scan(t, batches, detail=True)
+    counts = scan(t, batches, detail="counts")
+    st = default.stats["ffn:gelu"]
+    assert st.detail == "range" and not st.z_m2.any() and full.stats["ffn:gelu"].z_m2.all()
+    torch.testing.assert_close(st.z_max, full.stats["ffn:gelu"].z_max)
+    assert default.saturated_units("ffn:gelu") == full.saturated_units("ffn:gelu") == [2, 11]
+    assert counts.saturated_units("ffn:gelu") == []  # unknown without the z range
+    with pytest.raises(ValueError, match="detail must be one of"):
+        scan(t, batches, detail="everything")  # type: ignore[arg-type]
+
+
 def test_saturated_only_for_saturating_activation() -> None:
     t = TinyTransformerBlock()
     report = scan(t, t.make_batches(2))
@@ -249,7 +318,7 @@ def test_inplace_relu_scan_exact_and_equal_to_copy_path() -> None:
     xs = [torch.randn(2, 3, 8, 8) for _ in range(3)]
     xs[1][0, 0, 2, 2] = float("nan")
     xs[2][1, 2, 5, 5] = float("inf")
-    report = scan(m, xs)
+    report = scan(m, xs, detail="full")
     got = report.stats["1"]
     ref: dict[str, UnitStats] = {}
 

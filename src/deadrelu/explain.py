@@ -348,7 +348,7 @@ def _z_max(report: Any, data: Any, model: nn.Module) -> dict[str, Tensor]:
         report = scan(model, data)
     return {
         s: st.z_max.double().cpu()
-        if st.detail
+        if st.has_range
         else torch.full((st.units,), float("-inf"), dtype=torch.float64)
         for s, st in report.stats.items()
     }
@@ -371,7 +371,7 @@ def explain(
             ``died_at`` and ``revived``).
         data: batches to re-scan for ``z_max`` with the current parameters (needed when
             the statistics lack it: a Monitor's default ``detail=False``, or
-            ``scan(..., detail=False)``); the dead units are still those of ``source``.
+            ``scan(..., detail="counts")``); the dead units are still those of ``source``.
         tracker: an :class:`UpdateTracker` that ran during training (with a Monitor):
             adds the step, relative update size and learning rate that killed each unit.
         box: a :class:`deadrelu.certify.Box`: also certify each dead unit over it.
@@ -432,7 +432,7 @@ def explain(
                     lk.producer_problem or "no producer" if lk is not None else "site not traced"
                 )
             elif not math.isfinite(z):
-                item.note = "no pre-activation recorded: pass data= (or measure with detail=True)"
+                item.note = "no pre-activation recorded: pass data= (or scan with detail='range')"
             else:
                 item.producer = lk.producer if lk is not None else None
                 item.bias = float(b_eff[u])

@@ -100,7 +100,7 @@ import torch
 from torch import Tensor, nn
 
 from deadrelu.classify import dead_mask
-from deadrelu.stats import UnitStats
+from deadrelu.stats import Detail, UnitStats, detail_level
 
 if TYPE_CHECKING:
     from deadrelu.capture import Site
@@ -321,7 +321,7 @@ class ZeroGradCheck:
 class _SiteState:
     """Everything the Monitor keeps for one site; all tensors ``(U,)`` on one device."""
 
-    def __init__(self, name: str, unit_dim: int, units: int, device: torch.device, detail: bool):
+    def __init__(self, name: str, unit_dim: int, units: int, device: torch.device, detail: Detail):
         self.name = name
         self.unit_dim = unit_dim
         self.units = units
@@ -400,10 +400,12 @@ class Monitor:
         threshold: warn (:class:`MonitorWarning`) when a site's dead fraction over a full
             window rises to ``>= threshold``; again only after it fell below. ``None``:
             never warn.
-        detail: also keep the z moments and extrema (:class:`UnitStats` ``detail``),
-            needed for "saturated" in reports of ELU-like activations. Default ``False``:
-            dead, dormant and rarely active need only the active counts and mean |out|,
-            and a sampled step of the benchmark CNN then costs several times less.
+        detail: which statistics to keep (:data:`deadrelu.stats.DETAIL_LEVELS`):
+            "range" adds the z extrema and non-finite counts, needed for "saturated" in
+            reports of ELU-like activations; "full" (or ``True``) also the z mean and
+            variance. Default ``False`` ("counts"): dead, dormant and rarely active need
+            only the active counts and mean |out|, and a sampled step of the benchmark
+            CNN then costs several times less.
         track_grad: record whether dead units' incoming weights/bias receive gradient
             (see :meth:`check_zero_grad`).
         training_only: count only forwards run in ``model.training`` mode (evaluation
@@ -430,7 +432,7 @@ class Monitor:
         every: int = 10,
         window: int = 100,
         threshold: float | None = 0.5,
-        detail: bool = False,
+        detail: Detail = False,
         track_grad: bool = False,
         training_only: bool = True,
         unit_dim: int | None = None,
@@ -454,7 +456,7 @@ class Monitor:
         self.every = every
         self.window = window
         self.threshold = threshold
-        self.detail = detail
+        self.detail = detail_level(detail)
         self.track_grad = track_grad
         self.training_only = training_only
         self.unit_dim = unit_dim

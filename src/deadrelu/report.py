@@ -9,7 +9,7 @@ classifies every unit with :mod:`deadrelu.classify` (the one place the words are
   among the units whose mean |output| is finite; a unit with NaN/inf output is not dormant;
 * ``rarely_active``: z > 0 on fewer than ``rarely_fraction`` of positions;
 * ``saturated``: only for saturating activations (ELU, SELU, GELU, ...) and only when the
-  statistics have ``detail`` (they need the z range);
+  statistics have the z range (detail "range" or "full");
 * ``nonfinite``: at least one NaN or inf pre-activation.
 
 A site that saw no position has every mask False. The statistics are copied to the CPU
@@ -121,7 +121,7 @@ class Report:
         dormant = torch.zeros(s.units, dtype=torch.bool)
         if bool(finite.any()):
             dormant[finite] = classify.dormant_mask(mean_abs[finite], self.tau)
-        if s.detail:
+        if s.has_range:
             saturated = classify.saturated_mask(
                 s.z_min, s.z_max, act, threshold=self.saturation_threshold
             )
@@ -270,7 +270,7 @@ class Report:
             table.add_column(col, justify=just)  # type: ignore[arg-type]
         for row in self.layers:
             style = "red" if row.dead else None
-            detail = self.stats[row.name].detail  # without it: no z range, no NaN count
+            detail = self.stats[row.name].has_range  # without it: no z range, no NaN count
             saturates = self.sites[row.name].activation.spec.saturates
             table.add_row(
                 row.name,

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -36,13 +37,17 @@ from torch import Tensor, nn
 from deadrelu import classify
 from deadrelu.capture import Site, UnitDim, attach, known_names
 from deadrelu.report import Report
-from deadrelu.stats import UnitStats, release_scratch
+from deadrelu.stats import Detail, UnitStats, detail_level, fused_available, release_scratch
 
 __all__ = ["Batch", "scan"]
 
 log = logging.getLogger(__name__)
 
 Batch = Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
+
+#: ``fused=None`` switches to the fused kernel when the scan is projected (first batch's
+#: time x batches left) to take at least this long: compiling costs ~1-3 s once per process.
+AUTO_FUSED_SECONDS = 20.0
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -116,6 +121,27 @@ def _split(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Tensor | None]:
     raise _unsupported(batch)
 
 
+def _length(data: Any, max_batches: int | None) -> int | None:
+    """Number of batches the scan will run at most, when known (``len(data)``,
+    ``max_batches``), else None."""
+    try:
+        n: int | None = len(data) if not isinstance(data, (Tensor, Mapping)) else 1
+    except TypeError:
+        n = None
+    if max_batches is not None:
+        n = max_batches if n is None else min(n, max_batches)
+    return n
+
+
+def auto_fused(first_batch_s: float, batches_left: int | None, device: torch.device) -> bool:
+    """Whether ``scan(fused=None)`` switches to the fused kernel after its first batch: the
+    kernel can run on ``device`` and the rest of the scan is projected to take at least
+    :data:`AUTO_FUSED_SECONDS` (``first_batch_s`` x ``batches_left``; unknown length: no)."""
+    if batches_left is None or not fused_available(device):
+        return False
+    return first_batch_s * batches_left >= AUTO_FUSED_SECONDS
+
+
 def _units(z: Tensor, unit_dim: int) -> int:
     if z.dim() == 0:
         return 1
@@ -135,8 +161,8 @@ def scan(
     progress: bool = False,
     keep_mode: bool = False,
     functional: bool = True,
-    detail: bool = True,
-    fused: bool = False,
+    detail: Detail = "range",
+    fused: bool | None = None,
 ) -> Report:
     """Run ``model`` over ``data`` and report its dead, dormant, ... units per call site.
 
@@ -150,15 +176,23 @@ def scan(
         progress: show a progress bar (rich, on stderr).
         keep_mode: run in the model's current train/eval mode instead of eval.
         functional: also capture functional calls (``F.relu`` ...) in forwards.
-        detail: also gather z moments, extrema and non-finite counts (needed for
-            ``saturated`` and ``nonfinite``).
+        detail: which statistics to gather (:data:`deadrelu.stats.DETAIL_LEVELS`):
+            "counts" (or ``False``: dead, dormant, rarely active), "range" (default: also
+            the z extrema and non-finite counts that ``saturated``, ``nonfinite`` and
+            :func:`deadrelu.explain.explain` need), "full" (or ``True``: also the z mean and
+            variance; about 1.5x the statistics' cost of "range").
         fused: reduce each activation in one ``torch.compile``-d kernel (see
-            :meth:`UnitStats.update`): a few seconds of compiling, then cheaper
-            statistics; for long scans.
+            :meth:`UnitStats.update`): about 1-3 s of compiling once per process, then
+            statistics 2-3x cheaper than eager. ``None`` (default): eager, switching to
+            the fused kernel after the first batch when the rest of the scan is projected
+            to take at least :data:`AUTO_FUSED_SECONDS` (needs a known length:
+            ``len(data)`` or ``max_batches``). ``True``: fused from the first batch.
+            ``False``: never.
 
     Returns:
         A :class:`~deadrelu.report.Report`; ``report.meta`` holds ``batches`` (forwards
-        run), ``skipped_empty`` and ``mode``.
+        run), ``skipped_empty``, ``mode`` and ``fused_from_batch`` (the first batch, counted
+        from 1, reduced by the fused kernel; None if none was).
 
     Raises:
         ValueError: ``data`` yields no batch (or only empty ones), ``max_batches`` < 1,
@@ -167,6 +201,7 @@ def scan(
     """
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
+    level = detail_level(detail)
     model_device = _model_device(model)
     target = torch.device(device) if device is not None else model_device
     if target.type != model_device.type:
@@ -179,31 +214,42 @@ def scan(
     def stats_for(site: Site, z: Tensor) -> UnitStats:
         s = stats.get(site.name)
         if s is None:
-            s = stats[site.name] = UnitStats.empty(
-                _units(z, site.unit_dim), z.device, detail=detail
-            )
+            s = stats[site.name] = UnitStats.empty(_units(z, site.unit_dim), z.device, detail=level)
         return s
+
+    use_fused = fused is True
 
     def collect(site: Site, z: Tensor, out: Tensor) -> None:
         if z.numel() == 0:
             return
+        spec = site.activation.spec
         stats_for(site, z).update(
-            z, out, site.unit_dim, fused=fused, out_nonnegative=site.activation.spec.nonnegative
+            z,
+            out,
+            site.unit_dim,
+            fused=use_fused,
+            out_nonnegative=spec.nonnegative,
+            relu=spec.name == "relu",
         )
 
     def collect_z(site: Site, z: Tensor) -> None:
-        # in-place activation modules: z before it is overwritten, without a copy
+        # in-place activation modules: z before it is overwritten, without a copy; the
+        # fused kernel takes a ReLU's abs_sum from z too, at no extra pass
         if z.numel() == 0:
             return
-        stats_for(site, z).update_z(z, site.unit_dim, fused=fused)
+        relu = use_fused and site.activation.spec.name == "relu"
+        stats_for(site, z).update_z(z, site.unit_dim, fused=use_fused, relu=relu)
 
     def collect_out(site: Site, out: Tensor) -> None:
+        spec = site.activation.spec
         s = stats.get(site.name)
-        if s is not None and out.numel():
-            s.add_output(out, site.unit_dim, out_nonnegative=site.activation.spec.nonnegative)
+        if s is not None and out.numel() and not (use_fused and spec.name == "relu"):
+            s.add_output(out, site.unit_dim, out_nonnegative=spec.nonnegative)
 
     flags = [(m, m.training) for m in model.modules()]
     seen = ran = skipped = 0
+    fused_from: int | None = 1 if use_fused else None
+    length = _length(data, max_batches) if fused is None else None
     sites: dict[str, Site] = {}
     try:
         if not keep_mode:
@@ -225,10 +271,16 @@ def scan(
                     if lead is not None and lead.dim() > 0 and lead.shape[0] == 0:
                         skipped += 1
                         continue
+                    start = time.perf_counter()
                     model(*_to(args, target), **_to(kwargs, target))
                     ran += 1
                     if ran == 1 and not handle.sites:
                         raise ValueError(_no_activation_message(model, functional))
+                    if ran == 1 and fused is None and length is not None:
+                        left = length - 1
+                        if auto_fused(time.perf_counter() - start, left, target):
+                            use_fused, fused_from = True, 2
+                            log.info("scan: %d batches left, switching to the fused kernel", left)
                     if max_batches is not None and ran >= max_batches:
                         break
             sites = dict(handle.sites)
@@ -252,6 +304,7 @@ def scan(
         "skipped_empty": skipped,
         "mode": "keep" if keep_mode else "eval",
         "model": type(model).__name__,
+        "fused_from_batch": fused_from if fused_from is not None and fused_from <= ran else None,
     }
     return Report(stats, sites, tau=tau, meta=meta)
 

@@ -45,9 +45,12 @@ log = logging.getLogger(__name__)
 
 Batch = Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 
-#: ``fused=None`` switches to the fused kernel when the scan is projected (first batch's
-#: time x batches left) to take at least this long: compiling costs ~1-3 s once per process.
-AUTO_FUSED_SECONDS = 20.0
+#: ``fused=None`` switches to the fused kernel when the rest of the scan is projected (first
+#: batch's time x batches left) to take at least this long. Measured on a 2-core CPU:
+#: compiling costs ~2.5 s per process (~10 s the first time on a machine, before
+#: inductor's disk cache is warm) and the fused kernel then saves ~4-6 % of the scan's time
+#: at detail "range" (~10-13 % at "full"), so shorter scans are faster eager.
+AUTO_FUSED_SECONDS = 100.0
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -182,12 +185,12 @@ def scan(
             :func:`deadrelu.explain.explain` need), "full" (or ``True``: also the z mean and
             variance; about 1.5x the statistics' cost of "range").
         fused: reduce each activation in one ``torch.compile``-d kernel (see
-            :meth:`UnitStats.update`): about 1-3 s of compiling once per process, then
-            statistics 2-3x cheaper than eager. ``None`` (default): eager, switching to
-            the fused kernel after the first batch when the rest of the scan is projected
-            to take at least :data:`AUTO_FUSED_SECONDS` (needs a known length:
-            ``len(data)`` or ``max_batches``). ``True``: fused from the first batch.
-            ``False``: never.
+            :meth:`UnitStats.update`): about 2.5 s of compiling once per process (10 s
+            the first time on a machine), then statistics 2-3x cheaper than eager.
+            ``None`` (default): eager, switching to the fused kernel after the first
+            batch when the rest of the scan is projected to take at least
+            :data:`AUTO_FUSED_SECONDS` (needs a known length: ``len(data)`` or
+            ``max_batches``). ``True``: fused from the first batch. ``False``: never.
 
     Returns:
         A :class:`~deadrelu.report.Report`; ``report.meta`` holds ``batches`` (forwards

@@ -51,6 +51,32 @@ def test_fused_scan_equals_eager_scan(model: nn.Module) -> None:
                 )
 
 
+def test_fused_falls_back_to_eager_when_compiling_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No compiler: one RuntimeWarning, the eager statistics exactly, meta says not fused."""
+    import importlib
+
+    stats_module = importlib.import_module("deadrelu.stats")
+    monkeypatch.setattr(stats_module, "_FUSED", {})
+
+    def broken_compile(fn: object, **kwargs: object) -> object:
+        def kernel(*args: object) -> object:
+            raise RuntimeError("no C++ compiler")
+
+        return kernel
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    m = DeadChannelCNN()
+    batches = m.make_batches(2)
+    with pytest.warns(RuntimeWarning, match="could not be compiled"):
+        fused = scan(m, batches, fused=True)
+    eager = scan(m, batches, fused=False)
+    assert fused.meta["fused_from_batch"] is None
+    assert fused.all_units("dead") == m.expected_dead
+    for site, st in eager.stats.items():
+        for name in st.REDUCE:
+            assert torch.equal(getattr(fused.stats[site], name), getattr(st, name)), name
+
+
 def test_auto_fused_rule() -> None:
     """fused=None switches after the first batch when the rest is projected to take
     >= AUTO_FUSED_SECONDS, only with a known length and a device the kernel supports."""

@@ -195,7 +195,8 @@ def scan(
     Returns:
         A :class:`~deadrelu.report.Report`; ``report.meta`` holds ``batches`` (forwards
         run), ``skipped_empty``, ``mode`` and ``fused_from_batch`` (the first batch, counted
-        from 1, reduced by the fused kernel; None if none was).
+        from 1, reduced by the fused kernel; None if none was, also when compiling failed
+        and the scan fell back to eager).
 
     Raises:
         ValueError: ``data`` yields no batch (or only empty ones), ``max_batches`` < 1,
@@ -302,12 +303,14 @@ def scan(
         )
     if skipped:
         log.info("scan skipped %d empty batch(es)", skipped)
+    if fused_from is not None and (fused_from > ran or not fused_available(target)):
+        fused_from = None  # nothing left to run fused, or compiling failed: all eager
     meta = {
         "batches": ran,
         "skipped_empty": skipped,
         "mode": "keep" if keep_mode else "eval",
         "model": type(model).__name__,
-        "fused_from_batch": fused_from if fused_from is not None and fused_from <= ran else None,
+        "fused_from_batch": fused_from,
     }
     return Report(stats, sites, tau=tau, meta=meta)
 

@@ -59,10 +59,11 @@ one fewer each when ``out`` is known to be non-negative (ReLU:
 (:func:`scratch`: on CPU one buffer per thread, kept between calls and freed by
 :func:`release_scratch`). Fused path (``update(..., fused=True)``, "range" and "full"):
 one ``torch.compile``-d kernel reads ``z`` once (and ``out`` once, unless the activation is
-ReLU: ``relu=True`` sums ``relu(z)`` from ``z``), and for "full" a second compiled kernel
-does the ``(U,)`` merge; on a 2-core CPU this costs 2-3x less than eager, after compiling
-for about 1-3 s once per process (:func:`fused_available`; falls back to eager with one
-warning where compiling fails).
+ReLU: ``relu=True`` sums ``relu(z)`` from ``z``) and, for "range", also merges the batch
+into the accumulators; for "full" a second compiled kernel does the ``(U,)`` merge (one
+kernel is slower there when units are last). On a 2-core CPU this costs 2-4x less than
+eager, after compiling for about 2.5 s once per process (10 s the first time on a machine:
+:func:`fused_available`; falls back to eager with one warning where compiling fails).
 
 Non-finite pre-activations are counted in ``nonfinite`` and otherwise propagate: they make
 ``z_sum``/``z_m2``/extrema (and ``abs_sum`` for the output) NaN or inf for that unit, which
@@ -255,19 +256,19 @@ def _eager_reductions(
     return active, abs_sum, s1, s2, *extrema
 
 
-def _nonfinite(z3: Tensor, max_b: Tensor, min_b: Tensor) -> Tensor | None:
-    """``(U,)`` count of NaN/inf positions of an ``(A, U, B)`` batch whose per-unit
-    extrema are ``max_b`` and ``min_b``, or None when there are none.
+def _nonfinite(z3: Tensor, probe: Tensor) -> Tensor | None:
+    """``(U,)`` count of NaN/inf positions of an ``(A, U, B)`` batch, or None when there
+    are none; ``probe`` is ``max_b - min_b`` of the batch's per-unit extrema, or its sum.
 
-    On CPU reading a value costs no device synchronisation: a finite sum of
-    ``max_b - min_b`` means no NaN (which both propagate), +inf (in ``max_b``) or -inf (in
-    ``min_b``) in the batch, so the counting pass is skipped. (A sum that overflows only
-    sends a finite batch down the exact counting path.) Elsewhere the positions are counted.
+    On CPU reading a value costs no device synchronisation: a finite sum of the probe means
+    no NaN (which both extrema propagate), +inf (in ``max_b``) or -inf (in ``min_b``) in the
+    batch, so the counting pass is skipped. (A sum that overflows only sends a finite batch
+    down the exact counting path.) Elsewhere the positions are counted.
     """
     if (
         z3.device.type == "cpu"
         and not torch.compiler.is_compiling()
-        and math.isfinite(float((max_b - min_b).sum()))
+        and math.isfinite(float(probe if probe.dim() == 0 else probe.sum()))
     ):
         return None
     n_b = z3.numel() // z3.shape[1]
@@ -287,8 +288,7 @@ def _merge_range(
     z_min: Tensor,
 ) -> None:
     """Add one batch's counts, ``abs_sum`` and extrema (``(U,)`` each, ``n_b`` positions
-    per unit) into the accumulators, in place. Five small ops: always eager (a compiled
-    call costs more)."""
+    per unit) into the accumulators, in place (eager, or inside :func:`_update_range`)."""
     acc = abs_sum.dtype
     positions.add_(n_b)
     active.add_(active_b.to(torch.int64))
@@ -369,14 +369,32 @@ def _fused_relu(z3: Tensor, shift: Tensor) -> tuple[Tensor, ...]:
     return _fused_body(z3, z3.clamp_min(0), shift, shift.dtype)
 
 
-def _fused_out_range(z3: Tensor, out3: Tensor) -> tuple[Tensor, ...]:
-    """:func:`_fused_out` without the moments."""
-    return _fused_body(z3, out3.abs(), None, _work_dtype(z3.dtype))
+def _update_range(
+    z3: Tensor,
+    abs_out: Tensor,
+    positions: Tensor,
+    active: Tensor,
+    abs_sum: Tensor,
+    z_max: Tensor,
+    z_min: Tensor,
+) -> Tensor:
+    """Detail "range" in one kernel: :func:`_fused_body` of the batch merged in place into
+    the accumulators (:func:`_merge_range`). Returns the 0-d non-finite probe of
+    :func:`_nonfinite`, the sum of ``max - min`` over units."""
+    active_b, abs_b, max_b, min_b = _fused_body(z3, abs_out, None, _work_dtype(z3.dtype))
+    n_b = z3.shape[0] * z3.shape[2]
+    _merge_range(n_b, active_b, abs_b, max_b, min_b, positions, active, abs_sum, z_max, z_min)
+    return (max_b - min_b).sum()
 
 
-def _fused_relu_range(z3: Tensor) -> tuple[Tensor, ...]:
-    """:func:`_fused_relu` without the moments."""
-    return _fused_body(z3, z3.clamp_min(0), None, _work_dtype(z3.dtype))
+def _fused_out_range(z3: Tensor, out3: Tensor, *accumulators: Tensor) -> Tensor:
+    """:func:`_update_range` with ``abs_sum`` from ``|out|``."""
+    return _update_range(z3, out3.abs(), *accumulators)
+
+
+def _fused_relu_range(z3: Tensor, *accumulators: Tensor) -> Tensor:
+    """:func:`_update_range` for ReLU: ``abs_sum`` from ``relu(z)``; ``out`` is not read."""
+    return _update_range(z3, z3.clamp_min(0), *accumulators)
 
 
 _FUSED: dict[str, Any] = {}
@@ -668,7 +686,10 @@ class UnitStats:
             and n_b < _FLOAT_COUNT_EXACT
             and not torch.compiler.is_compiling()
         ):
-            parts, merge = self._fused_parts(z3, out3, shift, relu)
+            if level == "range" and self._fused_range(z3, out3, relu):
+                return
+            if level == "full":
+                parts, merge = self._fused_full(z3, out3, shift, relu)
         if parts is None:
             parts = _eager_reductions(z3, out3, shift, work, level, out_nonnegative, relu)
         if level == "counts":
@@ -676,7 +697,7 @@ class UnitStats:
             self.active.add_(parts[0].to(torch.int64))
             self.abs_sum.add_(parts[1].to(acc))
             return
-        nonfinite = _nonfinite(z3, parts[-2], parts[-1])
+        nonfinite = _nonfinite(z3, parts[-2] - parts[-1])
         if nonfinite is not None:
             self.nonfinite.add_(nonfinite.to(torch.int64))
         counts = (self.positions, self.active, self.abs_sum)
@@ -696,20 +717,38 @@ class UnitStats:
             _disable_fused(exc)  # the compiled merge mutates nothing when it fails
             eager_merge(*batch, *accumulators)
 
-    def _fused_parts(
+    def _fused_range(self, z3: Tensor, out3: Tensor | None, relu: bool) -> bool:
+        """Detail "range": the batch reduced and merged by one compiled kernel; False (and
+        nothing changed) where compiling is unavailable or fails, then eager."""
+        kernel = _fused_kernel("relu_range" if relu else "out_range")
+        if kernel is None:
+            return False
+        # without out (update_z), z stands in for it and its abs_sum goes to a throwaway
+        abs_sum = self.abs_sum if relu or out3 is not None else torch.zeros_like(self.abs_sum)
+        args: tuple[Tensor, ...] = (z3,) if relu else (z3, z3 if out3 is None else out3)
+        try:
+            probe = kernel(*args, self.positions, self.active, abs_sum, self.z_max, self.z_min)
+        except Exception as exc:  # compiler missing or broken (before any change): eager
+            _disable_fused(exc)
+            return False
+        nonfinite = _nonfinite(z3, probe)
+        if nonfinite is not None:
+            self.nonfinite.add_(nonfinite.to(torch.int64))
+        return True
+
+    def _fused_full(
         self, z3: Tensor, out3: Tensor | None, shift: Tensor | None, relu: bool
     ) -> tuple[tuple[Tensor, ...] | None, Callable[..., Any] | None]:
-        """The batch's reductions by the compiled kernel for this level and, for "full", the
-        compiled merge (None for "range": its merge is eager), or (None, None) where
-        compiling is unavailable or fails (then all eager)."""
-        level = self.detail
-        kernel = _fused_kernel(("relu_" if relu else "out_") + level)
-        merge = _fused_kernel("merge_full") if level == "full" else None
-        if kernel is None or (level == "full" and merge is None):
+        """Detail "full": the batch's reductions by the compiled kernel and the compiled
+        merge, or (None, None) where compiling is unavailable or fails (then eager). (One
+        kernel for both, as for "range", is slower here when units are last.)"""
+        kernel = _fused_kernel("relu_full" if relu else "out_full")
+        merge = _fused_kernel("merge_full")
+        if kernel is None or merge is None:
             return None, None
         args: tuple[Tensor, ...] = (z3,) if relu else (z3, z3 if out3 is None else out3)
         try:  # without out (update_z), z stands in for it; its abs_sum is dropped
-            parts = kernel(*args, shift) if level == "full" else kernel(*args)
+            parts = kernel(*args, shift)
         except Exception as exc:  # compiler missing or broken: eager from now on
             _disable_fused(exc)
             return None, None

@@ -12,7 +12,8 @@ Conditions (``detail`` x kernel):
 
 * ``range_fused``: the default statistics (``detail="range"``) with the fused kernel,
   which ``scan(fused=None)`` (the default) uses for every scan projected to take
-  >= 20 s: the throughput that matters, **target >= 0.9** (``meets_target``);
+  >= 100 s (``AUTO_FUSED_SECONDS``): the throughput that matters, **target >= 0.9**
+  (``meets_target``);
 * ``range_eager``: the default statistics on the eager path (what short scans run);
 * ``full_fused`` / ``full_eager``: ``detail="full"`` (adds the z mean and variance);
 * ``counts_eager``: ``detail="counts"`` (dead, dormant, rarely active only).

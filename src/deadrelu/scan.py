@@ -281,6 +281,8 @@ def scan(
                     if ran == 1 and not handle.sites:
                         raise ValueError(_no_activation_message(model, functional))
                     if ran == 1 and fused is None and length is not None:
+                        if target.type == "cuda":  # once: time the work, not the launches
+                            torch.cuda.synchronize(target)
                         left = length - 1
                         if auto_fused(time.perf_counter() - start, left, target):
                             use_fused, fused_from = True, 2

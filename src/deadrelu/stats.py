@@ -211,7 +211,7 @@ def _eager_reductions(
     out3: Tensor | None,
     shift: Tensor | None,
     work: torch.dtype,
-    level: str,
+    level: Level,
     out_nonnegative: bool = False,
     relu: bool = False,
 ) -> tuple[Tensor, ...]:

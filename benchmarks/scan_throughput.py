@@ -181,6 +181,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=10)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument(
+        "--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS)
+    )
+    parser.add_argument(
         "--default-malloc", action="store_true", help="keep glibc's default malloc settings"
     )
     args = parser.parse_args()
@@ -189,7 +192,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds, n_batches = (2, 3) if args.quick else (args.rounds, args.batches)
-    results = {name: bench(name, rounds, n_batches) for name in MODELS}
+    names = [n for n in args.models.split(",") if n]
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown models {unknown}; choose from {list(MODELS)}")
+    results = {name: bench(name, rounds, n_batches) for name in names}
     print(
         json.dumps(
             {

@@ -361,3 +361,21 @@ def test_inplace_relu_scan_exact_and_equal_to_copy_path() -> None:
     assert torch.nonzero(clean.active == 0).flatten().tolist() == [1, 4]
     assert float(scan(m, xs[:1]).stats["1"].z_max[1]) < -900  # z before the overwrite
     assert no_hooks_left(m)
+
+
+def test_channels_last_model_scans_like_contiguous() -> None:
+    """A channels_last CNN (the layout fast conv kernels prefer): same units found, same
+    statistics, for both kernels."""
+    m = DeadChannelCNN()
+    batches = m.make_batches(2)
+    ref = scan(m, batches)
+    m_cl = m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    cl_batches = [x.contiguous(memory_format=torch.channels_last) for x in batches]
+    for fused in (False, True):
+        got = scan(m_cl, cl_batches, fused=fused)
+        assert got.all_units("dead") == ref.all_units("dead") == m.expected_dead
+        for site, st in ref.stats.items():
+            for name in st.REDUCE:
+                torch.testing.assert_close(
+                    getattr(got.stats[site], name), getattr(st, name), rtol=1e-5, atol=1e-5
+                )

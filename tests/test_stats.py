@@ -403,3 +403,32 @@ def test_update_z_then_add_output_equals_update(detail: bool) -> None:
         split.add_output(out, 1)
     for name in UnitStats.REDUCE:
         torch.testing.assert_close(getattr(split, name), getattr(ref, name), equal_nan=True)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_channels_last_maps_equal_contiguous(fused: bool) -> None:
+    """A channels_last (N, C, H, W) map is reduced as a units-last view, not copied: the
+    same statistics as the contiguous map, also when z and out differ in layout and for
+    the in-place split."""
+    if fused and not hasattr(torch, "compile"):
+        pytest.skip("needs torch.compile")
+    g = torch.Generator().manual_seed(8)
+    z = torch.randn(3, 5, 6, 7, generator=g) * 2 - 0.3
+    z.view(-1)[::11] = float("nan")
+    cl = z.contiguous(memory_format=torch.channels_last)
+    assert not cl.is_contiguous()
+    for detail in ("counts", "range", "full"):
+        ref = UnitStats.empty(5, detail=detail)  # type: ignore[arg-type]
+        ref.update(z, torch.nn.functional.elu(z), 1)
+        for zz, oo in [
+            (cl, torch.nn.functional.elu(cl)),
+            (cl, torch.nn.functional.elu(z)),
+            (z, torch.nn.functional.elu(cl)),
+        ]:
+            got = UnitStats.empty(5, detail=detail)  # type: ignore[arg-type]
+            got.update(zz, oo, 1, fused=fused)
+            _assert_stats_close(got, ref)
+        split = UnitStats.empty(5, detail=detail)  # type: ignore[arg-type]
+        split.update_z(cl, 1, fused=fused)
+        split.add_output(torch.nn.functional.elu(cl), 1)
+        _assert_stats_close(split, ref)

@@ -165,6 +165,25 @@ def release_scratch() -> None:
     _LOCAL.__dict__.get("buffers", {}).clear()
 
 
+def _units_last(x: Tensor, d: int) -> bool:
+    """Whether ``x`` is laid out with unit dim ``d`` last in memory but is not contiguous
+    as it stands (``channels_last`` conv maps ``(N, C, H, W)``)."""
+    return not x.is_contiguous() and d != x.dim() - 1 and x.movedim(d, -1).is_contiguous()
+
+
+def _as_aub(x: Tensor, d: int, units_last: bool = False) -> Tensor:
+    """``x`` as ``(A, U, B)``: A the positions before unit dim ``d``, U the units, B those
+    after, a view when ``x`` is contiguous; with ``units_last`` (see :func:`_units_last`)
+    ``(positions, U, 1)`` instead, a view for a ``channels_last`` map, not a copy. Only the
+    order of positions differs, which no per-unit statistic sees; ``z`` and ``out`` of one
+    call must be viewed alike."""
+    units = x.shape[d]
+    if units_last:
+        return x.movedim(d, -1).reshape(-1, units, 1)
+    lead = math.prod(x.shape[:d])
+    return x.reshape(lead, units, x.numel() // (units * lead))
+
+
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     """Dtype for one batch's reductions: float64 stays, everything else goes to float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
@@ -624,8 +643,7 @@ class UnitStats:
         if out.numel() == 0:
             return
         out = out.detach()
-        lead = math.prod(out.shape[:d])
-        out3 = out.reshape(lead, units, out.numel() // (units * lead))
+        out3 = _as_aub(out, d, _units_last(out, d))
         work = _work_dtype(out.dtype)
         if out.dtype == work:
             buf = (
@@ -675,9 +693,9 @@ class UnitStats:
             index = tuple(slice(None) if i == d else 0 for i in range(z.dim()))
             shift = z[index].to(work).nan_to_num(0.0, 0.0, 0.0)  # (U,)
 
-        lead = math.prod(z.shape[:d])
-        z3 = z.reshape(lead, units, n_b // lead)  # (A, U, B): a view when z is contiguous
-        out3 = out.reshape(z3.shape) if out is not None else None
+        units_last = _units_last(z, d)
+        z3 = _as_aub(z, d, units_last)
+        out3 = _as_aub(out, d, units_last) if out is not None else None
         parts: tuple[Tensor, ...] | None = None
         merge: Callable[..., Any] | None = None
         if (

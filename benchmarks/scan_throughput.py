@@ -177,8 +177,8 @@ def main() -> None:
     """Run every model and print one JSON object."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="short smoke pass")
-    parser.add_argument("--rounds", type=int, default=11)
-    parser.add_argument("--batches", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument(
         "--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS)

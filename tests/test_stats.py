@@ -230,6 +230,8 @@ def _rank_batches(rank: int) -> list[Tensor]:
 def _all_reduce_worker(rank: int, world: int, init: str, out_path: str) -> None:
     import torch.distributed as dist
 
+    from deadrelu.stats import all_reduce_many
+
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
         s = UnitStats.empty(3)
@@ -237,8 +239,19 @@ def _all_reduce_worker(rank: int, world: int, init: str, out_path: str) -> None:
             s.update(z, torch.relu(z), 1)
         s.all_reduce()
         torch.save(s.state_dict(), f"{out_path}.{rank}")
+        many = _levels_stats()
+        for z in _rank_batches(rank):
+            for st in many:
+                st.update(z, torch.relu(z), 1)
+        all_reduce_many(many)  # several sites and levels, packed
+        torch.save([st.state_dict() for st in many], f"{out_path}.many.{rank}")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def _levels_stats() -> list[UnitStats]:
+    return [UnitStats.empty(3, detail=lvl) for lvl in ("full", "counts", "range", "full")]
 
 
 def test_all_reduce_two_processes_equals_merge(tmp_path: Path) -> None:
@@ -256,6 +269,16 @@ def test_all_reduce_two_processes_equals_merge(tmp_path: Path) -> None:
         got = UnitStats.from_state_dict(torch.load(f"{out}.{rank}"))
         for name in UnitStats.REDUCE:
             torch.testing.assert_close(getattr(got, name), getattr(expected, name), msg=name)
+    # all_reduce_many over sites of every level == merging the streams, per site
+    merged = _levels_stats()
+    for rank in range(world):
+        for z in _rank_batches(rank):
+            for st in merged:
+                st.update(z, torch.relu(z), 1)
+    for rank in range(world):
+        states = torch.load(f"{out}.many.{rank}")
+        for st, want in zip(states, merged, strict=True):
+            _assert_stats_close(UnitStats.from_state_dict(st), want)
 
 
 def _fused_cases() -> list[tuple[Tensor, int]]:

@@ -92,6 +92,7 @@ __all__ = [
     "Level",
     "UnitStats",
     "accumulator_dtype",
+    "all_reduce_many",
     "detail_level",
     "fused_available",
     "release_scratch",
@@ -814,33 +815,9 @@ class UnitStats:
         return self
 
     def all_reduce(self, group: object | None = None) -> UnitStats:
-        """Reduce across the processes of ``group`` (torch.distributed) in place.
-
-        Sums for counts and sums, max/min for extrema, and the exact Chan merge for
-        ``z_m2`` (two rounds: the global mean first, then each process's M2 re-centred
-        on it). A no-op when torch.distributed is not initialised. Collective: every
-        process must call it, with statistics of the same number of units. Returns
-        ``self``.
-        """
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return self
-        acc = self.z_sum.dtype
-        n_local = self.positions.to(acc)
-        mean_local = self.z_sum / n_local.clamp_min(1)
-        by_op: dict[str, list[str]] = {"sum": [], "max": [], "min": []}
-        for name, how in self.REDUCE.items():
-            if how in by_op:
-                by_op[how].append(name)
-        ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
-        for how, names in by_op.items():
-            for name in names:
-                dist.all_reduce(getattr(self, name), op=ops[how], group=group)
-        mean_global = self.z_sum / self.positions.to(acc).clamp_min(1)
-        shift = mean_local - mean_global
-        self.z_m2.add_(n_local * shift * shift)
-        dist.all_reduce(self.z_m2, op=dist.ReduceOp.SUM, group=group)
+        """Reduce across the processes of ``group`` (torch.distributed) in place; returns
+        ``self``. :func:`all_reduce_many` for one statistics object."""
+        all_reduce_many([self], group)
         return self
 
     def reset(self) -> None:
@@ -932,6 +909,66 @@ class UnitStats:
             f"UnitStats(units={self.units}, device={self.device}, detail={self.detail}, "
             f"dtype={self.abs_sum.dtype})"
         )
+
+
+#: The fields each level updates (the others keep their initial values on every process).
+_LEVEL_FIELDS: dict[str, tuple[str, ...]] = {
+    "counts": ("positions", "active", "abs_sum"),
+    "range": ("positions", "active", "abs_sum", "z_max", "z_min", "nonfinite"),
+    "full": tuple(UnitStats.REDUCE),
+}
+
+
+def all_reduce_many(stats: Sequence[UnitStats], group: object | None = None) -> None:
+    """Reduce every statistics object in ``stats`` across the processes of ``group``
+    (torch.distributed), in place, in a few packed collectives.
+
+    Sums for counts and sums, max/min for extrema, and the exact Chan merge for ``z_m2``
+    (the global mean first, then each process's M2 re-centred on it and summed). The
+    fields a level updates are packed into one flat buffer per (reduction, dtype,
+    device): about 4 collectives in all (5 with "full" statistics) instead of 9 per call
+    site. A no-op when torch.distributed is not initialised. Collective: every process
+    must call it with the same sequence (units and levels alike).
+    """
+    import torch.distributed as dist
+
+    if not stats or not (dist.is_available() and dist.is_initialized()):
+        return
+    full = [s for s in stats if s.has_moments]
+    # each process's own (n, mean), needed to re-centre its M2 on the global mean
+    local = [(s.positions.to(s.z_sum.dtype), s.z_sum / s.positions.clamp_min(1)) for s in full]
+    packs: dict[tuple[str, torch.dtype, torch.device], list[Tensor]] = {}
+    for s in stats:
+        for name in _LEVEL_FIELDS[s.detail]:
+            how = UnitStats.REDUCE[name]
+            if how != "m2":
+                t = getattr(s, name)
+                packs.setdefault((how, t.dtype, t.device), []).append(t)
+    _all_reduce_packed(packs, group)
+    m2: dict[tuple[str, torch.dtype, torch.device], list[Tensor]] = {}
+    for s, (n_local, mean_local) in zip(full, local, strict=True):
+        shift = mean_local - s.z_sum / s.positions.clamp_min(1)
+        s.z_m2.add_(n_local * shift * shift)
+        m2.setdefault(("sum", s.z_m2.dtype, s.z_m2.device), []).append(s.z_m2)
+    _all_reduce_packed(m2, group)
+
+
+def _all_reduce_packed(
+    packs: Mapping[tuple[str, torch.dtype, torch.device], Sequence[Tensor]],
+    group: object | None,
+) -> None:
+    """One ``all_reduce`` per key ``(reduction, dtype, device)`` over the concatenation of
+    its tensors, copied back into them."""
+    import torch.distributed as dist
+
+    ops = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+    for (how, _, _), tensors in packs.items():
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat, op=ops[how], group=group)
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
 
 
 def _level_from_state(value: Tensor) -> Level:

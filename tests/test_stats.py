@@ -455,3 +455,32 @@ def test_channels_last_maps_equal_contiguous(fused: bool) -> None:
         split.update_z(cl, 1, fused=fused)
         split.add_output(torch.nn.functional.elu(cl), 1)
         _assert_stats_close(split, ref)
+
+
+def test_untracked_fields_take_no_memory_and_stay_initial() -> None:
+    """A level's untracked fields are one-element views (shape (U,) all the same) that keep
+    their initial values through update, merge, reset, clone and state dicts; loading a
+    state of another level gives the fields that level tracks real memory."""
+    units = 1000
+    sizes = {lvl: UnitStats.empty(units, detail=lvl).nbytes for lvl in ("counts", "range", "full")}
+    assert sizes["counts"] == 8 + units * 16 + 5 * 8  # positions, active, abs_sum; 5 views
+    assert sizes["range"] == 8 + units * 40 + 2 * 8
+    assert sizes["full"] == 8 + units * 56
+    z = torch.randn(4, units) - 0.5
+    counts = UnitStats.empty(units, detail="counts")
+    counts.update(z, torch.relu(z), 1)
+    counts.merge(counts.clone())
+    for s in (counts, counts.clone(), UnitStats.from_state_dict(counts.state_dict())):
+        assert s.nbytes == sizes["counts"] and s.z_max.shape == (units,)
+        assert torch.isinf(s.z_max).all() and not s.z_sum.any() and not s.nonfinite.any()
+        assert int(s.positions) == 8
+    full = UnitStats.empty(units)
+    full.update(z, torch.relu(z), 1)
+    counts.load_state_dict(full.state_dict())  # counts -> full: fields get memory
+    assert counts.detail == "full" and counts.nbytes == sizes["full"]
+    _assert_stats_close(counts, full)
+    counts.update(z, torch.relu(z), 1)
+    counts.reset()
+    assert torch.isinf(counts.z_min).all() and counts.nbytes == sizes["full"]
+    full.load_state_dict(UnitStats.empty(units, detail="range").state_dict())  # full -> range
+    assert full.detail == "range" and full.nbytes == sizes["range"]

@@ -355,11 +355,12 @@ class _SiteState:
         return out
 
     def nbytes(self) -> int:
-        """Bytes of every per-unit tensor (the per-step buffer included)."""
+        """Bytes of every per-unit tensor (the per-step buffer included), as allocated: a
+        statistics field the detail level does not update takes one element."""
         total = sum(t.numel() * t.element_size() for t in self.tensors().values())
         for stats in (self.step, self.pane, self.prev):
             if stats is not None:
-                total += sum(t.numel() * t.element_size() for t in stats._tensors().values())
+                total += stats.nbytes
         if self.grad_step is not None:
             total += self.grad_step.numel() * self.grad_step.element_size()
         return total

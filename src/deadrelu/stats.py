@@ -507,6 +507,16 @@ class UnitStats:
 
     def __post_init__(self) -> None:
         self.detail = detail_level(self.detail)
+        self._compact()
+
+    def _compact(self) -> None:
+        """Hold the fields this level does not update as zero-stride views of their initial
+        value (one element of memory each, shape ``(U,)`` all the same)."""
+        tracked = _LEVEL_FIELDS[self.detail]
+        for name, how in self.REDUCE.items():
+            t = getattr(self, name)
+            if name not in tracked and (t.dim() == 0 or t.stride(0) != 0):
+                setattr(self, name, _initial(how, t.shape, t.dtype, t.device))
 
     @classmethod
     def empty(
@@ -531,17 +541,20 @@ class UnitStats:
         device = torch.device(device)
         acc = dtype or accumulator_dtype(device)
         i64 = torch.int64
-        return cls(
-            positions=torch.zeros((), dtype=i64, device=device),
-            active=torch.zeros(units, dtype=i64, device=device),
-            abs_sum=torch.zeros(units, dtype=acc, device=device),
-            z_sum=torch.zeros(units, dtype=acc, device=device),
-            z_m2=torch.zeros(units, dtype=acc, device=device),
-            z_max=torch.full((units,), float("-inf"), dtype=acc, device=device),
-            z_min=torch.full((units,), float("inf"), dtype=acc, device=device),
-            nonfinite=torch.zeros(units, dtype=i64, device=device),
-            detail=detail_level(detail),
-        )
+        level = detail_level(detail)
+        tracked = _LEVEL_FIELDS[level]
+        dtypes = {"positions": i64, "active": i64, "nonfinite": i64}
+        fields_ = {
+            name: _initial(
+                how,
+                (() if name == "positions" else (units,)),
+                dtypes.get(name, acc),
+                device,
+                dense=name in tracked,
+            )
+            for name, how in cls.REDUCE.items()
+        }
+        return cls(**fields_, detail=level)
 
     @property
     def has_range(self) -> bool:
@@ -552,6 +565,11 @@ class UnitStats:
     def has_moments(self) -> bool:
         """Whether ``z_sum`` and ``z_m2`` are tracked (detail "full")."""
         return self.detail == "full"
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the accumulators hold (untracked fields: one element each)."""
+        return sum(t.untyped_storage().nbytes() for t in self._tensors().values())
 
     @property
     def units(self) -> int:
@@ -792,14 +810,17 @@ class UnitStats:
         result equals having seen both streams of batches.
         """
         self._check_compatible(other)
-        o = {k: v.to(self.device) for k, v in other._tensors().items()}
-        acc = self.z_sum.dtype
-        n_a = self.positions.to(acc)
-        n_b = o["positions"].to(acc)
-        n = (n_a + n_b).clamp_min(1)
-        delta = o["z_sum"].to(acc) / n_b.clamp_min(1) - self.z_sum / n_a.clamp_min(1)
-        m2 = self.z_m2 + o["z_m2"].to(acc) + delta * delta * (n_a * n_b / n)
-        for name, how in self.REDUCE.items():
+        tracked = _LEVEL_FIELDS[self.detail]
+        o = {k: getattr(other, k).to(self.device) for k in tracked}
+        if self.has_moments:
+            acc = self.z_sum.dtype
+            n_a = self.positions.to(acc)
+            n_b = o["positions"].to(acc)
+            n = (n_a + n_b).clamp_min(1)
+            delta = o["z_sum"].to(acc) / n_b.clamp_min(1) - self.z_sum / n_a.clamp_min(1)
+            m2 = self.z_m2 + o["z_m2"].to(acc) + delta * delta * (n_a * n_b / n)
+        for name in tracked:
+            how = self.REDUCE[name]
             mine = getattr(self, name)
             theirs = o[name].to(mine.dtype)
             if how == "sum":
@@ -822,7 +843,8 @@ class UnitStats:
 
     def reset(self) -> None:
         """Back to the empty state, in place (tensors keep their storage)."""
-        for name, how in self.REDUCE.items():
+        for name in _LEVEL_FIELDS[self.detail]:
+            how = self.REDUCE[name]
             t = getattr(self, name)
             if how == "max":
                 t.fill_(float("-inf"))
@@ -855,16 +877,21 @@ class UnitStats:
         if missing:
             raise KeyError(f"state_dict lacks {missing}; was it made by UnitStats.state_dict()?")
         for name in self.REDUCE:
-            mine = getattr(self, name)
-            theirs = state[name]
+            mine, theirs = getattr(self, name), state[name]
             if theirs.shape != mine.shape:
                 raise ValueError(
                     f"{name}: state has shape {tuple(theirs.shape)}, expected "
                     f"{tuple(mine.shape)} ({self.units} units)"
                 )
-            mine.copy_(theirs)
         if "detail" in state:
             self.detail = _level_from_state(state["detail"])
+        for name in _LEVEL_FIELDS[self.detail]:
+            mine = getattr(self, name)
+            if mine.dim() and mine.stride(0) == 0:  # was not tracked: give it memory
+                mine = mine.contiguous().clone()
+                setattr(self, name, mine)
+            mine.copy_(state[name])
+        self._compact()
 
     @classmethod
     def from_state_dict(
@@ -909,6 +936,22 @@ class UnitStats:
             f"UnitStats(units={self.units}, device={self.device}, detail={self.detail}, "
             f"dtype={self.abs_sum.dtype})"
         )
+
+
+def _initial(
+    how: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    dense: bool = False,
+) -> Tensor:
+    """A field's initial value (-inf for "max", +inf for "min", else 0): a fresh tensor
+    with ``dense``, else one element expanded to ``shape`` (zero stride, no memory)."""
+    value = float("-inf") if how == "max" else float("inf") if how == "min" else 0.0
+    if dense or not shape:
+        return torch.full(shape, value, dtype=dtype, device=device)
+    return torch.full((), value, dtype=dtype, device=device).expand(shape)
 
 
 #: The fields each level updates (the others keep their initial values on every process).

@@ -26,7 +26,9 @@ Conditions:
 Target: ``monitor`` median ratio <= 1.05 for each model. Timing on a shared machine is
 noisy: run on a quiet machine for numbers to quote (``--clock cpu --threads 1`` measures
 this process's CPU time instead of wall time, steadier when other processes compete for
-the cores). ``--quick`` runs a short smoke pass.
+the cores). ``--quick`` runs a short smoke pass. Unless ``--default-malloc`` is given, the
+script re-executes itself with the glibc malloc settings of ``benchmarks/_stable_malloc.py``
+(freed memory reused: page faults otherwise swing the timings by several percent).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import _stable_malloc as stable_malloc
 from deadrelu.monitor import Monitor
 
 TARGET = 1.05
@@ -199,7 +202,9 @@ def main() -> None:
         help="wall: time.perf_counter (default); cpu: this process's CPU time "
         "(time.process_time), steadier on a shared machine, best with --threads 1",
     )
+    stable_malloc.add_argument(parser)
     args = parser.parse_args()
+    malloc = stable_malloc.ensure(args.default_malloc)
     if args.quick:
         args.rounds, args.steps = 3, 10
     if args.threads:
@@ -220,6 +225,7 @@ def main() -> None:
                 "rounds": args.rounds,
                 "steps_per_block": args.steps,
                 "clock": args.clock,
+                "malloc": malloc,
                 "monitor_defaults": {"every": 10, "window": 100, "detail": False},
                 "results": results,
                 "all_meet_target": all(r["monitor_meets_target"] for r in results.values()),

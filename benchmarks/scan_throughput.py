@@ -28,14 +28,11 @@ Models:
 * ``transformer``: one pre-norm block (d=256, 4 heads, FFN 1024 with ``F.gelu``, a
   functional activation), batch 16 x 128 tokens.
 
-Page faults: with glibc's default malloc, every large activation tensor of a batch is
-mmap-ed afresh and faulted in page by page, and on this project's VMs that costs up to
-half of plain inference time, varying run to run with the heap's state (13k-21k faults per
-CNN batch measured). Unless ``--default-malloc`` is given, the script re-executes itself
-with ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` / ``MALLOC_TOP_PAD_`` set so
-that freed memory is reused (0 faults per batch): the ratios then compare computation, not
-the allocator's luck. Timing on a shared machine is still noisy: run on a quiet machine
-for numbers to quote. ``--quick`` runs a short smoke pass.
+Unless ``--default-malloc`` is given, the script re-executes itself with the glibc malloc
+settings of ``benchmarks/_stable_malloc.py`` (freed memory reused: page faults were up to
+half of plain inference time here and varied run to run), so that the ratios compare
+computation, not the allocator's luck. Timing on a shared machine is still noisy: run on
+a quiet machine for numbers to quote. ``--quick`` runs a short smoke pass.
 """
 
 from __future__ import annotations
@@ -43,10 +40,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -55,16 +50,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import _stable_malloc as stable_malloc
 from deadrelu.scan import scan
 from deadrelu.stats import Detail
 
 TARGET = 0.9
-#: glibc malloc settings for stable timings (see the module docstring).
-STABLE_MALLOC = {
-    "MALLOC_MMAP_THRESHOLD_": str(2**32),
-    "MALLOC_TRIM_THRESHOLD_": str(2**32),
-    "MALLOC_TOP_PAD_": str(2**28),
-}
 CONDITIONS: list[tuple[Detail, str]] = [
     ("range", "fused"),
     ("range", "eager"),
@@ -183,12 +173,9 @@ def main() -> None:
     parser.add_argument(
         "--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS)
     )
-    parser.add_argument(
-        "--default-malloc", action="store_true", help="keep glibc's default malloc settings"
-    )
+    stable_malloc.add_argument(parser)
     args = parser.parse_args()
-    if not args.default_malloc and any(os.environ.get(k) != v for k, v in STABLE_MALLOC.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **STABLE_MALLOC})
+    malloc = stable_malloc.ensure(args.default_malloc)
     if args.threads:
         torch.set_num_threads(args.threads)
     rounds, n_batches = (2, 3) if args.quick else (args.rounds, args.batches)
@@ -209,7 +196,7 @@ def main() -> None:
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
                 "machine": platform.machine(),
-                "malloc": "default" if args.default_malloc else STABLE_MALLOC,
+                "malloc": malloc,
                 "results": results,
                 "all_meet_target": all(r["meets_target"] for r in results.values()),
             },

@@ -260,10 +260,8 @@ def _eager_reductions(
         out_nonnegative = True
     if out3 is None:
         abs_sum = torch.zeros(units, dtype=work, device=z3.device)
-    elif out3.dtype == work:
-        abs_sum = _reduce(out3 if out_nonnegative else torch.abs(out3, out=buf), "sum")
-    else:  # bf16 / fp16: abs is exact in the input dtype, the sum runs in float32
-        abs_sum = out3.abs().sum(dims, dtype=work)
+    else:
+        abs_sum = _abs_sum(out3, work, out_nonnegative, buf)
     if level == "counts":
         return active, abs_sum
     extrema = _reduce(z3, "amax").to(work), _reduce(z3, "amin").to(work)
@@ -274,6 +272,15 @@ def _eager_reductions(
     s1 = _reduce(buf, "sum")
     s2 = _square_sum(buf)
     return active, abs_sum, s1, s2, *extrema
+
+
+def _abs_sum(out3: Tensor, work: torch.dtype, out_nonnegative: bool, buf: Tensor) -> Tensor:
+    """``(U,)`` sum of ``|out|`` over an ``(A, U, B)`` view, in ``work`` dtype; ``buf`` is
+    scratch of that shape and dtype for the ``abs`` (skipped with ``out_nonnegative``)."""
+    if out3.dtype == work:
+        return _reduce(out3 if out_nonnegative else torch.abs(out3, out=buf), "sum")
+    # bf16 / fp16: abs is exact in the input dtype, the sum runs in float32
+    return out3.abs().sum((0, 2), dtype=work)
 
 
 def _nonfinite(z3: Tensor, probe: Tensor) -> Tensor | None:
@@ -649,31 +656,27 @@ class UnitStats:
 
         ``out``: same shape as that ``z``; ``out_nonnegative`` as in :meth:`update`.
         """
-        if out.dim() <= 1:
-            out = out.reshape(1, -1)
-            unit_dim = 1
-        d = unit_dim % out.dim()
-        units = out.shape[d]
-        if units != self.units:
-            raise ValueError(
-                f"out has {units} units along dim {unit_dim} (shape {tuple(out.shape)}) but "
-                f"these statistics hold {self.units}; check the unit axis"
-            )
+        out, d = self._unit_axis(out, unit_dim, "out")
         if out.numel() == 0:
             return
         out = out.detach()
         out3 = _as_aub(out, d, _units_last(out, d))
         work = _work_dtype(out.dtype)
-        if out.dtype == work:
-            buf = (
-                out3
-                if out_nonnegative
-                else torch.abs(out3, out=scratch(out3.shape, work, out.device))
-            )
-            abs_b = _reduce(buf, "sum")
-        else:
-            abs_b = out3.abs().sum((0, 2), dtype=work)
+        abs_b = _abs_sum(out3, work, out_nonnegative, scratch(out3.shape, work, out.device))
         self.abs_sum.add_(abs_b.to(self.abs_sum.dtype))
+
+    def _unit_axis(self, x: Tensor, unit_dim: int, what: str) -> tuple[Tensor, int]:
+        """``x`` with 0-d/1-d tensors viewed as one position ``(1, U)``, and its unit dim as
+        a non-negative index; raises if it does not hold :attr:`units` units."""
+        if x.dim() <= 1:
+            x, unit_dim = x.reshape(1, -1), 1
+        d = unit_dim % x.dim()
+        if x.shape[d] != self.units:
+            raise ValueError(
+                f"{what} has {x.shape[d]} units along dim {unit_dim} (shape {tuple(x.shape)}) "
+                f"but these statistics hold {self.units}; check the unit axis"
+            )
+        return x, d
 
     def _update(
         self,
@@ -686,18 +689,10 @@ class UnitStats:
     ) -> None:
         """:meth:`update`; without ``out`` (:meth:`update_z`) ``abs_sum`` is skipped, or with
         ``relu`` taken from ``relu(z)``."""
-        if z.dim() <= 1:
-            z = z.reshape(1, -1)
-            out = out.reshape(1, -1) if out is not None else None
-            unit_dim = 1
-        d = unit_dim % z.dim()
-        units = z.shape[d]
-        if units != self.units:
-            raise ValueError(
-                f"z has {units} units along dim {unit_dim} (shape {tuple(z.shape)}) but "
-                f"these statistics hold {self.units}; check the unit axis"
-            )
-        n_b = z.numel() // units if units else 0
+        if out is not None and z.dim() <= 1:
+            out = out.reshape(1, -1)
+        z, d = self._unit_axis(z, unit_dim, "z")
+        n_b = z.numel() // self.units
         if n_b == 0:
             return
         z = z.detach()
@@ -844,14 +839,7 @@ class UnitStats:
     def reset(self) -> None:
         """Back to the empty state, in place (tensors keep their storage)."""
         for name in _LEVEL_FIELDS[self.detail]:
-            how = self.REDUCE[name]
-            t = getattr(self, name)
-            if how == "max":
-                t.fill_(float("-inf"))
-            elif how == "min":
-                t.fill_(float("inf"))
-            else:
-                t.zero_()
+            getattr(self, name).fill_(_initial_value(self.REDUCE[name]))
 
     def clone(self) -> UnitStats:
         """A deep copy."""
@@ -938,6 +926,12 @@ class UnitStats:
         )
 
 
+def _initial_value(how: str) -> float:
+    """The value a field starts from, by its reduction: -inf for "max", +inf for "min",
+    else 0."""
+    return float("-inf") if how == "max" else float("inf") if how == "min" else 0.0
+
+
 def _initial(
     how: str,
     shape: tuple[int, ...],
@@ -946,9 +940,9 @@ def _initial(
     *,
     dense: bool = False,
 ) -> Tensor:
-    """A field's initial value (-inf for "max", +inf for "min", else 0): a fresh tensor
-    with ``dense``, else one element expanded to ``shape`` (zero stride, no memory)."""
-    value = float("-inf") if how == "max" else float("inf") if how == "min" else 0.0
+    """A field's initial value (:func:`_initial_value`): a fresh tensor with ``dense``, else
+    one element expanded to ``shape`` (zero stride, no memory)."""
+    value = _initial_value(how)
     if dense or not shape:
         return torch.full(shape, value, dtype=dtype, device=device)
     return torch.full((), value, dtype=dtype, device=device).expand(shape)

@@ -236,19 +236,21 @@ def scan(
             relu=spec.name == "relu",
         )
 
+    def abs_from_z(site: Site) -> bool:
+        # an in-place ReLU on the fused path: its abs_sum comes from z in the pre-hook
+        # (no extra pass), so the post-hook adds nothing
+        return use_fused and site.activation.spec.name == "relu"
+
     def collect_z(site: Site, z: Tensor) -> None:
-        # in-place activation modules: z before it is overwritten, without a copy; the
-        # fused kernel takes a ReLU's abs_sum from z too, at no extra pass
+        # in-place activation modules: z before it is overwritten, without a copy
         if z.numel() == 0:
             return
-        relu = use_fused and site.activation.spec.name == "relu"
-        stats_for(site, z).update_z(z, site.unit_dim, fused=use_fused, relu=relu)
+        stats_for(site, z).update_z(z, site.unit_dim, fused=use_fused, relu=abs_from_z(site))
 
     def collect_out(site: Site, out: Tensor) -> None:
-        spec = site.activation.spec
         s = stats.get(site.name)
-        if s is not None and out.numel() and not (use_fused and spec.name == "relu"):
-            s.add_output(out, site.unit_dim, out_nonnegative=spec.nonnegative)
+        if s is not None and out.numel() and not abs_from_z(site):
+            s.add_output(out, site.unit_dim, out_nonnegative=site.activation.spec.nonnegative)
 
     flags = [(m, m.training) for m in model.modules()]
     seen = ran = skipped = 0

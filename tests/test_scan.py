@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from deadrelu import native
 from deadrelu.scan import scan
 from models import (
     DeadChannelCNN,
@@ -32,15 +33,25 @@ def test_reported_units_are_exactly_the_killed_ones(model: nn.Module) -> None:
 
 
 @pytest.mark.skipif(not hasattr(torch, "compile"), reason="needs torch.compile")
+@pytest.mark.parametrize("with_native", [True, False], ids=["native", "compiled"])
 @pytest.mark.parametrize("model", all_models(), ids=lambda m: type(m).__name__)
-def test_fused_scan_equals_eager_scan(model: nn.Module) -> None:
+def test_fused_scan_equals_eager_scan(
+    model: nn.Module, with_native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The fused kernels (ReLU from z, in-place ReLU in the pre-hook, other activations from
-    |out|) give the eager statistics: the same classes exactly, sums to float32 order."""
+    |out|), native or compiled, give the eager statistics: the same classes exactly, sums
+    to float32 order; meta names the kernels that ran."""
+    if with_native and not native.available():
+        pytest.skip("no C++ compiler for the native kernel")
+    monkeypatch.setitem(native._STATE, "enabled", with_native)
     batches = model.make_batches()  # type: ignore[operator]
     for detail in ("range", "full"):
         eager = scan(model, batches, detail=detail, fused=False)
         fused = scan(model, batches, detail=detail, fused=True)
         assert fused.meta["fused_from_batch"] == 1 and eager.meta["fused_from_batch"] is None
+        assert eager.meta["kernels"] == ["eager"]
+        native_ran = with_native and detail == "range"
+        assert fused.meta["kernels"] == ["native" if native_ran else "compiled"]
         assert fused.all_units("dead") == model.expected_dead
         for kind in ("dead", "dormant", "rarely_active", "saturated", "nonfinite"):
             assert fused.all_units(kind) == eager.all_units(kind), kind
@@ -57,6 +68,7 @@ def test_fused_falls_back_to_eager_when_compiling_fails(monkeypatch: pytest.Monk
 
     stats_module = importlib.import_module("deadrelu.stats")
     monkeypatch.setattr(stats_module, "_FUSED", {})
+    monkeypatch.setitem(native._STATE, "enabled", False)  # the torch.compile path
 
     def broken_compile(fn: object, **kwargs: object) -> object:
         def kernel(*args: object) -> object:
@@ -70,11 +82,32 @@ def test_fused_falls_back_to_eager_when_compiling_fails(monkeypatch: pytest.Monk
     with pytest.warns(RuntimeWarning, match="could not be compiled"):
         fused = scan(m, batches, fused=True)
     eager = scan(m, batches, fused=False)
-    assert fused.meta["fused_from_batch"] is None
+    assert fused.meta["fused_from_batch"] is None and fused.meta["kernels"] == ["eager"]
     assert fused.all_units("dead") == m.expected_dead
     for site, st in eager.stats.items():
         for name in st.REDUCE:
             assert torch.equal(getattr(fused.stats[site], name), getattr(st, name)), name
+
+
+@pytest.mark.parametrize("model", all_models(), ids=lambda m: type(m).__name__)
+def test_default_scan_takes_the_native_kernel(model: nn.Module) -> None:
+    """scan's defaults (detail "range", fused=None) reduce float32 CPU activations with the
+    native kernel from the first batch, compile nothing, and find exactly the killed
+    units, with the statistics of the eager scan."""
+    if not native.available():
+        pytest.skip("no C++ compiler for the native kernel")
+    batches = model.make_batches()  # type: ignore[operator]
+    default = scan(model, batches)
+    eager = scan(model, batches, fused=False)
+    assert default.meta["kernels"] == ["native"] and default.meta["fused_from_batch"] is None
+    assert default.all_units("dead") == model.expected_dead
+    for kind in ("dead", "dormant", "rarely_active", "saturated", "nonfinite"):
+        assert default.all_units(kind) == eager.all_units(kind), kind
+    for site, st in eager.stats.items():
+        for name in st.REDUCE:
+            torch.testing.assert_close(
+                getattr(default.stats[site], name), getattr(st, name), rtol=1e-5, atol=1e-5
+            )
 
 
 def test_auto_fused_rule() -> None:

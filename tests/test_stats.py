@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from deadrelu import native
 from deadrelu.stats import UnitStats
 
 
@@ -305,29 +306,41 @@ def _assert_stats_close(got: UnitStats, want: UnitStats) -> None:
         )
 
 
-def _feed_by(s: UnitStats, how: str, z: Tensor, dim: int, *, fused: bool) -> None:
-    """One batch into ``s`` by one of the hot paths."""
+def _feed_by(s: UnitStats, how: str, z: Tensor, dim: int, *, fused: bool) -> str | None:
+    """One batch into ``s`` by one of the hot paths; the kernel that reduced it."""
     if how == "relu":
-        s.update(z, torch.relu(z), dim, fused=fused, relu=True)
-    elif how == "out":
-        s.update(z, torch.nn.functional.leaky_relu(z, 0.2), dim, fused=fused)
-    else:
-        s.update_z(z, dim, fused=fused, relu=how == "relu_z")
+        return s.update(z, torch.relu(z), dim, fused=fused, relu=True)
+    if how == "out":
+        return s.update(z, torch.nn.functional.leaky_relu(z, 0.2), dim, fused=fused)
+    return s.update_z(z, dim, fused=fused, relu=how == "relu_z")
 
 
 @pytest.mark.skipif(not hasattr(torch, "compile"), reason="needs torch.compile")
 @pytest.mark.parametrize("detail", ["counts", "range", "full"])
-def test_fused_kernel_equals_eager(detail: str) -> None:
+@pytest.mark.parametrize("with_native", [True, False], ids=["native", "compiled"])
+def test_fused_kernel_equals_eager(
+    detail: str, with_native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every fused path (ReLU from z, |out| of another activation, the in-place split with
-    and without ReLU) gives the eager statistics, at every detail level."""
+    and without ReLU) gives the eager statistics, at every detail level: the native kernel
+    where it applies (float32 "range"), the compiled one elsewhere or when it is off."""
+    if with_native and not native.available():
+        pytest.skip("no C++ compiler for the native kernel")
+    monkeypatch.setitem(native._STATE, "enabled", with_native)
     for z, dim in _fused_cases():
         units = z.shape[dim]
+        if detail == "counts":
+            expected = "eager"  # three cheap passes: never compiled
+        elif with_native and detail == "range" and z.dtype == torch.float32:
+            expected = "native"
+        else:
+            expected = "compiled"
         for how in ("relu", "out", "relu_z", "z_only"):
             eager = UnitStats.empty(units, detail=detail)  # type: ignore[arg-type]
             fused = UnitStats.empty(units, detail=detail)  # type: ignore[arg-type]
             for _ in range(2):
-                _feed_by(eager, how, z, dim, fused=False)
-                _feed_by(fused, how, z, dim, fused=True)
+                assert _feed_by(eager, how, z, dim, fused=False) == "eager"
+                assert _feed_by(fused, how, z, dim, fused=True) == expected
             _assert_stats_close(fused, eager)
             if how == "z_only":  # no output given: abs_sum is left alone
                 assert not fused.abs_sum.any() and not eager.abs_sum.any()

@@ -222,30 +222,41 @@ def scan(
         return s
 
     use_fused = fused is True
+    kernels: set[str] = set()
+
+    def kernel_choice() -> bool | None:
+        # UnitStats.update's fused: True (native, else compiled), None (native, else
+        # eager) until the auto rule switches, False (eager torch ops only)
+        return True if use_fused else None if fused is None else False
 
     def collect(site: Site, z: Tensor, out: Tensor) -> None:
         if z.numel() == 0:
             return
         spec = site.activation.spec
-        stats_for(site, z).update(
+        kernel = stats_for(site, z).update(
             z,
             out,
             site.unit_dim,
-            fused=use_fused,
+            fused=kernel_choice(),
             out_nonnegative=spec.nonnegative,
             relu=spec.name == "relu",
         )
+        kernels.add(kernel or "eager")
 
     def abs_from_z(site: Site) -> bool:
-        # an in-place ReLU on the fused path: its abs_sum comes from z in the pre-hook
-        # (no extra pass), so the post-hook adds nothing
-        return use_fused and site.activation.spec.name == "relu"
+        # an in-place ReLU on a path that sums relu(z) in its one pass over z (native at
+        # "range", compiled): its abs_sum comes from z in the pre-hook, the post-hook adds
+        # nothing (eagerly that would be a pass more than summing the output)
+        native_likely = fused is None and level == "range"
+        return (use_fused or native_likely) and site.activation.spec.name == "relu"
 
     def collect_z(site: Site, z: Tensor) -> None:
         # in-place activation modules: z before it is overwritten, without a copy
         if z.numel() == 0:
             return
-        stats_for(site, z).update_z(z, site.unit_dim, fused=use_fused, relu=abs_from_z(site))
+        s = stats_for(site, z)
+        kernel = s.update_z(z, site.unit_dim, fused=kernel_choice(), relu=abs_from_z(site))
+        kernels.add(kernel or "eager")
 
     def collect_out(site: Site, out: Tensor) -> None:
         s = stats.get(site.name)
@@ -315,6 +326,7 @@ def scan(
         "mode": "keep" if keep_mode else "eval",
         "model": type(model).__name__,
         "fused_from_batch": fused_from,
+        "kernels": sorted(kernels),
     }
     return Report(stats, sites, tau=tau, meta=meta)
 

@@ -86,9 +86,12 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
+from deadrelu import native
+
 __all__ = [
     "DETAIL_LEVELS",
     "Detail",
+    "Kernel",
     "Level",
     "UnitStats",
     "accumulator_dtype",
@@ -107,6 +110,9 @@ DETAIL_LEVELS: tuple[str, ...] = ("counts", "range", "full")
 
 Level = Literal["counts", "range", "full"]
 Detail = Level | bool
+#: What reduced a batch (:meth:`UnitStats.update`'s return value): the native CPU kernel,
+#: a ``torch.compile``-d one, or eager torch ops.
+Kernel = Literal["native", "compiled", "eager"]
 
 
 def detail_level(detail: Detail | str) -> Level:
@@ -360,30 +366,54 @@ def _merge_full(
     _merge_range(n_b, active_b, abs_b, max_b, min_b, positions, active, abs_sum, z_max, z_min)
 
 
+_PAIR: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "sum": torch.add,
+    "amax": torch.maximum,
+    "amin": torch.minimum,
+}
+
+
+def _rows(x: Tensor, op: str) -> Tensor:
+    """Reduce an ``(A, U, B)`` tensor to ``(U,)`` by ``op`` inside a compiled kernel: with
+    B == 1 (units last) over A, vectorised over the contiguous units; otherwise over each
+    row's contiguous B positions first, then over A."""
+    if x.shape[2] == 1:
+        return getattr(x[:, :, 0], op)(0)
+    return getattr(getattr(x, op)(2), op)(0)
+
+
+def _fold(x: Tensor, op: str) -> Tensor:
+    """:func:`_rows` with the two halves of A combined element-wise first (an odd last row
+    is reduced on its own), so that each step of the kernel's loop folds two loads into its
+    accumulator. Inductor keeps one accumulator per reduction, a chain of dependent
+    instructions (NaN-propagating max/min are the longest): halving its length made the
+    four "range" reductions of a conv map about 1.5x faster on a 2-core CPU (units last
+    about 1.05x); folding four rows was no faster than two."""
+    a_len = x.shape[0]
+    if a_len < 2:
+        return _rows(x, op)
+    half, pair = a_len // 2, _PAIR[op]
+    folded = _rows(pair(x[:half], x[half : 2 * half]), op)
+    if a_len % 2:
+        folded = pair(folded, _rows(x[2 * half :], op))
+    return folded
+
+
 def _fused_body(
     z3: Tensor, abs_out: Tensor, shift: Tensor | None, work: torch.dtype
 ) -> tuple[Tensor, ...]:
     """The batch's ``(U,)`` reductions of ``(A, U, B)`` tensors, written for one kernel.
 
     Returns (active, abs_sum, max, min), with a ``shift`` (s1, s2) between them, as
-    :func:`_eager_reductions` for "range" and "full". With B == 1 (units last) everything is
-    one reduction over A, vectorised over the contiguous units; otherwise each ``(a, u)``
-    row is reduced over its contiguous B positions first and the ``(A, U)`` partials then
-    over A: inductor turns either into a single read of ``z`` (and of ``abs_out``'s input).
+    :func:`_eager_reductions` for "range" and "full", each by :func:`_fold`: inductor turns
+    them into a single read of ``z`` (and of ``abs_out``'s input).
     """
     z = z3.to(work)
     parts = [(z > 0).to(work), abs_out.to(work)]
     if shift is not None:
         dev = z - shift[None, :, None]
         parts += [dev, dev * dev]
-    if z3.shape[2] == 1:
-        zz = z[:, :, 0]
-        sums = [p[:, :, 0].sum(0) for p in parts]
-        extrema = [zz.amax(0), zz.amin(0)]
-    else:
-        sums = [p.sum(2).sum(0) for p in parts]
-        extrema = [z.amax(2).amax(0), z.amin(2).amin(0)]
-    return (*sums, *extrema)
+    return (*(_fold(p, "sum") for p in parts), _fold(z, "amax"), _fold(z, "amin"))
 
 
 def _fused_out(z3: Tensor, out3: Tensor, shift: Tensor) -> tuple[Tensor, ...]:
@@ -599,11 +629,12 @@ class UnitStats:
         out: Tensor,
         unit_dim: int,
         *,
-        fused: bool = False,
+        fused: bool | None = None,
         out_nonnegative: bool = False,
         relu: bool = False,
-    ) -> None:
-        """Add one batch.
+    ) -> Kernel | None:
+        """Add one batch; returns the :data:`Kernel` that reduced it (None for a batch with
+        no elements).
 
         Args:
             z: pre-activation, any shape with ``z.shape[unit_dim] == U``, e.g.
@@ -611,14 +642,20 @@ class UnitStats:
                 a 0-d tensor is one unit seen once, a 1-d ``(U,)`` tensor one position.
             out: activation output, same shape as ``z``.
             unit_dim: the unit axis of ``z`` (negative counts from the end).
-            fused: compute the batch's reductions in one ``torch.compile``-d kernel
-                (a single read of ``z``, and of ``out`` unless ``relu``) instead of about
-                ten eager ops. The first call in a process compiles for a few seconds; on
-                a 2-core CPU the statistics then cost 2-3x less. Same results up to
-                float32 summation order; falls back to the eager path (with one warning)
-                where compiling fails, and is not used inside a model that is itself being
-                compiled. Batches of 2**24 or more positions per unit, and the "counts"
-                level (three cheap passes), always take the eager path.
+            fused: which code reduces the batch (same results up to float summation
+                order):
+
+                * ``None`` (default): the native CPU kernel (:mod:`deadrelu.native`: detail
+                  "range", float32 on CPU; one pass, compiled in about 0.4 s once per
+                  machine) where it applies, else the eager torch ops;
+                * ``True``: the native kernel where it applies, else one
+                  ``torch.compile``-d kernel (a single read of ``z``, and of ``out`` unless
+                  ``relu``, instead of about ten eager ops; the first call in a process
+                  compiles for a few seconds, then the statistics cost 2-3x less; falls
+                  back to eager with one warning where compiling fails; not used inside a
+                  model that is itself being compiled, for batches of 2**24 or more
+                  positions per unit, or at the "counts" level: three cheap passes);
+                * ``False``: the eager torch ops only (the reference).
             out_nonnegative: the caller guarantees ``out >= 0`` (or NaN) everywhere, as for
                 ReLU and ReLU6: ``abs_sum`` is then summed from ``out`` without an ``abs``
                 pass (same result). Ignored by the fused path.
@@ -633,11 +670,11 @@ class UnitStats:
                 f"z and out must have the same shape, got {tuple(z.shape)} and "
                 f"{tuple(out.shape)}; pass the activation's input and output"
             )
-        self._update(z, out, unit_dim, fused, out_nonnegative or relu, relu)
+        return self._update(z, out, unit_dim, fused, out_nonnegative or relu, relu)
 
     def update_z(
-        self, z: Tensor, unit_dim: int, *, fused: bool = False, relu: bool = False
-    ) -> None:
+        self, z: Tensor, unit_dim: int, *, fused: bool | None = None, relu: bool = False
+    ) -> Kernel | None:
         """Add one batch's pre-activation only: everything :meth:`update` adds but
         ``abs_sum``, which :meth:`add_output` adds from the output of the same call.
 
@@ -647,9 +684,10 @@ class UnitStats:
         :meth:`update` ``(z, out)``. With ``relu=True`` (the activation is ReLU) the
         ``abs_sum`` of ``relu(z)`` is added too, so that ``update_z(z, relu=True)`` alone is
         :meth:`update` ``(z, relu(z))``: in the fused kernel at no extra pass, eagerly at
-        about one pass more than :meth:`add_output` would take.
+        about one pass more than :meth:`add_output` would take. ``fused`` and the return
+        value as in :meth:`update`.
         """
-        self._update(z, None, unit_dim, fused, False, relu)
+        return self._update(z, None, unit_dim, fused, False, relu)
 
     def add_output(self, out: Tensor, unit_dim: int, *, out_nonnegative: bool = False) -> None:
         """Add the ``abs_sum`` of one call's output, whose ``z`` went to :meth:`update_z`.
@@ -683,18 +721,18 @@ class UnitStats:
         z: Tensor,
         out: Tensor | None,
         unit_dim: int,
-        fused: bool,
+        fused: bool | None,
         out_nonnegative: bool,
         relu: bool,
-    ) -> None:
+    ) -> Kernel | None:
         """:meth:`update`; without ``out`` (:meth:`update_z`) ``abs_sum`` is skipped, or with
-        ``relu`` taken from ``relu(z)``."""
+        ``relu`` taken from ``relu(z)``. None for a batch with no elements."""
         if out is not None and z.dim() <= 1:
             out = out.reshape(1, -1)
         z, d = self._unit_axis(z, unit_dim, "z")
         n_b = z.numel() // self.units
         if n_b == 0:
-            return
+            return None
         z = z.detach()
         out = out.detach() if out is not None else None
         work = _work_dtype(z.dtype)
@@ -710,25 +748,26 @@ class UnitStats:
         units_last = _units_last(z, d)
         z3 = _as_aub(z, d, units_last)
         out3 = _as_aub(out, d, units_last) if out is not None else None
+        compiling = torch.compiler.is_compiling()
+        native_ok = fused is not False and level == "range" and not compiling
+        if native_ok and self._native_range(z3, out3, relu):
+            return "native"
         parts: tuple[Tensor, ...] | None = None
         merge: Callable[..., Any] | None = None
-        if (
-            fused
-            and level != "counts"
-            and n_b < _FLOAT_COUNT_EXACT
-            and not torch.compiler.is_compiling()
-        ):
+        kernel: Kernel = "eager"
+        if fused and level != "counts" and n_b < _FLOAT_COUNT_EXACT and not compiling:
             if level == "range" and self._fused_range(z3, out3, relu):
-                return
+                return "compiled"
             if level == "full":
                 parts, merge = self._fused_full(z3, out3, shift, relu)
+                kernel = "eager" if parts is None else "compiled"
         if parts is None:
             parts = _eager_reductions(z3, out3, shift, work, level, out_nonnegative, relu)
         if level == "counts":
             self.positions.add_(n_b)
             self.active.add_(parts[0].to(torch.int64))
             self.abs_sum.add_(parts[1].to(acc))
-            return
+            return kernel
         nonfinite = _nonfinite(z3, parts[-2] - parts[-1])
         if nonfinite is not None:
             self.nonfinite.add_(nonfinite.to(torch.int64))
@@ -748,6 +787,24 @@ class UnitStats:
                 raise
             _disable_fused(exc)  # the compiled merge mutates nothing when it fails
             eager_merge(*batch, *accumulators)
+        return kernel
+
+    def _native_range(self, z3: Tensor, out3: Tensor | None, relu: bool) -> bool:
+        """Detail "range" by the native CPU kernel (:mod:`deadrelu.native`); False (and
+        nothing changed) where it does not apply."""
+        mode = native.MODE_RELU if relu else native.MODE_OUT if out3 is not None else 0
+        accumulators = (
+            self.positions,
+            self.active,
+            self.abs_sum,
+            self.z_max,
+            self.z_min,
+            self.nonfinite,
+        )
+        if not native.applies(z3, out3 if mode == native.MODE_OUT else None, accumulators):
+            return False
+        native.update_range(z3, out3, mode, accumulators)
+        return True
 
     def _fused_range(self, z3: Tensor, out3: Tensor | None, relu: bool) -> bool:
         """Detail "range": the batch reduced and merged by one compiled kernel; False (and

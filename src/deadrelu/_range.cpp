@@ -1,0 +1,212 @@
+// deadrelu's native CPU kernel for detail "range" (see deadrelu/native.py).
+//
+// One pass over a float32 batch viewed as (A, U, B) (contiguous; B == 1 when units are
+// last), per unit: positions with z > 0, sum of relu(z) or of |out|, max and min of z, and
+// the non-finite positions; the batch is merged into the float64/int64 accumulators of a
+// UnitStats. The same results as the torch ops of stats._eager_reductions + _merge_range
+// up to float summation order.
+//
+// Speed: the row loop keeps four independent vector accumulators per reduction (one
+// accumulator is a chain of dependent instructions, which is what limits the code
+// torch.compile generates here), and max/min are plain compares. NaN does not propagate
+// through those, so every unit whose plain sum of z is not finite (a NaN or +-inf in it,
+// or an overflow) is re-read by a scalar loop with torch's semantics: NaN extrema (and a
+// NaN relu sum) when the unit saw a NaN, and the exact non-finite count.
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+typedef float v16f __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+
+// One unit's batch partial: |out| (or relu) sum, plain sum of z, active count, extrema.
+struct Part {
+    double abs_sum, sum;
+    int64_t active;
+    float max, min;
+};
+
+const Part kEmpty = {0.0, 0.0, 0, -INFINITY, INFINITY};
+
+inline v16f load(const float* p) {
+    v16f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+inline void fold(Part* p, double abs_sum, double sum, int64_t active, float mx, float mn) {
+    p->abs_sum += abs_sum;
+    p->sum += sum;
+    p->active += active;
+    p->max = mx > p->max ? mx : p->max;
+    p->min = mn < p->min ? mn : p->min;
+}
+
+// Reduce n contiguous values of z (and of out when OUT) into p.
+template <bool OUT>
+void row(const float* z, const float* out, int64_t n, Part* p) {
+    const v16f zero = {};
+    const v16i abs_mask = v16i{} + 0x7fffffff;
+    v16f abs_sum[4], sum[4], mx[4], mn[4];
+    v16i active[4];
+    for (int j = 0; j < 4; j++) {
+        abs_sum[j] = sum[j] = zero;
+        active[j] = v16i{};
+        mx[j] = zero - INFINITY;
+        mn[j] = zero + INFINITY;
+    }
+    int64_t b = 0;
+    for (; b + 64 <= n; b += 64) {
+        for (int j = 0; j < 4; j++) {
+            v16f v = load(z + b + 16 * j);
+            v16i pos = v > zero;
+            active[j] -= pos;  // true is -1
+            if (OUT)
+                abs_sum[j] += (v16f)((v16i)load(out + b + 16 * j) & abs_mask);
+            else
+                abs_sum[j] += (v16f)((v16i)v & pos);
+            sum[j] += v;
+            mx[j] = v > mx[j] ? v : mx[j];
+            mn[j] = v < mn[j] ? v : mn[j];
+        }
+    }
+    double a = 0.0, s = 0.0;
+    int64_t c = 0;
+    float hi = -INFINITY, lo = INFINITY;
+    for (int j = 0; j < 4; j++) {
+        for (int l = 0; l < 16; l++) {
+            a += abs_sum[j][l];
+            s += sum[j][l];
+            c += active[j][l];
+            hi = mx[j][l] > hi ? mx[j][l] : hi;
+            lo = mn[j][l] < lo ? mn[j][l] : lo;
+        }
+    }
+    for (; b < n; b++) {
+        float v = z[b];
+        c += v > 0;
+        a += OUT ? fabsf(out[b]) : (v > 0 ? v : 0.0f);
+        s += v;
+        hi = v > hi ? v : hi;
+        lo = v < lo ? v : lo;
+    }
+    fold(p, a, s, c, hi, lo);
+}
+
+// Units last (B == 1): positions [a0, a1) of U contiguous units each, into parts[0, U);
+// buf: scratch of 5 U floats.
+template <bool OUT>
+void columns(const float* z, const float* out, int64_t a0, int64_t a1, int64_t U, Part* parts, float* buf) {
+    const int64_t kChunk = 256;  // float partials flushed into the double ones this often
+    float *abs_sum = buf, *sum = buf + U, *mx = buf + 2 * U, *mn = buf + 3 * U;
+    int32_t* active = (int32_t*)(buf + 4 * U);
+    for (int64_t u = 0; u < U; u++) {
+        mx[u] = -INFINITY;
+        mn[u] = INFINITY;
+    }
+    for (int64_t a = a0; a < a1; a += kChunk) {
+        int64_t end = a + kChunk < a1 ? a + kChunk : a1;
+        for (int64_t u = 0; u < U; u++) abs_sum[u] = sum[u] = 0.0f, active[u] = 0;
+        for (int64_t i = a; i < end; i++) {
+            const float* x = z + i * U;
+            const float* o = OUT ? out + i * U : nullptr;
+            for (int64_t u = 0; u < U; u++) {
+                float v = x[u];
+                active[u] += v > 0;
+                abs_sum[u] += OUT ? fabsf(o[u]) : (v > 0 ? v : 0.0f);
+                sum[u] += v;
+                mx[u] = v > mx[u] ? v : mx[u];
+                mn[u] = v < mn[u] ? v : mn[u];
+            }
+        }
+        for (int64_t u = 0; u < U; u++) fold(parts + u, abs_sum[u], sum[u], active[u], -INFINITY, INFINITY);
+    }
+    for (int64_t u = 0; u < U; u++) fold(parts + u, 0.0, 0.0, 0, mx[u], mn[u]);
+}
+
+template <bool OUT>
+void reduce(const float* z, const float* out, int64_t A, int64_t U, int64_t B, int threads, Part* parts,
+            float* buf) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+    {
+#ifdef _OPENMP
+        int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+        int t = 0, T = 1;
+#endif
+        Part* mine = parts + (int64_t)t * U;
+        if (B > 1) {  // rows (a, u) of B positions, split evenly between the threads
+            int64_t rows = A * U, r0 = rows * t / T, r1 = rows * (t + 1) / T;
+            for (int64_t r = r0; r < r1; r++) row<OUT>(z + r * B, OUT ? out + r * B : nullptr, B, mine + r % U);
+        } else {  // units last: the positions are split between the threads
+            columns<OUT>(z, out, A * t / T, A * (t + 1) / T, U, mine, buf + (int64_t)t * 5 * U);
+        }
+    }
+}
+
+inline double max_nan(double a, double b) { return (isnan(a) || isnan(b)) ? NAN : (a > b ? a : b); }
+inline double min_nan(double a, double b) { return (isnan(a) || isnan(b)) ? NAN : (a < b ? a : b); }
+
+}  // namespace
+
+// z, out: (A, U, B) contiguous float32 (out may be null); mode 0: no |out| sum (abs_sum is
+// left alone), 1: the sum of relu(z), 2: the sum of |out|. Accumulators: positions (0-d)
+// and active, nonfinite (U,) int64; abs_sum, z_max, z_min (U,) float64. Returns 0, or 1
+// when out of memory (nothing changed).
+extern "C" int deadrelu_range_update(const float* z, const float* out, int64_t A, int64_t U, int64_t B,
+                                     int mode, int threads, int64_t* positions, int64_t* active,
+                                     double* abs_sum, double* z_max, double* z_min, int64_t* nonfinite) {
+    if (threads < 1) threads = 1;
+    Part* parts = (Part*)malloc(sizeof(Part) * (size_t)threads * (size_t)U);
+    float* buf = B > 1 ? nullptr : (float*)malloc(sizeof(float) * 5 * (size_t)threads * (size_t)U);
+    if (!parts || (B == 1 && !buf)) {
+        free(parts);
+        free(buf);
+        return 1;
+    }
+    for (int64_t i = 0; i < (int64_t)threads * U; i++) parts[i] = kEmpty;
+    if (mode == 2)
+        reduce<true>(z, out, A, U, B, threads, parts, buf);
+    else
+        reduce<false>(z, nullptr, A, U, B, threads, parts, buf);
+    *positions += A * B;
+    for (int64_t u = 0; u < U; u++) {
+        Part p = parts[u];
+        for (int t = 1; t < threads; t++) {
+            const Part& q = parts[(int64_t)t * U + u];
+            fold(&p, q.abs_sum, q.sum, q.active, q.max, q.min);
+        }
+        double hi = p.max, lo = p.min, a = p.abs_sum;
+        if (!isfinite(p.sum)) {  // rare: a NaN or +-inf in this unit (or an overflow)
+            int64_t bad = 0;
+            bool nan = false;
+            for (int64_t i = 0; i < A; i++) {
+                for (int64_t b = 0; b < B; b++) {
+                    float v = z[(i * U + u) * B + b];
+                    bad += !isfinite(v);
+                    nan = nan || isnan(v);
+                }
+            }
+            nonfinite[u] += bad;
+            if (nan) {
+                hi = lo = NAN;
+                if (mode == 1) a = NAN;  // relu(NaN) is NaN
+            }
+        }
+        active[u] += p.active;
+        if (mode) abs_sum[u] += a;
+        z_max[u] = max_nan(z_max[u], hi);
+        z_min[u] = min_nan(z_min[u], lo);
+    }
+    free(parts);
+    free(buf);
+    return 0;
+}

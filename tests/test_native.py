@@ -1,0 +1,171 @@
+"""The native CPU kernel for detail "range" (deadrelu.native) against the eager torch ops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+from deadrelu import native
+from deadrelu.stats import UnitStats
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="no C++ compiler")
+
+
+def _pair(units: int) -> tuple[UnitStats, UnitStats]:
+    return UnitStats.empty(units, detail="range"), UnitStats.empty(units, detail="range")
+
+
+def _assert_same(got: UnitStats, want: UnitStats) -> None:
+    for name in ("positions", "active", "nonfinite"):  # counts: exact
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    for name in ("z_max", "z_min"):  # extrema: exact, NaN where torch gives NaN
+        torch.testing.assert_close(
+            getattr(got, name), getattr(want, name), rtol=0, atol=0, equal_nan=True
+        )
+    # sums: float32 batch sums in another order (the kernel sums each row in float64)
+    torch.testing.assert_close(got.abs_sum, want.abs_sum, rtol=1e-5, atol=1e-4, equal_nan=True)
+
+
+def _layouts() -> list[tuple[str, Tensor, int]]:
+    """Rows of 64+ positions with a tail, rows shorter than one vector, units last with
+    units not a multiple of 16, a single row (fewer rows than threads), a 1-d batch."""
+    g = torch.Generator().manual_seed(11)
+    return [
+        ("rows", torch.randn(5, 7, 131, generator=g) * 2 + 0.3, 1),
+        ("short rows", torch.randn(9, 17, 3, generator=g) - 0.5, 1),
+        ("units last", torch.randn(600, 37, generator=g) * 3 - 1, -1),
+        ("one row", torch.randn(1, 3, 200, generator=g), 1),
+        ("one position", torch.randn(1, 5, generator=g), -1),
+        ("1-d", torch.randn(23, generator=g), 0),
+    ]
+
+
+@pytest.mark.parametrize("how", ["relu", "out", "relu_z", "z_only"])
+def test_native_equals_eager_on_every_layout(how: str) -> None:
+    """Each mode of the kernel (sum of relu(z), of |out|, none) on every layout, over two
+    batches: the eager statistics; update() says the native kernel reduced each batch."""
+    for name, z, dim in _layouts():
+        units = z.shape[dim]
+        got, want = _pair(units)
+        out = torch.nn.functional.elu(z)
+        for _ in range(2):
+            for s, fused in ((got, None), (want, False)):
+                if how == "relu":
+                    kernel = s.update(z, torch.relu(z), dim, fused=fused, relu=True)
+                elif how == "out":
+                    kernel = s.update(z, out, dim, fused=fused)
+                else:
+                    kernel = s.update_z(z, dim, fused=fused, relu=how == "relu_z")
+                assert kernel == ("native" if fused is None else "eager"), name
+        _assert_same(got, want)
+        if how == "z_only":
+            assert not got.abs_sum.any(), name
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "mixed", "out_nan"])
+def test_nonfinite_values_follow_torch(bad: str) -> None:
+    """NaN makes the unit's extrema (and its relu sum) NaN, +-inf shows in the extrema,
+    each is counted exactly in ``nonfinite``; other units are untouched. Rows and units
+    last, and a later finite batch keeps a NaN maximum NaN (torch.maximum propagates)."""
+    g = torch.Generator().manual_seed(12)
+    for z, dim in [(torch.randn(3, 6, 70, generator=g), 1), (torch.randn(300, 6, generator=g), -1)]:
+        out = torch.nn.functional.gelu(z)
+
+        def put(t: Tensor, position: int, unit: int, value: float, dim: int = dim) -> None:
+            flat = t.movedim(dim, -1)  # a view: (..., U)
+            index = torch.unravel_index(torch.tensor(position), flat.shape[:-1])
+            flat[(*index, unit)] = value
+
+        if bad in ("nan", "mixed"):
+            put(z, 1, 2, float("nan"))
+        if bad in ("inf", "mixed"):
+            put(z, 2, 4, float("inf"))
+            put(z, 0, 4, float("inf"))
+        if bad in ("-inf", "mixed"):
+            put(z, 0, 0, float("-inf"))
+        if bad == "out_nan":
+            put(out, 1, 3, float("nan"))
+        finite = torch.randn(z.shape, generator=g)
+        for relu in (True, False):
+            got, want = _pair(6)
+            for s, fused in ((got, None), (want, False)):
+                o = torch.relu(z) if relu else out
+                assert s.update(z, o, dim, fused=fused, relu=relu) == (
+                    "native" if fused is None else "eager"
+                )
+                o = torch.relu(finite) if relu else torch.nn.functional.gelu(finite)
+                s.update(finite, o, dim, fused=fused, relu=relu)
+            _assert_same(got, want)
+            expected_bad = {"nan": 1, "inf": 2, "-inf": 1, "mixed": 4, "out_nan": 0}[bad]
+            assert int(got.nonfinite.sum()) == expected_bad
+
+
+def test_threads_do_not_change_the_counts() -> None:
+    """The split between threads (rows, or positions when units are last) changes no count
+    or extremum, also with fewer rows than threads."""
+    threads = torch.get_num_threads()
+    g = torch.Generator().manual_seed(13)
+    try:
+        for z, dim in [
+            (torch.randn(3, 5, 100, generator=g), 1),
+            (torch.randn(333, 19, generator=g), -1),
+        ]:
+            results = []
+            for n in (1, 2, 3):
+                torch.set_num_threads(n)
+                s = UnitStats.empty(z.shape[dim], detail="range")
+                assert s.update_z(z, dim, relu=True) == "native"
+                results.append(s)
+            for s in results[1:]:
+                _assert_same(s, results[0])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_dead_units_by_construction() -> None:
+    """Units whose pre-activation is shifted by -1000 are never active, and their z_max
+    says how far they are from life; the others are active on about half the positions."""
+    z = torch.randn(8, 6, 50)
+    z[:, [1, 4]] -= 1000.0
+    s = UnitStats.empty(6, detail="range")
+    assert s.update_z(z, 1, relu=True) == "native"
+    assert (s.active == 0).nonzero().flatten().tolist() == [1, 4]
+    assert (s.z_max[[1, 4]] < -990).all() and (s.abs_sum[[1, 4]] == 0).all()
+    assert ((s.active[[0, 2, 3, 5]] > 100) & (s.active[[0, 2, 3, 5]] < 300)).all()
+
+
+def test_what_the_kernel_does_not_take() -> None:
+    """bf16, float64, non-"range" levels, float32 accumulators and a disabled kernel go to
+    the torch paths."""
+    z = torch.randn(4, 3, 8)
+    assert UnitStats.empty(3, detail="range").update_z(z.bfloat16(), 1, relu=True) == "eager"
+    assert UnitStats.empty(3, detail="range").update_z(z.double(), 1, relu=True) == "eager"
+    assert UnitStats.empty(3, detail="full").update_z(z, 1, relu=True) == "eager"
+    assert UnitStats.empty(3, detail="counts").update_z(z, 1, relu=True) == "eager"
+    previous = native.set_enabled(False)
+    try:
+        assert UnitStats.empty(3, detail="range").update_z(z, 1, relu=True) == "eager"
+    finally:
+        native.set_enabled(previous)
+    assert UnitStats.empty(3, detail="range").update_z(z, 1, relu=True) == "native"
+    assert not native.applies(z, None, tuple(torch.zeros(3, dtype=torch.float32) for _ in range(6)))
+
+
+def test_a_failing_compiler_leaves_the_torch_paths(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A compiler that fails: available() is False (no exception, nothing cached) and
+    update() reduces with torch ops, the same statistics."""
+    monkeypatch.delitem(native._STATE, "lib")
+    monkeypatch.setattr(native, "_compiler", lambda: "false")  # exits 1
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path))
+    assert not native.available()
+    assert not list(tmp_path.rglob("*.so"))
+    z = torch.randn(4, 3, 70)
+    got, want = _pair(3)
+    assert got.update_z(z, 1, relu=True) == "eager"
+    want.update_z(z, 1, relu=True, fused=False)
+    _assert_same(got, want)

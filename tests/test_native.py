@@ -31,12 +31,14 @@ def _assert_same(got: UnitStats, want: UnitStats) -> None:
 
 def _layouts() -> list[tuple[str, Tensor, int]]:
     """Rows of 64+ positions with a tail, rows shorter than one vector, units last with
-    units not a multiple of 16, a single row (fewer rows than threads), a 1-d batch."""
+    fewer than 64 units and with blocks of 64 plus a tail, a single row (fewer rows than
+    threads), a 1-d batch."""
     g = torch.Generator().manual_seed(11)
     return [
         ("rows", torch.randn(5, 7, 131, generator=g) * 2 + 0.3, 1),
         ("short rows", torch.randn(9, 17, 3, generator=g) - 0.5, 1),
         ("units last", torch.randn(600, 37, generator=g) * 3 - 1, -1),
+        ("units last, blocks of 64 and a tail", torch.randn(300, 150, generator=g) - 0.2, -1),
         ("one row", torch.randn(1, 3, 200, generator=g), 1),
         ("one position", torch.randn(1, 5, generator=g), -1),
         ("1-d", torch.randn(23, generator=g), 0),
@@ -71,7 +73,13 @@ def test_nonfinite_values_follow_torch(bad: str) -> None:
     each is counted exactly in ``nonfinite``; other units are untouched. Rows and units
     last, and a later finite batch keeps a NaN maximum NaN (torch.maximum propagates)."""
     g = torch.Generator().manual_seed(12)
-    for z, dim in [(torch.randn(3, 6, 70, generator=g), 1), (torch.randn(300, 6, generator=g), -1)]:
+    cases = [
+        (torch.randn(3, 6, 70, generator=g), 1),
+        (torch.randn(300, 6, generator=g), -1),
+        (torch.randn(300, 70, generator=g), -1),  # units 0-63 in a block of 64 lanes
+    ]
+    for z, dim in cases:
+        units = z.shape[dim]
         out = torch.nn.functional.gelu(z)
 
         def put(t: Tensor, position: int, unit: int, value: float, dim: int = dim) -> None:
@@ -90,7 +98,7 @@ def test_nonfinite_values_follow_torch(bad: str) -> None:
             put(out, 1, 3, float("nan"))
         finite = torch.randn(z.shape, generator=g)
         for relu in (True, False):
-            got, want = _pair(6)
+            got, want = _pair(units)
             for s, fused in ((got, None), (want, False)):
                 o = torch.relu(z) if relu else out
                 assert s.update(z, o, dim, fused=fused, relu=relu) == (

@@ -48,27 +48,37 @@ inline void fold(Part* p, double abs_sum, double sum, int64_t active, float mx, 
     p->min = mn < p->min ? mn : p->min;
 }
 
-// Reduce n contiguous values of z (and of out when OUT) into p.
-template <bool OUT>
-void row(const float* z, const float* out, int64_t n, Part* p) {
-    const v16f zero = {};
-    const v16i abs_mask = v16i{} + 0x7fffffff;
+// Four independent vector accumulators per statistic, over 64 lanes.
+struct Lanes {
     v16f abs_sum[4], sum[4], mx[4], mn[4];
     v16i active[4];
-    for (int j = 0; j < 4; j++) {
-        abs_sum[j] = sum[j] = zero;
-        active[j] = v16i{};
-        mx[j] = zero - INFINITY;
-        mn[j] = zero + INFINITY;
-    }
-    int64_t b = 0;
-    for (; b + 64 <= n; b += 64) {
+
+    Lanes() {
+        reset_sums();
         for (int j = 0; j < 4; j++) {
-            v16f v = load(z + b + 16 * j);
+            mx[j] = v16f{} - INFINITY;
+            mn[j] = v16f{} + INFINITY;
+        }
+    }
+
+    void reset_sums() {
+        for (int j = 0; j < 4; j++) {
+            abs_sum[j] = sum[j] = v16f{};
+            active[j] = v16i{};
+        }
+    }
+
+    // Add 64 consecutive values of z (and of |out| when OUT), one per lane.
+    template <bool OUT>
+    void step(const float* z, const float* out) {
+        const v16f zero = {};
+        const v16i abs_mask = v16i{} + 0x7fffffff;
+        for (int j = 0; j < 4; j++) {
+            v16f v = load(z + 16 * j);
             v16i pos = v > zero;
             active[j] -= pos;  // true is -1
             if (OUT)
-                abs_sum[j] += (v16f)((v16i)load(out + b + 16 * j) & abs_mask);
+                abs_sum[j] += (v16f)((v16i)load(out + 16 * j) & abs_mask);
             else
                 abs_sum[j] += (v16f)((v16i)v & pos);
             sum[j] += v;
@@ -76,16 +86,24 @@ void row(const float* z, const float* out, int64_t n, Part* p) {
             mn[j] = v < mn[j] ? v : mn[j];
         }
     }
+};
+
+// Reduce n contiguous values of z (and of out when OUT) into p.
+template <bool OUT>
+void row(const float* z, const float* out, int64_t n, Part* p) {
+    Lanes acc;
+    int64_t b = 0;
+    for (; b + 64 <= n; b += 64) acc.step<OUT>(z + b, OUT ? out + b : nullptr);
     double a = 0.0, s = 0.0;
     int64_t c = 0;
     float hi = -INFINITY, lo = INFINITY;
     for (int j = 0; j < 4; j++) {
         for (int l = 0; l < 16; l++) {
-            a += abs_sum[j][l];
-            s += sum[j][l];
-            c += active[j][l];
-            hi = mx[j][l] > hi ? mx[j][l] : hi;
-            lo = mn[j][l] < lo ? mn[j][l] : lo;
+            a += acc.abs_sum[j][l];
+            s += acc.sum[j][l];
+            c += acc.active[j][l];
+            hi = acc.mx[j][l] > hi ? acc.mx[j][l] : hi;
+            lo = acc.mn[j][l] < lo ? acc.mn[j][l] : lo;
         }
     }
     for (; b < n; b++) {
@@ -99,24 +117,46 @@ void row(const float* z, const float* out, int64_t n, Part* p) {
     fold(p, a, s, c, hi, lo);
 }
 
-// Units last (B == 1): positions [a0, a1) of U contiguous units each, into parts[0, U);
-// buf: scratch of 5 U floats.
+const int64_t kChunk = 256;  // positions between flushes of the float partials into double
+
+// Units last (B == 1), units [u0, u0 + 64) of positions [a0, a1), rows of `stride` values:
+// each lane is one unit, so the accumulators stay in registers.
 template <bool OUT>
-void columns(const float* z, const float* out, int64_t a0, int64_t a1, int64_t U, Part* parts, float* buf) {
-    const int64_t kChunk = 256;  // float partials flushed into the double ones this often
-    float *abs_sum = buf, *sum = buf + U, *mx = buf + 2 * U, *mn = buf + 3 * U;
-    int32_t* active = (int32_t*)(buf + 4 * U);
-    for (int64_t u = 0; u < U; u++) {
+void column_block(const float* z, const float* out, int64_t a0, int64_t a1, int64_t stride, Part* parts) {
+    Lanes acc;
+    for (int64_t a = a0; a < a1; a += kChunk) {
+        int64_t end = a + kChunk < a1 ? a + kChunk : a1;
+        for (int64_t i = a; i < end; i++) acc.step<OUT>(z + i * stride, OUT ? out + i * stride : nullptr);
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < 16; l++)
+                fold(parts + 16 * j + l, acc.abs_sum[j][l], acc.sum[j][l], acc.active[j][l], -INFINITY, INFINITY);
+        acc.reset_sums();
+    }
+    for (int j = 0; j < 4; j++)
+        for (int l = 0; l < 16; l++) fold(parts + 16 * j + l, 0.0, 0.0, 0, acc.mx[j][l], acc.mn[j][l]);
+}
+
+// Units last, the n < 64 units left over: per-unit arrays in buf (5 n floats) that the unit
+// loop updates (vectorised by the compiler: restrict, no aliasing).
+template <bool OUT>
+void column_tail(const float* z, const float* out, int64_t a0, int64_t a1, int64_t stride, int64_t n, Part* parts,
+                 float* buf) {
+    float* __restrict__ abs_sum = buf;
+    float* __restrict__ sum = buf + n;
+    float* __restrict__ mx = buf + 2 * n;
+    float* __restrict__ mn = buf + 3 * n;
+    int32_t* __restrict__ active = (int32_t*)(buf + 4 * n);
+    for (int64_t u = 0; u < n; u++) {
         mx[u] = -INFINITY;
         mn[u] = INFINITY;
     }
     for (int64_t a = a0; a < a1; a += kChunk) {
         int64_t end = a + kChunk < a1 ? a + kChunk : a1;
-        for (int64_t u = 0; u < U; u++) abs_sum[u] = sum[u] = 0.0f, active[u] = 0;
+        for (int64_t u = 0; u < n; u++) abs_sum[u] = sum[u] = 0.0f, active[u] = 0;
         for (int64_t i = a; i < end; i++) {
-            const float* x = z + i * U;
-            const float* o = OUT ? out + i * U : nullptr;
-            for (int64_t u = 0; u < U; u++) {
+            const float* __restrict__ x = z + i * stride;
+            const float* __restrict__ o = OUT ? out + i * stride : x;
+            for (int64_t u = 0; u < n; u++) {
                 float v = x[u];
                 active[u] += v > 0;
                 abs_sum[u] += OUT ? fabsf(o[u]) : (v > 0 ? v : 0.0f);
@@ -125,9 +165,17 @@ void columns(const float* z, const float* out, int64_t a0, int64_t a1, int64_t U
                 mn[u] = v < mn[u] ? v : mn[u];
             }
         }
-        for (int64_t u = 0; u < U; u++) fold(parts + u, abs_sum[u], sum[u], active[u], -INFINITY, INFINITY);
+        for (int64_t u = 0; u < n; u++) fold(parts + u, abs_sum[u], sum[u], active[u], -INFINITY, INFINITY);
     }
-    for (int64_t u = 0; u < U; u++) fold(parts + u, 0.0, 0.0, 0, mx[u], mn[u]);
+    for (int64_t u = 0; u < n; u++) fold(parts + u, 0.0, 0.0, 0, mx[u], mn[u]);
+}
+
+// Units last: positions [a0, a1) of U contiguous units each, into parts[0, U).
+template <bool OUT>
+void columns(const float* z, const float* out, int64_t a0, int64_t a1, int64_t U, Part* parts, float* buf) {
+    int64_t u = 0;
+    for (; u + 64 <= U; u += 64) column_block<OUT>(z + u, OUT ? out + u : nullptr, a0, a1, U, parts + u);
+    if (u < U) column_tail<OUT>(z + u, OUT ? out + u : nullptr, a0, a1, U, U - u, parts + u, buf);
 }
 
 template <bool OUT>

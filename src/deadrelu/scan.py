@@ -45,11 +45,12 @@ log = logging.getLogger(__name__)
 
 Batch = Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 
-#: ``fused=None`` switches to the fused kernel when the rest of the scan is projected (first
-#: batch's time x batches left) to take at least this long. Measured on a 2-core CPU:
-#: compiling costs ~2.5 s per process (~10 s the first time on a machine, before
-#: inductor's disk cache is warm) and the fused kernel then saves ~4-6 % of the scan's time
-#: at detail "range" (~10-13 % at "full"), so shorter scans are faster eager.
+#: ``fused=None`` switches to the ``torch.compile``-d kernel (for the activations the native
+#: CPU kernel does not take: detail "full", GPU, bf16...) when the rest of the scan is
+#: projected (first batch's time x batches left) to take at least this long. Measured on a
+#: 2-core CPU: compiling costs ~2.5 s per process (~10 s the first time on a machine,
+#: before inductor's disk cache is warm) and the compiled kernel then saves ~4-6 % of the
+#: scan's time at detail "range" (~10-13 % at "full"), so shorter scans are faster eager.
 AUTO_FUSED_SECONDS = 100.0
 
 
@@ -184,19 +185,24 @@ def scan(
             the z extrema and non-finite counts that ``saturated``, ``nonfinite`` and
             :func:`deadrelu.explain.explain` need), "full" (or ``True``: also the z mean and
             variance; about 1.5x the statistics' cost of "range").
-        fused: reduce each activation in one ``torch.compile``-d kernel (see
-            :meth:`UnitStats.update`): about 2.5 s of compiling once per process (10 s
-            the first time on a machine), then statistics 2-3x cheaper than eager.
-            ``None`` (default): eager, switching to the fused kernel after the first
-            batch when the rest of the scan is projected to take at least
-            :data:`AUTO_FUSED_SECONDS` (needs a known length: ``len(data)`` or
-            ``max_batches``). ``True``: fused from the first batch. ``False``: never.
+        fused: which kernels reduce the activations (see :meth:`UnitStats.update`; all
+            give the same statistics up to float summation order). ``None`` (default):
+            float32 CPU activations at detail "range" by the native kernel
+            (:mod:`deadrelu.native`: one pass, compiled in about 0.4 s once per
+            machine) from the first batch, the others by eager torch ops, switching to
+            a ``torch.compile``-d kernel after the first batch when the rest of the scan
+            is projected to take at least :data:`AUTO_FUSED_SECONDS` (needs a known
+            length: ``len(data)`` or ``max_batches``; compiling costs about 2.5 s per
+            process, 10 s the first time on a machine). ``True``: native, else
+            compiled, from the first batch. ``False``: eager torch ops only.
 
     Returns:
         A :class:`~deadrelu.report.Report`; ``report.meta`` holds ``batches`` (forwards
-        run), ``skipped_empty``, ``mode`` and ``fused_from_batch`` (the first batch, counted
-        from 1, reduced by the fused kernel; None if none was, also when compiling failed
-        and the scan fell back to eager).
+        run), ``skipped_empty``, ``mode``, ``fused_from_batch`` (the first batch, counted
+        from 1, on which ``fused=True`` was in effect; None if none, also when compiling
+        failed and the scan fell back to eager) and ``kernels`` (the sorted names of the
+        :data:`~deadrelu.stats.Kernel` s that reduced activations: "native", "compiled",
+        "eager").
 
     Raises:
         ValueError: ``data`` yields no batch (or only empty ones), ``max_batches`` < 1,

@@ -57,13 +57,17 @@ activation for "counts" (one of them writing), 5 for "range", 8 for "full" (two 
 one fewer each when ``out`` is known to be non-negative (ReLU:
 ``update(..., out_nonnegative=True)``), in one scratch tensor of the activation's size
 (:func:`scratch`: on CPU one buffer per thread, kept between calls and freed by
-:func:`release_scratch`). Fused path (``update(..., fused=True)``, "range" and "full"):
-one ``torch.compile``-d kernel reads ``z`` once (and ``out`` once, unless the activation is
-ReLU: ``relu=True`` sums ``relu(z)`` from ``z``) and, for "range", also merges the batch
-into the accumulators; for "full" a second compiled kernel does the ``(U,)`` merge (one
-kernel is slower there when units are last). On a 2-core CPU this costs 2-4x less than
-eager, after compiling for about 2.5 s once per process (10 s the first time on a machine:
-:func:`fused_available`; falls back to eager with one warning where compiling fails).
+:func:`release_scratch`). Native path (``update(..., fused=None)``, the default, and
+``fused=True``; "range", float32 on CPU): :mod:`deadrelu.native`'s C++ kernel reads ``z``
+once (and ``out``, unless ``relu=True``: it sums ``relu(z)`` from ``z``) and merges the
+batch, in one ctypes call. Compiled path (``fused=True`` where the native kernel does not
+apply, "range" and "full"): one ``torch.compile``-d kernel reads ``z`` once (and ``out``
+unless ``relu``) and, for "range", also merges the batch into the accumulators; for "full"
+a second compiled kernel does the ``(U,)`` merge (one kernel is slower there when units
+are last). On a 2-core CPU it costs 2-4x less than eager, after compiling for about 2.5 s
+once per process (10 s the first time on a machine: :func:`fused_available`; falls back to
+eager with one warning where compiling fails); the native kernel costs less again
+(scan throughput in the README).
 
 Non-finite pre-activations are counted in ``nonfinite`` and otherwise propagate: they make
 ``z_sum``/``z_m2``/extrema (and ``abs_sum`` for the output) NaN or inf for that unit, which

@@ -31,8 +31,8 @@ def _assert_same(got: UnitStats, want: UnitStats) -> None:
 
 def _layouts() -> list[tuple[str, Tensor, int]]:
     """Rows of 64+ positions with a tail, rows shorter than one vector, units last with
-    fewer than 64 units and with blocks of 64 plus a tail, a single row (fewer rows than
-    threads), a 1-d batch."""
+    fewer than 64 units and with blocks of 64 plus a tail, a single row, a single unit
+    (the threads then split the positions, not the units), a 1-d batch."""
     g = torch.Generator().manual_seed(11)
     return [
         ("rows", torch.randn(5, 7, 131, generator=g) * 2 + 0.3, 1),
@@ -40,6 +40,7 @@ def _layouts() -> list[tuple[str, Tensor, int]]:
         ("units last", torch.randn(600, 37, generator=g) * 3 - 1, -1),
         ("units last, blocks of 64 and a tail", torch.randn(300, 150, generator=g) - 0.2, -1),
         ("one row", torch.randn(1, 3, 200, generator=g), 1),
+        ("one unit", torch.randn(6, 1, 90, generator=g), 1),  # fewer units than threads
         ("one position", torch.randn(1, 5, generator=g), -1),
         ("1-d", torch.randn(23, generator=g), 0),
     ]
@@ -112,14 +113,16 @@ def test_nonfinite_values_follow_torch(bad: str) -> None:
 
 
 def test_threads_do_not_change_the_counts() -> None:
-    """The split between threads (rows, or positions when units are last) changes no count
-    or extremum, also with fewer rows than threads."""
+    """The split between threads (units, or positions when there are too few units)
+    changes no count or extremum."""
     threads = torch.get_num_threads()
     g = torch.Generator().manual_seed(13)
     try:
         for z, dim in [
             (torch.randn(3, 5, 100, generator=g), 1),
+            (torch.randn(4, 2, 100, generator=g), 1),
             (torch.randn(333, 19, generator=g), -1),
+            (torch.randn(99, 200, generator=g), -1),
         ]:
             results = []
             for n in (1, 2, 3):
@@ -177,3 +180,15 @@ def test_a_failing_compiler_leaves_the_torch_paths(
     assert got.update_z(z, 1, relu=True) == "eager"
     want.update_z(z, 1, relu=True, fused=False)
     _assert_same(got, want)
+
+
+def test_the_cache_is_private(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The compiled library is cached in <tempdir>/deadrelu-<uid>, created 0700; if that
+    directory is writable by others, a fresh private one is used instead."""
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path))
+    cache = native._cache_dir()
+    assert cache.parent == tmp_path and cache.name.startswith("deadrelu-")
+    assert cache.stat().st_mode & 0o777 == 0o700
+    cache.chmod(0o777)
+    other = native._cache_dir()
+    assert other != cache and other.stat().st_mode & 0o077 == 0

@@ -178,9 +178,17 @@ void columns(const float* z, const float* out, int64_t a0, int64_t a1, int64_t U
     if (u < U) column_tail<OUT>(z + u, OUT ? out + u : nullptr, a0, a1, U, U - u, parts + u, buf);
 }
 
+// Whether the threads split the units (each reduces whole units into parts[u]: no
+// per-thread copies) or, when there are too few units for that, the positions (each into
+// its own copy of the U partials, combined afterwards).
+inline bool split_units(int64_t U, int64_t B, int threads) { return B > 1 ? U >= threads : U >= 64 * threads; }
+
+// parts: U partials when split_units, else threads x U; buf: 5 x 64 floats per thread
+// when split_units, else 5 x U floats per thread (units last only).
 template <bool OUT>
 void reduce(const float* z, const float* out, int64_t A, int64_t U, int64_t B, int threads, Part* parts,
             float* buf) {
+    const bool by_units = split_units(U, B, threads);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
 #endif
@@ -190,12 +198,28 @@ void reduce(const float* z, const float* out, int64_t A, int64_t U, int64_t B, i
 #else
         int t = 0, T = 1;
 #endif
-        Part* mine = parts + (int64_t)t * U;
-        if (B > 1) {  // rows (a, u) of B positions, split evenly between the threads
-            int64_t rows = A * U, r0 = rows * t / T, r1 = rows * (t + 1) / T;
-            for (int64_t r = r0; r < r1; r++) row<OUT>(z + r * B, OUT ? out + r * B : nullptr, B, mine + r % U);
-        } else {  // units last: the positions are split between the threads
-            columns<OUT>(z, out, A * t / T, A * (t + 1) / T, U, mine, buf + (int64_t)t * 5 * U);
+        if (B > 1) {  // rows (a, u) of B contiguous positions
+            int64_t r0 = by_units ? U * t / T : A * U * t / T;
+            int64_t r1 = by_units ? U * (t + 1) / T : A * U * (t + 1) / T;
+            Part* mine = by_units ? parts : parts + (int64_t)t * U;
+            if (by_units) {  // units [r0, r1), every row of each
+                for (int64_t u = r0; u < r1; u++)
+                    for (int64_t a = 0; a < A; a++) {
+                        int64_t r = a * U + u;
+                        row<OUT>(z + r * B, OUT ? out + r * B : nullptr, B, mine + u);
+                    }
+            } else {  // rows [r0, r1)
+                for (int64_t r = r0; r < r1; r++) row<OUT>(z + r * B, OUT ? out + r * B : nullptr, B, mine + r % U);
+            }
+        } else if (by_units) {  // units last, blocks of 64 units; the tail to the last thread
+            int64_t blocks = U / 64;
+            for (int64_t k = blocks * t / T; k < blocks * (t + 1) / T; k++)
+                column_block<OUT>(z + 64 * k, OUT ? out + 64 * k : nullptr, 0, A, U, parts + 64 * k);
+            int64_t u = 64 * blocks;
+            if (t == T - 1 && u < U)
+                column_tail<OUT>(z + u, OUT ? out + u : nullptr, 0, A, U, U - u, parts + u, buf + (int64_t)t * 5 * 64);
+        } else {  // units last, few units: the positions are split
+            columns<OUT>(z, out, A * t / T, A * (t + 1) / T, U, parts + (int64_t)t * U, buf + (int64_t)t * 5 * U);
         }
     }
 }
@@ -213,14 +237,16 @@ extern "C" int deadrelu_range_update(const float* z, const float* out, int64_t A
                                      int mode, int threads, int64_t* positions, int64_t* active,
                                      double* abs_sum, double* z_max, double* z_min, int64_t* nonfinite) {
     if (threads < 1) threads = 1;
-    Part* parts = (Part*)malloc(sizeof(Part) * (size_t)threads * (size_t)U);
-    float* buf = B > 1 ? nullptr : (float*)malloc(sizeof(float) * 5 * (size_t)threads * (size_t)U);
+    const bool by_units = split_units(U, B, threads);
+    const int copies = by_units ? 1 : threads;  // sets of U partials
+    Part* parts = (Part*)malloc(sizeof(Part) * (size_t)copies * (size_t)U);
+    float* buf = B > 1 ? nullptr : (float*)malloc(sizeof(float) * 5 * (size_t)threads * (size_t)(by_units ? 64 : U));
     if (!parts || (B == 1 && !buf)) {
         free(parts);
         free(buf);
         return 1;
     }
-    for (int64_t i = 0; i < (int64_t)threads * U; i++) parts[i] = kEmpty;
+    for (int64_t i = 0; i < (int64_t)copies * U; i++) parts[i] = kEmpty;
     if (mode == 2)
         reduce<true>(z, out, A, U, B, threads, parts, buf);
     else
@@ -228,7 +254,7 @@ extern "C" int deadrelu_range_update(const float* z, const float* out, int64_t A
     *positions += A * B;
     for (int64_t u = 0; u < U; u++) {
         Part p = parts[u];
-        for (int t = 1; t < threads; t++) {
+        for (int t = 1; t < copies; t++) {
             const Part& q = parts[(int64_t)t * U + u];
             fold(&p, q.abs_sum, q.sum, q.active, q.max, q.min);
         }

@@ -78,6 +78,19 @@ def _cpu_signature() -> str:
         return platform.processor()
 
 
+def _cache_dir() -> Path:
+    """``<tempdir>/deadrelu-<uid>``, created private; a fresh private directory instead if
+    that one belongs to someone else or others may write to it (a library loaded from it
+    runs in this process)."""
+    uid = getattr(os, "getuid", lambda: 0)()
+    cache = Path(tempfile.gettempdir()) / f"deadrelu-{uid}"
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = cache.stat()
+    if (hasattr(os, "getuid") and info.st_uid != uid) or info.st_mode & 0o022:
+        return Path(tempfile.mkdtemp(prefix="deadrelu-"))
+    return cache
+
+
 def _build() -> ctypes.CDLL:
     """Compile (or find in the cache) and load the kernel; raises on any failure."""
     cxx = _compiler()
@@ -89,8 +102,7 @@ def _build() -> ctypes.CDLL:
     key = hashlib.sha256(
         b"\0".join([source, " ".join((cxx, *FLAGS, *link)).encode(), _cpu_signature().encode()])
     ).hexdigest()[:16]
-    cache = Path(tempfile.gettempdir()) / f"deadrelu-{getattr(os, 'getuid', lambda: 0)()}"
-    cache.mkdir(parents=True, exist_ok=True)
+    cache = _cache_dir()
     target = cache / f"range-{key}.so"
     if not target.exists():
         tmp = cache / f"range-{key}.{os.getpid()}.tmp.so"

@@ -31,8 +31,8 @@ def _assert_same(got: UnitStats, want: UnitStats) -> None:
 
 def _layouts() -> list[tuple[str, Tensor, int]]:
     """Rows of 64+ positions with a tail, rows shorter than one vector, units last with
-    fewer than 64 units and with blocks of 64 plus a tail, a single row, a single unit
-    (the threads then split the positions, not the units), a 1-d batch."""
+    fewer than 64 units and with blocks of 64 plus a tail, a single row, a single unit,
+    a 1-d batch."""
     g = torch.Generator().manual_seed(11)
     return [
         ("rows", torch.randn(5, 7, 131, generator=g) * 2 + 0.3, 1),
@@ -40,7 +40,7 @@ def _layouts() -> list[tuple[str, Tensor, int]]:
         ("units last", torch.randn(600, 37, generator=g) * 3 - 1, -1),
         ("units last, blocks of 64 and a tail", torch.randn(300, 150, generator=g) - 0.2, -1),
         ("one row", torch.randn(1, 3, 200, generator=g), 1),
-        ("one unit", torch.randn(6, 1, 90, generator=g), 1),  # fewer units than threads
+        ("one unit", torch.randn(6, 1, 90, generator=g), 1),
         ("one position", torch.randn(1, 5, generator=g), -1),
         ("1-d", torch.randn(23, generator=g), 0),
     ]
@@ -113,8 +113,8 @@ def test_nonfinite_values_follow_torch(bad: str) -> None:
 
 
 def test_threads_do_not_change_the_counts() -> None:
-    """The split between threads (units, or positions when there are too few units)
-    changes no count or extremum."""
+    """The split between threads (positions, or units when the per-thread partials would
+    exceed 2**16: the wide cases with 2 and 3 threads) changes no count or extremum."""
     threads = torch.get_num_threads()
     g = torch.Generator().manual_seed(13)
     try:
@@ -123,6 +123,8 @@ def test_threads_do_not_change_the_counts() -> None:
             (torch.randn(4, 2, 100, generator=g), 1),
             (torch.randn(333, 19, generator=g), -1),
             (torch.randn(99, 200, generator=g), -1),
+            (torch.randn(3, 33_000, 2, generator=g), 1),
+            (torch.randn(5, 33_000 + 70, generator=g), -1),
         ]:
             results = []
             for n in (1, 2, 3):

@@ -178,17 +178,20 @@ void columns(const float* z, const float* out, int64_t a0, int64_t a1, int64_t U
     if (u < U) column_tail<OUT>(z + u, OUT ? out + u : nullptr, a0, a1, U, U - u, parts + u, buf);
 }
 
-// Whether the threads split the units (each reduces whole units into parts[u]: no
-// per-thread copies) or, when there are too few units for that, the positions (each into
-// its own copy of the U partials, combined afterwards).
-inline bool split_units(int64_t U, int64_t B, int threads) { return B > 1 ? U >= threads : U >= 64 * threads; }
+// Whether the threads split the units (each reduces whole units into parts[u]) rather
+// than the positions (each reduces a contiguous range of rows or positions into its own
+// copy of the U partials, combined afterwards). Positions are faster: each thread reads
+// memory in the order the producer of the activation wrote it, mostly from its own cache
+// (a conv scan ran at 0.95 x plain inference against 0.89 split by units), so units are
+// split only when the copies would be large (more than 2**16 partials).
+inline bool split_units(int64_t U, int threads) { return (int64_t)threads * U > (1 << 16); }
 
 // parts: U partials when split_units, else threads x U; buf: 5 x 64 floats per thread
-// when split_units, else 5 x U floats per thread (units last only).
+// (units last only).
 template <bool OUT>
 void reduce(const float* z, const float* out, int64_t A, int64_t U, int64_t B, int threads, Part* parts,
             float* buf) {
-    const bool by_units = split_units(U, B, threads);
+    const bool by_units = split_units(U, threads);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
 #endif
@@ -218,8 +221,8 @@ void reduce(const float* z, const float* out, int64_t A, int64_t U, int64_t B, i
             int64_t u = 64 * blocks;
             if (t == T - 1 && u < U)
                 column_tail<OUT>(z + u, OUT ? out + u : nullptr, 0, A, U, U - u, parts + u, buf + (int64_t)t * 5 * 64);
-        } else {  // units last, few units: the positions are split
-            columns<OUT>(z, out, A * t / T, A * (t + 1) / T, U, parts + (int64_t)t * U, buf + (int64_t)t * 5 * U);
+        } else {  // units last: the positions are split
+            columns<OUT>(z, out, A * t / T, A * (t + 1) / T, U, parts + (int64_t)t * U, buf + (int64_t)t * 5 * 64);
         }
     }
 }
@@ -237,10 +240,9 @@ extern "C" int deadrelu_range_update(const float* z, const float* out, int64_t A
                                      int mode, int threads, int64_t* positions, int64_t* active,
                                      double* abs_sum, double* z_max, double* z_min, int64_t* nonfinite) {
     if (threads < 1) threads = 1;
-    const bool by_units = split_units(U, B, threads);
-    const int copies = by_units ? 1 : threads;  // sets of U partials
+    const int copies = split_units(U, threads) ? 1 : threads;  // sets of U partials
     Part* parts = (Part*)malloc(sizeof(Part) * (size_t)copies * (size_t)U);
-    float* buf = B > 1 ? nullptr : (float*)malloc(sizeof(float) * 5 * (size_t)threads * (size_t)(by_units ? 64 : U));
+    float* buf = B > 1 ? nullptr : (float*)malloc(sizeof(float) * 5 * 64 * (size_t)threads);
     if (!parts || (B == 1 && !buf)) {
         free(parts);
         free(buf);

@@ -164,7 +164,13 @@ def test_what_the_kernel_does_not_take() -> None:
     finally:
         native.set_enabled(previous)
     assert UnitStats.empty(3, detail="range").update_z(z, 1, relu=True) == "native"
-    assert not native.applies(z, None, tuple(torch.zeros(3, dtype=torch.float32) for _ in range(6)))
+    st = UnitStats.empty(3, detail="range")
+    good = (st.positions, st.active, st.abs_sum, st.z_max, st.z_min, st.nonfinite)
+    assert native.applies(z, None, good) and native.applies(z, z, good)
+    assert not native.applies(z, None, tuple(t.float() for t in good))  # float32 accumulators
+    assert not native.applies(z.transpose(0, 2).contiguous().transpose(0, 2), None, good)
+    assert not native.applies(z, z.double(), good)
+    assert not native.applies(z.to_sparse(), None, good)
 
 
 def test_a_failing_compiler_leaves_the_torch_paths(

@@ -137,12 +137,14 @@ def available() -> bool:
 
 def applies(z3: Tensor, out3: Tensor | None, accumulators: tuple[Tensor, ...]) -> bool:
     """Whether :func:`update_range` can take this batch: ``z3`` (and ``out3``) contiguous
-    float32 ``(A, U, B)`` CPU tensors, accumulators (``positions, active, abs_sum, z_max,
-    z_min, nonfinite``) contiguous CPU int64/float64 ones, and the kernel available."""
-    if z3.device.type != "cpu" or z3.dtype != torch.float32 or not z3.is_contiguous():
-        return False
-    if out3 is not None and (out3.dtype != torch.float32 or not out3.is_contiguous()):
-        return False
+    float32 ``(A, U, B)`` CPU tensors (plain strided ``Tensor`` s), accumulators
+    (``positions, active, abs_sum, z_max, z_min, nonfinite``) contiguous CPU int64/float64
+    ones, and the kernel available."""
+    for x in (z3,) if out3 is None else (z3, out3):
+        if type(x) is not Tensor or x.layout != torch.strided or x.device.type != "cpu":
+            return False  # subclasses (DTensor...), sparse, other devices
+        if x.dtype != torch.float32 or not x.is_contiguous():
+            return False
     dtypes = (torch.int64, torch.int64, torch.float64, torch.float64, torch.float64, torch.int64)
     units = z3.shape[1]
     for t, dtype in zip(accumulators, dtypes, strict=True):

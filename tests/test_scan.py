@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from deadrelu import native
+from deadrelu.report import Report
 from deadrelu.scan import scan
 from models import (
     DeadChannelCNN,
@@ -52,14 +53,20 @@ def test_fused_scan_equals_eager_scan(
         assert eager.meta["kernels"] == ["eager"]
         native_ran = with_native and detail == "range"
         assert fused.meta["kernels"] == ["native" if native_ran else "compiled"]
-        assert fused.all_units("dead") == model.expected_dead
-        for kind in ("dead", "dormant", "rarely_active", "saturated", "nonfinite"):
-            assert fused.all_units(kind) == eager.all_units(kind), kind
-        for site, st in eager.stats.items():
-            for name in st.REDUCE:
-                torch.testing.assert_close(
-                    getattr(fused.stats[site], name), getattr(st, name), rtol=1e-5, atol=1e-5
-                )
+        _assert_same_findings(fused, eager, model.expected_dead)
+
+
+def _assert_same_findings(got: Report, eager: Report, expected_dead: object) -> None:
+    """``got`` finds exactly the killed units and the eager scan's classes, with its
+    statistics up to float32 summation order."""
+    assert got.all_units("dead") == expected_dead
+    for kind in ("dead", "dormant", "rarely_active", "saturated", "nonfinite"):
+        assert got.all_units(kind) == eager.all_units(kind), kind
+    for site, st in eager.stats.items():
+        for name in st.REDUCE:
+            torch.testing.assert_close(
+                getattr(got.stats[site], name), getattr(st, name), rtol=1e-5, atol=1e-5
+            )
 
 
 def test_fused_falls_back_to_eager_when_compiling_fails(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,14 +107,7 @@ def test_default_scan_takes_the_native_kernel(model: nn.Module) -> None:
     default = scan(model, batches)
     eager = scan(model, batches, fused=False)
     assert default.meta["kernels"] == ["native"] and default.meta["fused_from_batch"] is None
-    assert default.all_units("dead") == model.expected_dead
-    for kind in ("dead", "dormant", "rarely_active", "saturated", "nonfinite"):
-        assert default.all_units(kind) == eager.all_units(kind), kind
-    for site, st in eager.stats.items():
-        for name in st.REDUCE:
-            torch.testing.assert_close(
-                getattr(default.stats[site], name), getattr(st, name), rtol=1e-5, atol=1e-5
-            )
+    _assert_same_findings(default, eager, model.expected_dead)
 
 
 def test_auto_fused_rule() -> None:

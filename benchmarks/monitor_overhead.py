@@ -47,29 +47,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import _stable_malloc as stable_malloc
+from _blocks import Block
 from deadrelu.monitor import Monitor
 
 TARGET = 1.05
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block with a functional ReLU in the FFN; ``(N, L, d)``."""
-
-    def __init__(self, d: int = 128, heads: int = 4, ffn: int = 512) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
-        self.norm2 = nn.LayerNorm(d)
-        self.fc1 = nn.Linear(d, ffn)
-        self.fc2 = nn.Linear(ffn, d)
-        self.head = nn.Linear(d, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``x``: ``(N, L, d)`` -> logits ``(N, 10)``."""
-        h = self.norm1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
-        x = x + self.fc2(F.relu(self.fc1(self.norm2(x))))
-        return self.head(x.mean(1))
 
 
 def make_mlp() -> tuple[nn.Module, Tensor, Tensor]:
@@ -96,7 +77,11 @@ def make_cnn() -> tuple[nn.Module, Tensor, Tensor]:
 
 
 def make_transformer() -> tuple[nn.Module, Tensor, Tensor]:
-    return Block(), torch.randn(32, 64, 128), torch.randint(0, 10, (32,))
+    return (
+        Block(128, 4, 512, F.relu, classes=10),
+        torch.randn(32, 64, 128),
+        torch.randint(0, 10, (32,)),
+    )
 
 
 MODELS: dict[str, Callable[[], tuple[nn.Module, Tensor, Tensor]]] = {

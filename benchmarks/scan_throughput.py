@@ -53,6 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import _stable_malloc as stable_malloc
+from _blocks import Block
 from deadrelu import native
 from deadrelu.report import Report
 from deadrelu.scan import scan
@@ -68,24 +69,6 @@ CONDITIONS: dict[str, tuple[dict[str, Any], bool]] = {
     "full_eager": ({"detail": "full", "fused": False}, True),
     "counts_eager": ({"detail": "counts", "fused": False}, True),
 }
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block with a functional GELU in the FFN; ``(N, L, d)``."""
-
-    def __init__(self, d: int = 256, heads: int = 4, ffn: int = 1024) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
-        self.norm2 = nn.LayerNorm(d)
-        self.fc1 = nn.Linear(d, ffn)
-        self.fc2 = nn.Linear(ffn, d)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``x``: ``(N, L, d)``."""
-        h = self.norm1(x)
-        x = x + self.attn(h, h, h, need_weights=False)[0]
-        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
 
 def mlp() -> nn.Module:
@@ -114,7 +97,7 @@ def cnn() -> nn.Module:
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "mlp": (mlp, (512, 256)),
     "cnn": (cnn, (32, 3, 32, 32)),
-    "transformer": (Block, (16, 128, 256)),
+    "transformer": (functools.partial(Block, 256, 4, 1024, F.gelu), (16, 128, 256)),
 }
 
 

@@ -16,7 +16,8 @@ Conditions (``detail`` x kernel):
 * ``range_compiled``: the same statistics by the ``torch.compile``-d kernel (the native
   one switched off), what ``fused=True`` runs where the native kernel does not apply;
 * ``range_eager``: the same statistics by eager torch ops (``fused=False``);
-* ``full_compiled`` / ``full_eager``: ``detail="full"`` (adds the z mean and variance);
+* ``full_native`` / ``full_compiled`` / ``full_eager``: ``detail="full"`` (adds the z
+  mean and variance) by each kernel;
 * ``counts_eager``: ``detail="counts"`` (dead, dormant, rarely active only).
 
 The kernels are compiled during the untimed warm-up. The JSON also gives the kernels each
@@ -65,7 +66,8 @@ CONDITIONS: dict[str, tuple[dict[str, Any], bool]] = {
     "default": ({}, True),
     "range_compiled": ({"detail": "range", "fused": True}, False),
     "range_eager": ({"detail": "range", "fused": False}, True),
-    "full_compiled": ({"detail": "full", "fused": True}, True),
+    "full_native": ({"detail": "full"}, True),
+    "full_compiled": ({"detail": "full", "fused": True}, False),
     "full_eager": ({"detail": "full", "fused": False}, True),
     "counts_eager": ({"detail": "counts", "fused": False}, True),
 }

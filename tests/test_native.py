@@ -1,4 +1,5 @@
-"""The native CPU kernel for detail "range" (deadrelu.native) against the eager torch ops."""
+"""The native CPU kernel for details "range" and "full" (deadrelu.native) against the eager
+torch ops."""
 
 from __future__ import annotations
 
@@ -14,8 +15,14 @@ from deadrelu.stats import UnitStats
 pytestmark = pytest.mark.skipif(not native.available(), reason="no C++ compiler")
 
 
-def _pair(units: int) -> tuple[UnitStats, UnitStats]:
-    return UnitStats.empty(units, detail="range"), UnitStats.empty(units, detail="range")
+DETAILS = ["range", "full"]
+
+
+def _pair(units: int, detail: str = "range") -> tuple[UnitStats, UnitStats]:
+    return (
+        UnitStats.empty(units, detail=detail),  # type: ignore[arg-type]
+        UnitStats.empty(units, detail=detail),  # type: ignore[arg-type]
+    )
 
 
 def _assert_same(got: UnitStats, want: UnitStats) -> None:
@@ -25,8 +32,12 @@ def _assert_same(got: UnitStats, want: UnitStats) -> None:
         torch.testing.assert_close(
             getattr(got, name), getattr(want, name), rtol=0, atol=0, equal_nan=True
         )
-    # sums: float32 batch sums in another order (the kernel sums each row in float64)
-    torch.testing.assert_close(got.abs_sum, want.abs_sum, rtol=1e-5, atol=1e-4, equal_nan=True)
+    # sums: float32 batch sums in another order (the kernel sums each row in float64); the
+    # moments ("full"; zeros at "range")
+    for name in ("abs_sum", "z_sum", "z_m2"):
+        torch.testing.assert_close(
+            getattr(got, name), getattr(want, name), rtol=1e-5, atol=1e-4, equal_nan=True
+        )
 
 
 def _layouts() -> list[tuple[str, Tensor, int]]:
@@ -46,13 +57,14 @@ def _layouts() -> list[tuple[str, Tensor, int]]:
     ]
 
 
+@pytest.mark.parametrize("detail", DETAILS)
 @pytest.mark.parametrize("how", ["relu", "out", "relu_z", "z_only"])
-def test_native_equals_eager_on_every_layout(how: str) -> None:
+def test_native_equals_eager_on_every_layout(how: str, detail: str) -> None:
     """Each mode of the kernel (sum of relu(z), of |out|, none) on every layout, over two
     batches: the eager statistics; update() says the native kernel reduced each batch."""
     for name, z, dim in _layouts():
         units = z.shape[dim]
-        got, want = _pair(units)
+        got, want = _pair(units, detail)
         out = torch.nn.functional.elu(z)
         for _ in range(2):
             for s, fused in ((got, None), (want, False)):
@@ -68,8 +80,9 @@ def test_native_equals_eager_on_every_layout(how: str) -> None:
             assert not got.abs_sum.any(), name
 
 
+@pytest.mark.parametrize("detail", DETAILS)
 @pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "mixed", "out_nan"])
-def test_nonfinite_values_follow_torch(bad: str) -> None:
+def test_nonfinite_values_follow_torch(bad: str, detail: str) -> None:
     """NaN makes the unit's extrema (and its relu sum) NaN, +-inf shows in the extrema,
     each is counted exactly in ``nonfinite``; other units are untouched. Rows and units
     last, and a later finite batch keeps a NaN maximum NaN (torch.maximum propagates)."""
@@ -99,7 +112,7 @@ def test_nonfinite_values_follow_torch(bad: str) -> None:
             put(out, 1, 3, float("nan"))
         finite = torch.randn(z.shape, generator=g)
         for relu in (True, False):
-            got, want = _pair(units)
+            got, want = _pair(units, detail)
             for s, fused in ((got, None), (want, False)):
                 o = torch.relu(z) if relu else out
                 assert s.update(z, o, dim, fused=fused, relu=relu) == (
@@ -112,7 +125,8 @@ def test_nonfinite_values_follow_torch(bad: str) -> None:
             assert int(got.nonfinite.sum()) == expected_bad
 
 
-def test_threads_do_not_change_the_counts() -> None:
+@pytest.mark.parametrize("detail", DETAILS)
+def test_threads_do_not_change_the_counts(detail: str) -> None:
     """The split between threads (positions, or units when the per-thread partials would
     exceed 2**16: the wide cases with 2 and 3 threads) changes no count or extremum."""
     threads = torch.get_num_threads()
@@ -129,7 +143,7 @@ def test_threads_do_not_change_the_counts() -> None:
             results = []
             for n in (1, 2, 3):
                 torch.set_num_threads(n)
-                s = UnitStats.empty(z.shape[dim], detail="range")
+                s = UnitStats.empty(z.shape[dim], detail=detail)  # type: ignore[arg-type]
                 assert s.update_z(z, dim, relu=True) == "native"
                 results.append(s)
             for s in results[1:]:
@@ -151,12 +165,12 @@ def test_dead_units_by_construction() -> None:
 
 
 def test_what_the_kernel_does_not_take() -> None:
-    """bf16, float64, non-"range" levels, float32 accumulators and a disabled kernel go to
-    the torch paths."""
+    """bf16, float64, the "counts" level (three cheap passes), float32 accumulators, a
+    non-float32 shift and a disabled kernel go to the torch paths."""
     z = torch.randn(4, 3, 8)
     assert UnitStats.empty(3, detail="range").update_z(z.bfloat16(), 1, relu=True) == "eager"
     assert UnitStats.empty(3, detail="range").update_z(z.double(), 1, relu=True) == "eager"
-    assert UnitStats.empty(3, detail="full").update_z(z, 1, relu=True) == "eager"
+    assert UnitStats.empty(3, detail="full").update_z(z, 1, relu=True) == "native"
     assert UnitStats.empty(3, detail="counts").update_z(z, 1, relu=True) == "eager"
     previous = native.set_enabled(False)
     try:
@@ -171,6 +185,28 @@ def test_what_the_kernel_does_not_take() -> None:
     assert not native.applies(z.transpose(0, 2).contiguous().transpose(0, 2), None, good)
     assert not native.applies(z, z.double(), good)
     assert not native.applies(z.to_sparse(), None, good)
+    full = UnitStats.empty(3, detail="full")
+    moments = (*good, full.z_sum, full.z_m2)
+    shift = torch.zeros(3)
+    assert native.applies(z, None, moments, shift)
+    assert not native.applies(z, None, good, shift)  # no moment accumulators
+    assert not native.applies(z, None, moments, shift.double())
+    assert not native.applies(z, None, moments, torch.zeros(4))
+
+
+def test_full_moments_of_a_far_mean() -> None:
+    """Detail "full" over three batches whose per-unit mean (1e4) is far larger than the
+    spread (1e-2 to 1, by unit): the mean and variance of all positions, as float64 torch
+    computes them from the data at once."""
+    g = torch.Generator().manual_seed(14)
+    scale = torch.tensor([1e-2, 1e-1, 1.0])
+    batches = [1e4 + torch.randn(40, 3, 77, generator=g) * scale[:, None] for _ in range(3)]
+    s = UnitStats.empty(3, detail="full")
+    for z in batches:
+        assert s.update_z(z, 1) == "native"
+    data = torch.cat(batches).double().transpose(0, 1).reshape(3, -1)
+    torch.testing.assert_close(s.z_mean, data.mean(1), rtol=1e-9, atol=0)
+    torch.testing.assert_close(s.z_var, data.var(1, correction=0), rtol=1e-3, atol=0)
 
 
 def test_a_failing_compiler_leaves_the_torch_paths(

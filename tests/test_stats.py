@@ -323,7 +323,7 @@ def test_fused_kernel_equals_eager(
 ) -> None:
     """Every fused path (ReLU from z, |out| of another activation, the in-place split with
     and without ReLU) gives the eager statistics, at every detail level: the native kernel
-    where it applies (float32 "range"), the compiled one elsewhere or when it is off."""
+    where it applies (float32), the compiled one elsewhere or when it is off."""
     if with_native and not native.available():
         pytest.skip("no C++ compiler for the native kernel")
     monkeypatch.setitem(native._STATE, "enabled", with_native)
@@ -331,7 +331,7 @@ def test_fused_kernel_equals_eager(
         units = z.shape[dim]
         if detail == "counts":
             expected = "eager"  # three cheap passes: never compiled
-        elif with_native and detail == "range" and z.dtype == torch.float32:
+        elif with_native and z.dtype == torch.float32:
             expected = "native"
         else:
             expected = "compiled"

@@ -1,9 +1,11 @@
-"""A native CPU kernel for the "range" statistics of one float32 batch (``_range.cpp``).
+"""A native CPU kernel for the "range" and "full" statistics of a float32 batch
+(``_stats.cpp``).
 
 :meth:`deadrelu.stats.UnitStats.update` uses it, where it applies (:func:`applies`), in
-place of the torch ops or the ``torch.compile``-d kernel: one pass over ``z`` (and ``out``
-for activations other than ReLU) that counts, sums and takes the extrema per unit and
-merges them into the accumulators, with the same results up to float summation order.
+place of the torch ops or the ``torch.compile``-d kernels: one pass over ``z`` (and ``out``
+for activations other than ReLU) that counts, sums (and for "full" takes the moments about
+a per-unit shift) and takes the extrema per unit and merges them into the accumulators,
+with the same results up to float summation order.
 
 Why a hand-written kernel. On a 2-core CPU, in a scan of a conv net, the statistics cost
 far more than one read of each activation:
@@ -41,11 +43,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["applies", "available", "set_enabled", "update_range"]
+__all__ = ["applies", "available", "set_enabled", "update"]
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("_range.cpp")
+SOURCE = Path(__file__).with_name("_stats.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 #: ``mode`` of the kernel: no |out| sum, the sum of relu(z), the sum of |out|.
 MODE_NONE, MODE_RELU, MODE_OUT = 0, 1, 2
@@ -103,9 +105,9 @@ def _build() -> ctypes.CDLL:
         b"\0".join([source, " ".join((cxx, *FLAGS, *link)).encode(), _cpu_signature().encode()])
     ).hexdigest()[:16]
     cache = _cache_dir()
-    target = cache / f"range-{key}.so"
+    target = cache / f"stats-{key}.so"
     if not target.exists():
-        tmp = cache / f"range-{key}.{os.getpid()}.tmp.so"
+        tmp = cache / f"stats-{key}.{os.getpid()}.tmp.so"
         cmd = [cxx, *FLAGS, str(SOURCE), "-o", str(tmp), *link]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
@@ -113,9 +115,9 @@ def _build() -> ctypes.CDLL:
             raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-2000:]}")
         os.replace(tmp, target)  # atomic: concurrent builders leave one good file
     lib = ctypes.CDLL(str(target))
-    fn = lib.deadrelu_range_update
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
-    fn.argtypes = [p, p, i64, i64, i64, ctypes.c_int, ctypes.c_int, p, p, p, p, p, p]
+    fn = lib.deadrelu_stats_update
+    p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    fn.argtypes = [p, p, p, i64, i64, i64, c_int, c_int, p, p, p, p, p, p, p, p]
     fn.restype = ctypes.c_int
     return lib
 
@@ -135,18 +137,30 @@ def available() -> bool:
     return _STATE["lib"] is not None
 
 
-def applies(z3: Tensor, out3: Tensor | None, accumulators: tuple[Tensor, ...]) -> bool:
-    """Whether :func:`update_range` can take this batch: ``z3`` (and ``out3``) contiguous
-    float32 ``(A, U, B)`` CPU tensors (plain strided ``Tensor`` s), accumulators
-    (``positions, active, abs_sum, z_max, z_min, nonfinite``) contiguous CPU int64/float64
-    ones, and the kernel available."""
-    for x in (z3,) if out3 is None else (z3, out3):
+def applies(
+    z3: Tensor,
+    out3: Tensor | None,
+    accumulators: tuple[Tensor, ...],
+    shift: Tensor | None = None,
+) -> bool:
+    """Whether :func:`update` can take this batch: ``z3`` (and ``out3``) contiguous float32
+    ``(A, U, B)`` CPU tensors (plain strided ``Tensor`` s), accumulators (``positions,
+    active, abs_sum, z_max, z_min, nonfinite``, and with a ``shift`` ``z_sum, z_m2``)
+    contiguous CPU int64/float64 ones, a ``(U,)`` float32 ``shift``, and the kernel
+    available."""
+    inputs = [z3] + ([] if out3 is None else [out3]) + ([] if shift is None else [shift])
+    for x in inputs:
         if type(x) is not Tensor or x.layout != torch.strided or x.device.type != "cpu":
             return False  # subclasses (DTensor...), sparse, other devices
         if x.dtype != torch.float32 or not x.is_contiguous():
             return False
-    dtypes = (torch.int64, torch.int64, torch.float64, torch.float64, torch.float64, torch.int64)
     units = z3.shape[1]
+    if shift is not None and shift.shape != (units,):
+        return False
+    i64, f64 = torch.int64, torch.float64
+    dtypes = [i64, i64, f64, f64, f64, i64] + ([] if shift is None else [f64, f64])
+    if len(accumulators) != len(dtypes):
+        return False
     for t, dtype in zip(accumulators, dtypes, strict=True):
         if t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous():
             return False
@@ -155,8 +169,12 @@ def applies(z3: Tensor, out3: Tensor | None, accumulators: tuple[Tensor, ...]) -
     return available()
 
 
-def update_range(
-    z3: Tensor, out3: Tensor | None, mode: int, accumulators: tuple[Tensor, ...]
+def update(
+    z3: Tensor,
+    out3: Tensor | None,
+    mode: int,
+    accumulators: tuple[Tensor, ...],
+    shift: Tensor | None = None,
 ) -> None:
     """Reduce one batch and merge it into ``accumulators``, in place.
 
@@ -166,22 +184,28 @@ def update_range(
         mode: :data:`MODE_NONE` (``abs_sum`` untouched), :data:`MODE_RELU` (``abs_sum`` +=
             sum of relu(z)) or :data:`MODE_OUT` (+= sum of |out|).
         accumulators: ``positions`` (0-d), ``active``, ``abs_sum``, ``z_max``, ``z_min``,
-            ``nonfinite`` (``(U,)``) of a :class:`~deadrelu.stats.UnitStats`, as checked
-            by :func:`applies`.
+            ``nonfinite`` (``(U,)``) of a :class:`~deadrelu.stats.UnitStats`, and with a
+            ``shift`` its ``z_sum``, ``z_m2``, as checked by :func:`applies`.
+        shift: ``(U,)`` finite float32 per-unit shift K of detail "full": the batch's sums
+            of ``z - K`` and ``(z - K)**2`` are merged into ``z_sum`` and ``z_m2`` by
+            Chan's formula (see :func:`deadrelu.stats._merge_full`). None for "range".
     """
     lib = _STATE["lib"]
     assert isinstance(lib, ctypes.CDLL), "call applies() first"
+    assert mode != MODE_OUT or out3 is not None, "MODE_OUT needs out3"
     a_len, units, b_len = z3.shape
-    out_ptr = out3.data_ptr() if out3 is not None and mode == MODE_OUT else None
-    status = lib.deadrelu_range_update(
+    moments = accumulators[6:] if shift is not None else (None, None)
+    status = lib.deadrelu_stats_update(
         z3.data_ptr(),
-        out_ptr,
+        out3.data_ptr() if out3 is not None and mode == MODE_OUT else None,
+        shift.data_ptr() if shift is not None else None,
         a_len,
         units,
         b_len,
         mode,
         torch.get_num_threads(),
-        *(t.data_ptr() for t in accumulators),
+        *(t.data_ptr() for t in accumulators[:6]),
+        *(t.data_ptr() if t is not None else None for t in moments),
     )
     if status != 0:
         raise MemoryError("deadrelu: the native statistics kernel could not allocate")

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 Batch = Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 
 #: ``fused=None`` switches to the ``torch.compile``-d kernel (for the activations the native
-#: CPU kernel does not take: detail "full", GPU, bf16...) when the rest of the scan is
+#: CPU kernel does not take: GPU, bf16...) when the rest of the scan is
 #: projected (first batch's time x batches left) to take at least this long. Measured on a
 #: 2-core CPU: compiling costs ~2.5 s per process (~10 s the first time on a machine,
 #: before inductor's disk cache is warm) and the compiled kernel then saves ~4-6 % of the
@@ -187,7 +187,7 @@ def scan(
             variance; about 1.5x the statistics' cost of "range").
         fused: which kernels reduce the activations (see :meth:`UnitStats.update`; all
             give the same statistics up to float summation order). ``None`` (default):
-            float32 CPU activations at detail "range" by the native kernel
+            float32 CPU activations at detail "range" or "full" by the native kernel
             (:mod:`deadrelu.native`: one pass, compiled in about 0.4 s once per
             machine) from the first batch, the others by eager torch ops, switching to
             a ``torch.compile``-d kernel after the first batch when the rest of the scan
@@ -251,9 +251,9 @@ def scan(
 
     def abs_from_z(site: Site) -> bool:
         # an in-place ReLU on a path that sums relu(z) in its one pass over z (native at
-        # "range", compiled): its abs_sum comes from z in the pre-hook, the post-hook adds
-        # nothing (eagerly that would be a pass more than summing the output)
-        native_likely = fused is None and level == "range"
+        # "range"/"full", compiled): its abs_sum comes from z in the pre-hook, the post-hook
+        # adds nothing (eagerly that would be a pass more than summing the output)
+        native_likely = fused is None and level != "counts"
         return (use_fused or native_likely) and site.activation.spec.name == "relu"
 
     def collect_z(site: Site, z: Tensor) -> None:

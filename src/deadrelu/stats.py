@@ -58,9 +58,9 @@ one fewer each when ``out`` is known to be non-negative (ReLU:
 ``update(..., out_nonnegative=True)``), in one scratch tensor of the activation's size
 (:func:`scratch`: on CPU one buffer per thread, kept between calls and freed by
 :func:`release_scratch`). Native path (``update(..., fused=None)``, the default, and
-``fused=True``; "range", float32 on CPU): :mod:`deadrelu.native`'s C++ kernel reads ``z``
-once (and ``out``, unless ``relu=True``: it sums ``relu(z)`` from ``z``) and merges the
-batch, in one ctypes call. Compiled path (``fused=True`` where the native kernel does not
+``fused=True``; "range" and "full", float32 on CPU): :mod:`deadrelu.native`'s C++ kernel
+reads ``z`` once (and ``out``, unless ``relu=True``: it sums ``relu(z)`` from ``z``) and
+merges the batch, in one ctypes call. Compiled path (``fused=True`` where the native kernel does not
 apply, "range" and "full"): one ``torch.compile``-d kernel reads ``z`` once (and ``out``
 unless ``relu``) and, for "range", also merges the batch into the accumulators; for "full"
 a second compiled kernel does the ``(U,)`` merge (one kernel is slower there when units
@@ -650,7 +650,7 @@ class UnitStats:
                 order):
 
                 * ``None`` (default): the native CPU kernel (:mod:`deadrelu.native`: detail
-                  "range", float32 on CPU; one pass, compiled in about 0.4 s once per
+                  "range" or "full", float32 on CPU; one pass, compiled in about 0.4 s once per
                   machine) where it applies, else the eager torch ops;
                 * ``True``: the native kernel where it applies, else one
                   ``torch.compile``-d kernel (a single read of ``z``, and of ``out`` unless
@@ -753,8 +753,8 @@ class UnitStats:
         z3 = _as_aub(z, d, units_last)
         out3 = _as_aub(out, d, units_last) if out is not None else None
         compiling = torch.compiler.is_compiling()
-        native_ok = fused is not False and level == "range" and not compiling
-        if native_ok and self._native_range(z3, out3, relu):
+        native_ok = fused is not False and level != "counts" and not compiling
+        if native_ok and self._native(z3, out3, shift, relu):
             return "native"
         parts: tuple[Tensor, ...] | None = None
         merge: Callable[..., Any] | None = None
@@ -793,11 +793,11 @@ class UnitStats:
             eager_merge(*batch, *accumulators)
         return kernel
 
-    def _native_range(self, z3: Tensor, out3: Tensor | None, relu: bool) -> bool:
-        """Detail "range" by the native CPU kernel (:mod:`deadrelu.native`); False (and
-        nothing changed) where it does not apply."""
+    def _native(self, z3: Tensor, out3: Tensor | None, shift: Tensor | None, relu: bool) -> bool:
+        """Detail "range" or "full" (with ``shift``) by the native CPU kernel
+        (:mod:`deadrelu.native`); False (and nothing changed) where it does not apply."""
         mode = native.MODE_RELU if relu else native.MODE_OUT if out3 is not None else 0
-        accumulators = (
+        accumulators: tuple[Tensor, ...] = (
             self.positions,
             self.active,
             self.abs_sum,
@@ -805,9 +805,13 @@ class UnitStats:
             self.z_min,
             self.nonfinite,
         )
-        if not native.applies(z3, out3 if mode == native.MODE_OUT else None, accumulators):
+        if shift is not None:
+            accumulators += (self.z_sum, self.z_m2)
+            shift = shift.contiguous()
+        out3 = out3 if mode == native.MODE_OUT else None
+        if not native.applies(z3, out3, accumulators, shift):
             return False
-        native.update_range(z3, out3, mode, accumulators)
+        native.update(z3, out3, mode, accumulators, shift)
         return True
 
     def _fused_range(self, z3: Tensor, out3: Tensor | None, relu: bool) -> bool:

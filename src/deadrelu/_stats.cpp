@@ -109,15 +109,21 @@ void row(const float* z, const float* out, int64_t n, float k, Part* p) {
     for (int j = 0; j < 4; j++) kv[j] = v16f{} + k;
     int64_t b = 0;
     for (; b + 64 <= n; b += 64) acc.step<OUT, MOM>(z + b, OUT ? out + b : nullptr, kv);
-    if (b > 0)  // rows shorter than 64 have only the scalar tail
-        for (int j = 0; j < 4; j++)
-            for (int l = 0; l < 16; l++) {
-                acc.flush_sums(j, l, p);
-                acc.flush_extrema(j, l, p);
-            }
     double a = 0.0, s = 0.0, s2 = 0.0;
     int64_t c = 0;
     float hi = -INFINITY, lo = INFINITY;
+    if (b > 0) {  // the lanes, in registers (rows shorter than 64 have only the tail below)
+        for (int j = 0; j < 4; j++) {
+            for (int l = 0; l < 16; l++) {
+                a += acc.abs_sum[j][l];
+                s += acc.sum[j][l];
+                s2 += acc.sum2[j][l];
+                c += acc.active[j][l];
+                hi = acc.mx[j][l] > hi ? acc.mx[j][l] : hi;
+                lo = acc.mn[j][l] < lo ? acc.mn[j][l] : lo;
+            }
+        }
+    }
     for (; b < n; b++) {
         float v = z[b], d = MOM ? v - k : v;
         c += v > 0;

@@ -796,7 +796,9 @@ class UnitStats:
     def _native(self, z3: Tensor, out3: Tensor | None, shift: Tensor | None, relu: bool) -> bool:
         """Detail "range" or "full" (with ``shift``) by the native CPU kernel
         (:mod:`deadrelu.native`); False (and nothing changed) where it does not apply."""
-        mode = native.MODE_RELU if relu else native.MODE_OUT if out3 is not None else 0
+        mode = (
+            native.MODE_RELU if relu else native.MODE_OUT if out3 is not None else native.MODE_NONE
+        )
         accumulators: tuple[Tensor, ...] = (
             self.positions,
             self.active,

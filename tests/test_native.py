@@ -185,6 +185,14 @@ def test_what_the_kernel_does_not_take() -> None:
     assert not native.applies(z.transpose(0, 2).contiguous().transpose(0, 2), None, good)
     assert not native.applies(z, z.double(), good)
     assert not native.applies(z.to_sparse(), None, good)
+    seen = []
+
+    def record(x: Tensor) -> Tensor:  # x: a vmap wrapper without storage
+        seen.append(native.applies(x, None, good))
+        return x.sum()
+
+    torch.func.vmap(record)(z.expand(2, 4, 3, 8).contiguous())
+    assert seen == [False]
     full = UnitStats.empty(3, detail="full")
     moments = (*good, full.z_sum, full.z_m2)
     shift = torch.zeros(3)

@@ -154,6 +154,10 @@ def applies(
             return False  # subclasses (DTensor...), sparse, other devices
         if x.dtype != torch.float32 or not x.is_contiguous():
             return False
+        try:
+            x.data_ptr()
+        except RuntimeError:  # no storage: functorch (vmap, grad) wrappers, fake tensors
+            return False
     units = z3.shape[1]
     if shift is not None and shift.shape != (units,):
         return False

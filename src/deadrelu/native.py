@@ -38,6 +38,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -109,11 +110,13 @@ def _build() -> ctypes.CDLL:
     if not target.exists():
         tmp = cache / f"stats-{key}.{os.getpid()}.tmp.so"
         cmd = [cxx, *FLAGS, str(SOURCE), "-o", str(tmp), *link]
+        start = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             tmp.unlink(missing_ok=True)
             raise RuntimeError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-2000:]}")
         os.replace(tmp, target)  # atomic: concurrent builders leave one good file
+        log.info("deadrelu: built %s in %.1f s", target, time.perf_counter() - start)
     lib = ctypes.CDLL(str(target))
     fn = lib.deadrelu_stats_update
     p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int

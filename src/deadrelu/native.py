@@ -22,7 +22,7 @@ Measured in situ (``benchmarks/scan_throughput.py``): see the README.
 How. The C++ source is compiled at first use with ``$CXX`` (else ``g++``, ``c++`` or
 ``clang++``), ``-O3 -march=native -fopenmp``, linked against torch's own OpenMP runtime
 (one thread pool in the process), into ``<tempdir>/deadrelu-<uid>/`` under a name hashed
-from the source, the flags, the compiler and the CPU: about 0.4 s the first time on a
+from the source, the flags, the compiler and the CPU: about 0.7 s the first time on a
 machine, then only a load. Where that fails (no compiler, no OpenMP: e.g. stock macOS)
 :func:`available` is False, an INFO log says why, and the callers take their other paths.
 """

@@ -188,7 +188,7 @@ def scan(
         fused: which kernels reduce the activations (see :meth:`UnitStats.update`; all
             give the same statistics up to float summation order). ``None`` (default):
             float32 CPU activations at detail "range" or "full" by the native kernel
-            (:mod:`deadrelu.native`: one pass, compiled in about 0.4 s once per
+            (:mod:`deadrelu.native`: one pass, compiled in about 0.7 s once per
             machine) from the first batch, the others by eager torch ops, switching to
             a ``torch.compile``-d kernel after the first batch when the rest of the scan
             is projected to take at least :data:`AUTO_FUSED_SECONDS` (needs a known

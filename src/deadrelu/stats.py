@@ -650,7 +650,7 @@ class UnitStats:
                 order):
 
                 * ``None`` (default): the native CPU kernel (:mod:`deadrelu.native`: detail
-                  "range" or "full", float32 on CPU; one pass, compiled in about 0.4 s once per
+                  "range" or "full", float32 on CPU; one pass, compiled in about 0.7 s once per
                   machine) where it applies, else the eager torch ops;
                 * ``True``: the native kernel where it applies, else one
                   ``torch.compile``-d kernel (a single read of ``z``, and of ``out`` unless

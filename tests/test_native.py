@@ -81,11 +81,12 @@ def test_native_equals_eager_on_every_layout(how: str, detail: str) -> None:
 
 
 @pytest.mark.parametrize("detail", DETAILS)
-@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "mixed", "out_nan"])
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "mixed", "out_nan", "all_nan"])
 def test_nonfinite_values_follow_torch(bad: str, detail: str) -> None:
     """NaN makes the unit's extrema (and its relu sum) NaN, +-inf shows in the extrema,
     each is counted exactly in ``nonfinite``; other units are untouched. Rows and units
-    last, and a later finite batch keeps a NaN maximum NaN (torch.maximum propagates)."""
+    last, a batch of NaN only, and a later finite batch keeps a NaN maximum NaN
+    (torch.maximum propagates)."""
     g = torch.Generator().manual_seed(12)
     cases = [
         (torch.randn(3, 6, 70, generator=g), 1),
@@ -110,6 +111,8 @@ def test_nonfinite_values_follow_torch(bad: str, detail: str) -> None:
             put(z, 0, 0, float("-inf"))
         if bad == "out_nan":
             put(out, 1, 3, float("nan"))
+        if bad == "all_nan":
+            z.fill_(float("nan"))
         finite = torch.randn(z.shape, generator=g)
         for relu in (True, False):
             got, want = _pair(units, detail)
@@ -121,7 +124,8 @@ def test_nonfinite_values_follow_torch(bad: str, detail: str) -> None:
                 o = torch.relu(finite) if relu else torch.nn.functional.gelu(finite)
                 s.update(finite, o, dim, fused=fused, relu=relu)
             _assert_same(got, want)
-            expected_bad = {"nan": 1, "inf": 2, "-inf": 1, "mixed": 4, "out_nan": 0}[bad]
+            counts = {"nan": 1, "inf": 2, "-inf": 1, "mixed": 4, "out_nan": 0}
+            expected_bad = counts.get(bad, z.numel())
             assert int(got.nonfinite.sum()) == expected_bad
 
 

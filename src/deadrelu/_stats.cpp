@@ -9,11 +9,11 @@
 //
 // Speed: four independent vector accumulators per statistic (a single accumulator is a
 // chain of dependent instructions, which is what limits the code torch.compile generates
-// here), and max/min are plain compares. NaN does not propagate through those, so every
-// unit whose sum of z - K is not finite (a NaN or +-inf in it, or an overflow) is re-read
-// by a scalar loop with torch's semantics: NaN extrema (and a NaN relu sum) when the unit
-// saw a NaN, and the exact non-finite count. The sums themselves follow IEEE arithmetic
-// like torch's.
+// here), and max/min are plain compares. NaN does not propagate through those, so the
+// units whose sum of z - K is not finite (a NaN or +-inf in them, or an overflow) are
+// recounted in a second pass over the batch (count_nonfinite) to give torch's semantics:
+// NaN extrema (and a NaN relu sum) when the unit saw a NaN, and the exact non-finite
+// count. The sums themselves follow IEEE arithmetic like torch's.
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -263,6 +263,70 @@ void reduce(const float* z, const float* out, const float* k, int64_t A, int64_t
     }
 }
 
+// The exact non-finite count and NaN flag of the units listed in `units` (n of them; those
+// whose sum of z - K was not finite), in one parallel pass over the batch in memory order:
+// bad[u] += positions where z is NaN or +-inf, nan[u] = 1 if any is NaN.
+void count_nonfinite(const float* z, int64_t A, int64_t U, int64_t B, const int64_t* units, int64_t n,
+                     int threads, int64_t* bad, unsigned char* nan) {
+    unsigned char* listed = (unsigned char*)calloc((size_t)U, 1);  // u -> listed?
+    int64_t* part_bad = (int64_t*)calloc((size_t)threads * (size_t)U, sizeof(int64_t));
+    unsigned char* part_nan = (unsigned char*)calloc((size_t)threads * (size_t)U, 1);
+    if (listed && part_bad && part_nan) {
+        for (int64_t j = 0; j < n; j++) listed[units[j]] = 1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+        {
+#ifdef _OPENMP
+            int t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+            int t = 0, T = 1;
+#endif
+            int64_t* my_bad = part_bad + (int64_t)t * U;
+            unsigned char* my_nan = part_nan + (int64_t)t * U;
+            if (B > 1) {  // rows (a, u): only the listed units' rows
+                for (int64_t r = A * U * t / T; r < A * U * (t + 1) / T; r++) {
+                    int64_t u = r % U;
+                    if (!listed[u]) continue;
+                    for (int64_t b = 0; b < B; b++) {
+                        float v = z[r * B + b];
+                        my_bad[u] += !isfinite(v);
+                        my_nan[u] |= isnan(v);
+                    }
+                }
+            } else {  // positions of U units: the listed units of each
+                for (int64_t i = A * t / T; i < A * (t + 1) / T; i++) {
+                    for (int64_t j = 0; j < n; j++) {
+                        int64_t u = units[j];
+                        float v = z[i * U + u];
+                        my_bad[u] += !isfinite(v);
+                        my_nan[u] |= isnan(v);
+                    }
+                }
+            }
+        }
+        for (int t = 0; t < threads; t++)
+            for (int64_t j = 0; j < n; j++) {
+                int64_t u = units[j];
+                bad[u] += part_bad[(int64_t)t * U + u];
+                nan[u] |= part_nan[(int64_t)t * U + u];
+            }
+    } else {  // out of memory for the scratch: one unit at a time, strided
+        for (int64_t j = 0; j < n; j++) {
+            int64_t u = units[j];
+            for (int64_t i = 0; i < A; i++)
+                for (int64_t b = 0; b < B; b++) {
+                    float v = z[(i * U + u) * B + b];
+                    bad[u] += !isfinite(v);
+                    nan[u] |= isnan(v);
+                }
+        }
+    }
+    free(listed);
+    free(part_bad);
+    free(part_nan);
+}
+
 inline double max_nan(double a, double b) { return (isnan(a) || isnan(b)) ? NAN : (a > b ? a : b); }
 inline double min_nan(double a, double b) { return (isnan(a) || isnan(b)) ? NAN : (a < b ? a : b); }
 
@@ -282,9 +346,15 @@ extern "C" int deadrelu_stats_update(const float* z, const float* out, const flo
     const int copies = split_units(U, threads) ? 1 : threads;  // sets of U partials
     Part* parts = (Part*)malloc(sizeof(Part) * (size_t)copies * (size_t)U);
     float* buf = B > 1 ? nullptr : (float*)malloc(sizeof(float) * kTailFloats * (size_t)threads);
-    if (!parts || (B == 1 && !buf)) {
+    int64_t* flagged = (int64_t*)malloc(sizeof(int64_t) * (size_t)U);  // units to recount
+    int64_t* bad = (int64_t*)calloc((size_t)U, sizeof(int64_t));
+    unsigned char* nan = (unsigned char*)calloc((size_t)U, 1);
+    if (!parts || (B == 1 && !buf) || !flagged || !bad || !nan) {
         free(parts);
         free(buf);
+        free(flagged);
+        free(bad);
+        free(nan);
         return 1;
     }
     for (int64_t i = 0; i < (int64_t)copies * U; i++) parts[i] = kEmpty;
@@ -298,28 +368,23 @@ extern "C" int deadrelu_stats_update(const float* z, const float* out, const flo
         reduce<false, false>(z, nullptr, nullptr, A, U, B, threads, parts, buf);
     const double n_a = (double)*positions, n_b = (double)(A * B);  // positions before, in batch
     *positions += A * B;
+    // combine the threads' copies into parts[0, U); list the units whose sum is not finite
+    int64_t n_flagged = 0;
     for (int64_t u = 0; u < U; u++) {
-        Part p = parts[u];
         for (int t = 1; t < copies; t++) {
             const Part& q = parts[(int64_t)t * U + u];
-            fold(&p, q.abs_sum, q.sum, q.sum2, q.active, q.max, q.min);
+            fold(parts + u, q.abs_sum, q.sum, q.sum2, q.active, q.max, q.min);
         }
+        if (!isfinite(parts[u].sum)) flagged[n_flagged++] = u;  // rare: NaN/+-inf (or overflow)
+    }
+    if (n_flagged) count_nonfinite(z, A, U, B, flagged, n_flagged, threads, bad, nan);
+    for (int64_t u = 0; u < U; u++) {
+        const Part& p = parts[u];
         double hi = p.max, lo = p.min, a = p.abs_sum;
-        if (!isfinite(p.sum)) {  // rare: a NaN or +-inf in this unit (or an overflow)
-            int64_t bad = 0;
-            bool nan = false;
-            for (int64_t i = 0; i < A; i++) {
-                for (int64_t b = 0; b < B; b++) {
-                    float v = z[(i * U + u) * B + b];
-                    bad += !isfinite(v);
-                    nan = nan || isnan(v);
-                }
-            }
-            nonfinite[u] += bad;
-            if (nan) {
-                hi = lo = NAN;
-                if (mode == 1) a = NAN;  // relu(NaN) is NaN
-            }
+        nonfinite[u] += bad[u];
+        if (nan[u]) {
+            hi = lo = NAN;
+            if (mode == 1) a = NAN;  // relu(NaN) is NaN
         }
         active[u] += p.active;
         if (mode) abs_sum[u] += a;
@@ -332,6 +397,9 @@ extern "C" int deadrelu_stats_update(const float* z, const float* out, const flo
             z_sum[u] += mean_b * n_b;
         }
     }
+    free(flagged);
+    free(bad);
+    free(nan);
     free(parts);
     free(buf);
     return 0;

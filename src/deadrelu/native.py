@@ -12,8 +12,8 @@ far more than one read of each activation:
 
 * the code ``torch.compile`` generates keeps one accumulator per reduction, a chain of
   dependent instructions (NaN-propagating max/min the longest); this kernel keeps four
-  independent vector accumulators per reduction and re-reads, with torch's NaN semantics,
-  only the units whose batch holds a NaN or an infinity;
+  independent vector accumulators per reduction and recounts, with torch's NaN semantics,
+  only the units whose batch holds a NaN or an infinity (a second pass);
 * right after a convolution (which evicts the caches), calling a compiled function cost
   about 200 us per call (guards, wrappers, allocations), a ctypes call about 10 us.
 

@@ -73,6 +73,10 @@ def worker(rank: int, world: int, init: str, args: dict[str, Any], out: str) -> 
         if rank == 0:
             Path(out).write_text(json.dumps(results))
         dist.barrier()
+        # destroy_process_group holds the GIL while it joins gloo's worker thread, which may
+        # still need it to free a finished collective's tensors: a deadlock seen with torch
+        # 2.13. Sleeping releases the GIL and lets the thread finish first.
+        time.sleep(0.2)
     finally:
         dist.destroy_process_group()
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ddp import finish_process_group, spawn
 from deadrelu.monitor import Monitor
 from models import DEAD_BIAS, FirstLayerNegativeWeights, batches
 
@@ -66,15 +66,14 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             "zero_grad_holds": checks["act"].holds,
         }
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
-        dist.barrier()  # all ranks done before teardown (avoids a gloo abort at exit)
     finally:
-        dist.destroy_process_group()
+        finish_process_group()
 
 
 def test_ddp_counts_are_all_reduced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     init_file = tmp_path / "init"
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", os.environ.get("GLOO_SOCKET_IFNAME", "lo"))
-    mp.spawn(_worker, args=(WORLD, str(init_file), str(tmp_path)), nprocs=WORLD, join=True)
+    spawn(_worker, (WORLD, str(init_file), str(tmp_path)), WORLD)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD))
 
     assert r0["dead"] == r1["dead"] == {"act": [5]}

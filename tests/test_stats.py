@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from ddp import finish_process_group, spawn
 from deadrelu import native
 from deadrelu.stats import UnitStats
 
@@ -246,9 +247,8 @@ def _all_reduce_worker(rank: int, world: int, init: str, out_path: str) -> None:
                 st.update(z, torch.relu(z), 1)
         all_reduce_many(many)  # several sites and levels, packed
         torch.save([st.state_dict() for st in many], f"{out_path}.many.{rank}")
-        dist.barrier()
     finally:
-        dist.destroy_process_group()
+        finish_process_group()
 
 
 def _levels_stats() -> list[UnitStats]:
@@ -256,12 +256,10 @@ def _levels_stats() -> list[UnitStats]:
 
 
 def test_all_reduce_two_processes_equals_merge(tmp_path: Path) -> None:
-    import torch.multiprocessing as mp
-
     world = 2
     init = f"file://{tmp_path / 'pg'}"
     out = str(tmp_path / "stats")
-    mp.spawn(_all_reduce_worker, args=(world, init, out), nprocs=world, join=True)
+    spawn(_all_reduce_worker, (world, init, out), world)
     expected = UnitStats.empty(3)
     for rank in range(world):
         for z in _rank_batches(rank):

@@ -210,6 +210,18 @@ void columns(const float* z, const float* out, const float* k, int64_t a0, int64
                               buf);
 }
 
+// body(t, T) on each of T threads (T <= threads; 1 without OpenMP), t = 0 .. T - 1.
+template <class F>
+void parallel(int threads, F body) {
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+    body(omp_get_thread_num(), omp_get_num_threads());
+#else
+    (void)threads;
+    body(0, 1);
+#endif
+}
+
 // Whether the threads split the units (each reduces whole units into parts[u]) rather
 // than the positions (each reduces a contiguous range of rows or positions into its own
 // copy of the U partials, combined afterwards). Positions are faster: each thread reads
@@ -224,15 +236,7 @@ template <bool OUT, bool MOM>
 void reduce(const float* z, const float* out, const float* k, int64_t A, int64_t U, int64_t B, int threads,
             Part* parts, float* buf) {
     const bool by_units = split_units(U, threads);
-#ifdef _OPENMP
-#pragma omp parallel num_threads(threads)
-#endif
-    {
-#ifdef _OPENMP
-        int t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-        int t = 0, T = 1;
-#endif
+    parallel(threads, [&](int t, int T) {
         float* mine_buf = buf ? buf + (int64_t)t * kTailFloats : nullptr;
         if (B > 1) {  // rows (a, u) of B contiguous positions
             if (by_units) {  // whole units, every row of each
@@ -260,7 +264,7 @@ void reduce(const float* z, const float* out, const float* k, int64_t A, int64_t
         } else {  // units last, a contiguous range of positions
             columns<OUT, MOM>(z, out, k, A * t / T, A * (t + 1) / T, U, parts + (int64_t)t * U, mine_buf);
         }
-    }
+    });
 }
 
 // The exact non-finite count and NaN flag of the units listed in `units` (n of them; those
@@ -273,15 +277,7 @@ void count_nonfinite(const float* z, int64_t A, int64_t U, int64_t B, const int6
     unsigned char* part_nan = (unsigned char*)calloc((size_t)threads * (size_t)U, 1);
     if (listed && part_bad && part_nan) {
         for (int64_t j = 0; j < n; j++) listed[units[j]] = 1;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(threads)
-#endif
-        {
-#ifdef _OPENMP
-            int t = omp_get_thread_num(), T = omp_get_num_threads();
-#else
-            int t = 0, T = 1;
-#endif
+        parallel(threads, [&](int t, int T) {
             int64_t* my_bad = part_bad + (int64_t)t * U;
             unsigned char* my_nan = part_nan + (int64_t)t * U;
             if (B > 1) {  // rows (a, u): only the listed units' rows
@@ -304,7 +300,7 @@ void count_nonfinite(const float* z, int64_t A, int64_t U, int64_t B, const int6
                     }
                 }
             }
-        }
+        });
         for (int t = 0; t < threads; t++)
             for (int64_t j = 0; j < n; j++) {
                 int64_t u = units[j];

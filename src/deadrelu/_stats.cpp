@@ -269,13 +269,15 @@ void reduce(const float* z, const float* out, const float* k, int64_t A, int64_t
 
 // The exact non-finite count and NaN flag of the units listed in `units` (n of them; those
 // whose sum of z - K was not finite), in one parallel pass over the batch in memory order:
-// bad[u] += positions where z is NaN or +-inf, nan[u] = 1 if any is NaN.
-void count_nonfinite(const float* z, int64_t A, int64_t U, int64_t B, const int64_t* units, int64_t n,
+// bad[u] += positions where z is NaN or +-inf, nan[u] = 1 if any is NaN. False (nothing
+// written) when out of memory.
+bool count_nonfinite(const float* z, int64_t A, int64_t U, int64_t B, const int64_t* units, int64_t n,
                      int threads, int64_t* bad, unsigned char* nan) {
     unsigned char* listed = (unsigned char*)calloc((size_t)U, 1);  // u -> listed?
     int64_t* part_bad = (int64_t*)calloc((size_t)threads * (size_t)U, sizeof(int64_t));
     unsigned char* part_nan = (unsigned char*)calloc((size_t)threads * (size_t)U, 1);
-    if (listed && part_bad && part_nan) {
+    const bool ok = listed && part_bad && part_nan;
+    if (ok) {
         for (int64_t j = 0; j < n; j++) listed[units[j]] = 1;
         parallel(threads, [&](int t, int T) {
             int64_t* my_bad = part_bad + (int64_t)t * U;
@@ -307,20 +309,11 @@ void count_nonfinite(const float* z, int64_t A, int64_t U, int64_t B, const int6
                 bad[u] += part_bad[(int64_t)t * U + u];
                 nan[u] |= part_nan[(int64_t)t * U + u];
             }
-    } else {  // out of memory for the scratch: one unit at a time, strided
-        for (int64_t j = 0; j < n; j++) {
-            int64_t u = units[j];
-            for (int64_t i = 0; i < A; i++)
-                for (int64_t b = 0; b < B; b++) {
-                    float v = z[(i * U + u) * B + b];
-                    bad[u] += !isfinite(v);
-                    nan[u] |= isnan(v);
-                }
-        }
     }
     free(listed);
     free(part_bad);
     free(part_nan);
+    return ok;
 }
 
 inline double max_nan(double a, double b) { return (isnan(a) || isnan(b)) ? NAN : (a > b ? a : b); }
@@ -345,14 +338,15 @@ extern "C" int deadrelu_stats_update(const float* z, const float* out, const flo
     int64_t* flagged = (int64_t*)malloc(sizeof(int64_t) * (size_t)U);  // units to recount
     int64_t* bad = (int64_t*)calloc((size_t)U, sizeof(int64_t));
     unsigned char* nan = (unsigned char*)calloc((size_t)U, 1);
-    if (!parts || (B == 1 && !buf) || !flagged || !bad || !nan) {
+    auto finish = [&](int status) {
         free(parts);
         free(buf);
         free(flagged);
         free(bad);
         free(nan);
-        return 1;
-    }
+        return status;
+    };
+    if (!parts || (B == 1 && !buf) || !flagged || !bad || !nan) return finish(1);
     for (int64_t i = 0; i < (int64_t)copies * U; i++) parts[i] = kEmpty;
     if (mode == 2 && shift)
         reduce<true, true>(z, out, shift, A, U, B, threads, parts, buf);
@@ -362,8 +356,6 @@ extern "C" int deadrelu_stats_update(const float* z, const float* out, const flo
         reduce<false, true>(z, nullptr, shift, A, U, B, threads, parts, buf);
     else
         reduce<false, false>(z, nullptr, nullptr, A, U, B, threads, parts, buf);
-    const double n_a = (double)*positions, n_b = (double)(A * B);  // positions before, in batch
-    *positions += A * B;
     // combine the threads' copies into parts[0, U); list the units whose sum is not finite
     int64_t n_flagged = 0;
     for (int64_t u = 0; u < U; u++) {
@@ -373,7 +365,10 @@ extern "C" int deadrelu_stats_update(const float* z, const float* out, const flo
         }
         if (!isfinite(parts[u].sum)) flagged[n_flagged++] = u;  // rare: NaN/+-inf (or overflow)
     }
-    if (n_flagged) count_nonfinite(z, A, U, B, flagged, n_flagged, threads, bad, nan);
+    if (n_flagged && !count_nonfinite(z, A, U, B, flagged, n_flagged, threads, bad, nan)) return finish(1);
+    // merge: nothing above wrote an accumulator
+    const double n_a = (double)*positions, n_b = (double)(A * B);  // positions before, in batch
+    *positions += A * B;
     for (int64_t u = 0; u < U; u++) {
         const Part& p = parts[u];
         double hi = p.max, lo = p.min, a = p.abs_sum;
@@ -393,10 +388,5 @@ extern "C" int deadrelu_stats_update(const float* z, const float* out, const flo
             z_sum[u] += mean_b * n_b;
         }
     }
-    free(flagged);
-    free(bad);
-    free(nan);
-    free(parts);
-    free(buf);
-    return 0;
+    return finish(0);
 }

@@ -312,6 +312,21 @@ def _nonfinite(z3: Tensor, probe: Tensor) -> Tensor | None:
     return n_b - torch.isfinite(z3).sum((0, 2), dtype=_count_dtype(n_b))
 
 
+def _merge_counts(
+    n_b: int,
+    active_b: Tensor,
+    abs_b: Tensor,
+    positions: Tensor,
+    active: Tensor,
+    abs_sum: Tensor,
+) -> None:
+    """Add one batch's counts and ``abs_sum`` (``(U,)`` each, ``n_b`` positions per unit)
+    into the accumulators, in place."""
+    positions.add_(n_b)
+    active.add_(active_b.to(torch.int64))
+    abs_sum.add_(abs_b.to(abs_sum.dtype))
+
+
 def _merge_range(
     n_b: int,
     active_b: Tensor,
@@ -324,12 +339,10 @@ def _merge_range(
     z_max: Tensor,
     z_min: Tensor,
 ) -> None:
-    """Add one batch's counts, ``abs_sum`` and extrema (``(U,)`` each, ``n_b`` positions
-    per unit) into the accumulators, in place (eager, or inside :func:`_update_range`)."""
+    """:func:`_merge_counts`, and the batch's extrema into ``z_max``, ``z_min`` (eager, or
+    inside :func:`_update_range`)."""
     acc = abs_sum.dtype
-    positions.add_(n_b)
-    active.add_(active_b.to(torch.int64))
-    abs_sum.add_(abs_b.to(acc))
+    _merge_counts(n_b, active_b, abs_b, positions, active, abs_sum)
     torch.maximum(z_max, max_b.to(acc), out=z_max)
     torch.minimum(z_min, min_b.to(acc), out=z_min)
 
@@ -740,7 +753,6 @@ class UnitStats:
         z = z.detach()
         out = out.detach() if out is not None else None
         work = _work_dtype(z.dtype)
-        acc = self.abs_sum.dtype
         level = self.detail
         shift: Tensor | None = None
         if level == "full":
@@ -768,9 +780,7 @@ class UnitStats:
         if parts is None:
             parts = _eager_reductions(z3, out3, shift, work, level, out_nonnegative, relu)
         if level == "counts":
-            self.positions.add_(n_b)
-            self.active.add_(parts[0].to(torch.int64))
-            self.abs_sum.add_(parts[1].to(acc))
+            _merge_counts(n_b, parts[0], parts[1], self.positions, self.active, self.abs_sum)
             return kernel
         nonfinite = _nonfinite(z3, parts[-2] - parts[-1])
         if nonfinite is not None:

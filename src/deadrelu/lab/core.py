@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -23,13 +23,20 @@ from typing import Any, Literal, TypeVar
 __all__ = [
     "EXPERIMENTS",
     "PRESETS",
+    "REGISTRY",
+    "ClaimVerdict",
+    "Experiment",
     "ExperimentResult",
     "ExperimentSpec",
+    "Judgement",
     "LabConfig",
+    "SeedIndex",
+    "Sweep",
     "Verdict",
     "ci_dict",
     "experiment",
     "new_figure",
+    "register",
     "rounded",
     "save_figure",
 ]
@@ -191,6 +198,106 @@ def experiment(id: str, claims: tuple[str, ...], title: str) -> Callable[[RunFn]
         return fn
 
     return register
+
+
+# --------------------------------------------------------------------------------------
+# One shape for every experiment (lab v2)
+# --------------------------------------------------------------------------------------
+
+#: Indices into an experiment's seed axis, with repetition (a bootstrap resample), or None
+#: for "every seed once, in order".
+SeedIndex = Sequence[int] | None
+
+
+@dataclass
+class Sweep:
+    """What an experiment's ``sweep`` step measured.
+
+    Attributes:
+        numbers: JSON-able, reproducible raw numbers (same config -> same values). Every
+            per-seed quantity is a list indexed by seed (length ``n_seeds``), so that
+            ``judge`` can resample seeds.
+        n_seeds: length of the seed axis in ``numbers`` (the bootstrap resamples it).
+        timings: wall-clock numbers (not reproducible), kept out of ``results.json``.
+    """
+
+    numbers: dict[str, Any]
+    n_seeds: int
+    timings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ClaimVerdict:
+    """The verdict on one claim from one experiment.
+
+    Attributes:
+        verdict: ``"supported"``, ``"not supported"``, ``"mixed"`` or ``"n/a"``.
+        rule: the rule, in words, exactly as the code applies it.
+        summary: one line with the key number(s), for the claims table.
+        evidence: JSON-able numbers behind the verdict (effects, intervals, p-values).
+    """
+
+    verdict: Verdict
+    rule: str
+    summary: str
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Judgement:
+    """What ``judge`` concluded: one :class:`ClaimVerdict` per claim of the experiment, and
+    derived JSON-able numbers (intervals, per-layer summaries) for the report."""
+
+    claims: dict[str, ClaimVerdict]
+    derived: dict[str, Any] = field(default_factory=dict)
+
+
+SweepFn = Callable[[LabConfig], Sweep]
+#: ``judge(sweep, seeds)``: ``seeds`` is None (every seed once) or indices into the seed
+#: axis with repetition; the verdicts must use only those seeds. Pure: no training here.
+JudgeFn = Callable[[Sweep, SeedIndex], Judgement]
+#: ``figure(cfg, sweep, judgement) -> [PNG paths relative to cfg.out]``.
+FigureFn = Callable[[LabConfig, Sweep, Judgement], list[str]]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One experiment, its metadata declared once (in the spirit of timm's model registry).
+
+    The runner calls ``sweep(cfg)`` once, ``judge(sweep, None)`` for the verdicts,
+    ``judge(sweep, idx)`` on bootstrap resamples of the seeds for each verdict's stability,
+    and ``figure(cfg, sweep, judgement)``; it builds the :class:`ExperimentResult`.
+    ``method`` may hold ``{placeholders}`` filled from ``sweep.numbers`` by
+    ``method.format_map(numbers)`` (keys that are missing stay as written).
+    """
+
+    id: str
+    claims: tuple[str, ...]
+    title: str
+    question: str
+    method: str
+    sweep: SweepFn
+    judge: JudgeFn
+    figure: FigureFn | None = None
+    caveats: tuple[str, ...] = ()
+
+
+#: Registered lab-v2 experiments by id, ordered by number (see :func:`register`).
+REGISTRY: dict[str, Experiment] = {}
+
+
+def register(exp: Experiment) -> Experiment:
+    """Register ``exp`` in :data:`REGISTRY` (kept sorted by number); returns it, so a module
+    can write ``EXPERIMENT = register(Experiment(...))``. Registering an id twice with a
+    different object raises ``ValueError``."""
+    _order(exp.id)
+    if exp.id in REGISTRY and REGISTRY[exp.id] is not exp:
+        raise ValueError(f"experiment {exp.id} is already registered")
+    REGISTRY[exp.id] = exp
+    ordered = sorted(REGISTRY.items(), key=lambda kv: _order(kv[0]))
+    REGISTRY.clear()
+    REGISTRY.update(ordered)
+    return exp
 
 
 def save_figure(fig: Any, cfg: LabConfig, name: str) -> str:

@@ -11,12 +11,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from deadrelu.monitor import (
-    Monitor,
-    MonitorWarning,
-    find_producers,
-    producer_of,
-)
+from deadrelu.capture import find_producers, producer_of
+from deadrelu.monitor import Monitor, MonitorWarning
 from models import (
     DEAD_BIAS,
     DeadChannelCNN,

@@ -11,9 +11,9 @@ from torch import Tensor, fx, nn
 
 from deadrelu.born_dead import born_dead_rate
 from deadrelu.explain import explain
+from deadrelu.graph import link_sites
 from deadrelu.remedies import (
     init_bias_,
-    link_sites,
     rai_init_,
     rai_sample,
     recycle,

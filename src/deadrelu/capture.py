@@ -70,13 +70,18 @@ from types import FrameType
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from deadrelu import activations
 from deadrelu.activations import Activation, ActivationSpec
+from deadrelu.graph import (
+    ProducerProbe,
+    default_unit_dim,
+    function_axes,
+    producer_axis,
+)
 from deadrelu.stats import scratch
 
 __all__ = [
@@ -87,8 +92,10 @@ __all__ = [
     "UnitDim",
     "attach",
     "default_unit_dim",
+    "find_producers",
     "known_names",
     "producer_axis",
+    "producer_of",
 ]
 
 SiteKind = Literal["module", "functional"]
@@ -139,34 +146,6 @@ def known_names() -> list[str]:
 # Producers: what decides the unit axis
 # ------------------------------------------------------------------------------------------
 
-_CHANNEL = 1
-_LAST = -1
-
-_CHANNEL_MODULES: tuple[type[nn.Module], ...] = (
-    nn.modules.conv._ConvNd,
-    nn.modules.batchnorm._NormBase,
-    nn.GroupNorm,
-    nn.LocalResponseNorm,
-    nn.modules.pooling._MaxPoolNd,
-    nn.modules.pooling._AvgPoolNd,
-    nn.modules.pooling._AdaptiveAvgPoolNd,
-    nn.modules.pooling._AdaptiveMaxPoolNd,
-    nn.modules.pooling._LPPoolNd,
-    nn.Upsample,
-    nn.PixelShuffle,
-    nn.PixelUnshuffle,
-)
-_LAST_MODULES: tuple[type[nn.Module], ...] = (
-    nn.Linear,
-    nn.Bilinear,
-    nn.LayerNorm,
-    nn.Embedding,
-    nn.EmbeddingBag,
-    nn.MultiheadAttention,
-    nn.RNNBase,
-    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
-)
-
 
 def _quiet_types() -> frozenset[type[nn.Module]]:
     """torch module classes whose own forward calls no activation of the registry.
@@ -174,7 +153,7 @@ def _quiet_types() -> frozenset[type[nn.Module]]:
     While one of these (exactly this class, not a subclass, whose forward may differ) runs,
     the torch-function mode is suspended: its calls would only be re-dispatched to find
     nothing, at a cost of a few microseconds each (dozens of calls for attention). Their
-    producer axis comes from the module itself (:func:`_module_producer`).
+    producer axis comes from the module itself (:func:`deadrelu.graph.producer_axis`).
     """
     names = [
         "Linear",
@@ -230,57 +209,6 @@ def _quiet_types() -> frozenset[type[nn.Module]]:
 _QUIET_TYPES = _quiet_types()
 
 
-def _module_producer(module: nn.Module) -> int | None:
-    if isinstance(module, _CHANNEL_MODULES):
-        return _CHANNEL
-    if isinstance(module, _LAST_MODULES):
-        return _LAST
-    return None
-
-
-def _function_producers() -> dict[Any, int]:
-    table: dict[Any, int] = {}
-    channel = [
-        "conv1d",
-        "conv2d",
-        "conv3d",
-        "conv_transpose1d",
-        "conv_transpose2d",
-        "conv_transpose3d",
-        "batch_norm",
-        "group_norm",
-        "instance_norm",
-        "max_pool1d",
-        "max_pool2d",
-        "max_pool3d",
-        "avg_pool1d",
-        "avg_pool2d",
-        "avg_pool3d",
-        "adaptive_avg_pool2d",
-        "adaptive_max_pool2d",
-        "interpolate",
-    ]
-    last = [
-        "linear",
-        "bilinear",
-        "layer_norm",
-        "rms_norm",
-        "embedding",
-        "scaled_dot_product_attention",
-    ]
-    for names, kind in ((channel, _CHANNEL), (last, _LAST)):
-        for name in names:
-            for ns in (F, torch):
-                fn = getattr(ns, name, None)
-                if fn is not None:
-                    table[fn] = kind
-    for fn in (torch.matmul, torch.bmm, torch.mm, torch.addmm, torch.baddbmm, torch.einsum):
-        table[fn] = _LAST
-    for meth in ("matmul", "__matmul__", "bmm", "mm"):
-        table[getattr(Tensor, meth)] = _LAST
-    return table
-
-
 def _function_specs() -> dict[Any, ActivationSpec]:
     table: dict[Any, ActivationSpec] = {}
     for name in activations.names():
@@ -294,36 +222,13 @@ def _function_specs() -> dict[Any, ActivationSpec]:
 
 
 _FUNCTION_SPECS: dict[Any, ActivationSpec] | None = None
-_FUNCTION_PRODUCERS: dict[Any, int] | None = None
 
 
 def _tables() -> tuple[dict[Any, ActivationSpec], dict[Any, int]]:
-    global _FUNCTION_SPECS, _FUNCTION_PRODUCERS
-    if _FUNCTION_SPECS is None or _FUNCTION_PRODUCERS is None:
+    global _FUNCTION_SPECS
+    if _FUNCTION_SPECS is None:
         _FUNCTION_SPECS = _function_specs()
-        _FUNCTION_PRODUCERS = _function_producers()
-    return _FUNCTION_SPECS, _FUNCTION_PRODUCERS
-
-
-def producer_axis(producer: nn.Module | Callable[..., Any]) -> int | None:
-    """The unit axis a producer implies: 1 (channel-first: conv, norm, pooling), -1 (last dim:
-    Linear, LayerNorm, attention, matmul), or None (shape-preserving or unknown).
-
-    ``producer`` is a module instance or a torch callable (``F.conv2d``, ``torch.matmul``).
-    """
-    if isinstance(producer, nn.Module):
-        return _module_producer(producer)
-    return _tables()[1].get(producer)
-
-
-def default_unit_dim(ndim: int, producer: int | None) -> int:
-    """The unit dim of a rank-``ndim`` pre-activation after a producer of axis ``producer``
-    (see :func:`producer_axis`), by the rule in the module docstring."""
-    if ndim <= 2:
-        return -1
-    if producer is not None:
-        return producer
-    return _CHANNEL if ndim >= 4 else _LAST
+    return _FUNCTION_SPECS, function_axes()
 
 
 # ------------------------------------------------------------------------------------------
@@ -638,7 +543,7 @@ def _hook_module(state: _State, path: str, module: nn.Module) -> list[RemovableH
     act = activations.get(module) if spec is not None else None
     is_leaf = next(iter(module.children()), None) is None
     quiet = act is not None or type(module) in _QUIET_TYPES
-    producer = _module_producer(module) if is_leaf or quiet else None
+    producer = producer_axis(module) if is_leaf or quiet else None
     inplace = bool(getattr(module, "inplace", False)) if act is not None else False
     base = path if path else (act.name if act is not None else "")
     key = id(module)
@@ -696,3 +601,54 @@ def _hook_module(state: _State, path: str, module: nn.Module) -> list[RemovableH
         module.register_forward_pre_hook(pre),
         module.register_forward_hook(post, always_call=True),
     ]
+
+
+# ------------------------------------------------------------------------------------------
+# The probe forward: which module feeds each site
+# ------------------------------------------------------------------------------------------
+
+
+def find_producers(
+    model: nn.Module, *inputs: Any, unit_dim: UnitDim = None, functional: bool = True
+) -> dict[str, str | None]:
+    """Map each activation site to the module whose output feeds it, by one probe forward.
+
+    Runs ``model(*inputs)`` once under ``torch.no_grad()`` with a
+    :class:`deadrelu.graph.ProducerProbe` (hooks on every Linear, Conv, BatchNorm, LayerNorm
+    and GroupNorm) and the capture attached; a site's producer is the module whose output
+    *is* the activation's input tensor (identity, not shape), e.g. ``fc1`` for
+    ``F.relu(self.fc1(x))`` and ``bn1`` for ``relu(bn1(conv1(x)))``. A site fed by anything
+    else (a sum, a reshape, an in-place op, the copy capture makes for an in-place
+    activation) maps to ``None``. Works on models ``torch.fx`` cannot trace.
+
+    Returns:
+        ``{site name: producer module name or None}``.
+    """
+    found: dict[str, str | None] = {}
+    with ProducerProbe(model) as probe:
+
+        def on_site(site: Site, z: Tensor, out: Tensor) -> None:
+            if found.get(site.name) is None:
+                found[site.name] = probe.producer(z)
+
+        with attach(model, on_site, unit_dim=unit_dim, functional=functional), torch.no_grad():
+            model(*inputs)
+    return found
+
+
+def producer_of(model: nn.Module, site: str, *inputs: Any) -> nn.Module | None:
+    """The module whose output feeds activation site ``site`` (see :func:`find_producers`).
+
+    Args:
+        model: the model.
+        site: a site name as the capture names it (``handle.sites``, ``Report`` keys).
+        inputs: one example batch for the probe forward.
+
+    Returns:
+        The producer module, or ``None`` when the activation's input is not the direct
+        output of a Linear/Conv/norm module.
+    """
+    name = find_producers(model, *inputs).get(site)
+    if name is None:
+        return None
+    return model.get_submodule(name)

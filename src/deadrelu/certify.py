@@ -73,8 +73,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
-from deadrelu.activations import Activation, ActivationSpec, get, names, spec_for_function
-from deadrelu.capture import default_unit_dim, producer_axis
+from deadrelu.activations import Activation, ActivationSpec, get
+from deadrelu.graph import (
+    activation_spec_of,
+    default_unit_dim,
+    producer_axis,
+    site_names,
+    trace,
+)
 
 __all__ = [
     "METHODS",
@@ -96,88 +102,6 @@ METHODS = ("symbolic", "ibp")
 # --------------------------------------------------------------------------------------
 # Tracing (shared with deadrelu.remedies)
 # --------------------------------------------------------------------------------------
-
-
-class _Tracer(fx.Tracer):
-    """``torch.fx`` tracer that keeps every activation module as a leaf."""
-
-    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if activation_module_spec(m) is not None:
-            return True
-        return bool(super().is_leaf_module(m, module_qualified_name))
-
-
-def activation_module_spec(m: nn.Module) -> ActivationSpec | None:
-    """The registry spec of an activation module instance, or None."""
-    from deadrelu.activations import spec_for_module
-
-    return spec_for_module(m)
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    """Trace ``model`` with ``torch.fx``, keeping activation modules and torch layers as leaves.
-
-    Raises ``ValueError`` with advice when the model cannot be traced (data-dependent
-    control flow in ``forward``).
-    """
-    tracer = _Tracer()
-    try:
-        graph = tracer.trace(model)
-    except Exception as exc:  # fx raises many types (TraceError, TypeError, ...)
-        raise ValueError(
-            f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}). "
-            "deadrelu needs a traceable model here: nn.Sequential, nested Sequentials, or a "
-            "forward without data-dependent Python control flow. Wrap the traceable part "
-            "in its own module and pass that."
-        ) from exc
-    return fx.GraphModule(model, graph)
-
-
-def _method_specs() -> dict[str, ActivationSpec]:
-    table: dict[str, ActivationSpec] = {}
-    for name in names():
-        act = get(name)
-        assert act is not None
-        for meth in act.spec.tensor_methods:
-            table[meth] = act.spec
-    return table
-
-
-def activation_spec_of(node: fx.Node, gm: fx.GraphModule) -> ActivationSpec | None:
-    """The registry spec if ``node`` applies an activation (module, function or method)."""
-    if node.op == "call_module":
-        return activation_module_spec(gm.get_submodule(str(node.target)))
-    if node.op == "call_function" and callable(node.target):
-        return spec_for_function(node.target)
-    if node.op == "call_method":
-        return _method_specs().get(str(node.target))
-    return None
-
-
-def site_names(gm: fx.GraphModule) -> dict[fx.Node, tuple[str, ActivationSpec]]:
-    """Every activation node of a traced model -> (site name, spec), in execution order.
-
-    Names follow :mod:`deadrelu.capture`: a module site is the module path (``"net.3"``);
-    a functional site is the path of the innermost module whose forward made the call, a
-    colon and the registry name (``"block:relu"``, ``":relu"`` for the root's forward);
-    the k-th repeat of a name gets ``#k`` (a reused module: ``"act"``, ``"act#1"``).
-    """
-    out: dict[fx.Node, tuple[str, ActivationSpec]] = {}
-    counts: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        spec = activation_spec_of(node, gm)
-        if spec is None:
-            continue
-        if node.op == "call_module":
-            base = str(node.target)
-        else:
-            stack = node.meta.get("nn_module_stack") or {}
-            path = next(reversed(stack)) if stack else ""
-            base = f"{path}:{spec.name}"
-        k = counts.get(base, 0)
-        counts[base] = k + 1
-        out[node] = (base if k == 0 else f"{base}#{k}", spec)
-    return out
 
 
 # --------------------------------------------------------------------------------------

@@ -53,7 +53,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deadrelu.remedies import SiteLinks, link_sites
+from deadrelu.capture import find_producers
+from deadrelu.graph import SiteLinks, link_sites
 
 __all__ = ["CAUSES", "DeadUnit", "Explanation", "UpdateTracker", "cause_of", "explain"]
 
@@ -405,7 +406,7 @@ def explain(
         if links:
             expl.notes.append(
                 "the model cannot be traced: producers found by one probe forward "
-                "(deadrelu.monitor.find_producers); sites fed by a BatchNorm are unknown"
+                "(deadrelu.capture.find_producers); sites fed by a BatchNorm are unknown"
             )
         else:
             expl.notes.append(f"causes unknown: {exc}")
@@ -467,8 +468,6 @@ def _probe_links(model: nn.Module, report: Any, data: Any) -> dict[str, SiteLink
     x = _first_input(data) if data is not None else None
     if x is None:
         return {}
-    from deadrelu.monitor import find_producers
-
     out: dict[str, SiteLinks] = {}
     for site, path in find_producers(model, x).items():
         if site not in report.sites:

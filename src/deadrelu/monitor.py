@@ -77,7 +77,7 @@ model) is warned about too, and its units are not judged on such steps.
 
 The optional zero-gradient check (``track_grad=True``, claim C2 of the notes): the
 Monitor finds, on the first sampled step, the module whose output feeds each activation
-(:func:`producer_of`; a Linear, Conv or BatchNorm), registers gradient hooks on its
+(:func:`deadrelu.capture.producer_of`; a Linear, Conv or BatchNorm), registers gradient hooks on its
 weight and bias, and on sampled steps records per unit whether any incoming weight or
 bias received a non-zero gradient. :meth:`Monitor.check_zero_grad` then lists, per site,
 the units dead over the window and those among them whose incoming parameters received
@@ -102,6 +102,7 @@ import torch
 from torch import Tensor, nn
 
 from deadrelu.classify import dead_mask
+from deadrelu.graph import ProducerProbe
 from deadrelu.stats import Detail, UnitStats, all_reduce_many, detail_level
 
 if TYPE_CHECKING:
@@ -113,8 +114,6 @@ __all__ = [
     "Monitor",
     "MonitorWarning",
     "ZeroGradCheck",
-    "find_producers",
-    "producer_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -203,94 +202,6 @@ class History:
 # --------------------------------------------------------------------------------------
 # Producers: which module feeds an activation
 # --------------------------------------------------------------------------------------
-
-_PRODUCER_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Linear,
-    nn.Bilinear,
-    nn.modules.conv._ConvNd,
-    nn.modules.batchnorm._NormBase,
-    nn.LayerNorm,
-    nn.GroupNorm,
-)
-
-
-def _key(t: Tensor) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
-    """Identity of a tensor's data (detach() makes a new object over the same memory)."""
-    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
-
-
-def _is_producer(module: nn.Module) -> bool:
-    weight = getattr(module, "weight", None)
-    return isinstance(module, _PRODUCER_TYPES) and isinstance(weight, Tensor)
-
-
-def find_producers(
-    model: nn.Module, *inputs: Any, unit_dim: int | None = None, functional: bool = True
-) -> dict[str, str | None]:
-    """Map each activation site to the module whose output feeds it, by one probe forward.
-
-    Runs ``model(*inputs)`` once under ``torch.no_grad()`` with hooks on every Linear,
-    Conv, BatchNorm, LayerNorm and GroupNorm, and on every activation site; a site's
-    producer is the module whose output *is* the activation's input tensor (identity,
-    not shape), e.g. ``fc1`` for ``F.relu(self.fc1(x))`` and ``bn1`` for
-    ``relu(bn1(conv1(x)))``. A site fed by anything else (a sum, a reshape, an in-place
-    op, the copy capture makes for an in-place activation) maps to ``None``. Identity is
-    the tensor's memory (data pointer, shape, strides), as capture passes detached views.
-
-    Returns:
-        ``{site name: producer module name or None}``.
-    """
-    from deadrelu.capture import attach
-
-    outputs: dict[tuple[int, tuple[int, ...], tuple[int, ...]], str] = {}
-    keep: list[Tensor] = []  # keeps outputs alive during the probe so ids stay unique
-    found: dict[str, str | None] = {}
-
-    def record(name: str) -> Callable[[nn.Module, Any, Any], None]:
-        def hook(module: nn.Module, args: Any, out: Any) -> None:
-            if isinstance(out, Tensor):
-                outputs[_key(out)] = name
-                keep.append(out)
-
-        return hook
-
-    handles = [
-        m.register_forward_hook(record(name))
-        for name, m in model.named_modules()
-        if _is_producer(m)
-    ]
-
-    def on_site(site: Site, z: Tensor, out: Tensor) -> None:
-        if site.name not in found or found[site.name] is None:
-            found[site.name] = outputs.get(_key(z))
-
-    try:
-        with attach(model, on_site, unit_dim=unit_dim, functional=functional), torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-        keep.clear()
-    return found
-
-
-def producer_of(model: nn.Module, site: str, *inputs: Any) -> nn.Module | None:
-    """The module whose output feeds activation site ``site`` (see :func:`find_producers`).
-
-    Args:
-        model: the model.
-        site: a site name as the capture names it (``handle.sites``, ``Report`` keys).
-        inputs: one example batch for the probe forward.
-
-    Returns:
-        The producer module, or ``None`` when the activation's input is not the direct
-        output of a Linear/Conv/norm module.
-    """
-    name = find_producers(model, *inputs).get(site)
-    if name is None:
-        return None
-    return model.get_submodule(name)
-
 
 # --------------------------------------------------------------------------------------
 # The Monitor
@@ -476,9 +387,7 @@ class Monitor:
         self._handle: Any = None
         self._grad_handles: list[Any] = []
         self._producers: dict[str, str | None] | None = None
-        self._probe: dict[tuple[int, tuple[int, ...], tuple[int, ...]], str] | None = None
-        self._probe_keep: list[Tensor] = []
-        self._probe_handles: list[Any] = []
+        self._probe: ProducerProbe | None = None
         self._producers_found: dict[str, str | None] = {}
         self._pending: dict[str, dict[str, Tensor]] = {}
         self._warned_blind = False
@@ -523,7 +432,6 @@ class Monitor:
         self._attached = False
         self._unregister()
         self._remove_probe()
-        self._probe = None
         for h in self._grad_handles:
             h.remove()
         self._grad_handles.clear()
@@ -582,7 +490,7 @@ class Monitor:
             self._move(state, z.device)
         state.step.update(z, out, site.unit_dim)
         if self._probe is not None and site.name not in self._producers_found:
-            self._producers_found[site.name] = self._probe.get(_key(z))
+            self._producers_found[site.name] = self._probe.producer(z)
 
     def _new_site(self, site: Site, z: Tensor) -> _SiteState:
         d = site.unit_dim % max(z.dim(), 1) if z.dim() > 1 else 0
@@ -640,8 +548,7 @@ class Monitor:
         return self._group_arg if self._group_arg is not None else _default_group()
 
     def _finalize(self, t: int) -> None:
-        if self._probe is not None:
-            self._finish_probe()
+        self._remove_probe()
         group = self._group()
         if not self._sites:
             if not self._warned_blind:
@@ -863,32 +770,13 @@ class Monitor:
 
     def _start_probe(self) -> None:
         """Before the first sampled forward: remember which module produced which tensor."""
-        self._probe = {}
         self._producers_found = {}
-
-        def record(name: str) -> Callable[[nn.Module, Any, Any], None]:
-            def hook(module: nn.Module, args: Any, out: Any) -> None:
-                if self._probe is not None and isinstance(out, Tensor):
-                    self._probe[_key(out)] = name
-                    self._probe_keep.append(out)
-
-            return hook
-
-        self._probe_handles = [
-            m.register_forward_hook(record(name))
-            for name, m in self.model.named_modules()
-            if _is_producer(m)
-        ]
+        self._probe = ProducerProbe(self.model)
 
     def _remove_probe(self) -> None:
-        for h in self._probe_handles:
-            h.remove()
-        self._probe_handles = []
-        self._probe_keep.clear()
-
-    def _finish_probe(self) -> None:
-        self._remove_probe()
-        self._probe = None
+        if self._probe is not None:
+            self._probe.remove()
+            self._probe = None
 
     def _register_grad_hooks(self) -> None:
         assert self._producers is not None

@@ -12,8 +12,8 @@ none changes anything it was not asked to.
 * :func:`recycle`: ReDo (Sokar et al. 2023): re-initialise dormant units without changing
   the network's function.
 
-How layers are found. The model is traced with ``torch.fx`` (:func:`deadrelu.certify.trace`)
-and each activation site (named as :mod:`deadrelu.capture` names it) is linked to
+How layers are found: :func:`deadrelu.graph.link_sites` traces the model with ``torch.fx``
+and links each activation site (named as :mod:`deadrelu.capture` names it) to
 
 * its **producer**: the ``nn.Linear`` / ``nn.Conv1d/2d/3d`` whose output feeds it, through
   at most one ``BatchNorm`` (the **norm**) and any Dropout / Identity;
@@ -30,25 +30,21 @@ from __future__ import annotations
 import fnmatch
 import inspect
 import math
-import operator
 import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from deadrelu.activations import Activation, ActivationSpec, get, make_module, names
-from deadrelu.certify import site_names, trace
 from deadrelu.classify import dormant_mask
+from deadrelu.graph import SiteLinks, get_or_none, link_sites, site_names, trace
 
 __all__ = [
     "RemedySummary",
-    "SiteLinks",
     "init_bias_",
-    "link_sites",
     "rai_init_",
     "rai_sample",
     "recycle",
@@ -102,230 +98,6 @@ class RemedySummary:
 # --------------------------------------------------------------------------------------
 # The site graph
 # --------------------------------------------------------------------------------------
-
-_AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_PASS_MODULES: tuple[type[nn.Module], ...] = (
-    nn.Identity,
-    nn.Dropout,
-    nn.Dropout1d,
-    nn.Dropout2d,
-    nn.Dropout3d,
-    nn.AlphaDropout,
-)
-_CHANNEL_KEEPING: tuple[type[nn.Module], ...] = (
-    *_PASS_MODULES,
-    nn.modules.pooling._MaxPoolNd,
-    nn.modules.pooling._AvgPoolNd,
-    nn.modules.pooling._AdaptiveAvgPoolNd,
-    nn.modules.pooling._AdaptiveMaxPoolNd,
-    nn.modules.batchnorm._BatchNorm,
-)
-_PASS_FUNCTIONS: set[Any] = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout}
-#: Elementwise products (a gated unit, ``relu(up(x)) * gate(x)``): unit i stays unit i.
-_GATES: set[Any] = {operator.mul, torch.mul}
-_POOL_FUNCTIONS: set[Any] = {
-    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
-}  # fmt: skip
-
-
-@dataclass
-class SiteLinks:
-    """How one activation site connects to the layers around it.
-
-    Attributes:
-        site: the site name (as :mod:`deadrelu.capture` names it).
-        activation: the bound activation at the site.
-        producer: path of the Linear/Conv feeding it, or None.
-        norm: path of a BatchNorm between the producer and the activation, or None.
-        consumers: ``(path, kind)`` of the layers reading its output; ``kind`` is
-            ``"linear"``, ``"conv"`` or ``"flatten_linear"``.
-        producer_problem: why the producer cannot be changed alone (None: it can).
-        consumer_problem: why the consumers are not all known (None: they are).
-    """
-
-    site: str
-    activation: Activation
-    producer: str | None = None
-    norm: str | None = None
-    consumers: list[tuple[str, str]] = field(default_factory=list)
-    producer_problem: str | None = None
-    consumer_problem: str | None = None
-
-
-def _describe(n: fx.Node) -> str:
-    if n.op == "call_module":
-        return f"module {n.target!r}"
-    if n.op == "call_function":
-        return f"{getattr(n.target, '__name__', n.target)}() (node {n.name!r})"
-    if n.op == "call_method":
-        return f".{n.target}() (node {n.name!r})"
-    if n.op == "placeholder":
-        return f"the model's input {n.name!r}"
-    return f"{n.op} {n.name!r}"
-
-
-def _is_flatten(gm: fx.GraphModule, n: fx.Node) -> bool:
-    """A flatten that keeps dim 0 and merges the rest (channel-major blocks)."""
-    if n.op == "call_module":
-        m = gm.get_submodule(str(n.target))
-        return isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1
-    if n.op == "call_function" and n.target is torch.flatten:
-        start = n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0)
-        return bool(start == 1 and len(n.args) <= 2)
-    if n.op == "call_method" and n.target == "flatten":
-        start = n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0)
-        return bool(start == 1 and len(n.args) <= 2)
-    if n.op == "call_method" and n.target in ("view", "reshape"):
-        shape = n.args[1:]
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        return bool(len(shape) == 2 and shape[1] == -1)
-    return False
-
-
-def link_sites(model: nn.Module) -> dict[str, SiteLinks]:
-    """Trace ``model`` and link every activation site to its producer and consumers."""
-    gm = trace(model)
-    sites = site_names(gm)
-    calls: dict[str, int] = {}
-    for n in gm.graph.nodes:
-        if n.op == "call_module":
-            calls[str(n.target)] = calls.get(str(n.target), 0) + 1
-    out: dict[str, SiteLinks] = {}
-    for node, (name, spec) in sites.items():
-        act = get(gm.get_submodule(str(node.target))) if node.op == "call_module" else spec.bind()
-        assert act is not None
-        links = SiteLinks(site=name, activation=act)
-        _link_back(gm, node, links, calls)
-        _link_forward(gm, node, links, calls)
-        _check_axes(gm, links)
-        out[name] = links
-    return out
-
-
-def _link_back(gm: fx.GraphModule, node: fx.Node, links: SiteLinks, calls: dict[str, int]) -> None:
-    chain: list[fx.Node] = [node]
-    n = node.args[0] if node.args else None
-    while isinstance(n, fx.Node):
-        chain.append(n)
-        if n.op == "call_module":
-            m = gm.get_submodule(str(n.target))
-            if isinstance(m, _PASS_MODULES):
-                n = n.args[0]
-                continue
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and links.norm is None:
-                links.norm = str(n.target)
-                n = n.args[0]
-                continue
-            if isinstance(m, _AFFINE) and getattr(m, "groups", 1) == 1:
-                links.producer = str(n.target)
-                if calls[links.producer] > 1:
-                    links.producer_problem = f"{links.producer!r} is called more than once"
-                elif links.norm is not None and calls[links.norm] > 1:
-                    links.producer_problem = f"{links.norm!r} is called more than once"
-                else:
-                    # every node between the producer and the site must feed only the chain
-                    for a, b in zip(chain[1:], chain[:-1], strict=False):
-                        if len(a.users) > 1 or b not in a.users:
-                            links.producer_problem = (
-                                f"the output of {_describe(a)} is also used elsewhere"
-                            )
-                            break
-                return
-        elif n.op == "call_function" and n.target in _PASS_FUNCTIONS:
-            n = n.args[0]
-            continue
-        links.producer_problem = f"the site is fed by {_describe(n)}, not a Linear/Conv layer"
-        return
-    links.producer_problem = "the site has no tensor input"
-
-
-def _check_axes(gm: fx.GraphModule, links: SiteLinks) -> None:
-    """A Conv's units are channels (dim 1), a Linear's the last dim: consumers must agree."""
-    if links.producer is None or links.consumer_problem is not None:
-        return
-    conv = not isinstance(gm.get_submodule(links.producer), nn.Linear)
-    for path, kind in links.consumers:
-        if conv and kind == "linear":
-            links.consumer_problem = (
-                f"Linear {path!r} reads the last dim of the Conv output, not its channels"
-            )
-        elif not conv and kind == "conv":
-            links.consumer_problem = f"Conv {path!r} reads channels of a Linear output"
-        if links.consumer_problem is not None:
-            links.consumers = []
-            return
-
-
-def _link_forward(
-    gm: fx.GraphModule, node: fx.Node, links: SiteLinks, calls: dict[str, int]
-) -> None:
-    stack: list[tuple[fx.Node, bool]] = [(node, False)]
-    seen: set[fx.Node] = set()
-    while stack:
-        n, flat = stack.pop()
-        for u in n.users:
-            if u in seen:
-                continue
-            seen.add(u)
-            problem = _forward_step(gm, u, flat, links, calls, stack)
-            if problem is not None:
-                links.consumer_problem = problem
-                links.consumers = []
-                return
-    if not links.consumers:
-        links.consumer_problem = "the site's output is not read by any Linear/Conv layer"
-
-
-def _forward_step(
-    gm: fx.GraphModule,
-    u: fx.Node,
-    flat: bool,
-    links: SiteLinks,
-    calls: dict[str, int],
-    stack: list[tuple[fx.Node, bool]],
-) -> str | None:
-    if u.op == "output":
-        return "its output reaches the model's output (the output layer is never recycled)"
-    if _is_flatten(gm, u):
-        if flat:
-            return f"it is flattened twice ({_describe(u)})"
-        stack.append((u, True))
-        return None
-    if u.op == "call_module":
-        path = str(u.target)
-        m = gm.get_submodule(path)
-        if isinstance(m, nn.Linear) or (
-            isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.groups == 1 and not flat
-        ):
-            if calls[path] > 1:
-                return f"consumer {path!r} is called more than once"
-            if u.args[0] is not None and len(u.args) == 1:
-                kind = "conv" if not isinstance(m, nn.Linear) else "linear"
-                links.consumers.append((path, "flatten_linear" if flat else kind))
-                return None
-        if isinstance(m, _CHANNEL_KEEPING) or get_or_none(m) is not None:
-            if flat and not isinstance(m, _PASS_MODULES) and get_or_none(m) is None:
-                return f"{_describe(u)} after a flatten"
-            stack.append((u, flat))
-            return None
-        return f"its output reaches {_describe(u)} ({type(m).__name__})"
-    if u.op == "call_function" and (
-        u.target in _PASS_FUNCTIONS or u.target in _POOL_FUNCTIONS or u.target in _GATES
-    ):
-        stack.append((u, flat))
-        return None
-    return f"its output reaches {_describe(u)}"
-
-
-def get_or_none(m: nn.Module) -> Activation | None:
-    """The bound activation of an activation module, or None for any other module."""
-    from deadrelu.activations import spec_for_module
-
-    return get(m) if spec_for_module(m) is not None else None
-
 
 # --------------------------------------------------------------------------------------
 # Selecting sites

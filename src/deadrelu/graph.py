@@ -1,0 +1,561 @@
+"""The model graph: everything deadrelu knows about a model's structure, in one place.
+
+* **Layer roles and unit axes**: which layers *produce* pre-activations and along which
+  axis their units lie (:func:`producer_axis`: channel-first convs/norms/pooling -> dim 1;
+  Linear, LayerNorm, attention, matmul -> the last dim), and the default rule
+  (:func:`default_unit_dim`) that :mod:`deadrelu.capture` applies at each call site.
+* **Tracing**: :func:`trace` (``torch.fx``, activation modules kept as leaves) and
+  :func:`site_names` (every activation node, named as capture names call sites).
+* **Links**: :func:`link_sites` joins each activation site to its producer (the Linear /
+  Conv feeding it, through at most one BatchNorm and any Dropout / Identity) and its
+  consumers (the Linear / Conv layers reading its output, through Dropout, Identity,
+  pooling, BatchNorm, other activations and one flatten: ``Conv -> ReLU -> flatten ->
+  Linear`` reads the channel's block of columns). A site whose output reaches anything
+  else (a residual addition, a concatenation, the model's output) has no complete set of
+  consumers, and :class:`SiteLinks` says why.
+* **The probe fallback** for models ``torch.fx`` cannot trace: :class:`ProducerProbe`
+  records, during one ordinary forward, which module produced which tensor (identity of
+  memory, not shape); :func:`deadrelu.capture.find_producers` runs that forward with the
+  capture attached.
+
+This module imports only :mod:`deadrelu.activations` from the package: capture, scan,
+monitor, certify, explain and remedies build on it.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, fx, nn
+from torch.utils.hooks import RemovableHandle
+
+from deadrelu.activations import (
+    Activation,
+    ActivationSpec,
+    get,
+    names,
+    spec_for_function,
+    spec_for_module,
+)
+
+__all__ = [
+    "CHANNEL",
+    "LAST",
+    "PRODUCER_TYPES",
+    "ProducerProbe",
+    "SiteLinks",
+    "activation_module_spec",
+    "activation_spec_of",
+    "default_unit_dim",
+    "function_axes",
+    "get_or_none",
+    "is_producer",
+    "link_sites",
+    "producer_axis",
+    "site_names",
+    "tensor_key",
+    "trace",
+]
+
+# ------------------------------------------------------------------------------------------
+# Layer roles and unit axes
+# ------------------------------------------------------------------------------------------
+
+#: Unit axis of channel-first producers ``(N, C, *)``.
+CHANNEL = 1
+#: Unit axis of last-dim producers ``(N, *, D)``.
+LAST = -1
+
+_CHANNEL_MODULES: tuple[type[nn.Module], ...] = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._NormBase,
+    nn.GroupNorm,
+    nn.LocalResponseNorm,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.pooling._LPPoolNd,
+    nn.Upsample,
+    nn.PixelShuffle,
+    nn.PixelUnshuffle,
+)
+_LAST_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.LayerNorm,
+    nn.Embedding,
+    nn.EmbeddingBag,
+    nn.MultiheadAttention,
+    nn.RNNBase,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
+)
+
+
+def _module_producer(module: nn.Module) -> int | None:
+    if isinstance(module, _CHANNEL_MODULES):
+        return CHANNEL
+    if isinstance(module, _LAST_MODULES):
+        return LAST
+    return None
+
+
+def _function_axes() -> dict[Any, int]:
+    table: dict[Any, int] = {}
+    channel = [
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "conv_transpose1d",
+        "conv_transpose2d",
+        "conv_transpose3d",
+        "batch_norm",
+        "group_norm",
+        "instance_norm",
+        "max_pool1d",
+        "max_pool2d",
+        "max_pool3d",
+        "avg_pool1d",
+        "avg_pool2d",
+        "avg_pool3d",
+        "adaptive_avg_pool2d",
+        "adaptive_max_pool2d",
+        "interpolate",
+    ]
+    last = [
+        "linear",
+        "bilinear",
+        "layer_norm",
+        "rms_norm",
+        "embedding",
+        "scaled_dot_product_attention",
+    ]
+    for fn_names, kind in ((channel, CHANNEL), (last, LAST)):
+        for name in fn_names:
+            for ns in (F, torch):
+                fn = getattr(ns, name, None)
+                if fn is not None:
+                    table[fn] = kind
+    for fn in (torch.matmul, torch.bmm, torch.mm, torch.addmm, torch.baddbmm, torch.einsum):
+        table[fn] = LAST
+    for meth in ("matmul", "__matmul__", "bmm", "mm"):
+        table[getattr(Tensor, meth)] = LAST
+    return table
+
+
+_FUNCTION_AXES = _function_axes()
+
+
+def function_axes() -> dict[Any, int]:
+    """torch callable (``F.conv2d``, ``torch.matmul``, ``Tensor.matmul``) -> the unit axis its
+    output implies (1 or -1): the functional producers."""
+    return _FUNCTION_AXES
+
+
+def producer_axis(producer: nn.Module | Callable[..., Any]) -> int | None:
+    """The unit axis a producer implies: 1 (channel-first: conv, norm, pooling), -1 (last dim:
+    Linear, LayerNorm, attention, matmul), or None (shape-preserving or unknown).
+
+    ``producer`` is a module instance or a torch callable (``F.conv2d``, ``torch.matmul``).
+    """
+    if isinstance(producer, nn.Module):
+        return _module_producer(producer)
+    return _FUNCTION_AXES.get(producer)
+
+
+def default_unit_dim(ndim: int, producer: int | None) -> int:
+    """The unit dim of a rank-``ndim`` pre-activation after a producer of axis ``producer``
+    (see :func:`producer_axis`), by the rule in :mod:`deadrelu.capture`'s docstring."""
+    if ndim <= 2:
+        return -1
+    if producer is not None:
+        return producer
+    return CHANNEL if ndim >= 4 else LAST
+
+
+# ------------------------------------------------------------------------------------------
+# Tracing
+# ------------------------------------------------------------------------------------------
+
+
+class _Tracer(fx.Tracer):
+    """``torch.fx`` tracer that keeps every activation module as a leaf."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if activation_module_spec(m) is not None:
+            return True
+        return bool(super().is_leaf_module(m, module_qualified_name))
+
+
+def activation_module_spec(m: nn.Module) -> ActivationSpec | None:
+    """The registry spec of an activation module instance, or None."""
+    return spec_for_module(m)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """Trace ``model`` with ``torch.fx``, keeping activation modules and torch layers as leaves.
+
+    Raises ``ValueError`` with advice when the model cannot be traced (data-dependent
+    control flow in ``forward``).
+    """
+    tracer = _Tracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as exc:  # fx raises many types (TraceError, TypeError, ...)
+        raise ValueError(
+            f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}). "
+            "deadrelu needs a traceable model here: nn.Sequential, nested Sequentials, or a "
+            "forward without data-dependent Python control flow. Wrap the traceable part "
+            "in its own module and pass that."
+        ) from exc
+    return fx.GraphModule(model, graph)
+
+
+def _method_specs() -> dict[str, ActivationSpec]:
+    table: dict[str, ActivationSpec] = {}
+    for name in names():
+        act = get(name)
+        assert act is not None
+        for meth in act.spec.tensor_methods:
+            table[meth] = act.spec
+    return table
+
+
+def activation_spec_of(node: fx.Node, gm: fx.GraphModule) -> ActivationSpec | None:
+    """The registry spec if ``node`` applies an activation (module, function or method)."""
+    if node.op == "call_module":
+        return activation_module_spec(gm.get_submodule(str(node.target)))
+    if node.op == "call_function" and callable(node.target):
+        return spec_for_function(node.target)
+    if node.op == "call_method":
+        return _method_specs().get(str(node.target))
+    return None
+
+
+def site_names(gm: fx.GraphModule) -> dict[fx.Node, tuple[str, ActivationSpec]]:
+    """Every activation node of a traced model -> (site name, spec), in execution order.
+
+    Names follow :mod:`deadrelu.capture`: a module site is the module path (``"net.3"``);
+    a functional site is the path of the innermost module whose forward made the call, a
+    colon and the registry name (``"block:relu"``, ``":relu"`` for the root's forward);
+    the k-th repeat of a name gets ``#k`` (a reused module: ``"act"``, ``"act#1"``).
+    """
+    out: dict[fx.Node, tuple[str, ActivationSpec]] = {}
+    counts: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        spec = activation_spec_of(node, gm)
+        if spec is None:
+            continue
+        if node.op == "call_module":
+            base = str(node.target)
+        else:
+            stack = node.meta.get("nn_module_stack") or {}
+            path = next(reversed(stack)) if stack else ""
+            base = f"{path}:{spec.name}"
+        k = counts.get(base, 0)
+        counts[base] = k + 1
+        out[node] = (base if k == 0 else f"{base}#{k}", spec)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Links: producer and consumers of every site
+# ------------------------------------------------------------------------------------------
+
+_AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_PASS_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+)
+_CHANNEL_KEEPING: tuple[type[nn.Module], ...] = (
+    *_PASS_MODULES,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.batchnorm._BatchNorm,
+)
+_PASS_FUNCTIONS: set[Any] = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout}
+#: Elementwise products (a gated unit, ``relu(up(x)) * gate(x)``): unit i stays unit i.
+_GATES: set[Any] = {operator.mul, torch.mul}
+_POOL_FUNCTIONS: set[Any] = {
+    F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
+    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d,
+}  # fmt: skip
+
+
+@dataclass
+class SiteLinks:
+    """How one activation site connects to the layers around it.
+
+    Attributes:
+        site: the site name (as :mod:`deadrelu.capture` names it).
+        activation: the bound activation at the site.
+        producer: path of the Linear/Conv feeding it, or None.
+        norm: path of a BatchNorm between the producer and the activation, or None.
+        consumers: ``(path, kind)`` of the layers reading its output; ``kind`` is
+            ``"linear"``, ``"conv"`` or ``"flatten_linear"``.
+        producer_problem: why the producer cannot be changed alone (None: it can).
+        consumer_problem: why the consumers are not all known (None: they are).
+    """
+
+    site: str
+    activation: Activation
+    producer: str | None = None
+    norm: str | None = None
+    consumers: list[tuple[str, str]] = field(default_factory=list)
+    producer_problem: str | None = None
+    consumer_problem: str | None = None
+
+
+def _describe(n: fx.Node) -> str:
+    if n.op == "call_module":
+        return f"module {n.target!r}"
+    if n.op == "call_function":
+        return f"{getattr(n.target, '__name__', n.target)}() (node {n.name!r})"
+    if n.op == "call_method":
+        return f".{n.target}() (node {n.name!r})"
+    if n.op == "placeholder":
+        return f"the model's input {n.name!r}"
+    return f"{n.op} {n.name!r}"
+
+
+def _is_flatten(gm: fx.GraphModule, n: fx.Node) -> bool:
+    """A flatten that keeps dim 0 and merges the rest (channel-major blocks)."""
+    if n.op == "call_module":
+        m = gm.get_submodule(str(n.target))
+        return isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1
+    if n.op == "call_function" and n.target is torch.flatten:
+        start = n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0)
+        return bool(start == 1 and len(n.args) <= 2)
+    if n.op == "call_method" and n.target == "flatten":
+        start = n.args[1] if len(n.args) > 1 else n.kwargs.get("start_dim", 0)
+        return bool(start == 1 and len(n.args) <= 2)
+    if n.op == "call_method" and n.target in ("view", "reshape"):
+        shape = n.args[1:]
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return bool(len(shape) == 2 and shape[1] == -1)
+    return False
+
+
+def link_sites(model: nn.Module) -> dict[str, SiteLinks]:
+    """Trace ``model`` and link every activation site to its producer and consumers."""
+    gm = trace(model)
+    sites = site_names(gm)
+    calls: dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module":
+            calls[str(n.target)] = calls.get(str(n.target), 0) + 1
+    out: dict[str, SiteLinks] = {}
+    for node, (name, spec) in sites.items():
+        act = get(gm.get_submodule(str(node.target))) if node.op == "call_module" else spec.bind()
+        assert act is not None
+        links = SiteLinks(site=name, activation=act)
+        _link_back(gm, node, links, calls)
+        _link_forward(gm, node, links, calls)
+        _check_axes(gm, links)
+        out[name] = links
+    return out
+
+
+def _link_back(gm: fx.GraphModule, node: fx.Node, links: SiteLinks, calls: dict[str, int]) -> None:
+    chain: list[fx.Node] = [node]
+    n = node.args[0] if node.args else None
+    while isinstance(n, fx.Node):
+        chain.append(n)
+        if n.op == "call_module":
+            m = gm.get_submodule(str(n.target))
+            if isinstance(m, _PASS_MODULES):
+                n = n.args[0]
+                continue
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and links.norm is None:
+                links.norm = str(n.target)
+                n = n.args[0]
+                continue
+            if isinstance(m, _AFFINE) and getattr(m, "groups", 1) == 1:
+                links.producer = str(n.target)
+                if calls[links.producer] > 1:
+                    links.producer_problem = f"{links.producer!r} is called more than once"
+                elif links.norm is not None and calls[links.norm] > 1:
+                    links.producer_problem = f"{links.norm!r} is called more than once"
+                else:
+                    # every node between the producer and the site must feed only the chain
+                    for a, b in zip(chain[1:], chain[:-1], strict=False):
+                        if len(a.users) > 1 or b not in a.users:
+                            links.producer_problem = (
+                                f"the output of {_describe(a)} is also used elsewhere"
+                            )
+                            break
+                return
+        elif n.op == "call_function" and n.target in _PASS_FUNCTIONS:
+            n = n.args[0]
+            continue
+        links.producer_problem = f"the site is fed by {_describe(n)}, not a Linear/Conv layer"
+        return
+    links.producer_problem = "the site has no tensor input"
+
+
+def _check_axes(gm: fx.GraphModule, links: SiteLinks) -> None:
+    """A Conv's units are channels (dim 1), a Linear's the last dim: consumers must agree."""
+    if links.producer is None or links.consumer_problem is not None:
+        return
+    conv = not isinstance(gm.get_submodule(links.producer), nn.Linear)
+    for path, kind in links.consumers:
+        if conv and kind == "linear":
+            links.consumer_problem = (
+                f"Linear {path!r} reads the last dim of the Conv output, not its channels"
+            )
+        elif not conv and kind == "conv":
+            links.consumer_problem = f"Conv {path!r} reads channels of a Linear output"
+        if links.consumer_problem is not None:
+            links.consumers = []
+            return
+
+
+def _link_forward(
+    gm: fx.GraphModule, node: fx.Node, links: SiteLinks, calls: dict[str, int]
+) -> None:
+    stack: list[tuple[fx.Node, bool]] = [(node, False)]
+    seen: set[fx.Node] = set()
+    while stack:
+        n, flat = stack.pop()
+        for u in n.users:
+            if u in seen:
+                continue
+            seen.add(u)
+            problem = _forward_step(gm, u, flat, links, calls, stack)
+            if problem is not None:
+                links.consumer_problem = problem
+                links.consumers = []
+                return
+    if not links.consumers:
+        links.consumer_problem = "the site's output is not read by any Linear/Conv layer"
+
+
+def _forward_step(
+    gm: fx.GraphModule,
+    u: fx.Node,
+    flat: bool,
+    links: SiteLinks,
+    calls: dict[str, int],
+    stack: list[tuple[fx.Node, bool]],
+) -> str | None:
+    if u.op == "output":
+        return "its output reaches the model's output (the output layer is never recycled)"
+    if _is_flatten(gm, u):
+        if flat:
+            return f"it is flattened twice ({_describe(u)})"
+        stack.append((u, True))
+        return None
+    if u.op == "call_module":
+        path = str(u.target)
+        m = gm.get_submodule(path)
+        if isinstance(m, nn.Linear) or (
+            isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.groups == 1 and not flat
+        ):
+            if calls[path] > 1:
+                return f"consumer {path!r} is called more than once"
+            if u.args[0] is not None and len(u.args) == 1:
+                kind = "conv" if not isinstance(m, nn.Linear) else "linear"
+                links.consumers.append((path, "flatten_linear" if flat else kind))
+                return None
+        if isinstance(m, _CHANNEL_KEEPING) or get_or_none(m) is not None:
+            if flat and not isinstance(m, _PASS_MODULES) and get_or_none(m) is None:
+                return f"{_describe(u)} after a flatten"
+            stack.append((u, flat))
+            return None
+        return f"its output reaches {_describe(u)} ({type(m).__name__})"
+    if u.op == "call_function" and (
+        u.target in _PASS_FUNCTIONS or u.target in _POOL_FUNCTIONS or u.target in _GATES
+    ):
+        stack.append((u, flat))
+        return None
+    return f"its output reaches {_describe(u)}"
+
+
+def get_or_none(m: nn.Module) -> Activation | None:
+    """The bound activation of an activation module, or None for any other module."""
+    return get(m) if spec_for_module(m) is not None else None
+
+
+# ------------------------------------------------------------------------------------------
+# The probe fallback: which module produced which tensor, during one real forward
+# ------------------------------------------------------------------------------------------
+
+PRODUCER_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+)
+
+
+def tensor_key(t: Tensor) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """Identity of a tensor's data (detach() makes a new object over the same memory)."""
+    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+
+
+def is_producer(module: nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    return isinstance(module, PRODUCER_TYPES) and isinstance(weight, Tensor)
+
+
+class ProducerProbe:
+    """Records which producer module returned which tensor, during ordinary forwards.
+
+    Registers a forward hook on every producer module of ``model`` (:func:`is_producer`:
+    Linear, Bilinear, Conv, norms); :meth:`producer` then maps a tensor seen later in the
+    same forward (an activation's input ``z``) to the module that returned it, by identity
+    of memory (:func:`tensor_key`: data pointer, shape, strides), never by shape. The
+    recorded outputs are kept alive until :meth:`remove`, so no two of them share an
+    identity. Use as a context manager, or call :meth:`remove` in a ``finally``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._outputs: dict[tuple[int, tuple[int, ...], tuple[int, ...]], str] = {}
+        self._keep: list[Tensor] = []
+        self._handles: list[RemovableHandle] = [
+            m.register_forward_hook(self._record(name))
+            for name, m in model.named_modules()
+            if is_producer(m)
+        ]
+
+    def _record(self, name: str) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(module: nn.Module, args: Any, out: Any) -> None:
+            if isinstance(out, Tensor):
+                self._outputs[tensor_key(out)] = name
+                self._keep.append(out)
+
+        return hook
+
+    def producer(self, z: Tensor) -> str | None:
+        """The name of the module whose output *is* ``z``, or None (a sum, a reshape, an
+        in-place op, a copy)."""
+        return self._outputs.get(tensor_key(z))
+
+    def remove(self) -> None:
+        """Remove the hooks and release the recorded outputs."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._keep.clear()
+        self._outputs.clear()
+
+    def __enter__(self) -> ProducerProbe:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()

@@ -80,12 +80,114 @@ def test_batched_agrees_with_sequential_mixed_slopes_in_one_call(data: Dataset) 
 
 
 def test_batched_agrees_with_sequential_learnable_prelu(data: Dataset) -> None:
-    members = [Member(seed=s, lr=0.2, activation="prelu") for s in range(3)]
+    members = [Member(seed=s, lr=0.2, activation="prelu") for s in range(2)]
     a = train_batched(members, _cfg(), data)
     _assert_agree(a, train_sequential(members, _cfg(), data))
-    slopes = a.state["acts.0.weight"]
-    assert slopes.shape == (3, 1)
-    assert not torch.allclose(slopes, torch.full_like(slopes, 0.25))  # the slope learned
+    one = [Member(seed=2, lr=0.2, activation="prelu", slopes="shared")]
+    b = train_batched(one, _cfg(), data)
+    _assert_agree(b, train_sequential(one, _cfg(), data))
+    per_unit, shared = a.slopes(0), b.slopes(0)
+    assert per_unit.shape == (2, WIDTHS[1]) and shared.shape == (1, 1)
+    assert not torch.allclose(shared, torch.full_like(shared, 0.25))
+    with pytest.raises(ValueError, match=r"share Member\.slopes"):
+        train_batched(members + one, _cfg(), data)
+    assert not torch.allclose(per_unit, torch.full_like(per_unit, 0.25))  # the slopes learned
+    # per unit: each unit's slope got its own gradient, so they differ
+    assert per_unit[0].unique().numel() > WIDTHS[1] // 2
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_prelu_has_one_slope_per_unit_and_no_weight_decay(data: Dataset, arch: str) -> None:
+    widths = WIDTHS if arch == "mlp" else (40, 6, 5, 10)
+    cfg = TrainConfig(widths=widths, steps=0, arch=arch)
+    net = build_member(Member(seed=0, lr=0.1, activation="prelu"), cfg)
+    slopes = {n: p for n, p in net.named_parameters() if n.startswith("acts.")}
+    # one slope per hidden unit (per channel in the CNN), initial 0.25 (He et al. 2015)
+    assert sum(p.numel() for p in slopes.values()) == sum(widths[1:-1])
+    assert all(torch.equal(p, torch.full_like(p, 0.25)) for p in slopes.values())
+    shared = build_member(Member(seed=0, lr=0.1, activation="prelu", slopes="shared"), cfg)
+    assert sum(p.numel() for n, p in shared.named_parameters() if n.startswith("acts.")) == (
+        len(widths) - 2
+    )
+    # lr 0 and a huge weight decay: with SGD every decayed parameter moves by -lr*wd*p = 0,
+    # so use lr > 0 and compare against the oracle "slopes move only by their loss gradient"
+    member = Member(seed=0, lr=0.05, activation="prelu")
+    train = TrainConfig(widths=widths, steps=1, batch_size=50, eval_every=1, arch=arch)
+    decayed = TrainConfig(**{**train.__dict__, "weight_decay": 10.0})
+    plain, wd = train_batched([member], train, data), train_batched([member], decayed, data)
+    for name in plain.state:
+        if name.startswith("acts."):
+            torch.testing.assert_close(plain.state[name], wd.state[name])  # not decayed
+    weight = "linears.0.weight" if arch == "mlp" else "convs.0.weight"
+    w0 = build_member(member, train).state_dict()[weight]
+    # decayed: w1 = w0 - lr * (grad + wd * w0) = plain's w1 - lr * wd * w0
+    expect = plain.state[weight][0] - 0.05 * 10.0 * w0
+    torch.testing.assert_close(wd.state[weight][0], expect, atol=1e-5, rtol=1e-5)
+    seq = train_sequential([member], decayed, data)
+    torch.testing.assert_close(seq.state[weight], wd.state[weight], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["momentum", "adam"])
+def test_batched_optimizers_agree_with_torch_optim(data: Dataset, optimizer: str) -> None:
+    lr = 0.05 if optimizer == "momentum" else 0.003
+    members = [
+        Member(seed=0, lr=lr),
+        Member(seed=1, lr=2 * lr, bias_init=-0.3, bias_kick=-2.0, kick_step=8),
+    ]
+    cfg = _cfg(optimizer=optimizer, weight_decay=1e-3)
+    a, b = train_batched(members, cfg, data), train_sequential(members, cfg, data)
+    _assert_agree(a, b)
+    plain = train_batched(members, _cfg(weight_decay=1e-3), data)
+    assert not torch.allclose(a.state["linears.0.weight"], plain.state["linears.0.weight"])
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_cnn_batched_agrees_with_sequential(data: Dataset, optimizer: str) -> None:
+    lr = 0.1 if optimizer == "sgd" else 0.01
+    members = [
+        Member(seed=0, lr=lr),
+        Member(seed=1, lr=lr, activation="relu", bias_kick=-3.0, kick_step=8),
+    ]
+    cfg = _cfg(widths=(40, 6, 8, 10), arch="cnn", optimizer=optimizer)
+    a, b = train_batched(members, cfg, data), train_sequential(members, cfg, data)
+    _assert_agree(a, b)
+    assert "norms.0.running_mean" in a.state  # BatchNorm statistics are part of the state
+    prelu = [Member(seed=s, lr=lr, activation="prelu") for s in range(2)]
+    _assert_agree(train_batched(prelu, cfg, data), train_sequential(prelu, cfg, data))
+
+
+def test_cnn_dead_channels_are_counted_per_channel(data: Dataset) -> None:
+    # BatchNorm beta is the channel's bias: -1000 on channels 1 and 4 of block 2 kills
+    # exactly those channels at every position (running stats at init: mean 0, var 1)
+    def kill(model: nn.Module) -> None:
+        with torch.no_grad():
+            model.norms[1].bias[[1, 4]] = -1000.0  # type: ignore[index]
+
+    cfg = _cfg(widths=(40, 6, 8, 10), arch="cnn", steps=2, eval_every=2)
+    res = train_batched([Member(seed=0, lr=0.0, init_fn=kill)], cfg, data)
+    assert torch.nonzero(res.dead_masks[1][0, 0]).flatten().tolist() == [1, 4]
+    assert not res.dead_masks[0][0, 0].any()
+    assert res.dead_frac[0, 0].tolist() == [0.0, 2 / 8]
+    # an oracle from the plain module: channel-wise max over rows and positions
+    net = res.module(0)
+    _, pre, _ = net(data.x_train)
+    never = (pre[1] <= 0).all(dim=2).all(dim=0)
+    assert torch.equal(never, res.dead_masks[1][-1, 0])
+
+
+def test_cnn_module_returns_the_trained_member(data: Dataset) -> None:
+    cfg = _cfg(widths=(40, 6, 8, 10), arch="cnn")
+    res = train_batched([Member(seed=0, lr=0.1), Member(seed=1, lr=0.1)], cfg, data)
+    logits, _, _ = res.module(1)(data.x_test)
+    acc = (logits.argmax(1) == data.y_test).double().mean()
+    assert acc.item() == pytest.approx(res.test_acc[1, -1].item(), abs=1e-9)
+
+
+def test_unknown_optimizer_and_arch_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        TrainConfig(widths=WIDTHS, steps=1, optimizer="rmsprop")
+    with pytest.raises(ValueError, match="unknown arch"):
+        TrainConfig(widths=WIDTHS, steps=1, arch="rnn")
 
 
 def test_units_killed_by_construction_are_found_exactly(data: Dataset) -> None:

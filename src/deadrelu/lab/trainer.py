@@ -1,31 +1,52 @@
-"""Train many small MLPs at once, and count their dead units per member, per layer.
+"""Train many small networks at once, and count their dead units per member, per layer.
 
 The lab's sweeps need hundreds of small runs. :func:`train_batched` trains ``M`` members
 of one architecture in one program: the members' ``nn.Module`` s are built one by one (so
 any initialiser, e.g. ``deadrelu.remedies.rai_init_``, can be applied to each first), their
-parameters are stacked with ``torch.func.stack_module_state`` and each ``Linear`` runs as
-one batched matmul (``torch.baddbmm``) for all members of a stack; an activation with
-parameters of its own (PReLU) runs as ``torch.vmap`` over ``torch.func.functional_call``
-with each member's parameters. :func:`train_sequential` trains the same members one
-after the other with plain ``nn.Module`` calls and ``torch.optim.SGD``: the reference the
-batched path is tested against.
+parameters are stacked with ``torch.func.stack_module_state`` and each layer runs once for
+all members of a stack: a ``Linear`` as one batched matmul (``torch.baddbmm``), a ``Conv1d``
+as one grouped convolution (``groups = members``), BatchNorm on the stacked tensor; an
+activation with parameters of its own (PReLU) runs as ``torch.vmap`` over
+``torch.func.functional_call`` with each member's parameters. :func:`train_sequential`
+trains the same members one after the other with plain ``nn.Module`` calls and
+``torch.optim``: the reference the batched path is tested against.
+
+Architectures (``TrainConfig.arch``):
+
+* ``"mlp"`` (:class:`MLP`): ``Linear -> act`` per hidden layer, then a ``Linear`` classifier;
+  ``widths = (D, H1, ..., HL, C)``.
+* ``"cnn"`` (:class:`CNN`): the ``D`` input features read as a 1-channel signal of length
+  ``D`` (MNIST-1D), then per block ``Conv1d(k, stride 2, no bias) -> BatchNorm1d -> act``,
+  global average pooling and a ``Linear`` classifier; ``widths = (D, C1, ..., CL, C)``
+  (channels per block). A "unit" is a channel: the BatchNorm output of channel ``c`` at
+  every position of every probe row is its pre-activation; its bias is BatchNorm's beta.
 
 Each :class:`Member` has its own seed (initial weights and minibatch order), learning
 rate, initial hidden bias, one-off bias kick and activation *parameters*; all members of
-one call share the architecture (``widths``) and the activation *name*. Members whose
-activation parameters differ (e.g. Leaky ReLU slopes 0.01 and 0.1) are trained in one call
-as several groups, one per distinct parameter set (and per block of
-:data:`MEMBER_CHUNK` members, which keeps each stack in the CPU caches).
+one call share the architecture (``widths``, ``arch``), the optimizer, the activation
+*name* and ``Member.slopes``. Members whose activation parameters differ (e.g. Leaky ReLU
+slopes 0.01 and 0.1) are trained in one call as several groups, one per distinct parameter
+set (and per block of :data:`MEMBER_CHUNK` members, which keeps each stack in the CPU
+caches).
 
-Training is plain minibatch SGD on the mean cross-entropy, ``steps`` steps of ``batch_size``
-examples drawn without replacement (a new permutation of the training set per epoch, from
-the member's seed; a last incomplete batch is dropped).
+PReLU (He et al. 2015) has one learned slope per hidden unit (per channel in the CNN),
+initial value 0.25, by default (``Member.slopes="per_unit"``); ``slopes="shared"`` gives
+one slope per layer. Slopes are never weight-decayed.
+
+Training minimises the mean cross-entropy, ``steps`` steps of ``batch_size`` examples
+drawn without replacement (a new permutation of the training set per epoch, from the
+member's seed; a last incomplete batch is dropped), with ``TrainConfig.optimizer``:
+``"sgd"`` (plain SGD), ``"momentum"`` (SGD, momentum 0.9, as ``torch.optim.SGD``) or
+``"adam"`` (``torch.optim.Adam`` with its defaults). ``weight_decay`` is the optimizer's
+L2 term (added to the gradient) on every parameter except activation slopes.
 
 Dead counting (the definitions are ``deadrelu.classify``'s, never copied): at every
-evaluation step the pre-activations ``z`` of every hidden unit are computed on a **fixed
-probe set, the whole training set** (chunked, no gradient), and
+evaluation step (BatchNorm in eval mode, on its running statistics) the pre-activations
+``z`` of every hidden unit are computed on a **fixed probe set, the whole training set**
+(chunked, no gradient), and
 
-* ``dead``: ``classify.dead_mask(active_count)``, never ``z > 0`` on any training input;
+* ``dead``: ``classify.dead_mask(active_count)``, never ``z > 0`` on any training input
+  (and, in the CNN, at any position);
 * ``frozen``: every probe ``z`` lies in the activation's zero-gradient region
   (``Activation.zero_grad``): no training example sends gradient into the unit (for ReLU
   this equals dead; for Leaky ReLU, ELU, ... it is empty);
@@ -39,6 +60,7 @@ loss are measured on the test set.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,7 +76,10 @@ from deadrelu.classify import dead_mask, saturated_mask
 from deadrelu.lab.data import Dataset
 
 __all__ = [
+    "ARCHS",
+    "CNN",
     "MLP",
+    "OPTIMIZERS",
     "Member",
     "StepHook",
     "TrainConfig",
@@ -72,6 +97,39 @@ PROBE_CHUNK = 1000
 #: faster as four stacks of 16 than as one stack of 64.
 MEMBER_CHUNK = 16
 
+#: Optimizers of :class:`TrainConfig`.
+OPTIMIZERS: tuple[str, ...] = ("sgd", "momentum", "adam")
+
+#: Architectures of :class:`TrainConfig`.
+ARCHS: tuple[str, ...] = ("mlp", "cnn")
+
+#: SGD momentum of the ``"momentum"`` optimizer.
+MOMENTUM = 0.9
+
+#: ``torch.optim.Adam``'s defaults.
+ADAM_BETAS = (0.9, 0.999)
+ADAM_EPS = 1e-8
+
+#: CNN: convolution stride, BatchNorm epsilon and momentum (``nn.BatchNorm1d``'s defaults).
+CONV_STRIDE = 2
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.1
+
+#: Values of :attr:`Member.slopes`.
+SLOPES: tuple[str, ...] = ("per_unit", "shared")
+
+
+def _act_module(act: Activation, units: int, slopes: str) -> nn.Module:
+    """The activation module of a hidden layer of ``units`` units (channels): a learnable
+    activation with a ``num_parameters`` parameter (PReLU) gets ``units`` slopes
+    (``slopes="per_unit"``) or one (``"shared"``)."""
+    if slopes not in SLOPES:
+        raise ValueError(f"slopes must be one of {list(SLOPES)}, got {slopes!r}")
+    if act.spec.learnable and "num_parameters" in act.params:
+        n = units if slopes == "per_unit" else 1
+        return act.spec.module(**{**act.params, "num_parameters": n})
+    return act.module()
+
 
 class MLP(nn.Module):
     """``Linear -> act -> ... -> Linear`` returning the logits and every hidden layer's values.
@@ -79,9 +137,13 @@ class MLP(nn.Module):
     Args:
         widths: ``(D, H1, ..., HL, C)``: input features, hidden widths, classes.
         activation: the hidden activation (anything ``deadrelu.activations.get`` takes).
+        slopes: for PReLU, ``"per_unit"`` (one slope per hidden unit) or ``"shared"`` (one
+            per layer); ignored by other activations.
     """
 
-    def __init__(self, widths: Sequence[int], activation: Activation | str) -> None:
+    def __init__(
+        self, widths: Sequence[int], activation: Activation | str, slopes: str = "per_unit"
+    ) -> None:
         super().__init__()
         if len(widths) < 3:
             raise ValueError(f"widths needs input, >= 1 hidden and output sizes, got {widths}")
@@ -93,11 +155,15 @@ class MLP(nn.Module):
         self.linears = nn.ModuleList(
             nn.Linear(a, b) for a, b in zip(self.widths[:-1], self.widths[1:], strict=True)
         )
-        self.acts = nn.ModuleList(act.module() for _ in self.widths[1:-1])
+        self.acts = nn.ModuleList(_act_module(act, w, slopes) for w in self.widths[1:-1])
 
     def linear_layers(self) -> list[nn.Linear]:
         """The ``Linear`` layers, input to output (the last one is the classifier)."""
         return [m for m in self.linears if isinstance(m, nn.Linear)]
+
+    def hidden_biases(self) -> list[Tensor]:
+        """The hidden layers' bias vectors (``(H_l,)`` each), input to output."""
+        return [lin.bias for lin in self.linear_layers()[:-1]]
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         """``x``: ``(N, D)`` -> logits ``(N, C)``, pre-activations and activations, each a
@@ -113,13 +179,75 @@ class MLP(nn.Module):
         return self.linears[-1](h), pre, post
 
 
+class CNN(nn.Module):
+    """``[Conv1d -> BatchNorm1d -> act] * L -> global mean pool -> Linear`` on 1-D signals.
+
+    Args:
+        widths: ``(D, C1, ..., CL, C)``: signal length (the input's features, read as one
+            channel), channels per block, classes.
+        activation: the activation after each BatchNorm.
+        kernel_size: odd convolution width; padding ``kernel_size // 2``, stride
+            :data:`CONV_STRIDE`, no convolution bias (BatchNorm's beta is the bias).
+        slopes: for PReLU, ``"per_unit"`` (one slope per channel) or ``"shared"``.
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int],
+        activation: Activation | str,
+        kernel_size: int = 5,
+        slopes: str = "per_unit",
+    ) -> None:
+        super().__init__()
+        if len(widths) < 3:
+            raise ValueError(f"widths needs input, >= 1 block and output sizes, got {widths}")
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
+        act = get(activation)
+        if act is None:
+            raise ValueError("CNN needs an activation, got None")
+        self.widths = tuple(int(w) for w in widths)
+        self.activation = act
+        self.kernel_size = kernel_size
+        chans = (1, *self.widths[1:-1])
+        self.convs = nn.ModuleList(
+            nn.Conv1d(a, b, kernel_size, CONV_STRIDE, kernel_size // 2, bias=False)
+            for a, b in itertools.pairwise(chans)
+        )
+        self.norms = nn.ModuleList(
+            nn.BatchNorm1d(c, eps=BN_EPS, momentum=BN_MOMENTUM) for c in chans[1:]
+        )
+        self.acts = nn.ModuleList(_act_module(act, c, slopes) for c in chans[1:])
+        self.head = nn.Linear(chans[-1], self.widths[-1])
+
+    def hidden_biases(self) -> list[Tensor]:
+        """The blocks' bias vectors (BatchNorm's beta, ``(C_l,)`` each), input to output."""
+        return [bn.bias for bn in self.norms if isinstance(bn, nn.BatchNorm1d)]
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """``x``: ``(N, D)`` -> logits ``(N, C)``, pre-activations (BatchNorm outputs) and
+        activations, each a list of ``(N, C_l, L_l)`` per block."""
+        pre: list[Tensor] = []
+        post: list[Tensor] = []
+        h = x.unsqueeze(1)
+        for conv, bn, act in zip(self.convs, self.norms, self.acts, strict=True):
+            z = bn(conv(h))
+            h = act(z)
+            pre.append(z)
+            post.append(h)
+        return self.head(h.mean(dim=-1)), pre, post
+
+
+Net = MLP | CNN
+
+
 @dataclass(frozen=True)
 class Member:
     """One network of a sweep.
 
     Attributes:
         seed: seeds the initial weights and the minibatch order.
-        lr: SGD learning rate.
+        lr: learning rate.
         activation: hidden activation; all members of a call share its name, parameters
             may differ (``"leaky_relu(0.1)"``).
         bias_init: value of every hidden bias at init; None keeps the initialiser's.
@@ -127,9 +255,11 @@ class Member:
             negative update, C4); 0 for none.
         kick_step: the step at which ``bias_kick`` is applied.
         init: ``"he"`` (Kaiming normal, fan-in, gain sqrt 2; biases 0), ``"lecun"``
-            (normal, std 1/sqrt(fan-in); biases 0) or ``"torch"`` (``nn.Linear``'s default).
-        init_fn: applied to the built ``MLP`` after ``init`` and before ``bias_init`` (e.g.
+            (normal, std 1/sqrt(fan-in); biases 0) or ``"torch"`` (the modules' default).
+        init_fn: applied to the built network after ``init`` and before ``bias_init`` (e.g.
             ``deadrelu.remedies.rai_init_``); must be deterministic given the global RNG.
+        slopes: PReLU only: ``"per_unit"`` (one slope per hidden unit / channel, He et al.
+            2015) or ``"shared"`` (one per layer).
         tag: free label carried into results (not used for training).
     """
 
@@ -141,6 +271,7 @@ class Member:
     kick_step: int = 0
     init: str = "he"
     init_fn: Callable[[nn.Module], Any] | None = None
+    slopes: str = "per_unit"
     tag: str = ""
 
 
@@ -149,14 +280,20 @@ class TrainConfig:
     """What every member of a call shares.
 
     Attributes:
-        widths: ``(D, H1, ..., C)``; D and C must match the dataset.
-        steps: SGD steps.
+        widths: ``(D, H1, ..., C)`` (MLP) or ``(D, C1, ..., C)`` (CNN channels); D and C
+            must match the dataset.
+        steps: optimizer steps.
         batch_size: examples per step.
         eval_every: evaluate every this many steps (and at step 0 and at ``steps``).
         record_masks: keep the per-unit dead masks at every evaluation
             (:attr:`TrainResult.dead_masks`).
         probe_limit: use only the first ``probe_limit`` training rows as the probe set
             (None: all of them).
+        optimizer: ``"sgd"``, ``"momentum"`` (0.9) or ``"adam"`` (torch defaults).
+        weight_decay: L2 coefficient added to the gradient of every parameter except
+            activation slopes (as the optimizers' ``weight_decay``).
+        arch: ``"mlp"`` or ``"cnn"`` (see the module docstring).
+        kernel_size: the CNN's convolution width.
     """
 
     widths: tuple[int, ...]
@@ -165,6 +302,20 @@ class TrainConfig:
     eval_every: int = 50
     record_masks: bool = False
     probe_limit: int | None = None
+    optimizer: str = "sgd"
+    weight_decay: float = 0.0
+    arch: str = "mlp"
+    kernel_size: int = 5
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}; choose one of {list(OPTIMIZERS)}"
+            )
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}; choose one of {list(ARCHS)}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
     def eval_steps(self) -> list[int]:
         """The steps at which the members are evaluated: 0, eval_every, ..., steps."""
@@ -191,11 +342,15 @@ class TrainResult:
         dead_frac: ``(M, T, L)`` fraction of dead units (``classify.dead_mask``).
         frozen_frac: ``(M, T, L)`` fraction of units with zero gradient on every probe row.
         saturated_frac: ``(M, T, L)`` fraction of saturated units (``classify.saturated_mask``).
-        mean_act: ``(M, T, L)`` mean activation value over probe rows and units.
+        mean_act: ``(M, T, L)`` mean activation value over probe rows (and positions) and
+            units.
         dead_masks: per hidden layer, ``(T, M, H_l)`` bool dead masks (only with
             ``record_masks``; else empty).
-        state: final stacked parameters, ``name -> (M, *shape)`` (``MLP`` parameter names).
+        state: final stacked parameters and buffers, ``name -> (M, *shape)`` (names of the
+            :class:`MLP` / :class:`CNN` state dict).
         members: the members, in the order of the first axis.
+        widths: the architecture's widths.
+        config: the training configuration (None only for results built by hand).
     """
 
     steps: list[int]
@@ -210,13 +365,15 @@ class TrainResult:
     state: dict[str, Tensor]
     members: list[Member]
     widths: tuple[int, ...] = field(default=())
+    config: TrainConfig | None = None
 
     @property
     def diverged(self) -> Tensor:
         """``(M,)`` bool: the member's final test loss or parameters are not finite."""
         bad = ~torch.isfinite(self.test_loss[:, -1])
         for v in self.state.values():
-            bad |= ~torch.isfinite(v.reshape(v.shape[0], -1)).all(dim=1)
+            if v.is_floating_point():
+                bad |= ~torch.isfinite(v.reshape(v.shape[0], -1)).all(dim=1)
         return bad
 
     def pooled(self, what: str = "dead_frac", t: int = -1) -> Tensor:
@@ -227,11 +384,21 @@ class TrainResult:
         w = torch.tensor(self.widths[1:-1], dtype=torch.float64)
         return (per_layer * w).sum(dim=1) / w.sum()
 
-    def module(self, i: int) -> MLP:
-        """Member ``i`` as a trained ``MLP`` (a fresh module holding copies of its weights)."""
-        m = MLP(self.widths, get(self.members[i].activation) or "relu")
+    def slopes(self, layer: int) -> Tensor:
+        """``(M, S)``: the learned PReLU slopes of hidden layer ``layer`` (``S`` = units
+        or 1); raises ``KeyError`` for an activation without slopes."""
+        key = f"acts.{layer}.weight"
+        if key not in self.state:
+            raise KeyError(f"no learned slopes in layer {layer}: the activation has none")
+        return self.state[key]
+
+    def module(self, i: int) -> MLP | CNN:
+        """Member ``i`` as a trained network (a fresh module holding copies of its weights
+        and buffers), in eval mode."""
+        cfg = self.config or TrainConfig(widths=self.widths, steps=0)
+        m = _new_net(self.members[i], cfg)
         m.load_state_dict({k: v[i].detach().clone() for k, v in self.state.items()})
-        return m
+        return m.eval()
 
 
 # --------------------------------------------------------------------------------------
@@ -239,10 +406,10 @@ class TrainResult:
 # --------------------------------------------------------------------------------------
 
 
-def _init_linear(lin: nn.Linear, how: str) -> None:
+def _init_weight(weight: Tensor, bias: Tensor | None, how: str) -> None:
     if how == "torch":
         return
-    fan_in = lin.weight.shape[1]
+    fan_in = weight[0].numel()
     if how == "he":
         std = math.sqrt(2.0 / fan_in)
     elif how == "lecun":
@@ -250,27 +417,49 @@ def _init_linear(lin: nn.Linear, how: str) -> None:
     else:
         raise ValueError(f"unknown init {how!r}; choose 'he', 'lecun' or 'torch'")
     with torch.no_grad():
-        lin.weight.normal_(0.0, std)
-        lin.bias.zero_()
+        weight.normal_(0.0, std)
+        if bias is not None:
+            bias.zero_()
 
 
-def build_member(member: Member, widths: Sequence[int]) -> MLP:
-    """The member's initial ``MLP``, reproducible from ``member.seed`` alone.
+def _new_net(member: Member, cfg: TrainConfig) -> MLP | CNN:
+    act = get(member.activation) or "relu"
+    if cfg.arch == "cnn":
+        return CNN(cfg.widths, act, cfg.kernel_size, member.slopes)
+    return MLP(cfg.widths, act, member.slopes)
 
-    Uses a forked global RNG seeded with ``member.seed``, so the caller's RNG state is left
-    untouched.
+
+def build_member(
+    member: Member, widths: Sequence[int] | TrainConfig, arch: str = "mlp"
+) -> MLP | CNN:
+    """The member's initial network, reproducible from ``member.seed`` alone.
+
+    ``widths`` is the architecture's widths (an MLP, or ``arch="cnn"``) or a whole
+    :class:`TrainConfig` (its ``widths``, ``arch`` and ``kernel_size``). Uses a forked
+    global RNG seeded with ``member.seed``, so the caller's RNG state is left untouched.
     """
+    cfg = (
+        widths
+        if isinstance(widths, TrainConfig)
+        else TrainConfig(widths=tuple(widths), steps=0, arch=arch)
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(member.seed)
-        model = MLP(widths, member.activation)
-        for lin in model.linear_layers():
-            _init_linear(lin, member.init)
+        model = _new_net(member, cfg)
+        if isinstance(model, MLP):
+            for lin in model.linear_layers():
+                _init_weight(lin.weight, lin.bias, member.init)
+        else:
+            for conv in model.convs:
+                assert isinstance(conv, nn.Conv1d)
+                _init_weight(conv.weight, None, member.init)
+            _init_weight(model.head.weight, model.head.bias, member.init)
         if member.init_fn is not None:
             member.init_fn(model)
         if member.bias_init is not None:
             with torch.no_grad():
-                for lin in model.linear_layers()[:-1]:
-                    lin.bias.fill_(member.bias_init)
+                for b in model.hidden_biases():
+                    b.fill_(member.bias_init)
     return model
 
 
@@ -297,12 +486,19 @@ def _check(members: Sequence[Member], cfg: TrainConfig, data: Dataset) -> list[A
         a = get(m.activation)
         if a is None:
             raise ValueError("every member needs an activation, got None")
+        if m.slopes not in SLOPES:
+            raise ValueError(f"Member.slopes must be one of {list(SLOPES)}, got {m.slopes!r}")
         acts.append(a)
     names = {a.name for a in acts}
     if len(names) > 1:
         raise ValueError(
             f"all members of one call must share the activation name, got {sorted(names)}; "
             "train each activation in its own call"
+        )
+    if acts[0].spec.learnable and len({m.slopes for m in members}) > 1:
+        raise ValueError(
+            "all members of one call must share Member.slopes (the state's shapes differ); "
+            "train per-unit and shared slopes in separate calls"
         )
     if cfg.widths[0] != data.n_features or cfg.widths[-1] != data.n_classes:
         raise ValueError(
@@ -314,6 +510,11 @@ def _check(members: Sequence[Member], cfg: TrainConfig, data: Dataset) -> list[A
 
 def _param_key(act: Activation) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(act.params.items()))
+
+
+def _is_slope(name: str) -> bool:
+    """Activation parameters (PReLU slopes) are named ``acts.<layer>.<name>``."""
+    return name.startswith("acts.")
 
 
 # --------------------------------------------------------------------------------------
@@ -330,6 +531,7 @@ class _Probe:
     zmax: Tensor  # (m, U)
     frozen: Tensor  # (m, U) bool: zero gradient on every row so far
     act_sum: Tensor  # (m,) float64
+    rows: int = 0  # probe rows (times positions) seen
 
 
 def _new_probe(m: int, units: int, device: torch.device) -> _Probe:
@@ -342,6 +544,15 @@ def _new_probe(m: int, units: int, device: torch.device) -> _Probe:
     )
 
 
+def _units_last(t: Tensor) -> Tensor:
+    """``(m, N, U)`` as is; ``(m, N, C, L)`` (conv) -> ``(m, N * L, C)``: every position
+    of every row is one observation of its channel."""
+    if t.dim() == 3:
+        return t
+    m, _, c, _ = t.shape
+    return t.transpose(2, 3).reshape(m, -1, c)
+
+
 def _accumulate(p: _Probe, z: Tensor, h: Tensor, act: Activation) -> None:
     """``z``, ``h``: ``(m, N, U)`` pre-activations and activations of one probe chunk."""
     p.active += (z > 0).sum(dim=1)
@@ -349,9 +560,10 @@ def _accumulate(p: _Probe, z: Tensor, h: Tensor, act: Activation) -> None:
     p.zmax = torch.maximum(p.zmax, z.amax(dim=1))
     p.frozen &= act.zero_grad(z).all(dim=1)
     p.act_sum += h.sum(dim=(1, 2), dtype=torch.float64)
+    p.rows += int(z.shape[1])
 
 
-def _finish(p: _Probe, rows: int, act: Activation) -> dict[str, Tensor]:
+def _finish(p: _Probe, act: Activation) -> dict[str, Tensor]:
     m, units = p.active.shape
     dead = dead_mask(p.active)
     sat = saturated_mask(p.zmin.reshape(-1), p.zmax.reshape(-1), act).view(m, units)
@@ -360,7 +572,7 @@ def _finish(p: _Probe, rows: int, act: Activation) -> dict[str, Tensor]:
         "dead": dead.double().mean(dim=1),
         "frozen": p.frozen.double().mean(dim=1),
         "saturated": sat.double().mean(dim=1),
-        "mean_act": p.act_sum / (rows * units),
+        "mean_act": p.act_sum / (p.rows * units),
     }
 
 
@@ -370,7 +582,8 @@ ForwardFn = Callable[[Tensor], tuple[Tensor, list[Tensor], list[Tensor]]]
 def _evaluate(
     forward: ForwardFn, m: int, n_hidden: int, data: Dataset, act: Activation, probe: Tensor
 ) -> dict[str, Any]:
-    """Evaluate ``m`` members; ``forward(x (N, D)) -> ((m, N, C), [(m, N, H)], [...])``."""
+    """Evaluate ``m`` members; ``forward(x (N, D)) -> ((m, N, C), [(m, N, H)] or
+    [(m, N, C_l, L_l)], [...])``."""
     with torch.no_grad():
         logits, _, _ = forward(data.x_test)
         y = data.y_test
@@ -385,13 +598,82 @@ def _evaluate(
         for start in range(0, probe.shape[0], PROBE_CHUNK):
             chunk = probe[start : start + PROBE_CHUNK]
             _, pre, post = forward(chunk)
+            pre = [_units_last(z) for z in pre]
+            post = [_units_last(h) for h in post]
             if probes is None:
                 probes = [_new_probe(m, z.shape[-1], z.device) for z in pre]
             for p, z, h in zip(probes, pre, post, strict=True):
                 _accumulate(p, z, h, act)
         assert probes is not None and len(probes) == n_hidden
-        layers = [_finish(p, probe.shape[0], act) for p in probes]
+        layers = [_finish(p, act) for p in probes]
     return {"acc": acc, "loss": test_loss, "layers": layers}
+
+
+# --------------------------------------------------------------------------------------
+# Batched optimizers
+# --------------------------------------------------------------------------------------
+
+
+class _StackedOptimizer:
+    """SGD / SGD with momentum / Adam over stacked ``(m, *shape)`` parameters, each member
+    with its own learning rate; the same arithmetic as ``torch.optim`` (tested equal)."""
+
+    def __init__(
+        self, params: dict[str, Tensor], lr: Tensor, kind: str, weight_decay: float
+    ) -> None:
+        self.params = params
+        self.lr = lr  # (m,)
+        self.kind = kind
+        self.wd = {k: (0.0 if _is_slope(k) else weight_decay) for k in params}
+        self.state: dict[str, dict[str, Tensor]] = {}
+        self.t = 0
+
+    def _lr(self, p: Tensor) -> Tensor:
+        return self.lr.view(-1, *([1] * (p.dim() - 1)))
+
+    @torch.no_grad()
+    def step(self, grads: Sequence[Tensor]) -> None:
+        self.t += 1
+        for (name, p), g in zip(self.params.items(), grads, strict=True):
+            if self.wd[name]:
+                g = g.add(p, alpha=self.wd[name])
+            lr = self._lr(p)
+            if self.kind == "sgd":
+                p.addcmul_(lr, g, value=-1.0)
+            elif self.kind == "momentum":
+                st = self.state.setdefault(name, {})
+                if "buf" not in st:
+                    st["buf"] = g.clone()
+                else:
+                    st["buf"].mul_(MOMENTUM).add_(g)
+                p.addcmul_(lr, st["buf"], value=-1.0)
+            else:
+                b1, b2 = ADAM_BETAS
+                st = self.state.setdefault(name, {})
+                if "m" not in st:
+                    st["m"] = torch.zeros_like(p)
+                    st["v"] = torch.zeros_like(p)
+                st["m"].lerp_(g, 1 - b1)
+                st["v"].mul_(b2).addcmul_(g, g, value=1 - b2)
+                bc1 = 1 - b1**self.t
+                bc2_sqrt = math.sqrt(1 - b2**self.t)
+                denom = (st["v"].sqrt() / bc2_sqrt).add_(ADAM_EPS)
+                p.addcdiv_(st["m"] * (lr / bc1), denom, value=-1.0)
+
+
+def _torch_optimizer(model: nn.Module, lr: float, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The sequential reference's optimizer: slopes in a group without weight decay."""
+    named = list(model.named_parameters())
+    groups = [
+        {"params": [p for n, p in named if not _is_slope(n)], "weight_decay": cfg.weight_decay},
+        {"params": [p for n, p in named if _is_slope(n)], "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr)
+    if cfg.optimizer == "momentum":
+        return torch.optim.SGD(groups, lr=lr, momentum=MOMENTUM)
+    return torch.optim.Adam(groups, lr=lr, betas=ADAM_BETAS, eps=ADAM_EPS)
 
 
 # --------------------------------------------------------------------------------------
@@ -403,25 +685,36 @@ def _evaluate(
 class _Group:
     """Members sharing the full activation (name and parameters), trained together.
 
-    Each ``Linear`` is one ``torch.baddbmm`` over the stacked ``(m, out, in)`` weights. The
-    activation module is applied to the whole ``(m, N, U)`` tensor when it has no parameters;
-    a learnable one (PReLU) runs as ``vmap`` over ``functional_call`` with each member's
-    own parameters.
+    MLP: each ``Linear`` is one ``torch.baddbmm`` over the stacked ``(m, out, in)`` weights.
+    CNN: each ``Conv1d`` is one grouped convolution over the members' stacked channels and
+    BatchNorm runs on the stacked ``(m, N, C, L)`` tensor (batch statistics in training,
+    running statistics in evaluation, updated as ``nn.BatchNorm1d`` does). The activation
+    module is applied to the whole stacked tensor when it has no parameters; a learnable
+    one (PReLU) runs as ``vmap`` over ``functional_call`` with each member's parameters.
     """
 
     index: Tensor  # (m,) positions of these members in the call
     act: Activation
     act_modules: list[nn.Module]  # template activation module per hidden layer
-    params: dict[str, Tensor]  # stacked MLP parameters, leaf tensors requiring grad
-    lr: Tensor  # (m,)
+    params: dict[str, Tensor]  # stacked parameters, leaf tensors requiring grad
+    buffers: dict[str, Tensor]  # stacked buffers (CNN BatchNorm statistics)
+    opt: _StackedOptimizer
     batches: Tensor  # (steps, m, B)
     kicks: list[tuple[int, Tensor]]  # (step, (m,) kick per member)
+    arch: str
+    kernel_size: int
 
-    def forward(self, x: Tensor, shared_input: bool) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    def forward(
+        self, x: Tensor, shared_input: bool, training: bool = False
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         """``x``: ``(N, D)`` (``shared_input``) or ``(m, N, D)`` -> logits ``(m, N, C)``,
-        pre-activations and activations ``[(m, N, H_l)]``."""
+        pre-activations and activations per hidden layer (``(m, N, H_l)`` or, CNN,
+        ``(m, N, C_l, L_l)``). ``training``: BatchNorm on batch statistics, updating the
+        running ones."""
         m = int(self.index.shape[0])
         h = x.expand(m, -1, -1) if shared_input else x
+        if self.arch == "cnn":
+            return self._forward_cnn(h, training)
         pre: list[Tensor] = []
         post: list[Tensor] = []
         n_hidden = len(self.act_modules)
@@ -435,6 +728,53 @@ class _Group:
             pre.append(z)
             post.append(h)
         raise AssertionError("unreachable")
+
+    def _forward_cnn(self, x: Tensor, training: bool) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        m, n, _ = x.shape
+        h = x.unsqueeze(2)  # (m, N, 1, D)
+        pre: list[Tensor] = []
+        post: list[Tensor] = []
+        for i in range(len(self.act_modules)):
+            w = self.params[f"convs.{i}.weight"]  # (m, Cout, Cin, k)
+            cout, cin = w.shape[1], w.shape[2]
+            flat = h.transpose(0, 1).reshape(n, m * cin, h.shape[-1])
+            y = F.conv1d(
+                flat,
+                w.reshape(m * cout, cin, -1),
+                None,
+                CONV_STRIDE,
+                self.kernel_size // 2,
+                1,
+                m,
+            )
+            y = y.view(n, m, cout, -1).transpose(0, 1)  # (m, N, Cout, L)
+            z = self._batch_norm(i, y, training)
+            h = self._activate(i, z)
+            pre.append(z)
+            post.append(h)
+        pooled = h.mean(dim=-1)  # (m, N, C)
+        wh, bh = self.params["head.weight"], self.params["head.bias"]
+        return torch.baddbmm(bh.unsqueeze(1), pooled, wh.transpose(1, 2)), pre, post
+
+    def _batch_norm(self, i: int, y: Tensor, training: bool) -> Tensor:
+        """``y``: ``(m, N, C, L)``; BatchNorm1d of every member on its own channels."""
+        gamma = self.params[f"norms.{i}.weight"][:, None, :, None]
+        beta = self.params[f"norms.{i}.bias"][:, None, :, None]
+        rm = self.buffers[f"norms.{i}.running_mean"]  # (m, C)
+        rv = self.buffers[f"norms.{i}.running_var"]
+        if training:
+            mean = y.mean(dim=(1, 3))
+            var = y.var(dim=(1, 3), unbiased=False)
+            with torch.no_grad():
+                count = y.shape[1] * y.shape[3]
+                rm.mul_(1 - BN_MOMENTUM).add_(mean.detach(), alpha=BN_MOMENTUM)
+                unbiased = var.detach() * (count / max(count - 1, 1))
+                rv.mul_(1 - BN_MOMENTUM).add_(unbiased, alpha=BN_MOMENTUM)
+                self.buffers[f"norms.{i}.num_batches_tracked"].add_(1)
+        else:
+            mean, var = rm, rv
+        inv = torch.rsqrt(var + BN_EPS)[:, None, :, None]
+        return (y - mean[:, None, :, None]) * inv * gamma + beta
 
     def _activate(self, i: int, z: Tensor) -> Tensor:
         module = self.act_modules[i]
@@ -468,9 +808,9 @@ def _make_groups(
     ]
     groups: list[_Group] = []
     for idx in chunks:
-        models = [build_member(members[i], cfg.widths).to(device) for i in idx]
+        models = [build_member(members[i], cfg).to(device) for i in idx]
         params, buffers = stack_module_state(models)
-        if buffers:
+        if buffers and cfg.arch != "cnn":
             raise ValueError(f"members with buffers are not supported, got {sorted(buffers)}")
         act_modules = [copy.deepcopy(a) for a in models[0].acts]
         order = torch.stack(
@@ -488,30 +828,37 @@ def _make_groups(
             )
             for s in kick_steps
         ]
+        lr = torch.tensor([members[i].lr for i in idx], device=device)
         groups.append(
             _Group(
                 index=torch.tensor(idx, device=device),
                 act=acts[idx[0]],
                 act_modules=act_modules,
                 params=params,
-                lr=torch.tensor([members[i].lr for i in idx], device=device),
+                buffers={k: v.detach().clone() for k, v in buffers.items()},
+                opt=_StackedOptimizer(params, lr, cfg.optimizer, cfg.weight_decay),
                 batches=order,
                 kicks=kicks,
+                arch=cfg.arch,
+                kernel_size=cfg.kernel_size,
             )
         )
     return groups
 
 
-def _hidden_bias_names(widths: Sequence[int]) -> list[str]:
-    return [f"linears.{i}.bias" for i in range(len(widths) - 2)]
+def _hidden_bias_names(cfg: TrainConfig) -> list[str]:
+    n = len(cfg.widths) - 2
+    if cfg.arch == "cnn":
+        return [f"norms.{i}.bias" for i in range(n)]
+    return [f"linears.{i}.bias" for i in range(n)]
 
 
 def train_batched(members: Sequence[Member], cfg: TrainConfig, data: Dataset) -> TrainResult:
-    """Train every member at once (vmap over stacked parameters); see the module docstring.
+    """Train every member at once (stacked parameters); see the module docstring.
 
     Args:
         members: the ``M`` members (same activation name; parameters may differ).
-        cfg: shared architecture and schedule.
+        cfg: shared architecture, optimizer and schedule.
         data: the dataset; its device is used.
 
     Returns:
@@ -522,7 +869,7 @@ def train_batched(members: Sequence[Member], cfg: TrainConfig, data: Dataset) ->
     groups = _make_groups(members, acts, cfg, data.x_train.shape[0], device)
     probe = data.x_train if cfg.probe_limit is None else data.x_train[: cfg.probe_limit]
     rec = _Recorder(len(members), cfg, device)
-    bias_names = _hidden_bias_names(cfg.widths)
+    bias_names = _hidden_bias_names(cfg)
     eval_at = set(cfg.eval_steps())
     loss_sum = torch.zeros(len(members), dtype=torch.float64, device=device)
     loss_n = 0
@@ -551,29 +898,25 @@ def train_batched(members: Sequence[Member], cfg: TrainConfig, data: Dataset) ->
             rows = g.batches[step]  # (m, B)
             x = data.x_train[rows]  # (m, B, D)
             y = data.y_train[rows]  # (m, B)
-            logits, _, _ = g.forward(x, shared_input=False)
+            logits, _, _ = g.forward(x, shared_input=False, training=True)
             per = F.cross_entropy(
                 logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none"
             ).view(rows.shape)
             member_loss = per.mean(dim=1)  # (m,)
             grads = torch.autograd.grad(member_loss.sum(), list(g.params.values()))
+            g.opt.step(grads)
             with torch.no_grad():
-                for p, gr in zip(g.params.values(), grads, strict=True):
-                    p.addcmul_(g.lr.view(-1, *([1] * (p.dim() - 1))), gr, value=-1.0)
                 loss_sum.index_add_(0, g.index, member_loss.detach().double())
         loss_n += 1
 
     state: dict[str, Tensor] = {}
-    for name in groups[0].params:
-        full = torch.empty(
-            (len(members), *groups[0].params[name].shape[1:]),
-            dtype=groups[0].params[name].dtype,
-            device=device,
-        )
+    first = {**groups[0].params, **groups[0].buffers}
+    for name, t in first.items():
+        full = torch.empty((len(members), *t.shape[1:]), dtype=t.dtype, device=device)
         for g in groups:
-            full[g.index] = g.params[name].detach()
+            full[g.index] = {**g.params, **g.buffers}[name].detach()
         state[name] = full
-    return rec.result(list(members), state, cfg.widths)
+    return rec.result(list(members), state, cfg)
 
 
 # --------------------------------------------------------------------------------------
@@ -581,9 +924,9 @@ def train_batched(members: Sequence[Member], cfg: TrainConfig, data: Dataset) ->
 # --------------------------------------------------------------------------------------
 
 
-#: ``on_step(step, model, optimizer)``: called by :func:`train_sequential` after each SGD
-#: step (``step`` counts completed steps, from 1); may change the model in place.
-StepHook = Callable[[int, "MLP", torch.optim.Optimizer], None]
+#: ``on_step(step, model, optimizer)``: called by :func:`train_sequential` after each
+#: optimizer step (``step`` counts completed steps, from 1); may change the model in place.
+StepHook = Callable[[int, Any, torch.optim.Optimizer], None]
 
 
 def train_sequential(
@@ -592,11 +935,12 @@ def train_sequential(
     data: Dataset,
     on_step: StepHook | None = None,
 ) -> TrainResult:
-    """Train the members one after the other with plain modules and ``torch.optim.SGD``.
+    """Train the members one after the other with plain modules and ``torch.optim``.
 
-    Same members, batches, kicks and evaluation as :func:`train_batched`; the reference the
-    batched path is tested against. ``on_step(step, model, optimizer)``, when given, runs
-    after every SGD step (e.g. ReDo recycling, which changes one model at a time).
+    Same members, batches, kicks, optimizer and evaluation as :func:`train_batched`; the
+    reference the batched path is tested against. ``on_step(step, model, optimizer)``, when
+    given, runs after every optimizer step (e.g. ReDo recycling, which changes one model at
+    a time).
     """
     acts = _check(members, cfg, data)
     device = data.x_train.device
@@ -605,22 +949,23 @@ def train_sequential(
     eval_at = set(cfg.eval_steps())
     final: list[dict[str, Tensor]] = []
     for i, (member, act) in enumerate(zip(members, acts, strict=True)):
-        model = build_member(member, cfg.widths).to(device)
-        opt = torch.optim.SGD(model.parameters(), lr=member.lr)
+        model = build_member(member, cfg).to(device)
+        opt = _torch_optimizer(model, member.lr, cfg)
         order = _batch_order(member.seed, data.x_train.shape[0], cfg.steps, cfg.batch_size)
         index = torch.tensor([i], device=device)
         loss_sum, loss_n = 0.0, 0
 
-        def fwd(x: Tensor, model: MLP = model) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        def fwd(x: Tensor, model: Net = model) -> tuple[Tensor, list[Tensor], list[Tensor]]:
             logits, pre, post = model(x)
             return logits[None], [z[None] for z in pre], [h[None] for h in post]
 
         for step in range(cfg.steps + 1):
             if member.bias_kick != 0 and step == member.kick_step:
                 with torch.no_grad():
-                    for lin in model.linear_layers()[:-1]:
-                        lin.bias.add_(member.bias_kick)
+                    for b in model.hidden_biases():
+                        b.add_(member.bias_kick)
             if step in eval_at:
+                model.eval()
                 ev = _evaluate(fwd, 1, len(cfg.widths) - 2, data, act, probe)
                 rec.store(step, index, ev)
                 tl = torch.tensor([loss_sum / loss_n], dtype=torch.float64) if loss_n else None
@@ -628,6 +973,7 @@ def train_sequential(
                 loss_sum, loss_n = 0.0, 0
             if step == cfg.steps:
                 break
+            model.train()
             rows = order[step].to(device)
             logits, _, _ = model(data.x_train[rows])
             loss = F.cross_entropy(logits, data.y_train[rows])
@@ -640,7 +986,7 @@ def train_sequential(
                 on_step(step + 1, model, opt)
         final.append({k: v.detach() for k, v in model.state_dict().items()})
     state = {k: torch.stack([f[k] for f in final]) for k in final[0]}
-    return rec.result(list(members), state, cfg.widths)
+    return rec.result(list(members), state, cfg)
 
 
 # --------------------------------------------------------------------------------------
@@ -690,7 +1036,7 @@ class _Recorder:
             self.train_loss[index, j] = loss.to(self.train_loss.device)
 
     def result(
-        self, members: list[Member], state: dict[str, Tensor], widths: tuple[int, ...]
+        self, members: list[Member], state: dict[str, Tensor], cfg: TrainConfig
     ) -> TrainResult:
         return TrainResult(
             steps=list(self.steps),
@@ -704,5 +1050,6 @@ class _Recorder:
             dead_masks=[mk.cpu() for mk in self.masks],
             state={k: v.cpu() for k, v in state.items()},
             members=members,
-            widths=widths,
+            widths=cfg.widths,
+            config=cfg,
         )

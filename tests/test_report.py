@@ -149,7 +149,7 @@ def test_counts_only_statistics_show_unknown_columns() -> None:
     r = Report({"a:gelu": s}, {"a:gelu": site("a:gelu", "gelu")})
     assert r.dead_units("a:gelu") == [1] and r.saturated_units("a:gelu") == []
     cells = [c.strip() for c in str(r).splitlines()[-2].split("│")[1:-1]]
-    assert cells[6:8] == ["-", "-"]  # saturated and non-finite are unknown, not 0
+    assert cells[6:8] == ["-", "0"]  # saturated unknown (no z range), non-finite counted
     assert Report.from_json(r.to_json()).stats["a:gelu"].detail == "counts"
 
 

@@ -18,22 +18,41 @@ project uses one definition of each word.
 * **saturated** (ELU, SELU, CELU, GELU, SiLU, Mish, Softplus): every pre-activation seen lies
   where |f'(z)| < threshold (default :data:`SATURATION_THRESHOLD` = 1e-3), so the unit
   passes almost no gradient although it is not exactly dead.
+* **non-finite**: saw a NaN or inf pre-activation (counted at detail "range"/"full"), or its
+  mean |output| is NaN/inf (what detail "counts" can see). Such a unit may also be counted
+  dead (NaN > 0 is false); reports say so.
+
+The classes are data: :data:`UNIT_CLASSES` lists one :class:`UnitClass` per word (name,
+the statistics level it needs, the threshold it reads, its mask function), and reports
+iterate it for their masks, table columns, summaries and JSON.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from deadrelu.activations import Activation
+from deadrelu.stats import Level, UnitStats
 
 __all__ = [
+    "CLASS_NAMES",
     "DORMANT_TAU",
     "RARELY_ACTIVE_FRACTION",
     "SATURATION_THRESHOLD",
+    "UNIT_CLASSES",
+    "Thresholds",
+    "UnitClass",
+    "classify_units",
     "dead_mask",
     "dormant_mask",
     "dormant_scores",
+    "get_class",
+    "nonfinite_mask",
     "rarely_active_mask",
     "saturated_mask",
 ]
@@ -60,10 +79,14 @@ def dormant_scores(mean_abs: Tensor) -> Tensor:
     return mean_abs / layer_mean
 
 
+def _check_tau(tau: float) -> None:
+    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= 0):
+        raise ValueError(f"tau must be a finite number >= 0, got {tau!r}")
+
+
 def dormant_mask(mean_abs: Tensor, tau: float = DORMANT_TAU) -> Tensor:
     """``(U,)`` mean |output| -> ``(U,)`` bool, True where the ReDo score is <= ``tau``."""
-    if tau < 0:
-        raise ValueError(f"tau must be >= 0, got {tau}")
+    _check_tau(tau)
     return dormant_scores(mean_abs) <= tau
 
 
@@ -71,8 +94,8 @@ def rarely_active_mask(
     active_count: Tensor, positions: Tensor | int, fraction: float = RARELY_ACTIVE_FRACTION
 ) -> Tensor:
     """``(U,)`` active counts and positions seen -> ``(U,)`` bool: active on < ``fraction``."""
-    if not 0 <= fraction <= 1:
-        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    if not 0 <= fraction <= 1:  # False for NaN too
+        raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
     positions_t = torch.as_tensor(positions, device=active_count.device)
     return active_count.to(torch.float64) < fraction * positions_t.to(torch.float64)
 
@@ -99,3 +122,139 @@ def saturated_mask(
     grid = lo[:, None] + (hi - lo)[:, None] * steps[None, :]
     sup = activation.derivative(grid).abs().amax(dim=1)
     return sup < threshold
+
+
+def nonfinite_mask(stats: UnitStats) -> Tensor:
+    """``(U,)`` bool: the unit saw a NaN/inf pre-activation (counted at detail "range" and
+    "full") or its mean |output| is NaN/inf (visible at every level, "counts" included)."""
+    bad = ~torch.isfinite(stats.abs_sum)
+    if stats.has_range:
+        bad = bad | (stats.nonfinite > 0)
+    return bad
+
+
+# --------------------------------------------------------------------------------------
+# The registry of unit classes
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The thresholds the classes read (see the module docstring for each)."""
+
+    tau: float = DORMANT_TAU
+    rarely_fraction: float = RARELY_ACTIVE_FRACTION
+    saturation_threshold: float = SATURATION_THRESHOLD
+
+    def __post_init__(self) -> None:
+        _check_tau(self.tau)
+        if not 0 <= self.rarely_fraction <= 1:
+            raise ValueError(f"rarely_fraction must be in [0, 1], got {self.rarely_fraction!r}")
+        if not (math.isfinite(self.saturation_threshold) and self.saturation_threshold >= 0):
+            raise ValueError(
+                f"saturation_threshold must be a finite number >= 0, "
+                f"got {self.saturation_threshold!r}"
+            )
+
+
+#: ``mask(stats, activation, thresholds) -> (U,) bool`` for a site that saw >= 1 position.
+MaskFn = Callable[[UnitStats, Activation, Thresholds], Tensor]
+
+
+@dataclass(frozen=True)
+class UnitClass:
+    """One class of units, as data.
+
+    Attributes:
+        name: the key in masks, summaries and JSON ("dead", ...).
+        title: the table column header; ``{tau}`` etc. are filled from :class:`Thresholds`.
+        needs: the lowest statistics level (:data:`deadrelu.stats.DETAIL_LEVELS`) whose
+            fields the mask reads; below it the class is not computable (shown as "-").
+        threshold: the :class:`Thresholds` field the mask reads, or None.
+        mask: the mask function, ``(U,)`` bool.
+        saturating_only: only activations whose spec saturates can have such units.
+    """
+
+    name: str
+    title: str
+    needs: Level
+    threshold: str | None
+    mask: MaskFn
+    saturating_only: bool = False
+
+    def computable(self, stats: UnitStats, activation: Activation) -> bool:
+        """Whether these statistics of this activation can show the class at all."""
+        if self.saturating_only and not activation.spec.saturates:
+            return False
+        return self.needs == "counts" or stats.has_range
+
+    def header(self, thresholds: Thresholds) -> str:
+        """The column header with its threshold filled in."""
+        return self.title.format(
+            tau=f"{thresholds.tau:g}",
+            rarely_fraction=f"{thresholds.rarely_fraction:g}",
+            saturation_threshold=f"{thresholds.saturation_threshold:g}",
+        )
+
+
+def _dormant(s: UnitStats, act: Activation, th: Thresholds) -> Tensor:
+    # among the units whose mean |output| is finite: a NaN/inf unit is not dormant
+    mean_abs = s.mean_abs
+    finite = torch.isfinite(mean_abs)
+    out = torch.zeros(s.units, dtype=torch.bool, device=mean_abs.device)
+    if bool(finite.any()):
+        out[finite] = dormant_mask(mean_abs[finite], th.tau)
+    return out
+
+
+#: Every unit class, in display order.
+UNIT_CLASSES: tuple[UnitClass, ...] = (
+    UnitClass("dead", "dead", "counts", None, lambda s, a, th: dead_mask(s.active)),
+    UnitClass("dormant", "dormant (τ={tau})", "counts", "tau", _dormant),
+    UnitClass(
+        "rarely_active",
+        "rarely active",
+        "counts",
+        "rarely_fraction",
+        lambda s, a, th: rarely_active_mask(s.active, s.positions, th.rarely_fraction),
+    ),
+    UnitClass(
+        "saturated",
+        "saturated",
+        "range",
+        "saturation_threshold",
+        lambda s, a, th: saturated_mask(s.z_min, s.z_max, a, th.saturation_threshold),
+        saturating_only=True,
+    ),
+    UnitClass("nonfinite", "non-finite", "counts", None, lambda s, a, th: nonfinite_mask(s)),
+)
+
+#: The class names, in display order.
+CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in UNIT_CLASSES)
+
+
+def get_class(name: str) -> UnitClass:
+    """The :class:`UnitClass` called ``name``; ValueError naming the known ones otherwise."""
+    for c in UNIT_CLASSES:
+        if c.name == name:
+            return c
+    raise ValueError(f"unknown unit class {name!r}; known: {', '.join(CLASS_NAMES)}")
+
+
+def classify_units(
+    stats: UnitStats, activation: Activation, thresholds: Thresholds | None = None
+) -> dict[str, Tensor]:
+    """``{class name: (U,) bool}`` for one site, every class of :data:`UNIT_CLASSES`.
+
+    A site that saw no position, and a class the statistics cannot show
+    (:meth:`UnitClass.computable`), have all-False masks.
+    """
+    th = thresholds or Thresholds()
+    false = torch.zeros(stats.units, dtype=torch.bool, device=stats.device)
+    seen = bool(stats.positions > 0)
+    return {
+        c.name: c.mask(stats, activation, th)
+        if seen and c.computable(stats, activation)
+        else false.clone()
+        for c in UNIT_CLASSES
+    }

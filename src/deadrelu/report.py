@@ -10,7 +10,13 @@ classifies every unit with :mod:`deadrelu.classify` (the one place the words are
 * ``rarely_active``: z > 0 on fewer than ``rarely_fraction`` of positions;
 * ``saturated``: only for saturating activations (ELU, SELU, GELU, ...) and only when the
   statistics have the z range (detail "range" or "full");
-* ``nonfinite``: at least one NaN or inf pre-activation.
+* ``nonfinite``: at least one NaN or inf pre-activation, or a NaN/inf mean |output| (what
+  detail "counts" can see). Such units can be dead too (NaN > 0 is false): the table's
+  title says how many of the dead units are non-finite.
+
+The classes, their thresholds and which statistics each needs are data
+(:data:`deadrelu.classify.UNIT_CLASSES`): the masks, the table's columns, the summary and
+the JSON iterate that registry.
 
 A site that saw no position has every mask False. The statistics are copied to the CPU
 once, at construction; the report never touches the model.
@@ -46,8 +52,8 @@ from deadrelu.stats import UnitStats
 __all__ = ["CLASSES", "SCHEMA", "LayerSummary", "Report", "plot_history"]
 
 SCHEMA = "deadrelu.report/1"
-#: The unit classes a report knows, in display order.
-CLASSES = ("dead", "dormant", "rarely_active", "saturated", "nonfinite")
+#: The unit classes a report knows, in display order (:data:`deadrelu.classify.UNIT_CLASSES`).
+CLASSES = classify.CLASS_NAMES
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,9 @@ class Report:
         rarely_fraction: the rarely-active threshold (fraction of positions).
         saturation_threshold: |f'| below which a saturating unit counts as saturated.
         meta: free-form, JSON-serialisable information (batches seen, mode ...).
+        given: ``{site: {class: (U,) bool}}`` masks decided by the source instead of
+            computed from ``stats`` (the Monitor gives "dead" over its exact sliding
+            window, which its pane statistics cannot show); kept in the JSON.
     """
 
     def __init__(
@@ -92,50 +101,52 @@ class Report:
         rarely_fraction: float = classify.RARELY_ACTIVE_FRACTION,
         saturation_threshold: float = classify.SATURATION_THRESHOLD,
         meta: Mapping[str, Any] | None = None,
+        given: Mapping[str, Mapping[str, Tensor]] | None = None,
     ) -> None:
         missing = [name for name in stats if name not in sites]
         if missing:
             raise ValueError(f"no Site given for statistics of {missing}")
-        if tau < 0:
-            raise ValueError(f"tau must be >= 0, got {tau}")
+        classify.Thresholds(tau, rarely_fraction, saturation_threshold)  # validates them
         self.tau = float(tau)
         self.rarely_fraction = float(rarely_fraction)
         self.saturation_threshold = float(saturation_threshold)
         self.meta: dict[str, Any] = dict(meta or {})
         self.sites: dict[str, Site] = {name: sites[name] for name in stats}
         self.stats: dict[str, UnitStats] = {name: s.to("cpu") for name, s in stats.items()}
+        self.given: dict[str, dict[str, Tensor]] = {}
+        for name, masks in (given or {}).items():
+            if name not in self.stats:
+                raise ValueError(f"given masks for {name!r}, which has no statistics")
+            for kind, mask in masks.items():
+                classify.get_class(kind)
+                if tuple(mask.shape) != (self.stats[name].units,):
+                    raise ValueError(
+                        f"given {kind!r} mask of {name!r} has shape {tuple(mask.shape)}, "
+                        f"expected ({self.stats[name].units},)"
+                    )
+            self.given[name] = {k: m.to("cpu", torch.bool) for k, m in masks.items()}
         self._masks = {name: self._classify(name) for name in self.stats}
 
     # ------------------------------------------------------------------ classification
 
+    @property
+    def thresholds(self) -> classify.Thresholds:
+        """The thresholds the classes were computed with."""
+        return classify.Thresholds(self.tau, self.rarely_fraction, self.saturation_threshold)
+
     def _classify(self, name: str) -> dict[str, Tensor]:
-        s = self.stats[name]
-        act = self.sites[name].activation
-        seen = bool(s.positions > 0)
-        nonfinite = s.nonfinite > 0
-        if not seen:
-            false = torch.zeros(s.units, dtype=torch.bool)
-            return {c: false.clone() for c in CLASSES}
-        mean_abs = s.mean_abs
-        finite = torch.isfinite(mean_abs)
-        dormant = torch.zeros(s.units, dtype=torch.bool)
-        if bool(finite.any()):
-            dormant[finite] = classify.dormant_mask(mean_abs[finite], self.tau)
-        if s.has_range:
-            saturated = classify.saturated_mask(
-                s.z_min, s.z_max, act, threshold=self.saturation_threshold
-            )
-        else:
-            saturated = torch.zeros(s.units, dtype=torch.bool)
-        return {
-            "dead": classify.dead_mask(s.active),
-            "dormant": dormant,
-            "rarely_active": classify.rarely_active_mask(
-                s.active, s.positions, self.rarely_fraction
-            ),
-            "saturated": saturated,
-            "nonfinite": nonfinite,
-        }
+        masks = classify.classify_units(
+            self.stats[name], self.sites[name].activation, self.thresholds
+        )
+        masks.update({k: m.clone() for k, m in self.given.get(name, {}).items()})
+        return masks
+
+    def computable(self, kind: str, site: str) -> bool:
+        """Whether the statistics of ``site`` can show class ``kind`` at all (e.g. no
+        "saturated" without the z range, nor for a non-saturating activation)."""
+        return classify.get_class(kind).computable(
+            self.stats[self._site(site)], self.sites[site].activation
+        )
 
     def _site(self, site: str) -> str:
         if site not in self._masks:
@@ -148,8 +159,7 @@ class Report:
 
     def units(self, kind: str, site: str) -> list[int]:
         """Indices of the units of ``site`` in class ``kind`` (one of :data:`CLASSES`)."""
-        if kind not in CLASSES:
-            raise ValueError(f"unknown unit class {kind!r}; known: {', '.join(CLASSES)}")
+        classify.get_class(kind)
         return torch.nonzero(self._masks[self._site(site)][kind]).flatten().tolist()
 
     def dead_units(self, site: str) -> list[int]:
@@ -194,11 +204,7 @@ class Report:
                     unit_dim=site.unit_dim,
                     units=units,
                     positions=int(s.positions),
-                    dead=int(m["dead"].sum()),
-                    dormant=int(m["dormant"].sum()),
-                    rarely_active=int(m["rarely_active"].sum()),
-                    saturated=int(m["saturated"].sum()),
-                    nonfinite=int(m["nonfinite"].sum()),
+                    **{kind: int(m[kind].sum()) for kind in CLASSES},
                     dead_fraction=float(m["dead"].sum()) / units,
                     dormant_fraction=float(m["dormant"].sum()) / units,
                     mean_active_fraction=float(s.active_fraction.mean()),
@@ -214,8 +220,7 @@ class Report:
 
     def count(self, kind: str = "dead") -> int:
         """Units of class ``kind`` over all sites."""
-        if kind not in CLASSES:
-            raise ValueError(f"unknown unit class {kind!r}; known: {', '.join(CLASSES)}")
+        classify.get_class(kind)
         return sum(int(m[kind].sum()) for m in self._masks.values())
 
     def fraction(self, kind: str = "dead") -> float:
@@ -255,35 +260,28 @@ class Report:
                 f"({100 * s['dead_fraction']:.1f} %) in {s['sites']} sites"
             )
         )
-        for col, just in (
-            ("site", "left"),
-            ("activation", "left"),
-            ("units", "right"),
-            ("dead", "right"),
-            (f"dormant (τ={self.tau:g})", "right"),
-            ("rarely active", "right"),
-            ("saturated", "right"),
-            ("non-finite", "right"),
-            ("dead %", "right"),
-            ("active %", "right"),
-        ):
-            table.add_column(col, justify=just)  # type: ignore[arg-type]
+        table.add_column("site", justify="left")
+        table.add_column("activation", justify="left")
+        table.add_column("units", justify="right")
+        th = self.thresholds
+        for c in classify.UNIT_CLASSES:
+            table.add_column(c.header(th), justify="right")
+        table.add_column("dead %", justify="right")
+        table.add_column("active %", justify="right")
         for row in self.layers:
-            style = "red" if row.dead else None
-            detail = self.stats[row.name].has_range  # without it: no z range, no NaN count
-            saturates = self.sites[row.name].activation.spec.saturates
+            counts = asdict(row)
+            cells = [
+                str(counts[c.name]) if self.computable(c.name, row.name) else "-"
+                for c in classify.UNIT_CLASSES
+            ]
             table.add_row(
                 row.name,
                 row.activation,
                 str(row.units),
-                str(row.dead),
-                str(row.dormant),
-                str(row.rarely_active),
-                str(row.saturated) if saturates and detail else "-",
-                str(row.nonfinite) if detail else "-",
+                *cells,
                 f"{100 * row.dead_fraction:.1f}",
                 f"{100 * row.mean_active_fraction:.1f}",
-                style=style,
+                style="red" if row.dead else None,
             )
         return table
 
@@ -317,6 +315,7 @@ class Report:
                 "unit_dim": site.unit_dim,
                 "summary": {k: v for k, v in asdict(row).items() if k not in {"name"}},
                 "units": {kind: self.units(kind, row.name) for kind in CLASSES},
+                "given": sorted(self.given.get(row.name, {})),
                 "stats": {k: _encode(v) for k, v in stats.state_dict().items()},
             }
             sites.append(entry)
@@ -342,45 +341,106 @@ class Report:
         return text
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, tau: float | None = None) -> Report:
-        """Rebuild from :meth:`to_dict`; ``tau`` re-classifies with another threshold."""
+    def from_dict(
+        cls, data: Mapping[str, Any], *, tau: float | None = None, source: str = "the data"
+    ) -> Report:
+        """Rebuild from :meth:`to_dict`; ``tau`` re-classifies with another threshold.
+
+        Raises:
+            ValueError: ``data`` is not a report dict, or a field is missing or malformed;
+                the message names ``source`` (e.g. the file) and the field.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"{source}: a deadrelu report is a JSON object, got a "
+                f"{type(data).__name__}; was it written by Report.to_json()?"
+            )
         schema = data.get("schema")
         if schema != SCHEMA:
             raise ValueError(
-                f"not a deadrelu report: schema is {schema!r}, expected {SCHEMA!r}; "
-                f"was this file written by Report.to_json()?"
+                f"{source}: not a deadrelu report: schema is {schema!r}, expected "
+                f"{SCHEMA!r}; was this file written by Report.to_json()?"
             )
-        settings = data.get("settings", {})
+        settings = _get(data, "settings", Mapping, source, default={})
+        entries = _get(data, "sites", list, source)
         stats: dict[str, UnitStats] = {}
         sites: dict[str, Site] = {}
-        for entry in data["sites"]:
-            name = entry["name"]
-            act = activations.get(entry["activation"])
-            assert act is not None
-            sites[name] = Site(
-                name, act, int(entry["unit_dim"]), entry["kind"], entry.get("module", "")
+        given: dict[str, dict[str, Tensor]] = {}
+        for i, entry in enumerate(entries):
+            where = f"sites[{i}]"
+            if not isinstance(entry, Mapping):
+                raise ValueError(
+                    f"{source}: field {where} is a {type(entry).__name__}, not an object"
+                )
+            name = _get(entry, "name", str, source, where)
+            where = f"sites[{i}] ({name!r})"
+            act_name = _get(entry, "activation", str, source, where)
+            try:
+                act = activations.get(act_name)
+                assert act is not None
+                sites[name] = Site(
+                    name,
+                    act,
+                    int(_get(entry, "unit_dim", int, source, where)),
+                    _get(entry, "kind", str, source, where),
+                    entry.get("module", ""),
+                )
+            except (KeyError, ValueError, AssertionError) as exc:
+                if str(exc).startswith(source):
+                    raise
+                raise ValueError(f"{source}: field {where}.activation: {exc}") from exc
+            raw = _get(entry, "stats", Mapping, source, where)
+            try:
+                stats[name] = UnitStats.from_state_dict({k: _decode(v) for k, v in raw.items()})
+            except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+                raise ValueError(f"{source}: field {where}.stats is malformed: {exc}") from exc
+            units_by_class = entry.get("units", {})
+            for kind in entry.get("given", []):
+                mask = torch.zeros(stats[name].units, dtype=torch.bool)
+                try:
+                    mask[torch.as_tensor(units_by_class[kind], dtype=torch.int64)] = True
+                except (KeyError, IndexError, TypeError, ValueError) as exc:
+                    raise ValueError(f"{source}: field {where}.units.{kind}: {exc}") from exc
+                given.setdefault(name, {})[kind] = mask
+        try:
+            return cls(
+                stats,
+                sites,
+                tau=settings.get("tau", classify.DORMANT_TAU) if tau is None else tau,
+                rarely_fraction=settings.get("rarely_fraction", classify.RARELY_ACTIVE_FRACTION),
+                saturation_threshold=settings.get(
+                    "saturation_threshold", classify.SATURATION_THRESHOLD
+                ),
+                meta=data.get("meta"),
+                given=given,
             )
-            stats[name] = UnitStats.from_state_dict(
-                {k: _decode(v) for k, v in entry["stats"].items()}
-            )
-        return cls(
-            stats,
-            sites,
-            tau=settings.get("tau", classify.DORMANT_TAU) if tau is None else tau,
-            rarely_fraction=settings.get("rarely_fraction", classify.RARELY_ACTIVE_FRACTION),
-            saturation_threshold=settings.get(
-                "saturation_threshold", classify.SATURATION_THRESHOLD
-            ),
-            meta=data.get("meta"),
-        )
+        except (TypeError, ValueError) as exc:
+            if tau is not None and "tau" in str(exc):
+                raise
+            raise ValueError(f"{source}: field settings: {exc}") from exc
 
     @classmethod
     def from_json(cls, source: str | Path, *, tau: float | None = None) -> Report:
-        """Rebuild from JSON text or a path to a ``.json`` file written by :meth:`to_json`."""
+        """Rebuild from JSON text or a path to a ``.json`` file written by :meth:`to_json`.
+
+        Raises:
+            ValueError: the text is not valid JSON (truncated, corrupt) or not a report;
+                the message names the file (or "the JSON text") and the field.
+        """
         text = str(source)
-        if isinstance(source, Path) or not text.lstrip().startswith("{"):
+        where = "the JSON text"
+        if isinstance(source, Path) or not text.lstrip().startswith(("{", "[")):
+            where = str(source)
             text = Path(source).read_text(encoding="utf-8")
-        return cls.from_dict(json.loads(text), tau=tau)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{where}: not valid JSON ({exc.msg} at line {exc.lineno}, column "
+                f"{exc.colno}); the file may be truncated or corrupt: write it again with "
+                f"Report.to_json()"
+            ) from exc
+        return cls.from_dict(data, tau=tau, source=where)
 
     # ------------------------------------------------------------------ plots
 
@@ -463,6 +523,28 @@ def _save(fig: Any, path: str | Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, format="png")
     return path
+
+
+def _get(
+    obj: Mapping[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    source: str,
+    where: str = "",
+    default: Any = None,
+) -> Any:
+    """``obj[key]`` checked to be a ``kind``; ValueError naming ``source`` and the field."""
+    field = f"{where}.{key}" if where else key
+    if key not in obj:
+        if default is not None:
+            return default
+        raise ValueError(f"{source}: field {field} is missing; was it written by Report.to_json()?")
+    value = obj[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(
+            f"{source}: field {field} is a {type(value).__name__}, not the expected type"
+        )
+    return value
 
 
 def _encode(t: Tensor) -> Any:

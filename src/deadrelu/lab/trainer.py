@@ -5,7 +5,7 @@ of one architecture in one program: the members' ``nn.Module`` s are built one b
 any initialiser, e.g. ``deadrelu.remedies.rai_init_``, can be applied to each first), their
 parameters are stacked with ``torch.func.stack_module_state`` and each layer runs once for
 all members of a stack: a ``Linear`` as one batched matmul (``torch.baddbmm``), a ``Conv1d``
-as one grouped convolution (``groups = members``), BatchNorm on the stacked tensor; an
+as one batched matmul on the unfolded input (im2col), BatchNorm on the stacked tensor; an
 activation with parameters of its own (PReLU) runs as ``torch.vmap`` over
 ``torch.func.functional_call`` with each member's parameters. :func:`train_sequential`
 trains the same members one after the other with plain ``nn.Module`` calls and
@@ -686,9 +686,10 @@ class _Group:
     """Members sharing the full activation (name and parameters), trained together.
 
     MLP: each ``Linear`` is one ``torch.baddbmm`` over the stacked ``(m, out, in)`` weights.
-    CNN: each ``Conv1d`` is one grouped convolution over the members' stacked channels and
-    BatchNorm runs on the stacked ``(m, N, C, L)`` tensor (batch statistics in training,
-    running statistics in evaluation, updated as ``nn.BatchNorm1d`` does). The activation
+    CNN: each ``Conv1d`` is one ``torch.bmm`` of the stacked weights with the unfolded
+    (im2col) input, channels last, and BatchNorm runs on the stacked ``(m, N, L, C)``
+    tensor (batch statistics in training, running statistics in evaluation, updated as
+    ``nn.BatchNorm1d`` does). The activation
     module is applied to the whole stacked tensor when it has no parameters; a learnable
     one (PReLU) runs as ``vmap`` over ``functional_call`` with each member's parameters.
     """
@@ -730,51 +731,44 @@ class _Group:
         raise AssertionError("unreachable")
 
     def _forward_cnn(self, x: Tensor, training: bool) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        # channels-last (m, N, L, C) throughout: each convolution is one im2col + bmm
         m, n, _ = x.shape
-        h = x.unsqueeze(2)  # (m, N, 1, D)
+        h = x.unsqueeze(-1)  # (m, N, D, 1)
+        pad = self.kernel_size // 2
         pre: list[Tensor] = []
         post: list[Tensor] = []
         for i in range(len(self.act_modules)):
             w = self.params[f"convs.{i}.weight"]  # (m, Cout, Cin, k)
-            cout, cin = w.shape[1], w.shape[2]
-            flat = h.transpose(0, 1).reshape(n, m * cin, h.shape[-1])
-            y = F.conv1d(
-                flat,
-                w.reshape(m * cout, cin, -1),
-                None,
-                CONV_STRIDE,
-                self.kernel_size // 2,
-                1,
-                m,
-            )
-            y = y.view(n, m, cout, -1).transpose(0, 1)  # (m, N, Cout, L)
-            z = self._batch_norm(i, y, training)
-            h = self._activate(i, z)
-            pre.append(z)
-            post.append(h)
-        pooled = h.mean(dim=-1)  # (m, N, C)
+            cout = w.shape[1]
+            cols = F.pad(h, (0, 0, pad, pad)).unfold(2, self.kernel_size, CONV_STRIDE)
+            length = cols.shape[2]  # cols: (m, N, L', Cin, k)
+            y = torch.bmm(cols.reshape(m, n * length, -1), w.reshape(m, cout, -1).transpose(1, 2))
+            z = self._batch_norm(i, y.view(m, n, length, cout), training)
+            h = self._activate(i, z.transpose(2, 3)).transpose(2, 3)
+            pre.append(z.transpose(2, 3))  # (m, N, C, L) views
+            post.append(h.transpose(2, 3))
+        pooled = h.mean(dim=2)  # (m, N, C)
         wh, bh = self.params["head.weight"], self.params["head.bias"]
         return torch.baddbmm(bh.unsqueeze(1), pooled, wh.transpose(1, 2)), pre, post
 
     def _batch_norm(self, i: int, y: Tensor, training: bool) -> Tensor:
-        """``y``: ``(m, N, C, L)``; BatchNorm1d of every member on its own channels."""
-        gamma = self.params[f"norms.{i}.weight"][:, None, :, None]
-        beta = self.params[f"norms.{i}.bias"][:, None, :, None]
+        """``y``: ``(m, N, L, C)``; BatchNorm1d of every member on its own channels."""
+        gamma = self.params[f"norms.{i}.weight"][:, None, None, :]
+        beta = self.params[f"norms.{i}.bias"][:, None, None, :]
         rm = self.buffers[f"norms.{i}.running_mean"]  # (m, C)
         rv = self.buffers[f"norms.{i}.running_var"]
         if training:
-            mean = y.mean(dim=(1, 3))
-            var = y.var(dim=(1, 3), unbiased=False)
+            var, mean = torch.var_mean(y.reshape(y.shape[0], -1, y.shape[-1]), 1, unbiased=False)
             with torch.no_grad():
-                count = y.shape[1] * y.shape[3]
+                count = y.shape[1] * y.shape[2]
                 rm.mul_(1 - BN_MOMENTUM).add_(mean.detach(), alpha=BN_MOMENTUM)
                 unbiased = var.detach() * (count / max(count - 1, 1))
                 rv.mul_(1 - BN_MOMENTUM).add_(unbiased, alpha=BN_MOMENTUM)
                 self.buffers[f"norms.{i}.num_batches_tracked"].add_(1)
         else:
             mean, var = rm, rv
-        inv = torch.rsqrt(var + BN_EPS)[:, None, :, None]
-        return (y - mean[:, None, :, None]) * inv * gamma + beta
+        inv = torch.rsqrt(var + BN_EPS)[:, None, None, :]
+        return (y - mean[:, None, None, :]) * inv * gamma + beta
 
     def _activate(self, i: int, z: Tensor) -> Tensor:
         module = self.act_modules[i]

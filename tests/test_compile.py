@@ -64,7 +64,7 @@ def test_attached_before_compile_counts_exactly(functional: bool) -> None:
         assert mon.hooks_registered  # kept registered once seen running compiled
     assert _hooks_left(model) == 0
 
-    assert {k: v.tolist() for k, v in mon.dead_units().items()} == model.expected_dead
+    assert mon.all_units() == model.expected_dead
     stats, ref_stats = mon.statistics(), ref.statistics()
     for site in ("relu1", "relu2"):
         # sampled steps 0, 2, 4 of 32 positions, and the same counts as eager
@@ -86,13 +86,13 @@ def test_attached_after_compile_warns_and_judges_nothing() -> None:
     hits = [str(w.message) for w in caught if issubclass(w.category, MonitorWarning)]
     assert len(hits) == 1 and "before torch.compile" in hits[0]
     assert mon.sites == []
-    assert mon.dead_units() == {}
+    assert mon.all_units() == {}
 
     # the documented fix: make dynamo retrace with the hooks
     with mon:
         torch._dynamo.reset()
         _train(model, compiled, mon, 4)
-    assert {k: v.tolist() for k, v in mon.dead_units().items()} == model.expected_dead
+    assert mon.all_units() == model.expected_dead
 
 
 def test_attached_on_an_unsampled_step_then_compiled() -> None:
@@ -105,5 +105,5 @@ def test_attached_on_an_unsampled_step_then_compiled() -> None:
         compiled = torch.compile(model, backend=BACKEND)
         _train(model, compiled, mon, 6)  # steps 1..6, sampled 2, 4, 6
     assert mon.history.steps == [2, 4, 6]
-    assert {k: v.tolist() for k, v in mon.dead_units().items()} == model.expected_dead
+    assert mon.all_units() == model.expected_dead
     assert int(mon.statistics()["relu1"].positions) == 3 * 32

@@ -55,8 +55,8 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         report = mon.report()
         checks = mon.check_zero_grad()
         result = {
-            "dead": {k: v.tolist() for k, v in mon.dead_units().items()},
-            "local_dead": {k: v.tolist() for k, v in local.dead_units().items()},
+            "dead": mon.all_units(),
+            "local_dead": local.all_units(),
             "report_dead": report.dead_units("act"),
             "positions": int(report.stats["act"].positions),
             "active": report.stats["act"].active.tolist(),

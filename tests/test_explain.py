@@ -207,5 +207,5 @@ def test_tracker_reads_the_lr_of_the_units_param_group() -> None:
 def test_suggest_from_a_monitor() -> None:
     net, mon, _tracker, x = _spike_run()
     lines = suggest(mon, model=net, data=x)
-    n_dead = sum(idx.numel() for idx in mon.dead_units().values())
+    n_dead = sum(len(idx) for idx in mon.all_units().values())
     assert lines[0].startswith(f"{n_dead} of 64 units are dead")

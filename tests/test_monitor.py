@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from deadrelu.capture import find_producers, producer_of
 from deadrelu.monitor import Monitor, MonitorWarning
+from deadrelu.report import Report
 from models import (
     DEAD_BIAS,
     DeadChannelCNN,
@@ -33,8 +34,8 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(n)
 
 
-def _as_lists(d: dict[str, Tensor]) -> dict[str, list[int]]:
-    return {k: v.tolist() for k, v in d.items()}
+def _as_lists(d: dict[str, list[int]]) -> dict[str, list[int]]:
+    return {k: list(v) for k, v in d.items()}
 
 
 def _train(
@@ -83,7 +84,7 @@ def test_dead_units_exact_in_eval_passes(make: Callable[[], nn.Module]) -> None:
         for x in model.make_batches(4):  # type: ignore[operator]
             model(x)
             mon.step()
-    assert _as_lists(mon.dead_units()) == model.expected_dead
+    assert _as_lists(mon.all_units()) == model.expected_dead
     report = mon.report()
     assert {s: report.dead_units(s) for s in model.expected_dead} == model.expected_dead
 
@@ -94,7 +95,7 @@ def test_inplace_relu_exact() -> None:
         for x in model.make_batches(3):
             model(x)
             mon.step()
-    assert _as_lists(mon.dead_units()) == model.expected_dead
+    assert _as_lists(mon.all_units()) == model.expected_dead
 
 
 def test_dead_units_exact_while_training_with_default_sampling() -> None:
@@ -105,7 +106,7 @@ def test_dead_units_exact_while_training_with_default_sampling() -> None:
         _train(model, mon, 120)
     assert mon.every == 10
     assert mon.history.steps == list(range(0, 120, 10))
-    assert _as_lists(mon.dead_units()) == model.expected_dead
+    assert _as_lists(mon.all_units()) == model.expected_dead
     frac = mon.dead_fraction()
     assert frac == {"relu1": 2 / 16, "relu2": 1 / 12}
     rep = mon.report()
@@ -215,13 +216,13 @@ def test_died_and_revived_since() -> None:
     mon = Monitor(model, every=1, window=5)
     with mon:
         _train(model, mon, 40, lr=0.0, hook=surgery)
-        assert _as_lists(mon.dead_units())["relu1"] == [0, 1]
+        assert _as_lists(mon.all_units())["relu1"] == [0, 1]
         assert _as_lists(mon.died_since(15))["relu1"] == [0]  # 1 was never active
         assert _as_lists(mon.died_since(25))["relu1"] == []
         since = mon.dead_since["relu1"]
         assert since[0] == 20 and since[1] == 0 and since[2] == -1
         _train(model, mon, 30, lr=0.0, hook=lambda t: surgery(t + 40))
-    assert _as_lists(mon.dead_units())["relu1"] == [1]
+    assert _as_lists(mon.all_units())["relu1"] == [1]
     assert _as_lists(mon.revived_since(55))["relu1"] == [0]
     assert _as_lists(mon.revived_since(61))["relu1"] == []
     frac = mon.history.fractions()[:, 0]
@@ -243,9 +244,9 @@ def test_window_semantics_with_sampling() -> None:
 
     with Monitor(model, every=10, window=30) as mon:
         _train(model, mon, 51, lr=0.0, hook=kill)
-        assert _as_lists(mon.dead_units())["relu1"] == []
+        assert _as_lists(mon.all_units())["relu1"] == []
         _train(model, mon, 10, lr=0.0)
-        assert _as_lists(mon.dead_units())["relu1"] == [3]
+        assert _as_lists(mon.all_units())["relu1"] == [3]
     assert mon.dead_since["relu1"][3] == 31
 
 
@@ -313,7 +314,7 @@ def test_state_dict_resume_equals_uninterrupted_run() -> None:
         _train_from(model, second, 15, 15)
 
     assert second.history.as_dict() == ref.history.as_dict()
-    assert _as_lists(second.dead_units()) == _as_lists(ref.dead_units())
+    assert _as_lists(second.all_units()) == _as_lists(ref.all_units())
     a, b = second.state_dict(), ref.state_dict()
     for name in a["sites"]:
         assert torch.equal(a["sites"][name]["last_active"], b["sites"][name]["last_active"])
@@ -408,3 +409,127 @@ def test_paused_block_is_not_counted() -> None:
             model(x)
         mon.step()
     assert int(mon.statistics()["relu1"].positions) == 32
+
+
+# ------------------------------------------------------------------ one answer (issue 11, 9-10)
+
+
+def _kill_at(model: DeadMLP, unit: int, step: int) -> Callable[[int], None]:
+    def hook(t: int) -> None:
+        if t == step:
+            with torch.no_grad():
+                model.fc1.bias[unit] = DEAD_BIAS
+
+    return hook
+
+
+def test_report_agrees_with_dead_units_after_a_death_mid_pane() -> None:
+    """Unit 0 of relu1 is killed before the forward of step 8 (every=1, window=16). After
+    24 steps (0..23) it was last active at step 7: dead over the window [8, 23], while the
+    report's panes ([0, 16) and [16, 24)) still hold its activity of steps 0-7."""
+    model = DeadMLP(dead1=(), dead2=())
+    with Monitor(model, every=1, window=16) as mon:
+        _train(model, mon, 24, lr=0.0, hook=_kill_at(model, 0, 8))
+    assert mon.dead_units("relu1") == [0]
+    assert mon.dead_units("relu2") == []
+    rep = mon.report()
+    assert int(rep.stats["relu1"].active[0]) > 0  # the panes saw it active ...
+    assert rep.dead_units("relu1") == [0]  # ... the report's dead is the window's
+    assert rep.count("dead") == 1 and rep.summary()["dead"] == 1
+    assert Report.from_json(rep.to_json()).dead_units("relu1") == [0]
+    assert mon.all_units("dead") == {"relu1": [0], "relu2": []}
+
+
+def test_died_since_is_dead_since_at_or_after() -> None:
+    model = DeadMLP(dead1=(5,), dead2=())
+    with Monitor(model, every=1, window=16) as mon:
+        _train(model, mon, 24, lr=0.0, hook=_kill_at(model, 0, 8))
+    since = mon.dead_since["relu1"].tolist()
+    assert since[0] == 8 and since[5] == 0 and since[1] == -1
+    assert mon.died_since(8)["relu1"] == [0]
+    assert mon.died_since(9)["relu1"] == []
+    assert mon.died_since(0)["relu1"] == [0, 5]
+    for t in range(-2, 26):  # the definition, for every unit and step
+        expected = [u for u, d in enumerate(since) if d != -1 and d >= t]
+        assert mon.died_since(t)["relu1"] == expected, t
+
+
+def test_nested_with_keeps_the_outer_block_attached() -> None:
+    model = DeadMLP()
+    mon = Monitor(model, every=1, window=4)
+    with mon:
+        with mon:
+            _train(model, mon, 1)
+        assert mon.attached and mon.hooks_registered
+        _train(model, mon, 3)
+    assert not mon.attached and _hooks_left(model) == 0
+    assert int(mon.statistics()["relu1"].positions) == 4 * 32
+    mon.attach()  # a block entered while attached does not detach on exit
+    with mon:
+        pass
+    assert mon.attached
+    mon.detach()
+
+
+def test_two_monitors_on_one_model_are_independent() -> None:
+    model = DeadMLP()
+    a = Monitor(model, every=1, window=4)
+    b = Monitor(model, every=2, window=4, track_grad=True)
+    xs = model.make_batches(4)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    with a:
+        with b:
+            for t in range(4):
+                model(xs[t]).pow(2).mean().backward()
+                opt.step()
+                opt.zero_grad()
+                a.step()
+                b.step()
+        assert _hooks_left(model) > 0 and a.hooks_registered  # b's exit left a attached
+        model(xs[0])
+        a.step()
+    assert _hooks_left(model) == 0
+    assert a.all_units() == b.all_units() == model.expected_dead
+    assert int(a.statistics()["relu1"].positions) == 5 * 32  # steps 0..4
+    assert int(b.statistics()["relu1"].positions) == 2 * 32  # steps 0 and 2
+    assert all(c.holds for c in b.check_zero_grad().values())
+
+
+def test_load_state_dict_checks_sites_and_units_up_front() -> None:
+    model = DeadMLP()
+    with Monitor(model, every=1, window=4) as mon:
+        _train(model, mon, 3)
+    state = mon.state_dict()
+    other = nn.Sequential(nn.Linear(8, 4), nn.ReLU())
+    with pytest.raises(ValueError, match=r"\['relu1', 'relu2'\].*another model"):
+        Monitor(other, every=1, window=4).load_state_dict(state)
+    wide = DeadMLP(hidden=(20, 12))
+    seen = Monitor(wide, every=1, window=4)
+    with seen:
+        _train(wide, seen, 1)
+    with pytest.raises(ValueError, match="'relu1': saved 16, model 20"):
+        seen.load_state_dict(state)
+    assert seen.step_count == 1 and seen.dead_units("relu1") == [1, 4]  # nothing changed
+
+
+def test_restored_monitor_answers_before_the_next_forward() -> None:
+    model = DeadMLP()
+    with Monitor(model, every=1, window=4) as mon:
+        _train(model, mon, 3)
+    restored = Monitor(DeadMLP(), every=1, window=4)
+    restored.load_state_dict(mon.state_dict())
+    assert restored.sites == ["relu1", "relu2"]
+    assert restored.dead_fraction() == mon.dead_fraction() == {"relu1": 2 / 16, "relu2": 1 / 12}
+    assert restored.all_units() == model.expected_dead
+    assert restored.report().dead_units("relu1") == [1, 4]
+    with restored:  # and it goes on counting
+        _train(restored.model, restored, 2)
+    assert restored.dead_units("relu1") == [1, 4] and restored.step_count == 5
+
+
+def test_dead_units_of_an_unknown_site() -> None:
+    model = DeadMLP()
+    with Monitor(model, every=1, window=4) as mon:
+        _train(model, mon, 1)
+    with pytest.raises(KeyError, match="relu1"):
+        mon.dead_units("relu9")

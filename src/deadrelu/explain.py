@@ -392,9 +392,9 @@ def explain(
             "deadrelu.scan.scan(model, data) first"
         )
     if monitor is not None:
-        dead = {s: [int(i) for i in idx] for s, idx in monitor.dead_units().items()}
+        dead = monitor.all_units("dead")
         died = monitor.dead_since
-        expl.revived = {s: [int(i) for i in idx] for s, idx in monitor.revived_since(0).items()}
+        expl.revived = monitor.revived_since(0)
     else:
         dead = {s: report.dead_units(s) for s in report.stats}
         died = {}

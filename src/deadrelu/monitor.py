@@ -96,18 +96,17 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from deadrelu import activations
+from deadrelu.capture import Site, attach
 from deadrelu.classify import dead_mask
 from deadrelu.graph import ProducerProbe
+from deadrelu.report import Report, plot_history
 from deadrelu.stats import Detail, UnitStats, all_reduce_many, detail_level
-
-if TYPE_CHECKING:
-    from deadrelu.capture import Site
-    from deadrelu.report import Report
 
 __all__ = [
     "History",
@@ -118,7 +117,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: each site also keeps its Site (activation, kind, module)
 _NEVER = -1
 
 
@@ -186,8 +185,6 @@ class History:
 
     def plot(self, path: str | Path) -> Path:
         """Save a PNG of the dead fraction of each site against the step (matplotlib, Agg)."""
-        from deadrelu.report import plot_history
-
         frac = self.fractions()
         series = {name: frac[:, s].tolist() for s, name in enumerate(self.sites)}
         return plot_history(
@@ -275,6 +272,21 @@ class _SiteState:
         if self.grad_step is not None:
             total += self.grad_step.numel() * self.grad_step.element_size()
         return total
+
+
+def _site_module(name: str) -> str:
+    """The module path a site name lives in: ``"blk.mlp:gelu#1"`` -> ``"blk.mlp"``."""
+    return name.split("#", 1)[0].split(":", 1)[0]
+
+
+def _saved_site(name: str, entry: Mapping[str, Any]) -> Site | None:
+    """The :class:`Site` saved with a site's state (None in version-1 states)."""
+    meta = entry.get("site")
+    if meta is None:
+        return None
+    act = activations.get(meta["activation"])
+    assert act is not None
+    return Site(name, act, int(entry["unit_dim"]), meta["kind"], meta["module"])
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -393,6 +405,7 @@ class Monitor:
         self._warned_blind = False
         self._warned_unseen: set[str] = set()
         self._compiled = False
+        self._entered: list[bool] = []
         self._update_sampling()
 
     # ---------------------------------------------------------------- lifecycle
@@ -438,8 +451,6 @@ class Monitor:
 
     def _register(self) -> None:
         if self._handle is None:
-            from deadrelu.capture import attach
-
             self._handle = attach(
                 self.model, self._on_call, unit_dim=self.unit_dim, functional=self.functional
             )
@@ -450,10 +461,13 @@ class Monitor:
             self._handle = None
 
     def __enter__(self) -> Monitor:
+        # nested or re-entered blocks: only the block that attached detaches
+        self._entered.append(not self._attached)
         return self.attach()
 
     def __exit__(self, *exc: object) -> None:
-        self.detach()
+        if self._entered.pop():
+            self.detach()
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -680,21 +694,44 @@ class Monitor:
                 out[name] = torch.nonzero(fn(st, t)).flatten().cpu()
         return out
 
-    def dead_units(self) -> dict[str, Tensor]:
-        """``{site: (D,) int64}`` indices of the units dead over the window (last sampled step)."""
+    def _dead_indices(self) -> dict[str, Tensor]:
+        """``{site: (D,) int64}`` indices of the units dead over the window."""
         return self._per_site(self._dead)
+
+    def dead_units(self, site: str) -> list[int]:
+        """Indices of the units of ``site`` dead over the window at the last sampled step,
+        e.g. ``mon.dead_units("relu1")``; :meth:`all_units` gives every site."""
+        if site not in self.sites:
+            raise KeyError(f"no call site {site!r} seen by this Monitor; sites: {self.sites}")
+        return self._dead_indices()[site].tolist()
+
+    def all_units(self, kind: str = "dead") -> dict[str, list[int]]:
+        """``{site: indices}`` of class ``kind`` for every site (empty lists included).
+
+        "dead" is the Monitor's own (over the exact sliding window, as :meth:`dead_units`);
+        the other classes come from :meth:`report` (the last one to two windows).
+        """
+        if kind == "dead":
+            return {n: idx.tolist() for n, idx in self._dead_indices().items()}
+        return self.report().all_units(kind)
 
     def dead_fraction(self) -> dict[str, float]:
         """``{site: fraction}`` of units dead over the window, at the last sampled step."""
-        return {n: idx.numel() / self._sites[n].units for n, idx in self.dead_units().items()}
+        return {n: idx.numel() / self._sites[n].units for n, idx in self._dead_indices().items()}
 
-    def died_since(self, step: int) -> dict[str, Tensor]:
-        """``{site: indices}`` dead now that were active on a sampled step ``>= step``."""
-        return self._per_site(lambda st, t: self._dead(st, t) & (st.last_active >= step))
+    def died_since(self, step: int) -> dict[str, list[int]]:
+        """``{site: indices}`` of the units dead now whose :attr:`dead_since` is ``>= step``
+        (they died at or after ``step``; a never-active unit counts from its site's first
+        sampled step)."""
+        return {
+            n: torch.nonzero((d >= step) & (d != _NEVER)).flatten().tolist()
+            for n, d in self.dead_since.items()
+        }
 
-    def revived_since(self, step: int) -> dict[str, Tensor]:
+    def revived_since(self, step: int) -> dict[str, list[int]]:
         """``{site: indices}`` alive now that came back from dead on a sampled step ``>= step``."""
-        return self._per_site(lambda st, t: ~self._dead(st, t) & (st.revived_at >= step))
+        found = self._per_site(lambda st, t: ~self._dead(st, t) & (st.revived_at >= step))
+        return {n: idx.tolist() for n, idx in found.items()}
 
     @property
     def dead_since(self) -> dict[str, Tensor]:
@@ -742,13 +779,11 @@ class Monitor:
     def report(self) -> Report:
         """A :class:`deadrelu.report.Report` of the last one to two windows of sampled steps.
 
-        Its ``meta`` says which steps it covers. Its "dead" counts units inactive on
-        every sampled step of the panes; :meth:`dead_units` uses the exact sliding
-        window, so a unit that died within the last window but was active earlier in
-        the previous pane is dead there and not (yet) here.
+        Its ``meta`` says which steps it covers. Its statistics (dormant, rarely
+        active, saturated ...) cover the panes; its "dead" units are the Monitor's own,
+        over the exact sliding window (:meth:`dead_units`), so the two always agree
+        (``report.given`` holds that mask, and the JSON keeps it).
         """
-        from deadrelu.report import Report
-
         stats = self.statistics()
         sites = {n: self._site_meta[n] for n in stats}
         first = min((st.first_step for st in self._sites.values()), default=_NEVER)
@@ -759,8 +794,15 @@ class Monitor:
             "window": self.window,
             "steps": [start, self._last_step()],
             "sampled_steps": len([t for t in self._history.steps if t >= start]),
+            "dead": f"inactive on every sampled step of the last {self.window} steps",
         }
-        return Report(stats, sites, meta=meta)
+        t = self._last_step()
+        given = {}
+        for name in stats:
+            st = self._sites[name]
+            if t != _NEVER and st.first_step != _NEVER:
+                given[name] = {"dead": self._dead(st, t).cpu()}
+        return Report(stats, sites, meta=meta, given=given)
 
     def state_nbytes(self) -> int:
         """Bytes of the per-unit state (every tensor the Monitor keeps; not the history)."""
@@ -819,7 +861,7 @@ class Monitor:
         t = self._last_step()
         out: dict[str, ZeroGradCheck] = {}
         producers = self._producers or {}
-        for name, dead_idx in self.dead_units().items():
+        for name, dead_idx in self._dead_indices().items():
             st = self._sites[name]
             prod = producers.get(name)
             if prod is None or st.grad_last is None or t == _NEVER:
@@ -843,6 +885,13 @@ class Monitor:
             entry: dict[str, Any] = {k: v.detach().cpu().clone() for k, v in st.tensors().items()}
             entry["unit_dim"] = st.unit_dim
             entry["first_step"] = st.first_step
+            meta = self._site_meta.get(name)
+            if meta is not None:
+                entry["site"] = {
+                    "activation": str(meta.activation),
+                    "kind": meta.kind,
+                    "module": meta.module,
+                }
             entry["pane"] = st.pane.to("cpu").state_dict()
             entry["prev"] = None if st.prev is None else st.prev.to("cpu").state_dict()
             sites[name] = entry
@@ -867,11 +916,19 @@ class Monitor:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from :meth:`state_dict` (before or after :meth:`attach`).
 
-        Sites not seen yet are restored when first called, onto the activation's device.
+        Checked up front, before anything changes: the version, ``every`` and ``window``,
+        that every saved site names a module of this model, and, for the sites this
+        Monitor has already seen, the number of units. The restored state answers
+        queries (:meth:`dead_fraction`, :meth:`report` ...) at once; its tensors move to
+        the activation's device at the next counted forward.
+
+        Raises:
+            ValueError: naming the mismatch (another model's state, other settings).
         """
-        if state.get("version") != _STATE_VERSION:
+        version = state.get("version")
+        if version not in (1, _STATE_VERSION):
             raise ValueError(
-                f"Monitor state version {state.get('version')!r} is not supported "
+                f"Monitor state version {version!r} is not supported "
                 f"(expected {_STATE_VERSION}); was it made by Monitor.state_dict()?"
             )
         if state["every"] != self.every or state["window"] != self.window:
@@ -880,6 +937,7 @@ class Monitor:
                 f"this Monitor has every={self.every}, window={self.window}: build it with "
                 "the same settings"
             )
+        self._check_sites(state["sites"])
         self.step_count = int(state["step"])
         self.pane_start = int(state["pane_start"])
         self._update_sampling()
@@ -898,14 +956,39 @@ class Monitor:
         self._pending = {}
         for name, entry in state["sites"].items():
             cur = old.get(name)
-            if cur is not None:
-                st = _SiteState(name, entry["unit_dim"], cur.units, cur.device, self.detail)
-                self._restore_site(st, entry)
-                self._sites[name] = st
-            else:
+            units = int(entry["last_active"].shape[0])
+            device = cur.device if cur is not None else torch.device("cpu")
+            meta = self._site_meta.get(name) or _saved_site(name, entry)
+            if meta is None:  # a version-1 state: restored when the site is first called
                 self._pending[name] = dict(entry)
+                continue
+            st = _SiteState(name, entry["unit_dim"], units, device, self.detail)
+            self._restore_site(st, entry)
+            self._sites[name] = st
+            self._site_meta[name] = meta
         if self.track_grad and self._producers is not None and self.attached:
             self._register_grad_hooks()
+
+    def _check_sites(self, saved: Mapping[str, Any]) -> None:
+        """Raise, naming them, on saved sites that cannot belong to this model."""
+        modules = dict(self.model.named_modules())
+        missing = [n for n in saved if _site_module(n) not in modules]
+        if missing:
+            raise ValueError(
+                f"the saved Monitor state has sites {missing} whose modules this model "
+                f"({type(self.model).__name__}) does not have: it was saved from another "
+                "model; load it into the same architecture"
+            )
+        wrong = [
+            f"{n!r}: saved {int(e['last_active'].shape[0])}, model {self._sites[n].units}"
+            for n, e in saved.items()
+            if n in self._sites and int(e["last_active"].shape[0]) != self._sites[n].units
+        ]
+        if wrong:
+            raise ValueError(
+                f"the saved Monitor state has other unit counts than this model "
+                f"({'; '.join(wrong)}): load it into the same architecture"
+            )
 
     def _restore_site(self, st: _SiteState, entry: Mapping[str, Any]) -> None:
         units = int(entry["last_active"].shape[0])

@@ -48,7 +48,25 @@ TORCH_BUILTIN: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     "mish": lambda p: nn.Mish(),
     "relu6": lambda p: nn.ReLU6(),
     "softplus": lambda p: nn.Softplus(beta=p["beta"], threshold=p["threshold"]),
+    "hardswish": lambda p: nn.Hardswish(),
+    "hardsigmoid": lambda p: nn.Hardsigmoid(),
+    "hardtanh": lambda p: nn.Hardtanh(min_val=p["min_val"], max_val=p["max_val"]),
+    "relu_squared": lambda p: _Written(lambda x: torch.relu(x) ** 2),
+    "quick_gelu": lambda p: _Written(lambda x: x * torch.sigmoid(1.702 * x)),
 }
+
+
+class _Written(nn.Module):
+    """torch has no module for ReLU² and QuickGELU: compare with the one-liner users write
+    (Hugging Face's ReLUSquaredActivation, QuickGELUActivation)."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
 
 CASES = [*names(), "leaky_relu(0.2)", "elu(alpha=0.3)", "gelu(approximate=tanh)"]
 

@@ -54,13 +54,20 @@ CASES = [
     "softplus",
     "softplus(beta=2, threshold=5)",
     "softplus(0.5, 3)",
+    "hardswish",
+    "hardsigmoid",
+    "hardtanh",
+    "hardtanh(-2, 3)",
+    "hardtanh(min_val=0, max_val=6)",
+    "relu_squared",
 ]
 
 EDGES = [0.0, 1e-12, -1e-12, 1.0, -1.0, 50.0, -50.0, math.inf, -math.inf, math.nan]
 EDGES += [6.0, 6.0 + 1e-12, 6.0 - 1e-12, 20.0, -20.0, 1e300, -1e300, 2.5, 10.0]
+EDGES += [3.0, -3.0, 3.0 + 1e-12, -3.0 - 1e-12, -3.0 + 1e-12, -1.5, 2.0, -2.0]
 
 #: Where torch's own forward kernel gives NaN but the function has a limit (inf * 0).
-TORCH_FORWARD_NAN_AT_NEG_INF = {"gelu", "silu", "mish"}
+TORCH_FORWARD_NAN_AT_NEG_INF = {"gelu", "silu", "mish", "hardswish"}
 
 
 def _inputs(seed: int = 0) -> Tensor:
@@ -110,6 +117,8 @@ def test_derivative_equals_autograd(case: str) -> None:
     finite = torch.isfinite(z)
     # CELU's backward kernel rounds 1/alpha to float32 (alpha != 1): ~1e-7 relative.
     rtol = 1e-6 if act.name == "celu" and act.params["alpha"] != 1.0 else 1e-10
+    # Hardsigmoid's backward kernel multiplies by 1/6 rounded to float32: ~3e-8 relative.
+    rtol = 1e-7 if act.name == "hardsigmoid" else rtol
     # atol: for z << 0 autograd's GELU computes 1 + erf(z / sqrt 2), and tanh-GELU
     # 1 + tanh(u) and 1 - tanh(u)^2, which cancel to ~1e-16 absolute (tanh: ~5e-15 after
     # the factor z u'); ours avoids both (erfc, sigmoid(2u)).
@@ -175,6 +184,10 @@ def test_module_and_callable_agree(case: str) -> None:
         ("mish", F.mish),
         ("relu6", F.relu6),
         ("softplus(2, 5)", lambda z: F.softplus(z, 2, 5)),
+        ("hardswish", F.hardswish),
+        ("hardsigmoid", F.hardsigmoid),
+        ("hardtanh(-2, 3)", lambda z: F.hardtanh(z, -2.0, 3.0)),
+        ("relu_squared", lambda z: F.relu(z) ** 2),
     ],
 )
 def test_forward_is_torch_kernel_bitwise(case: str, torch_fn: object) -> None:
@@ -188,7 +201,9 @@ def test_forward_is_torch_kernel_bitwise(case: str, torch_fn: object) -> None:
 def _away_from_kinks(act: Activation, n: int = 24) -> Tensor:
     """``(2, n)`` float64 inputs at least 0.1 from every kink (finite differences)."""
     z = 4 * torch.randn(2, n, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    kinks = [0.0, 6.0]
+    kinks = [0.0, 6.0, -3.0, 3.0]
+    if act.name == "hardtanh":
+        kinks += [act.params["min_val"], act.params["max_val"]]
     if act.name == "softplus":
         kinks.append(act.params["threshold"] / act.params["beta"])
     for k in kinks:
@@ -240,6 +255,11 @@ def test_gradcheck_prelu_parameter(num_parameters: int) -> None:
         ("mish", math.tanh(math.log(2.0))),
         ("relu6", 0.0),
         ("softplus(2)", 0.5),
+        ("hardswish", 0.5),
+        ("hardsigmoid", 1 / 6),
+        ("hardtanh", 1.0),
+        ("hardtanh(min_val=0, max_val=6)", 0.0),
+        ("relu_squared", 0.0),
     ],
 )
 def test_derivative_at_zero_follows_pytorch(case: str, at_zero: float) -> None:
@@ -248,6 +268,23 @@ def test_derivative_at_zero_follows_pytorch(case: str, at_zero: float) -> None:
     z = torch.zeros(1, dtype=torch.float64)
     assert act.derivative(z).item() == pytest.approx(at_zero, rel=1e-15)
     assert _autograd(act, z).item() == pytest.approx(at_zero, rel=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("case", "points", "expected"),
+    [
+        ("hardswish", [-3.0, -1.5, 3.0, -4.0, 4.0], [0.0, 0.0, 1.0, 0.0, 1.0]),
+        ("hardsigmoid", [-3.0, 3.0, -4.0, 4.0], [0.0, 0.0, 0.0, 0.0]),
+        ("hardtanh", [-1.0, 1.0, -2.0, 2.0], [0.0, 0.0, 0.0, 0.0]),
+        ("hardtanh(-2, 3)", [-2.0, 3.0, -1.0, 2.9], [0.0, 0.0, 1.0, 1.0]),
+    ],
+)
+def test_hard_kinks_follow_pytorch(case: str, points: list[float], expected: list[float]) -> None:
+    act = get(case)
+    assert act is not None
+    z = torch.tensor(points, dtype=torch.float64)
+    assert act.derivative(z).tolist() == expected
+    assert _autograd(act, z).tolist() == expected
 
 
 def test_relu6_upper_kink_and_limits() -> None:
@@ -352,16 +389,38 @@ def test_zero_grad_mask_is_where_derivative_is_zero(case: str) -> None:
 
 @pytest.mark.parametrize("case", CASES)
 def test_saturation_metadata(case: str) -> None:
+    """``saturates``: |f'| stays below 1e-3 on a stretch (width 1) where f is not 0 (a stuck
+    unit that is not dead; an isolated zero of f', Hardswish's minimum, is not one).
+    Otherwise f' is a constant far out on the negative side (the slope, or 0 in the dead
+    region, where f = 0 too). ReLU6's clip at 6 is the one known exception (kept False)."""
     act = get(case)
     assert act is not None
-    far = torch.tensor([-60.0], dtype=torch.float64)
-    mid = torch.tensor([-3.0], dtype=torch.float64)
+    z = torch.linspace(-60, 60, 24001, dtype=torch.float64)  # step 0.005
+    flat = (act.derivative(z).abs() < 1e-3) & (act(z) != 0)
+    stuck = flat.unfold(0, 200, 1).all(dim=1)
     if act.spec.saturates:
-        assert act.derivative(far).abs().item() < 1e-3  # -> 0 ...
-        assert act.derivative(mid).item() != 0  # ... without a region of exactly 0
+        assert stuck.any(), case
     else:
-        far_far = torch.tensor([-1e6], dtype=torch.float64)
+        if act.name != "relu6":
+            assert not stuck.any(), case
+        far, far_far = (torch.tensor([v], dtype=torch.float64) for v in (-60.0, -1e6))
         assert act.derivative(far).item() == act.derivative(far_far).item()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_dead_below_is_where_output_and_gradient_vanish(case: str) -> None:
+    """f = 0 and f' = 0 on (-inf, dead_below], and not just above it; None: nowhere on the
+    negative side is the unit dead in that sense."""
+    act = get(case)
+    assert act is not None
+    z = torch.linspace(-50, 50, 20001, dtype=torch.float64)
+    dead = (act(z) == 0) & (act.derivative(z) == 0)
+    if act.dead_below is None:
+        # (from -20: far out, smooth functions underflow to exactly 0 in float64)
+        assert not dead[(z >= -20) & (z < 0)].any(), case
+    else:
+        assert dead[z <= act.dead_below].all(), case
+        assert not dead[(z > act.dead_below) & (z < act.dead_below + 0.5)].any(), case
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -391,12 +450,32 @@ def test_zero_grad_regions_by_construction() -> None:
     assert relu6.zero_grad(z).tolist() == [True, True, False, True, True]
     assert leaky.zero_grad(z).tolist() == [False] * 5
     assert relu.spec.zero_grad_region == "z <= 0"
+    hswish, htanh = get("hardswish"), get("hardtanh")
+    assert hswish is not None and htanh is not None
+    z = torch.tensor([-4.0, -3.0, -2.0, -1.5, 0.0, 3.0])
+    assert hswish.zero_grad(z).tolist() == [True, True, False, True, False, False]
+    z = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0])
+    assert htanh.zero_grad(z).tolist() == [True, True, False, True, True]
+    # hardtanh clips to -1 (not 0): saturated, never dead; hardswish dies below -3
+    assert htanh.dead_below is None and htanh.spec.saturates
+    assert hswish.dead_below == -3.0 and not hswish.spec.saturates
+
+
+def test_relu6_is_not_hardtanh() -> None:
+    """nn.ReLU6 subclasses nn.Hardtanh: it must map to relu6 (F.relu6 and F.hardtanh too)."""
+    assert spec_for_module(nn.ReLU6).name == "relu6"  # type: ignore[union-attr]
+    assert spec_for_module(nn.ReLU6()).name == "relu6"  # type: ignore[union-attr]
+    assert spec_for_module(nn.Hardtanh(-2.0, 2.0)).name == "hardtanh"  # type: ignore[union-attr]
+    assert get(nn.Hardtanh(-2.0, 2.0)).params == {"min_val": -2.0, "max_val": 2.0}  # type: ignore[union-attr]
+    assert spec_for_function(F.relu6).name == "relu6"  # type: ignore[union-attr]
+    assert spec_for_function(F.hardtanh).name == "hardtanh"  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("name", names())
 def test_torch_modules_and_functions_map_back(name: str) -> None:
     spec = get(name).spec  # type: ignore[union-attr]
-    assert spec.torch_modules, name
+    # every activation torch has a module for covers it (ReLU² and QuickGELU: torch has none)
+    assert spec.torch_modules or name in {"relu_squared", "quick_gelu"}, name
     for m in spec.torch_modules:
         assert spec_for_module(m) is spec
     for fn in spec.torch_functions:
@@ -478,6 +557,8 @@ def test_make_module_builds_parameters() -> None:
         ("prelu(num_parameters=2.5)", "must be an integer"),
         ("gelu(approximate=fast)", "must be one of ['none', 'tanh']"),
         ("relu(1)", "relu takes at most 0 parameter(s)"),
+        ("hardtanh(1, -1)", "min_val (1.0) must be < max_val (-1.0)"),
+        ("hardtanh(min_val=2, max_val=2)", "must be < max_val"),
         ("elu(beta=1)", "elu has no parameter 'beta'; valid: alpha"),
         ("elu(alpha=[1])", "must be a number"),
         ("elu(1 + 1)", "must be numbers or words"),

@@ -29,6 +29,11 @@ FUNCTIONS: list[tuple[str, dict[str, object], list[float]]] = [
     ("mish", {}, []),
     ("relu6", {}, [0.0, 6.0]),
     ("softplus", {"beta": 2.0, "threshold": 5.0}, [2.5]),
+    ("hardswish", {}, [-3.0, 3.0]),
+    ("hardsigmoid", {}, [-3.0, 3.0]),
+    ("hardtanh", {}, [-1.0, 1.0]),
+    ("hardtanh", {"min_val": -2.0, "max_val": 0.5}, [-2.0, 0.5]),
+    ("relu_squared", {}, [0.0]),
 ]
 
 EDGES = np.array([0.0, 1e-12, -1e-12, 1, -1, 50, -50, np.inf, -np.inf, np.nan, 6, 1e300, -1e300])
@@ -60,7 +65,8 @@ def test_edges_are_defined_and_quiet(
     assert not np.isnan(d[finite]).any(), name
     assert np.isnan(f[~finite]).all(), name  # NaN in, NaN out (forward)
     # derivative limits: 0 or the negative slope at -inf, 1 (lambda for SELU) or 0 at +inf
-    assert d[np.inf == EDGES][0] in {1.0, 0.0, R._SELU_LAMBDA}
+    # (ReLU^2: f' = 2z -> inf)
+    assert d[np.inf == EDGES][0] in {1.0, 0.0, R._SELU_LAMBDA} or name == "relu_squared"
 
 
 def test_known_values() -> None:

@@ -142,7 +142,19 @@ class ActivationSpec:
         module: ``nn.Module`` class; ``module(**params)`` builds it.
         zero_grad_region: where f'(z) is exactly 0, in words (``"z <= 0"``), or ``"none"``.
         zero_grad: ``zero_grad(z, **params) -> BoolTensor``, the mask of that region.
-        saturates: f'(z) -> 0 as z -> -inf without being exactly 0 (ELU, SELU, CELU, ...).
+        saturates: a unit can be stuck where |f'| is (nearly) 0 without being dead, so the
+            ``saturated`` class applies: f'(z) -> 0 as z -> -inf without being exactly 0
+            (ELU, SELU, CELU, GELU, SiLU, Mish, Softplus), or f is clipped to a non-zero
+            constant (Hardtanh beyond its limits, Hardsigmoid above 3). ReLU, ReLU², Hardswish
+            do not saturate: below their kink they *die* (see ``dead_below``). ReLU6 is
+            kept False (its clip at 6 is not flagged).
+        dead_below: ``dead_below(**params) -> float | None``: f(z) = 0 and f'(z) = 0 for
+            every z <= this value (ReLU, ReLU6, ReLU²: 0; Hardswish, Hardsigmoid: -3), so a
+            unit whose pre-activations all lie there outputs 0 and passes no gradient: dead
+            in the strict sense. None: no such region (leaky slopes, ELU, GELU, Hardtanh
+            with min_val != 0 ...). The ``dead`` class of the reports (never z > 0) is this
+            test for a kink at 0; for Hardswish/Hardsigmoid a unit never above 0 may still
+            pass gradient between -3 and 0. Read it through :attr:`Activation.dead_below`.
         torch_modules: torch module classes this spec covers (``nn.ReLU``).
         torch_functions: torch callables this spec covers (``F.relu``, ``torch.relu``, ...).
         tensor_methods: ``Tensor`` method names it covers (``"relu"``, ``"relu_"``).
@@ -166,6 +178,7 @@ class ActivationSpec:
     zero_grad_region: str
     zero_grad: Callable[..., Tensor]
     saturates: bool
+    dead_below: Callable[..., float | None] = field(default=lambda **_: None)
     torch_modules: tuple[type[nn.Module], ...] = ()
     torch_functions: tuple[Callable[..., Any], ...] = ()
     tensor_methods: tuple[str, ...] = ()
@@ -235,6 +248,12 @@ class Activation:
     def module(self) -> nn.Module:
         """A fresh ``nn.Module`` with these parameters."""
         return self.spec.module(**self.params)
+
+    @property
+    def dead_below(self) -> float | None:
+        """f = 0 and f' = 0 for every z <= this value, or None (see
+        :attr:`ActivationSpec.dead_below`)."""
+        return self.spec.dead_below(**self.params)
 
     def __str__(self) -> str:
         changed = {k: v for k, v in self.params.items() if v != self.spec.defaults[k]}
@@ -571,6 +590,53 @@ class Softplus(nn.Softplus):
         return {"beta": float(self.beta), "threshold": float(self.threshold)}
 
 
+class Hardswish(nn.Hardswish):
+    """Hardswish(z) = z * ReLU6(z + 3) / 6 (Howard et al. 2019, MobileNetV3)."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__(inplace=inplace)
+
+    def activation_params(self) -> dict[str, Any]:
+        """Registry parameters of this module."""
+        return {}
+
+
+class Hardsigmoid(nn.Hardsigmoid):
+    """Hardsigmoid(z) = ReLU6(z + 3) / 6."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__(inplace=inplace)
+
+    def activation_params(self) -> dict[str, Any]:
+        """Registry parameters of this module."""
+        return {}
+
+
+class Hardtanh(nn.Hardtanh):
+    """Hardtanh(z) = min(max(min_val, z), max_val) (default [-1, 1])."""
+
+    def __init__(self, min_val: float = -1.0, max_val: float = 1.0, inplace: bool = False) -> None:
+        if not min_val < max_val:
+            raise ValueError(f"hardtanh: min_val ({min_val}) must be < max_val ({max_val})")
+        super().__init__(min_val=min_val, max_val=max_val, inplace=inplace)
+
+    def activation_params(self) -> dict[str, Any]:
+        """Registry parameters of this module."""
+        return {"min_val": float(self.min_val), "max_val": float(self.max_val)}
+
+
+class ReLUSquared(nn.Module):
+    """ReLU²(z) = max(0, z)² (So et al. 2021, Primer; used in recent LLMs)."""
+
+    def forward(self, z: Tensor) -> Tensor:
+        """``z``: any shape ``(*)``; returns the same shape."""
+        return _relu_squared_fwd(z)
+
+    def activation_params(self) -> dict[str, Any]:
+        """Registry parameters of this module."""
+        return {}
+
+
 # --------------------------------------------------------------------------------------
 # Analytic derivatives. Conventions follow PyTorch's backward kernels exactly, so that
 # f'(z) here equals autograd at kinks, at +-inf and at NaN.
@@ -704,6 +770,48 @@ def _softplus_grad(z: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Ten
     return torch.where(z * beta > threshold, _ones(z), torch.sigmoid(z * beta))
 
 
+def _hardswish_fwd(z: Tensor) -> Tensor:
+    return F.hardswish(z)
+
+
+def _hardswish_grad(z: Tensor) -> Tensor:
+    # hardswish_backward: 0 where z <= -3, z / 3 + 1/2 inside (exactly 0 at z = -1.5, the
+    # minimum), 1 where z >= 3; NaN -> NaN (vectorised and scalar kernels differ there).
+    inside = torch.where(z <= -3, torch.zeros_like(z), z / 3 + 0.5)
+    return torch.where(z >= 3, _ones(z), inside)
+
+
+def _hardsigmoid_fwd(z: Tensor) -> Tensor:
+    return F.hardsigmoid(z)
+
+
+def _hardsigmoid_grad(z: Tensor) -> Tensor:
+    # hardsigmoid_backward: 1/6 strictly inside (-3, 3), 0 elsewhere, NaN included (both
+    # kernels test -3 < z < 3). Torch multiplies by 1/6 rounded to float32 (~3e-8 relative
+    # in float64); ours is exact.
+    return torch.where((z > -3) & (z < 3), torch.full_like(z, 1.0 / 6.0), torch.zeros_like(z))
+
+
+def _hardtanh_fwd(z: Tensor, min_val: float = -1.0, max_val: float = 1.0) -> Tensor:
+    return F.hardtanh(z, min_val, max_val)
+
+
+def _hardtanh_grad(z: Tensor, min_val: float = -1.0, max_val: float = 1.0) -> Tensor:
+    # hardtanh_backward: 0 where z <= min_val or z >= max_val, 1 strictly inside; NaN -> NaN
+    # (as for ReLU6, the vectorised and scalar kernels differ at NaN).
+    inside = torch.where((z > min_val) & (z < max_val), _ones(z), torch.zeros_like(z))
+    return torch.where(torch.isnan(z), z, inside)
+
+
+def _relu_squared_fwd(z: Tensor) -> Tensor:
+    return torch.square(F.relu(z))
+
+
+def _relu_squared_grad(z: Tensor) -> Tensor:
+    # d/dz relu(z)^2 = 2 relu(z): 0 for z <= 0 (so f'(0) = 0), NaN -> NaN, +inf -> +inf.
+    return 2 * F.relu(z)
+
+
 def _never(z: Tensor, **_: Any) -> Tensor:
     return torch.zeros_like(z, dtype=torch.bool)
 
@@ -717,6 +825,14 @@ def _check_rrelu(params: Mapping[str, Any]) -> None:
         raise ValueError(
             f"rrelu: lower ({params['lower']}) must be <= upper ({params['upper']}); "
             f"e.g. 'rrelu(lower=0.1, upper=0.3)'"
+        )
+
+
+def _check_hardtanh(params: Mapping[str, Any]) -> None:
+    if not params["min_val"] < params["max_val"]:
+        raise ValueError(
+            f"hardtanh: min_val ({params['min_val']}) must be < max_val ({params['max_val']}); "
+            f"e.g. 'hardtanh(min_val=-2, max_val=2)'"
         )
 
 
@@ -741,6 +857,7 @@ register(
         zero_grad_region="z <= 0",
         zero_grad=_nonpositive,
         saturates=False,
+        dead_below=lambda: 0.0,
         torch_modules=(nn.ReLU,),
         torch_functions=(F.relu, F.relu_, torch.relu, torch.relu_),
         tensor_methods=("relu", "relu_"),
@@ -760,6 +877,7 @@ register(
         zero_grad_region="none (z <= 0 when slope = 0)",
         zero_grad=lambda z, slope=0.01: (z <= 0) if slope == 0 else _never(z),
         saturates=False,
+        dead_below=lambda slope=0.01: 0.0 if slope == 0 else None,
         torch_modules=(nn.LeakyReLU,),
         torch_functions=(F.leaky_relu, F.leaky_relu_),
         description="leaky ReLU (Maas et al. 2013)",
@@ -782,6 +900,7 @@ register(
         zero_grad_region="none (while a != 0)",
         zero_grad=lambda z, num_parameters=1, init=0.25: (z <= 0) if init == 0 else _never(z),
         saturates=False,
+        dead_below=lambda num_parameters=1, init=0.25: 0.0 if init == 0 else None,
         torch_modules=(nn.PReLU,),
         torch_functions=(F.prelu,),
         tensor_methods=("prelu",),
@@ -928,6 +1047,7 @@ register(
         zero_grad_region="z <= 0 or z >= 6",
         zero_grad=lambda z: (z <= 0) | (z >= 6),
         saturates=False,
+        dead_below=lambda: 0.0,
         torch_modules=(nn.ReLU6,),
         torch_functions=(F.relu6,),
         description="ReLU capped at 6 (Krizhevsky 2010)",
@@ -953,4 +1073,84 @@ register(
         torch_functions=(F.softplus,),
         description="smooth ReLU",
     )
+)
+register(
+    ActivationSpec(
+        name="hardswish",
+        formula="z * relu6(z + 3) / 6: 0 if z <= -3; z if z >= 3",
+        derivative_formula="0 if z <= -3; z / 3 + 1/2 if -3 < z < 3; 1 if z >= 3",
+        params=(),
+        forward=_hardswish_fwd,
+        derivative=_hardswish_grad,
+        module=Hardswish,
+        zero_grad_region="z <= -3 (and the point z = -1.5, the minimum)",
+        zero_grad=lambda z: (z <= -3) | (z == -1.5),
+        saturates=False,
+        dead_below=lambda: -3.0,
+        torch_modules=(nn.Hardswish,),
+        torch_functions=(F.hardswish,),
+        description="hard swish (Howard et al. 2019, MobileNetV3)",
+    ),
+    aliases=("hard_swish",),
+)
+register(
+    ActivationSpec(
+        name="hardsigmoid",
+        formula="relu6(z + 3) / 6: 0 if z <= -3; 1 if z >= 3",
+        derivative_formula="1/6 if -3 < z < 3; 0 if z <= -3 or z >= 3",
+        params=(),
+        forward=_hardsigmoid_fwd,
+        derivative=_hardsigmoid_grad,
+        module=Hardsigmoid,
+        nonnegative=True,
+        zero_grad_region="z <= -3 or z >= 3",
+        zero_grad=lambda z: (z <= -3) | (z >= 3) | torch.isnan(z),
+        saturates=True,
+        dead_below=lambda: -3.0,
+        torch_modules=(nn.Hardsigmoid,),
+        torch_functions=(F.hardsigmoid,),
+        description="hard sigmoid (Howard et al. 2019, MobileNetV3's gates)",
+    ),
+    aliases=("hard_sigmoid",),
+)
+register(
+    ActivationSpec(
+        name="hardtanh",
+        formula="min(max(min_val, z), max_val)",
+        derivative_formula="1 if min_val < z < max_val; 0 if z <= min_val or z >= max_val",
+        params=(
+            ParamSpec("min_val", -1.0, float, doc="lower clip"),
+            ParamSpec("max_val", 1.0, float, doc="upper clip"),
+        ),
+        forward=_hardtanh_fwd,
+        derivative=_hardtanh_grad,
+        module=Hardtanh,
+        zero_grad_region="z <= min_val or z >= max_val (saturated, not dead, unless min_val = 0)",
+        zero_grad=lambda z, min_val=-1.0, max_val=1.0: (z <= min_val) | (z >= max_val),
+        saturates=True,
+        dead_below=lambda min_val=-1.0, max_val=1.0: min_val if min_val == 0 else None,
+        torch_modules=(nn.Hardtanh,),
+        torch_functions=(F.hardtanh, F.hardtanh_),
+        description="hard tanh (nn.ReLU6, a subclass, is relu6)",
+        check=_check_hardtanh,
+    ),
+    aliases=("hard_tanh",),
+)
+register(
+    ActivationSpec(
+        name="relu_squared",
+        formula="max(0, z)^2",
+        derivative_formula="2 max(0, z): 0 if z <= 0",
+        params=(),
+        forward=_relu_squared_fwd,
+        derivative=_relu_squared_grad,
+        module=ReLUSquared,
+        nonnegative=True,
+        zero_grad_region="z <= 0",
+        zero_grad=_nonpositive,
+        saturates=False,
+        dead_below=lambda: 0.0,
+        description="squared ReLU (So et al. 2021, Primer)",
+    ),
+    aliases=("relu2", "squared_relu", "relu_sq"),
 )

@@ -12,7 +12,8 @@ same shape. Conventions (the same as ``deadrelu.activations``' module docstring)
 * **forward** is the mathematical value, its limit at ``+-inf``, and NaN at NaN. (Torch's
   own GELU, SiLU and Mish give NaN at ``-inf``; the limit is 0.)
 * **derivative** at a kink takes PyTorch's side: ReLU'(0) = 0, LeakyReLU'(0) = slope,
-  ELU'(0) = alpha, CELU'(0) = 1, ReLU6'(0) = ReLU6'(6) = 0; at ``+-inf`` the limit; at NaN
+  ELU'(0) = alpha, CELU'(0) = 1, ReLU6'(0) = ReLU6'(6) = 0, Hardswish'(-3) = 0 and
+  Hardswish'(3) = 1, Hardsigmoid' and Hardtanh' 0 at their limits; at ``+-inf`` the limit; at NaN
   the negative-side slope for the piecewise-linear ReLU, Leaky ReLU, PReLU and RReLU
   (ReLU: 1, because PyTorch tests ``z <= 0``), NaN for the others.
 
@@ -20,7 +21,9 @@ Sources: ReLU (Nair & Hinton 2010), Leaky ReLU (Maas et al. 2013), PReLU (He et 
 RReLU (Xu et al. 2015; eval mode: the mean slope), ELU (Clevert et al. 2016), SELU
 (Klambauer et al. 2017, constants from the paper's closed form), CELU (Barron 2017), GELU
 (Hendrycks & Gimpel 2016), SiLU (Elfwing et al. 2018), Mish (Misra 2019), ReLU6
-(Krizhevsky 2010), Softplus with PyTorch's ``beta``/``threshold``.
+(Krizhevsky 2010), Softplus with PyTorch's ``beta``/``threshold``, Hardswish and Hardsigmoid
+(Howard et al. 2019, "Searching for MobileNetV3", eqs. for h-swish and h-sigmoid), Hardtanh,
+squared ReLU (So et al. 2021, "Primer").
 """
 
 from __future__ import annotations
@@ -170,6 +173,58 @@ def relu6_grad(z: ArrayLike) -> Array:
     return _nan_to_nan(z, np.where((z > 0) & (z < 6), 1.0, 0.0))
 
 
+def relu_squared(z: ArrayLike) -> Array:
+    """max(0, z)^2 (Primer's squared ReLU)."""
+    r = relu(z)
+    with np.errstate(over="ignore"):
+        return r * r
+
+
+def relu_squared_grad(z: ArrayLike) -> Array:
+    """2 max(0, z): 0 for z <= 0, NaN at NaN."""
+    return 2.0 * relu(z)
+
+
+def hardtanh(z: ArrayLike, min_val: float = -1.0, max_val: float = 1.0) -> Array:
+    """z clipped to [min_val, max_val]."""
+    z = _arr(z)
+    return _nan_to_nan(z, np.where(z < min_val, min_val, np.where(z > max_val, max_val, z)))
+
+
+def hardtanh_grad(z: ArrayLike, min_val: float = -1.0, max_val: float = 1.0) -> Array:
+    """1 strictly inside (min_val, max_val), 0 at and beyond the limits; NaN at NaN."""
+    z = _arr(z)
+    return _nan_to_nan(z, np.where((z > min_val) & (z < max_val), 1.0, 0.0))
+
+
+def hardsigmoid(z: ArrayLike) -> Array:
+    """0 for z <= -3, 1 for z >= 3, z / 6 + 1/2 between (Howard et al. 2019)."""
+    z = _arr(z)
+    return _nan_to_nan(z, np.where(z <= -3, 0.0, np.where(z >= 3, 1.0, z / 6.0 + 0.5)))
+
+
+def hardsigmoid_grad(z: ArrayLike) -> Array:
+    """1/6 strictly inside (-3, 3), 0 elsewhere (NaN included: PyTorch tests -3 < z < 3)."""
+    z = _arr(z)
+    return np.where((z > -3) & (z < 3), 1.0 / 6.0, 0.0)
+
+
+def hardswish(z: ArrayLike) -> Array:
+    """z * hardsigmoid(z): 0 for z <= -3, z for z >= 3, z (z + 3) / 6 between."""
+    z = _arr(z)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mid = z * (z + 3.0) / 6.0
+        return _nan_to_nan(z, np.where(z <= -3, 0.0, np.where(z >= 3, z, mid)))
+
+
+def hardswish_grad(z: ArrayLike) -> Array:
+    """(2 z + 3) / 6 strictly inside (-3, 3); 0 at and below -3, 1 at and above 3; NaN at NaN."""
+    z = _arr(z)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mid = (2.0 * z + 3.0) / 6.0
+    return _nan_to_nan(z, np.where(z <= -3, 0.0, np.where(z >= 3, 1.0, mid)))
+
+
 # ---------------------------------------------------------------- exponential family
 
 
@@ -309,6 +364,10 @@ FORWARDS: dict[str, Callable[..., Array]] = {
     "mish": mish,
     "relu6": relu6,
     "softplus": softplus,
+    "hardswish": hardswish,
+    "hardsigmoid": hardsigmoid,
+    "hardtanh": hardtanh,
+    "relu_squared": relu_squared,
 }
 
 #: Registry name -> derivative with respect to ``z``.
@@ -325,6 +384,10 @@ DERIVATIVES: dict[str, Callable[..., Array]] = {
     "mish": mish_grad,
     "relu6": relu6_grad,
     "softplus": softplus_grad,
+    "hardswish": hardswish_grad,
+    "hardsigmoid": hardsigmoid_grad,
+    "hardtanh": hardtanh_grad,
+    "relu_squared": relu_squared_grad,
 }
 
 

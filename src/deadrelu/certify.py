@@ -64,7 +64,7 @@ import copy
 import itertools
 import math
 import operator
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -81,6 +81,7 @@ from deadrelu.graph import (
     site_names,
     trace,
 )
+from deadrelu.report import html_table, tensor_from_json, tensor_to_json
 
 __all__ = [
     "METHODS",
@@ -215,6 +216,13 @@ class SiteBounds:
         return [int(i) for i in torch.nonzero(self.certified_dead).flatten()]
 
 
+CERTIFICATE_SCHEMA = "deadrelu.certificate/1"
+
+
+def _json_float(v: float) -> float | str:
+    return v if math.isfinite(v) else str(v)
+
+
 @dataclass
 class Certificate:
     """The result of :func:`certify`: per-site bounds over an input box.
@@ -240,12 +248,17 @@ class Certificate:
         return sum(int(s.certified_dead.sum()) for s in self.sites.values())
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: method, atol, box shape, notes and per site the certified units and
-        the upper bounds of z."""
+        """JSON-ready: method, atol, the box (shape and bounds), notes and per site the
+        certified units and the lower and upper bounds of z; :meth:`from_dict` rebuilds."""
         return {
+            "schema": CERTIFICATE_SCHEMA,
             "method": self.method,
             "atol": self.atol,
             "box_shape": list(self.box.shape),
+            "box": {
+                "lower": tensor_to_json(self.box.lower),
+                "upper": tensor_to_json(self.box.upper),
+            },
             "notes": list(self.notes),
             "sites": {
                 s.site: {
@@ -253,11 +266,50 @@ class Certificate:
                     "unit_dim": s.unit_dim,
                     "units": int(s.upper.numel()),
                     "certified_dead": s.dead_units(),
-                    "upper": [float(v) for v in s.upper],
+                    "upper": [_json_float(v) for v in s.upper.tolist()],
+                    "lower": [_json_float(v) for v in s.lower.tolist()],
                 }
                 for s in self.sites.values()
             },
         }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Certificate:
+        """Rebuild from :meth:`to_dict`."""
+        if not isinstance(data, Mapping) or data.get("schema") != CERTIFICATE_SCHEMA:
+            raise ValueError(
+                f"not a certificate dict (schema {CERTIFICATE_SCHEMA!r} expected): was it "
+                "made by Certificate.to_dict()?"
+            )
+        box = Box(tensor_from_json(data["box"]["lower"]), tensor_from_json(data["box"]["upper"]))
+        sites: dict[str, SiteBounds] = {}
+        for name, e in data["sites"].items():
+            dead = torch.zeros(int(e["units"]), dtype=torch.bool)
+            dead[torch.as_tensor(e["certified_dead"], dtype=torch.int64)] = True
+            sites[name] = SiteBounds(
+                site=name,
+                activation=e["activation"],
+                lower=torch.tensor([float(v) for v in e["lower"]], dtype=_DTYPE),
+                upper=torch.tensor([float(v) for v in e["upper"]], dtype=_DTYPE),
+                certified_dead=dead,
+                unit_dim=int(e["unit_dim"]),
+            )
+        return cls(box, data["method"], float(data["atol"]), sites, list(data["notes"]))
+
+    def __repr__(self) -> str:
+        units = sum(s.certified_dead.numel() for s in self.sites.values())
+        return (
+            f"Certificate(method={self.method!r}, box={tuple(self.box.shape)}, "
+            f"sites={len(self.sites)}, certified_dead={self.n_certified}/{units})"
+        )
+
+    def _repr_html_(self) -> str:
+        rows = [
+            [s.site, s.activation, s.certified_dead.numel(), int(s.certified_dead.sum())]
+            for s in self.sites.values()
+        ]
+        title = f"deadrelu certificate ({self.method}) over a box of shape {tuple(self.box.shape)}"
+        return html_table(title, ["site", "activation", "units", "certified dead"], rows)
 
     def summary(self) -> str:
         """One line per site: certified-dead count out of units."""

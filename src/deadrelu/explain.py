@@ -21,10 +21,19 @@ part over the data is exactly ``m = max_x w . x = z_max - b``. For a dead unit
 * ``"both"``: ``b < 0`` and ``m <= 0``: either alone keeps the unit dead;
 * ``"unknown"``: no producer was found (the site is fed by a sum, an input, ...), or no
   position was seen; ``DeadUnit.note`` says which.
+* ``"active_in_eval"``: not dead at all as the model is used: with ``data=`` every unit
+  is re-checked in a scan in eval mode (BatchNorm on its running statistics), and a unit
+  with ``z_max > 0`` there gets this label and a note instead of a cause of death (a
+  Monitor counts units in training mode, where BatchNorm uses batch statistics).
 
-The three labels partition the dead units with a producer. The statistics are those of
-the measurement: the model must not have changed since (explain reads its current
-parameters), and a BatchNorm must be in the mode the scan ran in (eval by default).
+The three causes of death partition the dead units with a producer. The model must not
+have changed since the measurement (explain reads its current parameters); the effective
+bias uses a BatchNorm's running statistics (eval mode), as the re-scan does.
+
+**Real models.** Layers are linked by :func:`deadrelu.remedies.links_of`: with ``data=``
+by one probe forward on its first batch (any model, Hugging Face ones with dict batches
+``{"input_ids": ..., "attention_mask": ...}`` included), else by tracing with
+``torch.fx``.
 
 **When and how it died** (with a Monitor and an :class:`UpdateTracker`). The Monitor gives,
 per dead unit, the first sampled step at which it was inactive after its last active one
@@ -46,20 +55,23 @@ from __future__ import annotations
 import math
 import warnings
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from deadrelu.capture import find_producers
-from deadrelu.graph import SiteLinks, link_sites
+from deadrelu.certify import certify
+from deadrelu.graph import SiteLinks
+from deadrelu.remedies import first_batch, links_of
+from deadrelu.report import html_table
+from deadrelu.scan import scan
 
 __all__ = ["CAUSES", "DeadUnit", "Explanation", "UpdateTracker", "cause_of", "explain"]
 
 #: The cause labels, see the module docstring.
-CAUSES = ("bias", "weights", "both", "unknown")
+CAUSES = ("bias", "weights", "both", "unknown", "active_in_eval")
 
 
 def cause_of(z_max: float, bias: float) -> str:
@@ -142,11 +154,54 @@ class Explanation:
         units: one :class:`DeadUnit` per dead unit, by site then index.
         revived: ``{site: indices}`` of units that were dead and came back (Monitor only).
         notes: anything the explanation could not do, and why.
+        scanned: the sites of the source (Report / Monitor), dead units or not.
     """
 
     units: list[DeadUnit] = field(default_factory=list)
     revived: dict[str, list[int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    scanned: list[str] = field(default_factory=list)
+
+    @property
+    def sites(self) -> list[str]:
+        """Site names: the source's, then any other a unit or revival names, in order."""
+        names = [*self.scanned, *(u.site for u in self.units), *self.revived]
+        return list(dict.fromkeys(names))
+
+    def dead_units(self, site: str) -> list[int]:
+        """Sorted indices of the explained dead units of ``site``."""
+        if site not in self.sites:
+            raise KeyError(f"no site {site!r} in this explanation; sites: {self.sites}")
+        return sorted(u.unit for u in self.units if u.site == site)
+
+    def __repr__(self) -> str:
+        causes = {k: v for k, v in self.by_cause().items() if v}
+        revived = sum(len(v) for v in self.revived.values())
+        return (
+            f"Explanation(sites={len(self.sites)}, dead={len(self.units)}, causes={causes}, "
+            f"revived={revived}, notes={len(self.notes)})"
+        )
+
+    def _repr_html_(self) -> str:
+        rows = [[u.site, u.unit, u.cause, f"{u.z_max:.4g}", u.died_at, u.note] for u in self.units]
+        title = f"deadrelu explanation: {len(self.units)} dead unit(s)"
+        return html_table(title, ["site", "unit", "cause", "z_max", "died at", "note"], rows)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Explanation:
+        """Rebuild from :meth:`to_dict` (non-finite z_max / margin come back as -inf / inf)."""
+        units = []
+        for d in data["units"]:
+            d = dict(d)
+            d["z_max"] = -math.inf if d.get("z_max") is None else float(d["z_max"])
+            d["margin"] = math.inf if d.get("margin") is None else float(d["margin"])
+            units.append(DeadUnit(**d))
+        return cls(
+            units=units,
+            revived={k: list(v) for k, v in data.get("revived", {}).items()},
+            notes=list(data.get("notes", [])),
+            scanned=list(data.get("sites", [])),
+        )
 
     def by_cause(self) -> dict[str, int]:
         """Number of dead units per cause label (every label present)."""
@@ -190,6 +245,7 @@ class Explanation:
             "by_cause": self.by_cause(),
             "revived": self.revived,
             "notes": self.notes,
+            "sites": self.sites,
         }
 
 
@@ -236,16 +292,24 @@ class UpdateTracker:
     blamed with the lr of the group holding its producer's weight). Step
     ``s`` is the ``s``-th ``optimizer.step()`` since the tracker was made, which matches
     the Monitor's step count when both start together. Memory: one copy of those
-    parameters plus ``U`` floats per step, for the last ``max_steps`` steps.
+    parameters plus ``U`` floats per step, for the last ``max_steps`` steps. A model
+    ``torch.fx`` cannot trace needs ``example_inputs`` (one batch) to find the producers
+    (see :func:`deadrelu.remedies.links_of`).
     """
 
     def __init__(
-        self, model: nn.Module, optimizer: torch.optim.Optimizer, *, max_steps: int = 100_000
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        *,
+        max_steps: int = 100_000,
+        example_inputs: Any = None,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
         self.step_count = 0
-        self.links = {s: lk for s, lk in link_sites(model).items() if lk.producer is not None}
+        links = links_of(model, example_inputs, remedy="UpdateTracker")
+        self.links = {s: lk for s, lk in links.items() if lk.producer is not None}
         self._params = {s: _unit_params(model, lk) for s, lk in self.links.items()}
         self._before: dict[str, list[Tensor]] = {}
         self.ratios: dict[str, deque[Tensor]] = {s: deque(maxlen=max_steps) for s in self.links}
@@ -344,8 +408,6 @@ def _z_max(report: Any, data: Any, model: nn.Module) -> dict[str, Tensor]:
     """``{site: (U,)}`` largest pre-activation: re-scanned on ``data`` when given (current
     parameters, so consistent with the biases read now), else the report's."""
     if data is not None:
-        from deadrelu.scan import scan
-
         report = scan(model, data)
     return {
         s: st.z_max.double().cpu()
@@ -358,7 +420,7 @@ def _z_max(report: Any, data: Any, model: nn.Module) -> dict[str, Tensor]:
 def explain(
     model: nn.Module,
     source: Any,
-    data: Iterable[Any] | Tensor | None = None,
+    data: Any = None,
     *,
     tracker: UpdateTracker | None = None,
     box: Any = None,
@@ -370,9 +432,12 @@ def explain(
         source: a :class:`~deadrelu.report.Report` (dead = never active on the data
             scanned) or a :class:`~deadrelu.monitor.Monitor` (dead over its window; adds
             ``died_at`` and ``revived``).
-        data: batches to re-scan for ``z_max`` with the current parameters (needed when
+        data: batches (tensors, ``(x, y)`` or dicts, as :func:`deadrelu.scan.scan` takes)
+            to re-scan for ``z_max`` with the current parameters in eval mode (needed when
             the statistics lack it: a Monitor's default ``detail=False``, or
-            ``scan(..., detail="counts")``); the dead units are still those of ``source``.
+            ``scan(..., detail="counts")``); the dead units are still those of ``source``,
+            but one active in the re-scan is labelled ``"active_in_eval"``. Its first
+            batch links the layers by a probe forward (any model).
         tracker: an :class:`UpdateTracker` that ran during training (with a Monitor):
             adds the step, relative update size and learning rate that killed each unit.
         box: a :class:`deadrelu.certify.Box`: also certify each dead unit over it.
@@ -393,29 +458,28 @@ def explain(
         )
     if monitor is not None:
         dead = monitor.all_units("dead")
+        expl.scanned = list(dead)
         died = monitor.dead_since
         expl.revived = monitor.revived_since(0)
     else:
         dead = {s: report.dead_units(s) for s in report.stats}
+        expl.scanned = list(dead)
         died = {}
     z_max = _z_max(report, data, model)
+    links: dict[str, SiteLinks] = {}
     try:
-        links = link_sites(model)
+        links = links_of(model, first_batch(data) if data is not None else None, remedy="explain")
     except ValueError as exc:
-        links = _probe_links(model, report, data)
-        if links:
-            expl.notes.append(
-                "the model cannot be traced: producers found by one probe forward "
-                "(deadrelu.capture.find_producers); sites fed by a BatchNorm are unknown"
-            )
-        else:
-            expl.notes.append(f"causes unknown: {exc}")
-    if report.meta.get("mode") == "keep" and any(
-        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in model.modules()
+        expl.notes.append(f"causes unknown: {exc}")
+    if (
+        data is None
+        and (monitor is not None or report.meta.get("mode") == "keep")
+        and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     ):
         expl.notes.append(
-            "the statistics were taken in training mode with BatchNorm layers: their batch "
-            "statistics differ from the running ones used for the effective bias"
+            "the statistics may have been taken in training mode with BatchNorm layers "
+            "(batch statistics), the causes use the running ones: pass data= to re-check "
+            "every unit in eval mode"
         )
     cert = _certificate(model, box, expl) if box is not None else None
     every = int(getattr(monitor, "every", 1)) if monitor is not None else 1
@@ -428,7 +492,14 @@ def explain(
         for u in units:
             z = float(zm[u]) if zm is not None and u < zm.numel() else float("-inf")
             item = DeadUnit(site=site, unit=u, z_max=z, margin=-z, cause="unknown")
-            if b_eff is None:
+            if data is not None and z > 0:
+                item.cause = "active_in_eval"
+                item.note = (
+                    f"active in eval mode: z_max = {z:.4g} > 0 in the re-scan of data= "
+                    "(BatchNorm on running statistics); dead only in the measurement "
+                    "(training-mode batch statistics, or other data)"
+                )
+            elif b_eff is None:
                 item.note = (
                     lk.producer_problem or "no producer" if lk is not None else "site not traced"
                 )
@@ -454,38 +525,7 @@ def explain(
     return expl
 
 
-def _first_input(data: Any) -> Tensor | None:
-    batch = data
-    if isinstance(batch, (list, tuple)) and batch and not isinstance(batch[0], Tensor):
-        batch = batch[0]
-    if isinstance(batch, (list, tuple)) and batch:
-        batch = batch[0]
-    return batch if isinstance(batch, Tensor) else None
-
-
-def _probe_links(model: nn.Module, report: Any, data: Any) -> dict[str, SiteLinks]:
-    """Producers of an untraceable model by one probe forward (Linear/Conv only)."""
-    x = _first_input(data) if data is not None else None
-    if x is None:
-        return {}
-    out: dict[str, SiteLinks] = {}
-    for site, path in find_producers(model, x).items():
-        if site not in report.sites:
-            continue
-        lk = SiteLinks(site=site, activation=report.sites[site].activation)
-        if path is not None and isinstance(
-            model.get_submodule(path), (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-        ):
-            lk.producer = path
-        else:
-            lk.producer_problem = f"fed by {path!r}, not a Linear/Conv layer (probe forward)"
-        out[site] = lk
-    return out
-
-
 def _certificate(model: nn.Module, box: Any, expl: Explanation) -> Any:
-    from deadrelu.certify import certify
-
     try:
         return certify(model, box)
     except ValueError as exc:

@@ -105,7 +105,7 @@ from deadrelu import activations
 from deadrelu.capture import Site, attach
 from deadrelu.classify import dead_mask
 from deadrelu.graph import ProducerProbe
-from deadrelu.report import Report, plot_history
+from deadrelu.report import Report, html_table, plot_history, tensor_from_json, tensor_to_json
 from deadrelu.stats import Detail, UnitStats, all_reduce_many, detail_level
 
 __all__ = [
@@ -117,6 +117,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+MONITOR_SCHEMA = "deadrelu.monitor/1"
 _STATE_VERSION = 2  # 2: each site also keeps its Site (activation, kind, module)
 _NEVER = -1
 
@@ -272,6 +273,28 @@ class _SiteState:
         if self.grad_step is not None:
             total += self.grad_step.numel() * self.grad_step.element_size()
         return total
+
+
+def _jsonify(obj: Any) -> Any:
+    """Tensors anywhere in dicts/lists -> ``{"tensor": tensor_to_json(t)}``."""
+    if isinstance(obj, Tensor):
+        return {"tensor": tensor_to_json(obj)}
+    if isinstance(obj, Mapping):
+        return {k: _jsonify(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonify(v) for v in obj]
+    return obj
+
+
+def _unjsonify(obj: Any) -> Any:
+    """Inverse of :func:`_jsonify`."""
+    if isinstance(obj, Mapping):
+        if set(obj) == {"tensor"}:
+            return tensor_from_json(obj["tensor"])
+        return {k: _unjsonify(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unjsonify(v) for v in obj]
+    return obj
 
 
 def _site_module(name: str) -> str:
@@ -875,6 +898,68 @@ class Monitor:
     def producers(self) -> dict[str, str | None]:
         """``{site: producer module name}`` found on the first sampled step (``track_grad``)."""
         return dict(self._producers or {})
+
+    # ---------------------------------------------------------------- the result protocol
+
+    def __repr__(self) -> str:
+        dead = sum(len(v) for v in self.all_units("dead").values())
+        units = sum(self._sites[n].units for n in self.sites)
+        return (
+            f"Monitor(step={self.step_count}, every={self.every}, window={self.window}, "
+            f"sites={len(self.sites)}, dead={dead}/{units}, attached={self.attached})"
+        )
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for name, frac in self.dead_fraction().items():
+            st = self._sites[name]
+            rows.append([name, st.units, round(frac * st.units), f"{100 * frac:.1f}"])
+        title = (
+            f"deadrelu Monitor at step {self.step_count} (dead: inactive on every sampled "
+            f"step of the last {self.window} steps, every={self.every})"
+        )
+        return html_table(title, ["site", "units", "dead", "dead %"], rows)
+
+    def settings(self) -> dict[str, Any]:
+        """The constructor arguments that :meth:`from_dict` rebuilds (``group`` excepted)."""
+        return {
+            "every": self.every,
+            "window": self.window,
+            "threshold": self.threshold,
+            "detail": self.detail,
+            "track_grad": self.track_grad,
+            "training_only": self.training_only,
+            "unit_dim": self.unit_dim,
+            "functional": self.functional,
+            "hooks": self.hooks,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``{"schema", "settings", "dead", "state"}``: the settings, the dead
+        units per site at the last sampled step, and :meth:`state_dict` with every tensor
+        as ``{"tensor": {"dtype", "shape", "data"}}``. :meth:`from_dict` resumes from it."""
+        settings = self.settings()
+        if not (settings["unit_dim"] is None or isinstance(settings["unit_dim"], int)):
+            settings["unit_dim"] = None  # a mapping/callable: pass unit_dim= to from_dict
+        return {
+            "schema": MONITOR_SCHEMA,
+            "settings": settings,
+            "dead": self.all_units("dead"),
+            "state": _jsonify(self.state_dict()),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], model: nn.Module, **overrides: Any) -> Monitor:
+        """A Monitor on ``model`` resumed from :meth:`to_dict` (``overrides``: constructor
+        arguments to change, e.g. ``group``); not attached."""
+        if not isinstance(data, Mapping) or data.get("schema") != MONITOR_SCHEMA:
+            raise ValueError(
+                f"not a Monitor dict (schema {MONITOR_SCHEMA!r} expected): was it made by "
+                "Monitor.to_dict()?"
+            )
+        mon = cls(model, **{**data["settings"], **overrides})
+        mon.load_state_dict(_unjsonify(data["state"]))
+        return mon
 
     # ---------------------------------------------------------------- checkpoints
 

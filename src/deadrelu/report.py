@@ -34,13 +34,14 @@ global state.
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -49,11 +50,76 @@ from deadrelu import activations, classify
 from deadrelu.capture import Site
 from deadrelu.stats import UnitStats
 
-__all__ = ["CLASSES", "SCHEMA", "LayerSummary", "Report", "plot_history"]
+__all__ = ["CLASSES", "SCHEMA", "LayerSummary", "Report", "Result", "html_table", "plot_history"]
 
 SCHEMA = "deadrelu.report/1"
 #: The unit classes a report knows, in display order (:data:`deadrelu.classify.UNIT_CLASSES`).
 CLASSES = classify.CLASS_NAMES
+
+
+@runtime_checkable
+class Result(Protocol):
+    """What every deadrelu answer shares: :class:`Report`, :class:`deadrelu.monitor.Monitor`,
+    :class:`deadrelu.certify.Certificate` and :class:`deadrelu.explain.Explanation`.
+
+    * ``sites``: the call-site names, in the order they ran (``list(result.sites)``; a
+      Report and a Certificate map each name to its details, ``Site`` / ``SiteBounds``);
+    * ``dead_units(site) -> list[int]``: the dead unit indices of one site, sorted
+      (``KeyError`` naming the known sites for an unknown one);
+    * ``to_dict()``: a JSON-ready dict; ``type(result).from_dict(d, ...)`` rebuilds it
+      (a Monitor also needs the model: ``Monitor.from_dict(d, model)``);
+    * ``repr(result)``: one short line; ``_repr_html_()``: a compact HTML table (Jupyter).
+    """
+
+    @property
+    def sites(self) -> Collection[str]: ...
+
+    def dead_units(self, site: str) -> list[int]: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_dict(cls, *args: Any, **kwargs: Any) -> Any: ...
+
+    def _repr_html_(self) -> str: ...
+
+
+def html_table(
+    title: str, header: Sequence[str], rows: Sequence[Sequence[Any]], *, max_rows: int = 50
+) -> str:
+    """A compact HTML table (escaped) for notebooks; more than ``max_rows`` rows are cut
+    with a last row saying how many were left out."""
+    shown = list(rows[:max_rows])
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in shown
+    )
+    if len(rows) > max_rows:
+        more = f"... {len(rows) - max_rows} more rows"
+        body += f'<tr><td colspan="{len(header)}">{more}</td></tr>'
+    return (
+        f"<div><b>{html.escape(title)}</b><table><thead><tr>{head}</tr></thead>"
+        f"<tbody>{body}</tbody></table></div>"
+    )
+
+
+def tensor_to_json(t: Tensor) -> dict[str, Any]:
+    """A tensor as ``{"dtype", "shape", "data"}`` (flat; non-finite floats as strings)."""
+    flat = t.detach().cpu().reshape(-1)
+    return {
+        "dtype": str(flat.dtype).removeprefix("torch."),
+        "shape": list(t.shape),
+        "data": _encode(flat),
+    }
+
+
+def tensor_from_json(value: Mapping[str, Any]) -> Tensor:
+    """Inverse of :func:`tensor_to_json`."""
+    dtype = getattr(torch, str(value["dtype"]))
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown tensor dtype {value['dtype']!r}")
+    data = [float(x) if isinstance(x, str) else x for x in value["data"]]
+    return torch.tensor(data, dtype=dtype).reshape(value["shape"])
 
 
 @dataclass(frozen=True)
@@ -298,6 +364,17 @@ class Report:
             f"Report(sites={s['sites']}, units={s['units']}, dead={s['dead']}, "
             f"dormant={s['dormant']}, tau={self.tau:g})"
         )
+
+    def _repr_html_(self) -> str:
+        s = self.summary()
+        header = ["site", "activation", "units", *CLASSES]
+        rows = [
+            [r.name, r.activation, r.units]
+            + [getattr(r, c) if self.computable(c, r.name) else "-" for c in CLASSES]
+            for r in self.layers
+        ]
+        title = f"deadrelu report: {s['dead']}/{s['units']} units dead in {s['sites']} sites"
+        return html_table(title, header, rows)
 
     # ------------------------------------------------------------------ JSON
 

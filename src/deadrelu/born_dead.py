@@ -5,7 +5,7 @@ Lu, Shin, Su, Karniadakis ("Dying ReLU and Initialization: Theory and Numerical 
 function of its input: some hidden layer outputs 0 for every input, so everything after it
 is constant and no gradient reaches the layers before it. They prove the probability of
 this goes to 1 as the depth grows at fixed width under symmetric initialisations, and
-propose randomized asymmetric initialization (RAI, :func:`deadrelu.remedies.rai_sample`)
+propose randomized asymmetric initialization (RAI, :func:`deadrelu.init.rai_sample`)
 to lower it.
 
 :func:`born_dead_rate` measures it by Monte Carlo: ``trials`` independent networks
@@ -15,6 +15,10 @@ batched tensors, evaluated on ``n_inputs`` inputs of the box ``[-sqrt(3), sqrt(3
 hidden layer is exactly 0 on every input. For ``d_in = 1`` with zero biases ("he") the
 network is positively homogeneous, so the grid (which holds both signs) decides exactly;
 otherwise the estimate can only over-count networks that some unseen input would revive.
+
+:func:`born_dead_probability` computes the same probability for ``"he"`` (zero biases,
+Gaussian weights) and ``d_in = 1`` without drawing networks, by a deterministic numerical
+integral (see its docstring for the derivation).
 """
 
 from __future__ import annotations
@@ -25,9 +29,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from deadrelu.remedies import RAI_SIGMA, rai_sample
+from deadrelu.init import RAI_SIGMA, rai_sample
 
-__all__ = ["INITS", "BornDead", "born_dead_rate"]
+__all__ = ["INITS", "BornDead", "born_dead_probability", "born_dead_rate"]
 
 #: Initialisations :func:`born_dead_rate` knows.
 INITS = ("he", "he_bias", "rai")
@@ -105,7 +109,7 @@ def born_dead_rate(
         width: units per hidden layer (>= 1).
         init: ``"he"`` (weights N(0, 2/fan_in), biases 0: symmetric, the usual default),
             ``"he_bias"`` (biases N(0, 2/fan_in) too) or ``"rai"`` (randomized asymmetric,
-            :func:`deadrelu.remedies.rai_sample` with ``sigma``).
+            :func:`deadrelu.init.rai_sample` with ``sigma``).
         trials: independent networks.
         seed: seeds everything (weights and inputs).
         d_in: input dimension.
@@ -154,3 +158,83 @@ def born_dead_rate(
         stderr=math.sqrt(rate * (1 - rate) / trials),
         first_dead_layer=first_dead.cpu(),
     )
+
+
+def born_dead_probability(
+    width: int, depth: int, *, grid: int = 64, points: int = 2**14
+) -> list[float]:
+    """P(born dead by depth L), L = 1..``depth``, for input dim 1, zero biases and i.i.d.
+    Gaussian weights of any variance (``init="he"`` of :func:`born_dead_rate`), computed
+    by a deterministic numerical integral instead of drawing networks.
+
+    Derivation. With zero biases every layer is positively homogeneous, so layer ``l``
+    maps an input ``x`` to ``max(x, 0) u_l + max(-x, 0) v_l`` where ``u_l``, ``v_l`` in
+    ``R^width`` (both ``>= 0``) are the images of ``x = +1`` and ``x = -1``: the net is born
+    dead by depth ``L`` exactly when ``u_L = v_L = 0`` (a zero vector stays zero). Layer 1
+    gives ``u_1 = relu(w)``, ``v_1 = relu(-w)``: disjoint supports (angle pi/2), and one of
+    them is 0 with probability ``2 * 2^-width``. A layer ``z = W h`` with i.i.d. Gaussian
+    ``W`` acts on the pair only through the angle ``theta`` between ``u`` and ``v`` (the rows
+    of ``W`` are rotation invariant and scale does not change signs): the rows' pairs
+    ``(a_i, b_i) = (W u, W v)_i / norms`` are i.i.d. standard bivariate normal with
+    correlation ``cos theta``. Hence, per layer and exactly:
+
+    * both die with probability ``q^width``, ``q = P(a <= 0, b <= 0) = (pi - theta) / (2 pi)``;
+    * each one dies with probability ``2^-width`` (so exactly one with
+      ``2^-width - q^width`` each); a lone surviving vector dies with ``2^-width`` per layer;
+    * otherwise the new angle is ``arccos(<a+, b+> / (|a+| |b+|))``.
+
+    So "both alive at angle theta", "one alive" and "dead" form a Markov chain on
+    ``[0, pi/2] + 2`` states. The one non-closed-form part, the law of the new angle given
+    both survive, is integrated with a fixed (unscrambled) Sobol rule of ``points`` points
+    in ``2 * width`` dimensions, on ``grid`` equally spaced angles, with linear
+    interpolation between them; the rest of the chain is exact. The result is deterministic;
+    doubling ``grid`` and quadrupling ``points`` changes it by about 1e-4 at widths 2-8.
+
+    Args:
+        width: units per hidden layer (>= 1).
+        depth: hidden layers (>= 1).
+        grid: angles in ``[0, pi/2]`` at which the transition is integrated (>= 2).
+        points: Sobol points per angle (>= 16).
+
+    Returns:
+        ``depth`` probabilities, entry ``L - 1`` for depth ``L``; non-decreasing, 0 at L = 1.
+    """
+    if width < 1 or depth < 1 or grid < 2 or points < 16:
+        raise ValueError(
+            "born_dead_probability needs width, depth >= 1, grid >= 2 and points >= 16; got "
+            f"width={width}, depth={depth}, grid={grid}, points={points}"
+        )
+    f64 = torch.float64
+    theta = torch.linspace(0.0, math.pi / 2, grid, dtype=f64)
+    engine = torch.quasirandom.SobolEngine(2 * width, scramble=False)
+    u = engine.draw(points + 1, dtype=f64)[1:].clamp(1e-12, 1 - 1e-12)  # skip the origin
+    g = (math.sqrt(2.0) * torch.special.erfinv(2 * u - 1)).view(points, width, 2)
+    q = (math.pi - theta) / (2 * math.pi)
+    lone = 2.0**-width
+    both_die = q**width
+    one_dies = 2 * (lone - both_die)
+    both_live = 1 - both_die - one_dies
+    trans = torch.zeros(grid, grid, dtype=f64)  # both alive at theta_j -> both alive at theta_k
+    a = g[..., 0].clamp_min(0)
+    for j in range(grid):
+        b = (g[..., 0] * torch.cos(theta[j]) + g[..., 1] * torch.sin(theta[j])).clamp_min(0)
+        alive = (a > 0).any(dim=1) & (b > 0).any(dim=1)
+        aa, bb = a[alive], b[alive]
+        cos = (aa * bb).sum(dim=1) / (aa.norm(dim=1) * bb.norm(dim=1))
+        pos = torch.arccos(cos.clamp(0.0, 1.0)) / (math.pi / 2) * (grid - 1)
+        lo = pos.floor().long().clamp(0, grid - 2)
+        w = pos - lo
+        row = torch.zeros(grid, dtype=f64)
+        row.index_add_(0, lo, 1 - w)
+        row.index_add_(0, lo + 1, w)
+        trans[j] = row / int(alive.sum()) * both_live[j]
+    p_both = torch.zeros(grid, dtype=f64)
+    p_both[-1] = 1 - 2 * lone  # layer 1: disjoint supports, angle pi/2
+    p_one, p_dead = 2 * lone, 0.0
+    out = [p_dead]
+    for _ in range(2, depth + 1):
+        p_dead += float((p_both * both_die).sum()) + p_one * lone
+        p_one = p_one * (1 - lone) + float((p_both * one_dies).sum())
+        p_both = p_both @ trans
+        out.append(p_dead)
+    return out

@@ -60,6 +60,7 @@ CASES = [
     "hardtanh(-2, 3)",
     "hardtanh(min_val=0, max_val=6)",
     "relu_squared",
+    "quick_gelu",
 ]
 
 EDGES = [0.0, 1e-12, -1e-12, 1.0, -1.0, 50.0, -50.0, math.inf, -math.inf, math.nan]
@@ -67,7 +68,7 @@ EDGES += [6.0, 6.0 + 1e-12, 6.0 - 1e-12, 20.0, -20.0, 1e300, -1e300, 2.5, 10.0]
 EDGES += [3.0, -3.0, 3.0 + 1e-12, -3.0 - 1e-12, -3.0 + 1e-12, -1.5, 2.0, -2.0]
 
 #: Where torch's own forward kernel gives NaN but the function has a limit (inf * 0).
-TORCH_FORWARD_NAN_AT_NEG_INF = {"gelu", "silu", "mish", "hardswish"}
+TORCH_FORWARD_NAN_AT_NEG_INF = {"gelu", "silu", "mish", "hardswish", "quick_gelu"}
 
 
 def _inputs(seed: int = 0) -> Tensor:
@@ -188,6 +189,7 @@ def test_module_and_callable_agree(case: str) -> None:
         ("hardsigmoid", F.hardsigmoid),
         ("hardtanh(-2, 3)", lambda z: F.hardtanh(z, -2.0, 3.0)),
         ("relu_squared", lambda z: F.relu(z) ** 2),
+        ("quick_gelu", lambda z: z * torch.sigmoid(1.702 * z)),
     ],
 )
 def test_forward_is_torch_kernel_bitwise(case: str, torch_fn: object) -> None:
@@ -260,6 +262,7 @@ def test_gradcheck_prelu_parameter(num_parameters: int) -> None:
         ("hardtanh", 1.0),
         ("hardtanh(min_val=0, max_val=6)", 0.0),
         ("relu_squared", 0.0),
+        ("quick_gelu", 0.5),
     ],
 )
 def test_derivative_at_zero_follows_pytorch(case: str, at_zero: float) -> None:
@@ -564,6 +567,15 @@ def test_make_module_builds_parameters() -> None:
         ("elu(1 + 1)", "must be numbers or words"),
         ("elu(alpha=0.3", "cannot parse"),
         ("elu(**d)", "cannot parse"),
+        ("elu(*d)", "cannot parse"),
+        ("leaky_relu(0.2)(0.3)", "cannot parse activation 'leaky_relu(0.2)(0.3)'"),
+        ("leaky_relu(0.2)(0.3)", "expected 'name', 'name(value, ...)'"),
+        ("elu(alpha=1, alpha=2)", "cannot parse activation 'elu(alpha=1, alpha=2)'"),
+        ("elu(alpha=1, alpha=2)", "e.g. 'leaky_relu(0.2)' or 'elu(alpha=0.3)'"),
+        ("leaky_relu(0.2, slope=0.3)", "'slope' given twice"),
+        ("leaky_relu(0.2).x", "cannot parse activation 'leaky_relu(0.2).x'"),
+        ("leaky_relu(0.2)[0]", "cannot parse"),
+        ("(0.2)", "unknown activation ''"),
     ],
 )
 def test_bad_strings_raise_value_error(bad: str, message: str) -> None:
@@ -634,3 +646,115 @@ def test_benchmark_script_runs() -> None:
     doc = json.loads(out.stdout)
     assert set(names()) <= set(doc["results"])
     assert all(r["ratio"] > 0 and r["control_ratio"] > 0 for r in doc["results"].values())
+
+
+# ----------------------------------------------------------------------- other classes
+
+
+def test_presets_name_activations_with_parameters() -> None:
+    for name in ("gelu_tanh", "gelu_new", "gelu_fast", "gelu_pytorch_tanh", "GELU-New"):
+        assert get(name) == get("gelu(approximate=tanh)"), name
+    assert get("relu2") == get("relu_squared")
+
+
+def _foreign(module: str, name: str, forward: object) -> type[nn.Module]:
+    """A class that looks like another package's (``__module__``), without that package."""
+
+    def fwd(self: nn.Module, x: Tensor) -> Tensor:
+        return forward(x)  # type: ignore[operator, no-any-return]
+
+    cls = type(name, (nn.Module,), {"forward": fwd})
+    cls.__module__ = module
+    return cls
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("NewGELUActivation", "gelu(approximate=tanh)"),
+        ("GELUActivation", "gelu"),
+        ("FastGELUActivation", "gelu(approximate=tanh)"),
+        ("QuickGELUActivation", "quick_gelu"),
+        ("ReLUSquaredActivation", "relu_squared"),
+        ("SiLUActivation", "silu"),
+    ],
+)
+def test_hugging_face_classes_by_name(name: str, expected: str) -> None:
+    cls = _foreign("transformers.activations", name, torch.relu)
+    assert get(cls()) == get(expected)
+    assert spec_for_module(cls) is get(expected).spec  # type: ignore[union-attr]
+    # the same name elsewhere is not an activation
+    assert spec_for_module(_foreign("mypackage.layers", name, torch.relu)) is None
+
+
+def test_hugging_face_classes_real() -> None:
+    """The classes transformers really ships compute what they are mapped to."""
+    acts = pytest.importorskip("transformers.activations", reason="transformers not installed")
+    z = torch.linspace(-8, 8, 1601, dtype=torch.float64)
+    for hf_name, atol in [
+        ("gelu_new", 1e-12),
+        ("gelu", 0.0),
+        ("gelu_fast", 1e-9),  # its constant 0.7978845608 is sqrt(2/pi) to 10 digits
+        ("quick_gelu", 1e-15),
+        ("relu2", 0.0),
+        ("silu", 0.0),
+        ("gelu_pytorch_tanh", 0.0),
+    ]:
+        module = acts.ACT2FN[hf_name]
+        act = get(module)
+        assert act is not None, hf_name
+        torch.testing.assert_close(module(z), act(z), rtol=0, atol=atol, msg=hf_name)
+
+
+def test_deadrelu_import_does_not_import_zoos() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, deadrelu\n"
+        "bad = [m for m in ('transformers', 'timm', 'torchvision') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_register_module() -> None:
+    from deadrelu import activations
+
+    class MyGELU(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return F.gelu(x, approximate="tanh")
+
+    class MyLeaky(nn.Module):
+        def __init__(self, slope: float) -> None:
+            super().__init__()
+            self.slope = slope
+
+        def forward(self, x: Tensor) -> Tensor:
+            return F.leaky_relu(x, self.slope)
+
+    assert spec_for_module(MyGELU) is None
+    with pytest.raises(ValueError, match=r"register_module\(MyGELU, like="):
+        get(MyGELU())
+    try:
+        activations.register_module(MyGELU, like="gelu_tanh")
+        activations.register_module(MyLeaky, like=lambda m: f"leaky_relu({m.slope})")
+        assert get(MyGELU()) == get("gelu(approximate=tanh)")
+        assert get(MyGELU) == get("gelu(approximate=tanh)")
+        assert get(type("Sub", (MyGELU,), {})()) == get("gelu(approximate=tanh)")  # subclass
+        assert get(MyLeaky(0.3)) == get("leaky_relu(0.3)")
+        assert spec_for_module(MyLeaky(0.3)) is get("leaky_relu").spec  # type: ignore[union-attr]
+        with pytest.raises(ValueError, match="pass an instance"):
+            get(MyLeaky)
+        # a registered class can be more specific than a torch one
+        activations.register_module(nn.ReLU6, like="hardtanh(0, 6)")
+        assert get(nn.ReLU6()) == get("hardtanh(0, 6)")
+    finally:
+        for cls in (MyGELU, MyLeaky, nn.ReLU6):
+            activations._USER_MODULES.pop(cls, None)
+    assert get(nn.ReLU6()) == get("relu6")
+    with pytest.raises(TypeError, match=r"nn\.Module subclass"):
+        activations.register_module(int, like="relu")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown activation 'nope'"):
+        activations.register_module(MyGELU, like="nope")
+    assert MyGELU not in activations._USER_MODULES

@@ -34,6 +34,7 @@ FUNCTIONS: list[tuple[str, dict[str, object], list[float]]] = [
     ("hardtanh", {}, [-1.0, 1.0]),
     ("hardtanh", {"min_val": -2.0, "max_val": 0.5}, [-2.0, 0.5]),
     ("relu_squared", {}, [0.0]),
+    ("quick_gelu", {}, []),
 ]
 
 EDGES = np.array([0.0, 1e-12, -1e-12, 1, -1, 50, -50, np.inf, -np.inf, np.nan, 6, 1e300, -1e300])

@@ -15,7 +15,13 @@ The lab (``deadrelu.lab``) is imported on demand, not here.
 """
 
 from deadrelu import activations, classify, init, reference, remedies
-from deadrelu.activations import Activation, ActivationSpec, get, make_module
+from deadrelu.activations import (
+    Activation,
+    ActivationSpec,
+    get,
+    make_module,
+    register_module,
+)
 from deadrelu.born_dead import born_dead_rate
 from deadrelu.capture import Site, attach
 from deadrelu.certify import Box, Certificate, certify
@@ -59,6 +65,7 @@ __all__ = [
     "rai_init_",
     "recycle",
     "reference",
+    "register_module",
     "remedies",
     "scan",
     "suggest",

@@ -61,6 +61,7 @@ __all__ = [
     "make_module",
     "names",
     "register",
+    "register_module",
     "spec_for_function",
     "spec_for_module",
 ]
@@ -203,10 +204,15 @@ class ActivationSpec:
         values = self.defaults
         for p, v in zip(self.params, args, strict=False):
             values[p.name] = v
+        positional = {p.name for p in self.params[: len(args)]}
         for k, v in kwargs.items():
             if k not in values:
                 raise ValueError(
                     f"{self.name} has no parameter {k!r}; valid: {self._param_names()}"
+                )
+            if k in positional:
+                raise ValueError(
+                    f"{self.name}: parameter {k!r} given twice (by position and by name)"
                 )
             values[k] = v
         by_name = {p.name: p for p in self.params}
@@ -290,21 +296,44 @@ def _lookup(name: str) -> ActivationSpec:
     return _REGISTRY[key]
 
 
+#: Names that stand for an activation with parameters (Hugging Face's ``ACT2FN`` names).
+_PRESETS: dict[str, str] = {
+    "gelu_tanh": "gelu(approximate=tanh)",
+    "gelu_new": "gelu(approximate=tanh)",
+    "gelu_fast": "gelu(approximate=tanh)",
+    "gelu_pytorch_tanh": "gelu(approximate=tanh)",
+}
+
+_FORM = (
+    "expected 'name', 'name(value, ...)' or 'name(param=value, ...)', "
+    "e.g. 'leaky_relu(0.2)' or 'elu(alpha=0.3)'"
+)
+
+
 def _parse(text: str) -> Activation:
     """Parse ``"name"``, ``"name(0.2)"`` or ``"name(alpha=0.3)"``."""
-    text = text.strip()
+    original, text = text, text.strip()
     if "(" not in text:
+        key = text.lower().replace("-", "_")
+        if key in _PRESETS:
+            return _parse(_PRESETS[key])
         return _lookup(text).bind()
     if not text.endswith(")"):
-        raise ValueError(f"cannot parse activation {text!r}: expected e.g. 'leaky_relu(0.2)'")
+        raise ValueError(f"cannot parse activation {original!r}: {_FORM}")
     head, _, rest = text.partition("(")
     spec = _lookup(head)
     try:
         call = ast.parse(f"f({rest}", mode="eval").body
     except SyntaxError as exc:
-        raise ValueError(f"cannot parse activation parameters in {text!r}: {exc.msg}") from exc
-    if not isinstance(call, ast.Call) or any(kw.arg is None for kw in call.keywords):
-        raise ValueError(f"cannot parse activation {text!r}: expected e.g. 'elu(alpha=0.3)'")
+        raise ValueError(f"cannot parse activation {original!r} ({exc.msg}): {_FORM}") from exc
+    if (
+        not isinstance(call, ast.Call)
+        or not isinstance(call.func, ast.Name)  # 'leaky_relu(0.2)(0.3)'
+        or any(kw.arg is None for kw in call.keywords)  # 'elu(**d)'
+        or any(isinstance(a, ast.Starred) for a in call.args)  # 'elu(*d)'
+        or len({kw.arg for kw in call.keywords}) < len(call.keywords)  # 'elu(alpha=1, alpha=2)'
+    ):
+        raise ValueError(f"cannot parse activation {original!r}: {_FORM}")
     try:
         args = [_literal(a) for a in call.args]
         kwargs = {str(kw.arg): _literal(kw.value) for kw in call.keywords}
@@ -326,13 +355,128 @@ def _literal(node: ast.expr) -> Any:
         raise ValueError(ast.unparse(node)) from exc
 
 
-def spec_for_module(module: nn.Module | type[nn.Module]) -> ActivationSpec | None:
-    """The spec covering a module (instance or class), or None if it is not an activation."""
-    cls = module if isinstance(module, type) else type(module)
+#: Activation classes outside torch, matched by (``__module__``, ``__qualname__``) so that
+#: their packages are never imported here: Hugging Face ``transformers.activations`` (the
+#: classes behind ``ACT2FN``) and timm's own modules. Value: what :func:`get` parses.
+_NAMED_CLASSES: dict[tuple[str, str], str] = {
+    **{
+        ("transformers.activations", name): like
+        for name, like in [
+            ("GELUActivation", "gelu"),
+            ("NewGELUActivation", "gelu(approximate=tanh)"),  # GPT-2's gelu_new
+            ("FastGELUActivation", "gelu(approximate=tanh)"),
+            ("AccurateGELUActivation", "gelu(approximate=tanh)"),
+            ("GELUTanh", "gelu(approximate=tanh)"),
+            ("PytorchGELUTanh", "gelu(approximate=tanh)"),
+            ("QuickGELUActivation", "quick_gelu"),
+            ("ReLUSquaredActivation", "relu_squared"),
+            ("SiLUActivation", "silu"),
+            ("MishActivation", "mish"),
+        ]
+    },
+    **{
+        (module, name): like
+        for module in ("timm.layers.activations", "timm.layers.activations_me")
+        for name, like in [
+            ("GELU", "gelu"),
+            ("GELUTanh", "gelu(approximate=tanh)"),
+            ("QuickGELU", "quick_gelu"),
+            ("Swish", "silu"),
+            ("SwishMe", "silu"),
+            ("Mish", "mish"),
+            ("MishMe", "mish"),
+            ("HardSwish", "hardswish"),
+            ("HardSwishMe", "hardswish"),
+            ("HardSigmoid", "hardsigmoid"),
+            ("HardSigmoidMe", "hardsigmoid"),
+        ]
+    },
+}
+
+#: A user's classes (:func:`register_module`): class -> what they compute.
+_USER_MODULES: dict[type[nn.Module], Activation | Callable[[nn.Module], Activation]] = {}
+
+
+def _module_entry(
+    cls: type,
+) -> ActivationSpec | Activation | Callable[[nn.Module], Activation] | None:
+    """What covers ``cls``: the entry of the most specific class in its MRO that is
+    registered (a user's class, a named class, a spec's module or torch module), or None.
+
+    A spec is returned when the parameters are read from the instance; an
+    :class:`Activation` (or a function of the instance) when they are fixed by the entry.
+    """
+    by_class: dict[type, ActivationSpec] = {}
     for spec in _REGISTRY.values():
-        if issubclass(cls, spec.module) or any(issubclass(cls, m) for m in spec.torch_modules):
-            return spec
+        for c in (spec.module, *spec.torch_modules):
+            by_class.setdefault(c, spec)
+    for k in cls.__mro__:
+        if k in _USER_MODULES:
+            return _USER_MODULES[k]
+        named = _NAMED_CLASSES.get((k.__module__, k.__qualname__))
+        if named is not None:
+            return _parse(named)
+        if k in by_class:
+            return by_class[k]
     return None
+
+
+def spec_for_module(module: nn.Module | type[nn.Module]) -> ActivationSpec | None:
+    """The spec covering a module (instance or class), or None if it is not an activation.
+
+    The most specific registered class wins: ``nn.ReLU6`` (a subclass of ``nn.Hardtanh``) is
+    relu6, not hardtanh. Besides torch's and deadrelu's modules, Hugging Face's and timm's
+    activation classes (``NewGELUActivation``, ``QuickGELUActivation``, timm's
+    ``HardSwish`` ...) are covered by class name, without importing those packages, and any
+    class given to :func:`register_module`.
+    """
+    cls = module if isinstance(module, type) else type(module)
+    entry = _module_entry(cls)
+    if entry is None or isinstance(entry, ActivationSpec):
+        return entry
+    if isinstance(entry, Activation):
+        return entry.spec
+    if isinstance(module, type):  # registered with a function of the instance: needs one
+        return None
+    return entry(module).spec
+
+
+def register_module(
+    cls: type[nn.Module],
+    like: str | ActivationSpec | Activation | Callable[[nn.Module], Activation | str],
+) -> None:
+    """Declare that instances of ``cls`` (and its subclasses) compute the activation ``like``.
+
+    After ``register_module(MyAct, like="gelu(approximate=tanh)")`` every ``MyAct`` in a
+    model is a call site of :func:`deadrelu.scan`, the Monitor and the remedies, like
+    ``nn.GELU(approximate="tanh")``: its input is the pre-activation ``z``, its output the
+    activation. ``like`` is anything :func:`get` accepts as a name (``"leaky_relu(0.2)"``,
+    ``"gelu_tanh"``, a spec, an :class:`Activation`), or a function of the module instance
+    returning one, for classes whose parameters differ per instance
+    (``lambda m: f"leaky_relu({m.slope})"``; :func:`spec_for_module` then needs an instance,
+    not the class). Registering a class again replaces its entry.
+
+    Raises:
+        TypeError: ``cls`` is not an ``nn.Module`` subclass.
+        ValueError: ``like`` names no registered activation.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"register_module needs an nn.Module subclass, got {cls!r}")
+    if callable(like) and not isinstance(like, (ActivationSpec, Activation)):
+        fn = like
+
+        def read(module: nn.Module) -> Activation:
+            act = get(fn(module))
+            if act is None:
+                raise ValueError(f"register_module({cls.__name__}): like(module) returned None")
+            return act
+
+        _USER_MODULES[cls] = read
+        return
+    act = get(like)
+    if act is None:
+        raise ValueError(f"register_module({cls.__name__}, like=None): name an activation")
+    _USER_MODULES[cls] = act
 
 
 def _module_params(spec: ActivationSpec, module: nn.Module) -> Activation:
@@ -383,24 +527,35 @@ def get(
     if isinstance(activation, str):
         return _parse(activation)
     if isinstance(activation, nn.Module):
-        spec = spec_for_module(activation)
-        if spec is None:
-            raise ValueError(
-                f"{type(activation).__name__} is not an activation deadrelu knows; "
-                f"known: {', '.join(names())}"
-            )
-        return _module_params(spec, activation)
+        entry = _module_entry(type(activation))
+        if entry is None:
+            raise ValueError(_unknown_module(type(activation)))
+        if isinstance(entry, ActivationSpec):
+            return _module_params(entry, activation)
+        return entry if isinstance(entry, Activation) else entry(activation)
     if isinstance(activation, type) and issubclass(activation, nn.Module):
-        spec = spec_for_module(activation)
-        if spec is None:
-            raise ValueError(
-                f"{activation.__name__} is not an activation deadrelu knows; "
-                f"known: {', '.join(names())}"
-            )
-        return spec.bind()
+        entry = _module_entry(activation)
+        if entry is None:
+            raise ValueError(_unknown_module(activation))
+        if isinstance(entry, ActivationSpec):
+            return entry.bind()
+        if isinstance(entry, Activation):
+            return entry
+        raise ValueError(
+            f"{activation.__name__} was registered with a function of the instance: "
+            f"pass an instance to get() to read its parameters"
+        )
     raise ValueError(
         f"cannot interpret {activation!r} as an activation: pass a name such as "
         f"'leaky_relu(0.2)', an nn.Module class or instance, or None"
+    )
+
+
+def _unknown_module(cls: type) -> str:
+    return (
+        f"{cls.__name__} is not an activation deadrelu knows; known: {', '.join(names())}. "
+        f"If it computes one of these, declare it: "
+        f"deadrelu.register_module({cls.__name__}, like='gelu_tanh')"
     )
 
 
@@ -625,6 +780,18 @@ class Hardtanh(nn.Hardtanh):
         return {"min_val": float(self.min_val), "max_val": float(self.max_val)}
 
 
+class QuickGELU(nn.Module):
+    """QuickGELU(z) = z * sigmoid(1.702 z) (CLIP's GELU approximation)."""
+
+    def forward(self, z: Tensor) -> Tensor:
+        """``z``: any shape ``(*)``; returns the same shape."""
+        return _quick_gelu_fwd(z)
+
+    def activation_params(self) -> dict[str, Any]:
+        """Registry parameters of this module."""
+        return {}
+
+
 class ReLUSquared(nn.Module):
     """ReLU²(z) = max(0, z)² (So et al. 2021, Primer; used in recent LLMs)."""
 
@@ -801,6 +968,20 @@ def _hardtanh_grad(z: Tensor, min_val: float = -1.0, max_val: float = 1.0) -> Te
     # (as for ReLU6, the vectorised and scalar kernels differ at NaN).
     inside = torch.where((z > min_val) & (z < max_val), _ones(z), torch.zeros_like(z))
     return torch.where(torch.isnan(z), z, inside)
+
+
+#: QuickGELU's sigmoid scale (Hendrycks & Gimpel 2016, sec. 2; CLIP).
+QUICK_GELU_SCALE = 1.702
+
+
+def _quick_gelu_fwd(z: Tensor) -> Tensor:
+    return z * torch.sigmoid(QUICK_GELU_SCALE * z)
+
+
+def _quick_gelu_grad(z: Tensor) -> Tensor:
+    # d/dz z s(a z) = s + a z s (1 - s), s = sigmoid(a z); limits 0 and 1 at -+inf.
+    s, sneg = torch.sigmoid(QUICK_GELU_SCALE * z), torch.sigmoid(-QUICK_GELU_SCALE * z)
+    return _with_limits(z, s + QUICK_GELU_SCALE * z * s * sneg, 0.0, 1.0)
 
 
 def _relu_squared_fwd(z: Tensor) -> Tensor:
@@ -1153,4 +1334,20 @@ register(
         description="squared ReLU (So et al. 2021, Primer)",
     ),
     aliases=("relu2", "squared_relu", "relu_sq"),
+)
+register(
+    ActivationSpec(
+        name="quick_gelu",
+        formula="z * sigmoid(1.702 z)",
+        derivative_formula="s + 1.702 z s (1 - s), s = sigmoid(1.702 z)",
+        params=(),
+        forward=_quick_gelu_fwd,
+        derivative=_quick_gelu_grad,
+        module=QuickGELU,
+        zero_grad_region="none (-> 0 as z -> -inf)",
+        zero_grad=_never,
+        saturates=True,
+        description="sigmoid approximation of GELU (CLIP; Hugging Face quick_gelu)",
+    ),
+    aliases=("quickgelu",),
 )

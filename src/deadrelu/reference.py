@@ -310,6 +310,21 @@ def silu_grad(z: ArrayLike) -> Array:
     return _nan_to_nan(z, _limits(z, out, 0.0, 1.0))
 
 
+def quick_gelu(z: ArrayLike) -> Array:
+    """z sigma(1.702 z)."""
+    z = _arr(z)
+    with np.errstate(invalid="ignore"):
+        return _limits(z, z * _sigmoid(1.702 * z), 0.0, np.inf)
+
+
+def quick_gelu_grad(z: ArrayLike) -> Array:
+    """sigma(a z) + a z sigma(a z) sigma(-a z), a = 1.702."""
+    z = _arr(z)
+    with np.errstate(invalid="ignore"):
+        out = _sigmoid(1.702 * z) + 1.702 * z * _sigmoid(1.702 * z) * _sigmoid(-1.702 * z)
+    return _nan_to_nan(z, _limits(z, out, 0.0, 1.0))
+
+
 def _softplus1(z: Array) -> Array:
     return np.logaddexp(0.0, z)
 
@@ -368,6 +383,7 @@ FORWARDS: dict[str, Callable[..., Array]] = {
     "hardsigmoid": hardsigmoid,
     "hardtanh": hardtanh,
     "relu_squared": relu_squared,
+    "quick_gelu": quick_gelu,
 }
 
 #: Registry name -> derivative with respect to ``z``.
@@ -388,6 +404,7 @@ DERIVATIVES: dict[str, Callable[..., Array]] = {
     "hardsigmoid": hardsigmoid_grad,
     "hardtanh": hardtanh_grad,
     "relu_squared": relu_squared_grad,
+    "quick_gelu": quick_gelu_grad,
 }
 
 

@@ -12,13 +12,8 @@ from torch import Tensor, fx, nn
 from deadrelu.born_dead import born_dead_rate
 from deadrelu.explain import explain
 from deadrelu.graph import link_sites
-from deadrelu.remedies import (
-    init_bias_,
-    rai_init_,
-    rai_sample,
-    recycle,
-    swap_activations,
-)
+from deadrelu.init import rai_init_, rai_sample
+from deadrelu.remedies import init_bias_, recycle, swap_activations
 from deadrelu.scan import scan
 
 KILLED = [1, 4]

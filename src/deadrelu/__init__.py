@@ -14,7 +14,7 @@ The public API is flat::
 The lab (``deadrelu.lab``) is imported on demand, not here.
 """
 
-from deadrelu import activations, classify, init, reference, remedies
+from deadrelu import activations, advice, classify, init, reference, remedies
 from deadrelu.activations import (
     Activation,
     ActivationSpec,
@@ -22,13 +22,14 @@ from deadrelu.activations import (
     make_module,
     register_module,
 )
+from deadrelu.advice import Advice, suggest
 from deadrelu.born_dead import born_dead_rate
 from deadrelu.capture import Site, attach
 from deadrelu.certify import Box, Certificate, certify
 from deadrelu.explain import Explanation, UpdateTracker, explain
-from deadrelu.init import gain, init_for, kaiming_init_, lecun_normal_
+from deadrelu.init import gain, init_for, kaiming_init_, lecun_normal_, rai_init_
 from deadrelu.monitor import Monitor, MonitorWarning
-from deadrelu.remedies import init_bias_, rai_init_, recycle, suggest, swap_activations
+from deadrelu.remedies import init_bias_, recycle, swap_activations
 from deadrelu.report import Report
 from deadrelu.scan import scan
 from deadrelu.stats import UnitStats
@@ -38,6 +39,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Activation",
     "ActivationSpec",
+    "Advice",
     "Box",
     "Certificate",
     "Explanation",
@@ -49,6 +51,7 @@ __all__ = [
     "UpdateTracker",
     "__version__",
     "activations",
+    "advice",
     "attach",
     "born_dead_rate",
     "certify",

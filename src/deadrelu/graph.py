@@ -32,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, fx, nn
+from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
 from deadrelu.activations import (
@@ -47,6 +48,7 @@ __all__ = [
     "CHANNEL",
     "LAST",
     "PRODUCER_TYPES",
+    "LinkProbe",
     "ProducerProbe",
     "SiteLinks",
     "activation_module_spec",
@@ -406,11 +408,11 @@ def _link_back(gm: fx.GraphModule, node: fx.Node, links: SiteLinks, calls: dict[
     links.producer_problem = "the site has no tensor input"
 
 
-def _check_axes(gm: fx.GraphModule, links: SiteLinks) -> None:
+def _check_axes(root: nn.Module, links: SiteLinks) -> None:
     """A Conv's units are channels (dim 1), a Linear's the last dim: consumers must agree."""
     if links.producer is None or links.consumer_problem is not None:
         return
-    conv = not isinstance(gm.get_submodule(links.producer), nn.Linear)
+    conv = not isinstance(root.get_submodule(links.producer), nn.Linear)
     for path, kind in links.consumers:
         if conv and kind == "linear":
             links.consumer_problem = (
@@ -559,3 +561,315 @@ class ProducerProbe:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+# ------------------------------------------------------------------------------------------
+# Links by probe: producer and consumers of every site, from one real forward
+# ------------------------------------------------------------------------------------------
+
+Key = tuple[int, tuple[int, ...], tuple[int, ...]]
+
+#: Calls that read a tensor's metadata (or alias it) without using its values: never a use.
+_METADATA = frozenset(
+    {
+        "size", "dim", "numel", "__get__", "detach", "stride", "is_contiguous",
+        "is_floating_point", "is_complex", "data_ptr", "element_size", "ndimension",
+        "nelement", "__len__", "get_device", "storage_offset", "untyped_storage",
+        "__format__", "__repr__", "_is_view",
+        # deadrelu.capture copies z into scratch memory before an in-place activation
+        "copy_",
+    }
+)  # fmt: skip
+_FLATTENS = frozenset({"flatten", "view", "reshape"})
+#: Functions (by name, as a torch-function mode sees them) that keep unit i at unit i.
+_PASS_NAMES = frozenset(
+    {"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "contiguous"}
+)
+_GATE_NAMES = frozenset({"mul", "__mul__", "__rmul__"})
+
+
+def _passes(c: _Call) -> bool:
+    return c.name in _PASS_NAMES or "pool" in c.name
+
+
+def _tensors(obj: Any) -> list[Tensor]:
+    """The tensors of an argument or output: itself, or the items of a list / tuple / dict
+    (a Hugging Face ``ModelOutput`` is a dict), one level deep."""
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for t in obj if isinstance(t, Tensor)]
+    if isinstance(obj, dict):
+        return [t for t in obj.values() if isinstance(t, Tensor)]
+    return []
+
+
+@dataclass(eq=False)
+class _Call:
+    """One module or function call seen by :class:`LinkProbe`."""
+
+    seq: int  # when it was entered
+    kind: str  # "module" or "function"
+    name: str  # module path, or function name
+    target: Any  # the module, or the function
+    inputs: list[Key]  # tensor arguments, positional first
+    outputs: list[Key] = field(default_factory=list)
+    done: int = -1  # when it returned
+    flatten: bool = False  # (N, C, *) -> (N, C * rest)
+
+    def describe(self) -> str:
+        if self.kind == "module":
+            return f"module {self.name!r} ({type(self.target).__name__})"
+        return f"{self.name}()"
+
+
+class _LinkMode(TorchFunctionMode):
+    def __init__(self, probe: LinkProbe) -> None:
+        super().__init__()
+        self.probe = probe
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        name = str(getattr(func, "__name__", func))
+        if name in _METADATA:
+            return func(*args, **kwargs)
+        probe = self.probe
+        given = [t for a in (*args, *kwargs.values()) for t in _tensors(a)]
+        call = _Call(probe.tick(), "function", name, func, [tensor_key(t) for t in given])
+        probe.enter(call)
+        out = func(*args, **kwargs)
+        made = _tensors(out)
+        if name in _FLATTENS and given and made:
+            a, b = given[0], made[0]
+            call.flatten = a.dim() >= 3 and b.dim() == 2 and a.shape[0] == b.shape[0]
+        probe.leave(call, made)
+        return out
+
+
+class LinkProbe:
+    """Links every activation site to its producer and consumers by one real forward, for
+    models ``torch.fx`` cannot trace (every Hugging Face model).
+
+    While active (a context manager) it records every module call (hooks) and every torch
+    function call (a :class:`~torch.overrides.TorchFunctionMode`) with the identity of the
+    tensors they read and return (:func:`tensor_key`: memory, shape, strides), keeping those
+    tensors alive so that identities are not reused. :meth:`on_site` is a capture callback
+    (``deadrelu.capture.attach(model, probe.on_site)``): it marks each activation call.
+    A tensor is *used* by a call that reads it from outside the module that received it
+    (``F.linear`` inside the ``nn.Linear`` that got ``x`` is the Linear's use, not another).
+
+    :meth:`links` then applies the rules of :func:`link_sites` to what happened: the
+    producer is the Linear / Conv whose output reaches the activation through Dropout /
+    Identity and at most one BatchNorm, each used by nothing else; the consumers are the
+    Linear / Conv layers reading the output through Dropout, Identity, pooling, BatchNorm,
+    other activations, elementwise gates and one flatten, and nothing else may read it
+    (a residual sum, the model's output): otherwise ``consumer_problem`` says what did.
+    Only what ran in this forward is seen: a branch the batch did not take is unknown.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._model = model
+        self._seq = 0
+        self._stack: list[_Call] = []
+        self._uses: dict[Key, list[_Call]] = {}
+        self._made: dict[Key, list[_Call]] = {}
+        self._calls_of: dict[str, int] = {}
+        self._keep: list[Tensor] = []
+        self._outputs: set[Key] = set()
+        self._sites: list[tuple[str, Activation, int, Key, Key]] = []
+        self._mode = _LinkMode(self)
+        self._handles: list[RemovableHandle] = []
+        for path, m in model.named_modules():
+            self._handles.append(m.register_forward_pre_hook(self._pre(path), with_kwargs=True))
+            self._handles.append(m.register_forward_hook(self._post(), always_call=True))
+
+    def tick(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def enter(self, call: _Call) -> None:
+        """Record ``call``'s uses of its inputs (those its enclosing module did not get)."""
+        parent = set(self._stack[-1].inputs) if self._stack else set()
+        for k in dict.fromkeys(call.inputs):
+            if k not in parent:
+                self._uses.setdefault(k, []).append(call)
+
+    def leave(self, call: _Call, made: list[Tensor]) -> None:
+        call.done = self.tick()
+        call.outputs = [tensor_key(t) for t in made]
+        for t, k in zip(made, call.outputs, strict=True):
+            self._made.setdefault(k, []).append(call)
+            self._keep.append(t)
+
+    def _pre(self, path: str) -> Callable[..., None]:
+        def hook(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            with torch._C.DisableTorchFunction():
+                given = [t for a in (*args, *kwargs.values()) for t in _tensors(a)]
+                self._keep.extend(given)
+                call = _Call(self.tick(), "module", path, m, [tensor_key(t) for t in given])
+                self.enter(call)
+                self._calls_of[path] = self._calls_of.get(path, 0) + 1
+                self._stack.append(call)
+
+        return hook
+
+    def _post(self) -> Callable[..., None]:
+        def hook(m: nn.Module, args: Any, out: Any) -> None:
+            with torch._C.DisableTorchFunction():
+                while self._stack:
+                    call = self._stack.pop()
+                    if call.target is m:
+                        break
+                else:
+                    return
+                made = _tensors(out)
+                self.leave(call, made)
+                if not self._stack:
+                    self._outputs.update(call.outputs)
+
+        return hook
+
+    def on_site(self, site: Any, z: Tensor, out: Tensor) -> None:
+        """Capture callback: ``site`` has ``.name`` and ``.activation``; ``z``, ``out`` as
+        :func:`deadrelu.capture.attach` passes them."""
+        self._sites.append(
+            (str(site.name), site.activation, self.tick(), tensor_key(z), tensor_key(out))
+        )
+
+    def __enter__(self) -> LinkProbe:
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._mode.__exit__(None, None, None)
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove the hooks and release the recorded tensors (the links stay readable)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._keep.clear()
+
+    # -- resolution ---------------------------------------------------------------------
+
+    def _last_made(self, k: Key, before: int) -> _Call | None:
+        found = None
+        for c in self._made.get(k, []):
+            if c.done < before:
+                found = c
+        return found
+
+    def _uses_after(self, k: Key, made: _Call | None, after: int) -> list[_Call]:
+        """Uses of ``k`` from ``after`` until the next call that writes ``k`` (in place)."""
+        end = min((c.done for c in self._made.get(k, []) if c.done > after), default=None)
+        return [
+            u
+            for u in self._uses.get(k, [])
+            if u.seq > after and (end is None or u.seq < end) and u is not made
+        ]
+
+    def links(self) -> dict[str, SiteLinks]:
+        """``{site: SiteLinks}`` for every site seen (its first call), as :func:`link_sites`."""
+        out: dict[str, SiteLinks] = {}
+        for name, act, seq, zk, ok in self._sites:
+            if name in out:
+                continue
+            lk = SiteLinks(site=name, activation=act)
+            call = self._last_made(ok, seq)
+            if call is None:
+                lk.producer_problem = lk.consumer_problem = "the activation call was not seen"
+                out[name] = lk
+                continue
+            if zk not in self._made:  # capture copied z before an in-place call
+                zk = ok
+            self._probe_back(lk, zk, call)
+            self._probe_forward(lk, ok, call)
+            _check_axes(self._model, lk)
+            out[name] = lk
+        return out
+
+    def _probe_back(self, lk: SiteLinks, k: Key, user: _Call) -> None:
+        shared: str | None = None
+        while True:
+            c = self._last_made(k, user.seq)
+            if c is None:
+                lk.producer_problem = "the site is fed by the model's input or an untracked tensor"
+                return
+            others = [u for u in self._uses_after(k, None, c.done) if u is not user]
+            if others and shared is None:
+                shared = f"the output of {c.describe()} is also used by {others[0].describe()}"
+            m = c.target
+            if c.kind == "module" and isinstance(m, _PASS_MODULES) and c.inputs:
+                k, user = c.inputs[0], c
+                continue
+            bn = isinstance(m, nn.modules.batchnorm._BatchNorm)
+            if c.kind == "module" and bn and lk.norm is None and c.inputs:
+                lk.norm = c.name
+                k, user = c.inputs[0], c
+                continue
+            if c.kind == "function" and c.name in _PASS_NAMES and c.inputs:
+                k, user = c.inputs[0], c
+                continue
+            if c.kind == "module" and isinstance(m, _AFFINE) and getattr(m, "groups", 1) == 1:
+                lk.producer = c.name
+                if self._calls_of.get(c.name, 0) > 1:
+                    lk.producer_problem = f"{c.name!r} is called more than once"
+                elif lk.norm is not None and self._calls_of.get(lk.norm, 0) > 1:
+                    lk.producer_problem = f"{lk.norm!r} is called more than once"
+                else:
+                    lk.producer_problem = shared
+                return
+            lk.producer_problem = f"the site is fed by {c.describe()}, not a Linear/Conv layer"
+            return
+
+    def _probe_forward(self, lk: SiteLinks, k: Key, call: _Call) -> None:
+        stack: list[tuple[Key, _Call, bool]] = [(k, call, False)]
+        seen: set[int] = set()
+        while stack:
+            k, made, flat = stack.pop()
+            if k in self._outputs:
+                lk.consumer_problem = (
+                    "its output reaches the model's output (the output layer is never recycled)"
+                )
+            for u in self._uses_after(k, made, made.done):
+                if id(u) in seen or lk.consumer_problem is not None:
+                    continue
+                seen.add(id(u))
+                lk.consumer_problem = self._step(u, k, flat, lk, stack)
+            if lk.consumer_problem is not None:
+                lk.consumers = []
+                return
+        if not lk.consumers:
+            lk.consumer_problem = "the site's output is not read by any Linear/Conv layer"
+
+    def _step(
+        self, u: _Call, k: Key, flat: bool, lk: SiteLinks, stack: list[tuple[Key, _Call, bool]]
+    ) -> str | None:
+        nxt = u.outputs[0] if u.outputs else None
+        if u.kind == "module":
+            m = u.target
+            if isinstance(m, nn.Linear) or (isinstance(m, _AFFINE) and m.groups == 1 and not flat):
+                if self._calls_of.get(u.name, 0) > 1:
+                    return f"consumer {u.name!r} is called more than once"
+                if u.inputs == [k]:
+                    kind = "linear" if isinstance(m, nn.Linear) else "conv"
+                    lk.consumers.append((u.name, "flatten_linear" if flat else kind))
+                    return None
+            if (isinstance(m, _CHANNEL_KEEPING) or get_or_none(m) is not None) and nxt:
+                if flat and not isinstance(m, _PASS_MODULES) and get_or_none(m) is None:
+                    return f"{u.describe()} after a flatten"
+                stack.append((nxt, u, flat))
+                return None
+            return f"its output reaches {u.describe()}"
+        if u.flatten and nxt:
+            if flat:
+                return f"it is flattened twice ({u.describe()})"
+            stack.append((nxt, u, True))
+            return None
+        if nxt and (_passes(u) or u.name in _GATE_NAMES):
+            stack.append((nxt, u, flat))
+            return None
+        return f"its output reaches {u.describe()}"

@@ -1,54 +1,68 @@
-"""Cures for dead units: swap the activation, re-initialise biases or weights, recycle units.
+"""Cures for dead units: swap the activation, re-initialise biases, recycle units.
 
 Every remedy changes the model in place (keeping devices and dtypes) and returns a
 :class:`RemedySummary` of exactly what it changed and what it skipped, with the reason;
-none changes anything it was not asked to.
+none changes anything it was not asked to, and none says "nothing to do" silently: a site
+of the kind asked for that is left alone is listed in ``skipped`` with the reason.
 
 * :func:`swap_activations`: replace ReLU-like activations by another one of the registry
   (the notes' C8/C9: "don't use ReLU, use a variant").
-* :func:`init_bias_`: set the bias feeding each ReLU-like activation to a small positive
-  value (the notes' C7).
-* :func:`rai_init_`: randomized asymmetric initialization (Lu, Shin, Su, Karniadakis 2019).
-* :func:`recycle`: ReDo (Sokar et al. 2023): re-initialise dormant units without changing
-  the network's function.
+* :func:`init_bias_`: set the bias feeding each ReLU-like activation (or only the given
+  units) to a small positive value (the notes' C7).
+* :func:`recycle`: ReDo (Sokar et al. 2023): re-initialise dead units without changing the
+  network's outputs.
 
-How layers are found: :func:`deadrelu.graph.link_sites` traces the model with ``torch.fx``
-and links each activation site (named as :mod:`deadrelu.capture` names it) to
+Whole-model initialisers (:func:`deadrelu.init.rai_init_`, :func:`deadrelu.init.init_for`)
+live in :mod:`deadrelu.init`; advice on which cure to use in :mod:`deadrelu.advice`.
 
-* its **producer**: the ``nn.Linear`` / ``nn.Conv1d/2d/3d`` whose output feeds it, through
-  at most one ``BatchNorm`` (the **norm**) and any Dropout / Identity;
-* its **consumers**: the Linear / Conv layers that read its output, through Dropout,
-  Identity, pooling, BatchNorm, other activations and one flatten (``Conv -> ReLU ->
-  flatten -> Linear``: the channel's block of columns).
-
-A site whose output reaches anything else (a residual addition, a concatenation, the
+How layers are found (:func:`links_of`): each activation site (named as
+:mod:`deadrelu.capture` names it) is linked to its **producer** (the ``nn.Linear`` /
+``nn.Conv1d/2d/3d`` whose output feeds it, through at most one ``BatchNorm``, the **norm**,
+and any Dropout / Identity) and its **consumers** (the Linear / Conv layers that read its
+output, through Dropout, Identity, pooling, BatchNorm, other activations and one flatten:
+``Conv -> ReLU -> flatten -> Linear`` reads the channel's block of columns). With example
+inputs this is measured by one probe forward (:class:`deadrelu.graph.LinkProbe`: what
+really ran, for any model, Hugging Face ones included); without, by tracing with
+``torch.fx`` (:func:`deadrelu.graph.link_sites`: every branch, for traceable models). A
+site whose output reaches anything else (a residual addition, a concatenation, the
 model's output) has no complete set of consumers: :func:`recycle` skips it and says why.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import inspect
 import math
 import textwrap
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
 
-from deadrelu.activations import Activation, ActivationSpec, get, make_module, names
+from deadrelu.activations import (
+    Activation,
+    ActivationSpec,
+    get,
+    make_module,
+    names,
+    spec_for_function,
+)
+from deadrelu.capture import attach
 from deadrelu.classify import dormant_mask
-from deadrelu.graph import SiteLinks, get_or_none, link_sites, site_names, trace
+from deadrelu.graph import LinkProbe, SiteLinks, get_or_none, link_sites, site_names, trace
+from deadrelu.scan import _batches, _split, _to, scan
 
 __all__ = [
     "RemedySummary",
+    "Where",
+    "first_batch",
     "init_bias_",
-    "rai_init_",
-    "rai_sample",
+    "links_of",
     "recycle",
-    "suggest",
+    "select",
     "swap_activations",
 ]
 
@@ -63,11 +77,16 @@ class RemedySummary:
         remedy: the function's name.
         changed: one line per change, e.g. ``"fc1.bias: 16 values set to 0.01"``.
         skipped: one line per site or layer left alone, with the reason.
-        units: site -> unit indices acted on (for :func:`recycle`).
+        units: site -> unit indices acted on (:func:`recycle`, :func:`init_bias_` with
+            ``units=``).
         model: the model to use from now on: the same object, except after
             :func:`swap_activations` rewrote functional calls (then a ``torch.fx``
             ``GraphModule`` sharing the original's parameters).
         manual: call sites the user must change by hand (file, line and code).
+        max_output_change: largest ``|output after - output before|`` over the example
+            batch (:func:`recycle` with ``data=`` or ``example_inputs=``), else None.
+        still_dead: site -> units acted on that a fresh scan of ``data`` still finds dead
+            (:func:`recycle` with ``data=``).
     """
 
     remedy: str
@@ -76,6 +95,8 @@ class RemedySummary:
     units: dict[str, list[int]] = field(default_factory=dict)
     model: nn.Module | None = None
     manual: list[str] = field(default_factory=list)
+    max_output_change: float | None = None
+    still_dead: dict[str, list[int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (without the model)."""
@@ -85,6 +106,8 @@ class RemedySummary:
             "skipped": list(self.skipped),
             "units": {k: list(v) for k, v in self.units.items()},
             "manual": list(self.manual),
+            "max_output_change": self.max_output_change,
+            "still_dead": {k: list(v) for k, v in self.still_dead.items()},
         }
 
     def __str__(self) -> str:
@@ -92,16 +115,81 @@ class RemedySummary:
         lines += [f"  changed: {c}" for c in self.changed]
         lines += [f"  skipped: {s}" for s in self.skipped]
         lines += [f"  change by hand: {m}" for m in self.manual]
+        if self.max_output_change is not None:
+            lines.append(f"  max output change on the example batch: {self.max_output_change:.3g}")
+        for site, idx in self.still_dead.items():
+            lines.append(f"  still dead in a fresh scan: {site}: {idx}")
         return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------
-# The site graph
+# Batches, links, selecting sites
 # --------------------------------------------------------------------------------------
 
-# --------------------------------------------------------------------------------------
-# Selecting sites
-# --------------------------------------------------------------------------------------
+
+def first_batch(data: Any) -> Any:
+    """The first batch of ``data`` (anything :func:`deadrelu.scan.scan` takes): one batch,
+    as ``example_inputs=`` takes it."""
+    for batch in _batches(data, 1):
+        return batch
+    raise ValueError("data holds no batch")
+
+
+def _device(model: nn.Module) -> torch.device:
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _in_eval(model: nn.Module) -> Iterator[None]:
+    """Eval mode and ``torch.no_grad()`` inside; every module's mode restored after."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _run(model: nn.Module, batch: Any) -> Any:
+    """``model(*args, **kwargs)`` for one batch (a tensor, ``(x, y)``, or a dict)."""
+    args, kwargs, _ = _split(batch)
+    device = _device(model)
+    return model(*_to(args, device), **_to(kwargs, device))
+
+
+def links_of(
+    model: nn.Module, example_inputs: Any = None, *, remedy: str = "links_of"
+) -> dict[str, SiteLinks]:
+    """Producer and consumers of every activation site (see the module docstring).
+
+    Args:
+        model: the model.
+        example_inputs: one batch (a tensor, ``(x, y)``, or a dict of keyword arguments
+            as for ``model(**batch)``): links measured by one probe forward in eval mode
+            under ``torch.no_grad()`` (modes restored; BatchNorm statistics untouched).
+            None: traced with ``torch.fx``.
+        remedy: the caller's name, for error messages.
+
+    Raises:
+        ValueError: the model cannot be traced and no ``example_inputs`` were given.
+    """
+    if example_inputs is None:
+        try:
+            return link_sites(model)
+        except ValueError as exc:
+            raise ValueError(
+                f"{remedy}: {type(model).__name__} cannot be traced with torch.fx, so its "
+                "layers are linked by one probe forward: pass example_inputs= (one batch: a "
+                "tensor, an (x, y) tuple, or a dict of keyword arguments as for "
+                f"model(**batch)). Tracing said: {exc.__cause__ or exc}"
+            ) from exc
+    with _in_eval(model), LinkProbe(model) as probe, attach(model, probe.on_site):
+        _run(model, example_inputs)
+    return probe.links()
 
 
 def _relu_like(act: Activation) -> bool:
@@ -109,7 +197,10 @@ def _relu_like(act: Activation) -> bool:
     return bool(act.zero_grad(torch.tensor([-1.0], dtype=torch.float64))[0])
 
 
-def _selector(where: Where) -> Callable[[str, Activation], bool]:
+def select(where: Where) -> Callable[[str, Activation], bool]:
+    """``where`` as a predicate ``pick(site, activation) -> bool``: ``None`` = every
+    ReLU-like site (f' = 0 for z < 0); a registry name (``"relu"``), a site name or
+    :mod:`fnmatch` pattern (``"features.*"``), a list of those, or a callable."""
     if where is None:
         return lambda _site, act: _relu_like(act)
     if callable(where):
@@ -128,6 +219,14 @@ def _selector(where: Where) -> Callable[[str, Activation], bool]:
     return pick
 
 
+def _no_sites(remedy: str, links: Mapping[str, SiteLinks], where: Where) -> str:
+    seen = ", ".join(sorted({str(lk.activation) for lk in links.values()})) or "none"
+    return (
+        f"{remedy}: no activation site matches where={where!r} (activations seen: {seen}); "
+        "with a model torch.fx traces only in part, pass example_inputs= to find every call"
+    )
+
+
 # --------------------------------------------------------------------------------------
 # swap_activations
 # --------------------------------------------------------------------------------------
@@ -142,32 +241,44 @@ def _device_dtype(module: nn.Module, fallback: nn.Module) -> tuple[torch.device,
 
 
 def swap_activations(
-    model: nn.Module, to: str | Activation = "leaky_relu(0.01)", where: Where = None
+    model: nn.Module,
+    to: str | Activation = "leaky_relu(0.01)",
+    where: Where = None,
+    *,
+    example_inputs: Any = None,
 ) -> RemedySummary:
     """Replace activations by ``to``, in place; functional calls through ``torch.fx``.
 
+    Three kinds of activation are replaced:
+
+    * **modules** (``nn.ReLU`` ...), in place (each new module on the old one's device and
+      dtype, in the same train/eval mode; one shared instance stays shared);
+    * **function attributes**: a module that keeps an activation *function* as an
+      attribute (``nn.TransformerEncoderLayer(activation="relu")`` keeps ``F.relu`` as
+      ``layer.activation``) gets a module of ``to`` in that attribute (and
+      ``activation_relu_or_gelu = False``, which turns off the layer's fused fast path,
+      whose kernel would apply its own ReLU/GELU);
+    * **functional calls** (``F.relu(x)`` in a ``forward``): when the model can be traced
+      they are rewritten into calls of new modules in a ``torch.fx.GraphModule``, returned
+      as ``summary.model`` (use it instead of ``model``; it shares the parameters, but not
+      the original's other Python attributes or methods). When it cannot be traced, each
+      call is listed in ``summary.manual`` with its file, line and code.
+
     Args:
-        model: the model; its activation modules are replaced in place (each new module on
-            the old one's device and dtype, in the same train/eval mode; one shared
-            instance stays shared).
+        model: the model, changed in place.
         to: the new activation, anything :func:`deadrelu.activations.get` accepts.
-        where: which sites: ``None`` = every ReLU-like one (f' = 0 for z < 0); a registry
-            name (``"relu"``), a site name or :mod:`fnmatch` pattern (``"features.*"``), a
-            list of those, or ``where(site, activation) -> bool``.
+        where: which sites (see :func:`select`); default every ReLU-like one.
+        example_inputs: one batch; after the swap the model (``summary.model``) runs on it
+            once and every selected activation still called is listed in
+            ``summary.skipped`` (what no static rule could change).
 
     Returns:
-        A :class:`RemedySummary`. Functional calls (``F.relu(x)`` in a ``forward``) cannot
-        be changed in place: when the model can be traced they are rewritten into calls of
-        new modules in a ``torch.fx.GraphModule``, returned as ``summary.model`` (use it
-        instead of ``model``; it shares the parameters). When it cannot be traced, each
-        call is listed in ``summary.manual`` with its file, line and code. The
-        ``GraphModule`` has the original's submodules and parameters but not its other
-        Python attributes or methods.
+        A :class:`RemedySummary`.
     """
     new_act = get(to)
     if new_act is None:
         raise ValueError("swap_activations needs a target activation, got None")
-    pick = _selector(where)
+    pick = select(where)
     summary = RemedySummary("swap_activations", model=model)
     replaced: dict[int, nn.Module] = {}
     root_device, root_dtype = _device_dtype(model, model)
@@ -189,16 +300,69 @@ def swap_activations(
             replaced[id(module)] = new
         setattr(parent, attr, new)
         summary.changed.append(f"{path}: {act} -> {new_act}")
+    fresh = set(map(id, replaced.values()))
+    fresh |= _swap_function_attributes(model, pick, new_act, summary)
+    fresh |= _swap_functional_calls(model, pick, new_act, summary)
+    if example_inputs is not None:
+        _check_swapped(summary, pick, example_inputs, fresh)
+    elif not summary.changed and not summary.manual:
+        summary.skipped.append(
+            "no selected activation module, function attribute or traced call was found; "
+            "pass example_inputs= to check by a forward that none is called"
+        )
+    return summary
 
-    # functional call sites
+
+def _swap_function_attributes(
+    model: nn.Module,
+    pick: Callable[[str, Activation], bool],
+    new_act: Activation,
+    summary: RemedySummary,
+) -> set[int]:
+    """Activation functions kept as module attributes (``layer.activation = F.relu``);
+    returns the ids of the new modules."""
+    fresh: set[int] = set()
+    device, dtype = _device_dtype(model, model)
+    for path, module in list(model.named_modules()):
+        for attr, value in list(vars(module).items()):
+            if attr.startswith("_") or not callable(value) or isinstance(value, nn.Module):
+                continue
+            try:
+                spec = spec_for_function(value)
+            except TypeError:  # unhashable callable
+                continue
+            if spec is None:
+                continue
+            act = spec.bind()
+            if not pick(f"{path}:{spec.name}", act):
+                continue
+            new = make_module(new_act).to(device=device, dtype=dtype)
+            new.train(module.training)
+            setattr(module, attr, new)
+            fresh.add(id(new))
+            if hasattr(module, "activation_relu_or_gelu"):
+                module.activation_relu_or_gelu = False
+            where = f"{path}.{attr}" if path else attr
+            summary.changed.append(f"{where}: function {act.name}() -> module ({new_act})")
+    return fresh
+
+
+def _swap_functional_calls(
+    model: nn.Module,
+    pick: Callable[[str, Activation], bool],
+    new_act: Activation,
+    summary: RemedySummary,
+) -> set[int]:
+    """Rewrite traced functional calls into modules; returns the ids of the new modules."""
+    root_device, root_dtype = _device_dtype(model, model)
     try:
         gm = trace(model)
     except ValueError as exc:
         summary.manual.extend(_functional_calls_by_source(model, pick, new_act))
         if summary.manual:
             summary.skipped.append(f"functional calls not rewritten: {exc}")
-        return summary
-    rewritten = 0
+        return set()
+    fresh: set[int] = set()
     for node, (site, spec) in site_names(gm).items():
         if node.op == "call_module":
             continue
@@ -218,22 +382,50 @@ def swap_activations(
             )
             continue
         name = f"swapped_{node.name}"
-        device, dtype = root_device, root_dtype
-        gm.add_submodule(name, make_module(new_act).to(device=device, dtype=dtype))
+        new = make_module(new_act).to(device=root_device, dtype=root_dtype)
+        gm.add_submodule(name, new)
+        fresh.add(id(new))
         with gm.graph.inserting_after(node):
             new_node = gm.graph.call_module(name, (x,))
         node.replace_all_uses_with(new_node)
         gm.graph.erase_node(node)
         summary.changed.append(f"{site}: {act.name}() call -> module {name!r} ({new_act})")
-        rewritten += 1
-    if rewritten:
+    if fresh:
         gm.graph.lint()
         gm.recompile()
         summary.model = gm
         summary.skipped.append(
             "functional calls were rewritten in a torch.fx GraphModule: use summary.model"
         )
-    return summary
+    return fresh
+
+
+def _check_swapped(
+    summary: RemedySummary,
+    pick: Callable[[str, Activation], bool],
+    example_inputs: Any,
+    fresh: set[int],
+) -> None:
+    """Run the swapped model once; list every selected activation still called (the
+    modules the swap put in are not)."""
+    model = summary.model
+    assert model is not None
+    new_paths = {p for p, m in model.named_modules() if id(m) in fresh}
+    left: dict[str, Activation] = {}
+
+    def on_site(site: Any, z: Tensor, out: Tensor) -> None:
+        if site.kind == "module" and site.module in new_paths:
+            return
+        if pick(site.name, site.activation):
+            left.setdefault(site.name, site.activation)
+
+    with attach(model, on_site), torch.no_grad():
+        _run(model, example_inputs)
+    for site, act in left.items():
+        summary.skipped.append(
+            f"{site}: {act} is still called after the swap (a call no rule could change: "
+            "replace it in the model's code)"
+        )
 
 
 def _functional_calls_by_source(
@@ -294,32 +486,134 @@ def _functional_calls_by_source(
 
 
 # --------------------------------------------------------------------------------------
+# Which units: from a Report, a Monitor, or a dict
+# --------------------------------------------------------------------------------------
+
+
+def _as_report(source: Any) -> Any:
+    """A Report from a Report or a Monitor (``monitor.report()``), else None."""
+    if hasattr(source, "stats") and callable(getattr(source, "masks", None)):
+        return source
+    if callable(getattr(source, "report", None)):
+        return source.report()
+    return None
+
+
+def _unit_masks(source: Any, remedy: str, tau: float | None = None) -> dict[str, Tensor]:
+    """``{site: units}``: a ``(U,)`` bool mask, or a 1-D int64 tensor of unit indices.
+
+    A dict ``{site: (U,) bool mask or unit indices}`` as given; a Report or Monitor: its
+    dead units, or with ``tau`` its dormant units (ReDo score <= ``tau``).
+    """
+    if isinstance(source, Mapping):
+        out: dict[str, Tensor] = {}
+        for site, m in source.items():
+            t = torch.as_tensor(m).flatten()
+            if t.dtype != torch.bool and (t.dtype.is_floating_point or t.dtype.is_complex):
+                raise ValueError(
+                    f"{remedy}: the units of {site!r} must be a (U,) bool mask or unit "
+                    f"indices, got a {t.dtype} tensor"
+                )
+            out[str(site)] = t if t.dtype == torch.bool else t.long()
+        return out
+    report = _as_report(source)
+    if report is None:
+        raise TypeError(
+            f"{remedy}: pass a Report, a Monitor or a dict {{site: (U,) bool mask or unit "
+            f"indices}}; got {type(source).__name__}"
+        )
+    if tau is None:
+        return {site: report.masks(site)["dead"] for site in report.stats}
+    return {site: dormant_mask(st.mean_abs.cpu(), tau) for site, st in report.stats.items()}
+
+
+def _any(units: Tensor) -> bool:
+    return bool(units.any()) if units.dtype == torch.bool else units.numel() > 0
+
+
+def _check_units(remedy: str, site: str, units: Tensor, size: int, layer: str) -> Tensor:
+    """``units`` as a ``(size,)`` bool mask; raises naming both sizes when it cannot be."""
+    if units.dtype != torch.bool:
+        bad = units[(units < 0) | (units >= size)]
+        if bad.numel():
+            raise ValueError(
+                f"{remedy}: unit {int(bad[0])} of {site!r} is out of range: {layer!r} has "
+                f"{size} units; was the report made on another model?"
+            )
+        mask = torch.zeros(size, dtype=torch.bool)
+        mask[units] = True
+        return mask
+    if units.numel() != size:
+        raise ValueError(
+            f"{remedy}: the report has {units.numel()} units at {site!r} but {layer!r} has "
+            f"{size}; was the report made on another model (or another unit_dim)?"
+        )
+    return units
+
+
+def _check_sites(remedy: str, masks: Mapping[str, Tensor], links: Mapping[str, SiteLinks]) -> None:
+    """Raise when none of the sites with units to act on is a site of this model."""
+    wanted = [s for s, m in masks.items() if _any(m)]
+    if wanted and links and not any(s in links for s in wanted):
+        raise ValueError(
+            f"{remedy}: none of the sites given ({', '.join(wanted[:5])}"
+            f"{', ...' if len(wanted) > 5 else ''}) is an activation site of this model "
+            f"(its sites: {', '.join(list(links)[:5])}{', ...' if len(links) > 5 else ''}); "
+            "was the report made on another model?"
+        )
+
+
+# --------------------------------------------------------------------------------------
 # init_bias_
 # --------------------------------------------------------------------------------------
 
 
-def _selected_links(model: nn.Module, where: Where) -> list[SiteLinks]:
-    pick = _selector(where)
-    return [lk for lk in link_sites(model).values() if pick(lk.site, lk.activation)]
-
-
 @torch.no_grad()
-def init_bias_(model: nn.Module, value: float = 0.01, where: Where = None) -> RemedySummary:
+def init_bias_(
+    model: nn.Module,
+    value: float = 0.01,
+    where: Where = None,
+    *,
+    units: Any = None,
+    example_inputs: Any = None,
+) -> RemedySummary:
     """Set the bias feeding each selected activation to ``value`` (the notes' C7: 0.01).
 
     The bias that shifts z is the producer's (``Linear``/``Conv``), or, when a BatchNorm
     sits between, the BatchNorm's ``bias`` (beta): BN removes the producer's bias.
-    ``where`` selects sites as in :func:`swap_activations` (default: ReLU-like ones).
     Layers without a bias are skipped and listed.
+
+    Args:
+        model: the model, changed in place.
+        value: the new bias, finite.
+        where: which sites (see :func:`select`); default every ReLU-like one.
+        units: only these units: a Report or Monitor (its dead units) or a dict
+            ``{site: (U,) bool mask or unit indices}``. None: every unit of the selected
+            sites, i.e. the whole layer (an initialiser: use it before training; on a
+            trained model it moves every unit, not only dead ones).
+        example_inputs: one batch, to link layers by a probe forward (needed when the model
+            cannot be traced with ``torch.fx``, e.g. any Hugging Face model).
     """
+    if not math.isfinite(float(value)):
+        raise ValueError(f"init_bias_: value must be a finite number, got {value!r}")
     summary = RemedySummary("init_bias_", model=model)
-    done: set[str] = set()
-    for lk in _selected_links(model, where):
+    links = links_of(model, example_inputs, remedy="init_bias_")
+    pick = select(where)
+    masks = _unit_masks(units, "init_bias_") if units is not None else None
+    if masks is not None:
+        _check_sites("init_bias_", masks, links)
+        for site in masks:
+            if site not in links and _any(masks[site]):
+                summary.skipped.append(f"{site}: not an activation site found in the model")
+    chosen = [lk for lk in links.values() if pick(lk.site, lk.activation)]
+    if not chosen:
+        summary.skipped.append(_no_sites("init_bias_", links, where))
+    done: dict[str, Tensor] = {}
+    for lk in chosen:
         target = lk.norm or lk.producer
         if target is None:
-            summary.skipped.append(f"{lk.site}: {lk.producer_problem}")
-            continue
-        if target in done:
+            if masks is None or (lk.site in masks and _any(masks[lk.site])):
+                summary.skipped.append(f"{lk.site}: {lk.producer_problem}")
             continue
         layer = model.get_submodule(target)
         bias = getattr(layer, "bias", None)
@@ -329,106 +623,22 @@ def init_bias_(model: nn.Module, value: float = 0.01, where: Where = None) -> Re
                 "bias=True (or add a BatchNorm) to use init_bias_"
             )
             continue
-        bias.fill_(value)
-        done.add(target)
-        summary.changed.append(f"{target}.bias: {bias.numel()} values set to {value} ({lk.site})")
-    return summary
-
-
-# --------------------------------------------------------------------------------------
-# RAI
-# --------------------------------------------------------------------------------------
-
-#: sigma of the symmetric part of RAI with P = Beta(2, 1) (Lu et al. 2019; 0.6007).
-RAI_SIGMA = 0.6007
-
-
-def rai_sample(
-    rows: int,
-    fan_in: int,
-    *,
-    bias: bool = True,
-    sigma: float = RAI_SIGMA,
-    batch: Sequence[int] = (),
-    generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> tuple[Tensor, Tensor | None]:
-    """Draw RAI weights ``(*batch, rows, fan_in)`` and biases ``(*batch, rows)`` (or None).
-
-    For each unit (row), the ``fan_in`` weights and the bias are drawn i.i.d. from
-    N(0, sigma^2 / fan_in); then one of these ``fan_in + 1`` entries, chosen uniformly at
-    random, is replaced by a draw from Beta(2, 1) (positive; sampled as sqrt(U), U uniform),
-    which makes the unit's parameter vector asymmetric. Without a bias only the weights are
-    candidates.
-    """
-    if rows < 1 or fan_in < 1:
-        raise ValueError(f"rai_sample needs rows >= 1 and fan_in >= 1, got {rows}, {fan_in}")
-    if sigma <= 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
-    width = fan_in + (1 if bias else 0)
-    shape = (*batch, rows, width)
-    v = torch.randn(shape, generator=generator, dtype=dtype) * (sigma / math.sqrt(fan_in))
-    k = torch.randint(0, width, (*batch, rows, 1), generator=generator)
-    positive = torch.rand((*batch, rows, 1), generator=generator, dtype=dtype).sqrt()
-    v.scatter_(-1, k, positive)
-    if bias:
-        return v[..., :fan_in].contiguous(), v[..., fan_in].contiguous()
-    return v, None
-
-
-@torch.no_grad()
-def rai_init_(
-    model: nn.Module,
-    sigma: float = RAI_SIGMA,
-    where: Where = None,
-    generator: torch.Generator | None = None,
-) -> RemedySummary:
-    """Randomized asymmetric initialization of the layers feeding ReLU-like activations.
-
-    Lu, Shin, Su, Karniadakis, "Dying ReLU and Initialization: Theory and Numerical
-    Examples", Communications in Computational Physics 28(5), 2020 (arXiv:1903.06733),
-    Sec. 5: for each unit, its incoming weights and bias are drawn from a symmetric
-    distribution, N(0, sigma^2 / fan_in), and then one of them, chosen uniformly at
-    random, is re-drawn from an asymmetric positive distribution, Beta(2, 1). The paper
-    designs sigma from a second-moment analysis so that activations neither vanish nor
-    explode; with P = Beta(2, 1) this gives sigma = 0.6007 (:data:`RAI_SIGMA`), the
-    default here. (Checked against the issue's recipe and a public implementation that
-    cites the paper, sigma 0.6007 with Beta(2, 1) and N(0, sigma^2 / fan_in); the paper's
-    own text was not available when this was written: check the fan-in convention, fan_in
-    or fan_in + 1, against its Sec. 5 before quoting numbers.)
-
-    For a Conv layer the unit is an output channel and its fan-in ``C_in/groups * k...``.
-    ``where`` selects sites as in :func:`swap_activations`; producers reused by several
-    sites are initialised once.
-    """
-    summary = RemedySummary("rai_init_", model=model)
-    done: set[str] = set()
-    for lk in _selected_links(model, where):
-        if lk.producer is None:
-            summary.skipped.append(f"{lk.site}: {lk.producer_problem}")
+        if masks is None:
+            idx = torch.ones(bias.numel(), dtype=torch.bool)
+        elif lk.site in masks:
+            idx = _check_units("init_bias_", lk.site, masks[lk.site], bias.numel(), target)
+        else:
             continue
-        if lk.producer in done:
+        if not bool(idx.any()):
             continue
-        layer = model.get_submodule(lk.producer)
-        weight = _param(layer, "weight")
-        bias_p = getattr(layer, "bias", None)
-        bias_p = bias_p if isinstance(bias_p, Tensor) else None
-        rows = weight.shape[0]
-        fan_in = weight[0].numel()
-        w, b = rai_sample(rows, fan_in, bias=bias_p is not None, sigma=sigma, generator=generator)
-        weight.copy_(w.reshape(weight.shape).to(weight.dtype))
-        if bias_p is not None and b is not None:
-            bias_p.copy_(b.to(bias_p.dtype))
-        done.add(lk.producer)
-        summary.changed.append(
-            f"{lk.producer}: RAI weights ({rows} units, fan-in {fan_in}, sigma {sigma})"
-            + (" and bias" if bias_p is not None else "")
-        )
-        if lk.norm is not None:
-            summary.skipped.append(
-                f"{lk.site}: BatchNorm {lk.norm!r} follows {lk.producer!r} and normalises "
-                "away RAI's asymmetry"
-            )
+        done[target] = done.get(target, torch.zeros_like(idx)) | idx
+        if masks is not None:
+            summary.units[lk.site] = torch.nonzero(idx).flatten().tolist()
+    for target, idx in done.items():
+        bias = _param(model.get_submodule(target), "bias")
+        bias[idx.to(bias.device)] = value
+        n = int(idx.sum())
+        summary.changed.append(f"{target}.bias: {n} of {bias.numel()} values set to {value}")
     return summary
 
 
@@ -437,46 +647,47 @@ def rai_init_(
 # --------------------------------------------------------------------------------------
 
 
-def _masks_from(source: Any, tau: float | None) -> dict[str, Tensor]:
-    """Dormant masks ``{site: (U,) bool}`` from a dict, a Report or a Monitor."""
-    if isinstance(source, Mapping):
-        out: dict[str, Tensor] = {}
-        for site, m in source.items():
-            t = torch.as_tensor(m)
-            if t.dtype != torch.bool:
-                raise ValueError(
-                    f"recycle: the mask of {site!r} must be bool (U,), got {t.dtype}; "
-                    "pass {site: tensor_of_bools}"
-                )
-            out[str(site)] = t.flatten()
-        return out
-    report = source
-    if not hasattr(report, "stats") and callable(getattr(report, "report", None)):
-        report = report.report()  # a Monitor
-    stats = getattr(report, "stats", None)
-    if isinstance(stats, Mapping) and callable(getattr(report, "masks", None)):
-        if tau is None or tau == getattr(report, "tau", None):
-            return {site: report.masks(site)["dormant"] for site in stats}
-        return {site: dormant_mask(s.mean_abs.cpu(), tau) for site, s in stats.items()}
-    raise TypeError(
-        "recycle: pass a Report, a Monitor or a dict {site: (U,) bool mask}; got "
-        f"{type(source).__name__}"
-    )
+def _outputs(out: Any) -> list[Tensor]:
+    """The floating tensors of a model's output (a tensor, a tuple, a dict / ModelOutput)."""
+    if isinstance(out, Tensor):
+        return [out] if out.is_floating_point() else []
+    if isinstance(out, Mapping):
+        out = list(out.values())
+    items = out if isinstance(out, (list, tuple)) else []
+    return [t for item in items for t in _outputs(item)]
+
+
+def _eval_outputs(model: nn.Module, batch: Any) -> list[Tensor]:
+    """The model's outputs on ``batch`` in eval mode (modes restored), detached copies."""
+    with _in_eval(model):
+        return [t.detach().clone() for t in _outputs(_run(model, batch))]
+
+
+def _check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    params = {id(p) for p in model.parameters()}
+    held = [p for g in optimizer.param_groups for p in g["params"]]
+    if not any(id(p) in params for p in held):
+        raise ValueError(
+            f"recycle: the optimizer ({type(optimizer).__name__}, {len(held)} parameter(s)) "
+            "holds none of the model's parameters: pass the optimizer that trains this model"
+        )
 
 
 @torch.no_grad()
 def recycle(
     model: nn.Module,
-    dormant: Any,
+    source: Any,
     optimizer: torch.optim.Optimizer | None = None,
-    tau: float | None = None,
     *,
+    tau: float | None = None,
+    data: Any = None,
+    example_inputs: Any = None,
     generator: torch.Generator | None = None,
 ) -> RemedySummary:
-    """ReDo: re-initialise dormant units without changing the network's outputs.
+    """ReDo: re-initialise dead units; the network's outputs stay exactly the same.
 
     Sokar, Agarwal, Castro, Evci, "The Dormant Neuron Phenomenon in Deep Reinforcement
-    Learning", ICML 2023, Sec. 4 (ReDo). For each dormant unit of a site:
+    Learning", ICML 2023, Sec. 4 (ReDo). For each unit recycled:
 
     * its incoming weights (the producer's row, a Conv's output channel) are re-drawn
       from the layer's default initialisation (``kaiming_uniform_(a=sqrt(5))``, what
@@ -484,100 +695,152 @@ def recycle(
     * a BatchNorm between producer and activation gets, for that channel, weight 1,
       bias 0, running mean 0 and running variance 1;
     * its outgoing weights (the consumers' columns: input features of a Linear, input
-      channels of a Conv, the channel's block of columns after a flatten) are set to 0,
-      so the network computes the same function right after recycling;
+      channels of a Conv, the channel's block of columns after a flatten) are set to 0;
     * with ``optimizer``, every per-parameter state tensor shaped like a touched parameter
       (Adam's ``exp_avg`` and ``exp_avg_sq``, SGD's ``momentum_buffer``) is zeroed at the
       touched rows and columns.
 
+    **Which units.** By default the *dead* units of ``source`` (never active on the data
+    measured): a dead unit contributed exactly 0 before (a ReLU's output is 0 wherever
+    z <= 0) and contributes 0 after (its outgoing weights are 0), so on that data the
+    outputs are unchanged. ``tau=`` recycles the *dormant* units instead, ReDo's own
+    criterion (score <= tau, see :func:`deadrelu.classify.dormant_mask`): those were
+    active, so the outputs change by their contribution (measured, with ``data``, in
+    ``summary.max_output_change``). A dict ``{site: mask or unit indices}`` recycles
+    exactly those units (outputs change unless they are dead).
+
     Args:
         model: the model, changed in place.
-        dormant: a ``Report`` or ``Monitor`` (dormant = ReDo score <= ``tau``, see
-            :func:`deadrelu.classify.dormant_mask`) or a dict ``{site: (U,) bool mask}``.
-        optimizer: its state is reset for the touched entries (optional).
-        tau: the ReDo threshold when ``dormant`` is a Report or Monitor (default: the
-            report's own, :data:`deadrelu.classify.DORMANT_TAU` = 0.025 unless changed).
+        source: a ``Report`` or ``Monitor`` or a dict ``{site: (U,) bool mask or indices}``.
+        optimizer: its state is reset for the touched entries; it must hold the model's
+            parameters.
+        tau: recycle dormant units with this ReDo threshold instead of dead ones.
+        data: batches (as :func:`deadrelu.scan.scan` takes): the first links the layers
+            by a probe forward and measures ``summary.max_output_change`` (eval mode);
+            all of it is scanned afterwards and recycled units still dead are listed in
+            ``summary.still_dead``.
+        example_inputs: one batch for the probe forward and the output check, when
+            ``data`` is not given (a model ``torch.fx`` cannot trace needs one of them).
         generator: random generator for the new weights (default: torch's global one).
+
+    Raises:
+        ValueError: ``tau`` is not a finite number >= 0; the optimizer holds none of the
+            model's parameters; the source's sites or unit counts are not this model's.
 
     Sites whose output reaches the model's output (the output layer), a residual
     addition, or anything but Linear/Conv layers are skipped, with the reason, in
     ``summary.skipped``.
     """
-    masks = _masks_from(dormant, tau)
-    links = link_sites(model)
+    if tau is not None and not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= 0):
+        raise ValueError(f"recycle: tau must be a finite number >= 0, got {tau!r}")
+    if optimizer is not None:
+        _check_optimizer(model, optimizer)
+    masks = _unit_masks(source, "recycle", tau)
+    batch = example_inputs if example_inputs is not None else None
+    if batch is None and data is not None:
+        batch = first_batch(data)
+    links = links_of(model, batch, remedy="recycle")
+    _check_sites("recycle", masks, links)
+    before = _eval_outputs(model, batch) if batch is not None else None
     summary = RemedySummary("recycle", model=model)
-    touched: list[tuple[Tensor, str, Tensor]] = []  # (param, "rows"|"cols", index mask)
+    touched: list[tuple[Tensor, str, Tensor]] = []  # (param, "rows"|"cols", indices)
     for site, mask in masks.items():
-        if not bool(mask.any()):
+        if not _any(mask):
             continue
         lk = links.get(site)
         if lk is None:
-            summary.skipped.append(f"{site}: no such activation site in the model")
+            summary.skipped.append(f"{site}: not an activation site found in the model")
             continue
         problem = lk.producer_problem or lk.consumer_problem
         if problem is not None or lk.producer is None:
             summary.skipped.append(f"{site}: not recycled: {problem}")
             continue
-        producer = model.get_submodule(lk.producer)
-        pw = _param(producer, "weight")
-        pb = getattr(producer, "bias", None)
-        units = pw.shape[0]
-        if mask.numel() != units:
-            summary.skipped.append(
-                f"{site}: mask has {mask.numel()} units but {lk.producer!r} has {units}"
-            )
-            continue
-        mask = mask.to(pw.device)
-        idx = torch.nonzero(mask).flatten()
-        fresh = torch.empty_like(pw)
-        nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=generator)
-        pw[idx] = fresh[idx]
-        touched.append((pw, "rows", idx))
-        if isinstance(pb, Tensor):
-            pb[idx] = 0.0
-            touched.append((pb, "rows", idx))
-        changed = [f"rows of {lk.producer!r} re-initialised, bias 0"]
-        if lk.norm is not None:
-            bn = model.get_submodule(lk.norm)
-            assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
-            if isinstance(bn.weight, Tensor):
-                bn.weight[idx] = 1.0
-                touched.append((bn.weight, "rows", idx))
-            if isinstance(bn.bias, Tensor):
-                bn.bias[idx] = 0.0
-                touched.append((bn.bias, "rows", idx))
-            if bn.running_mean is not None and bn.running_var is not None:
-                bn.running_mean[idx] = 0.0
-                bn.running_var[idx] = 1.0
-            changed.append(f"channels of {lk.norm!r} reset")
-        for path, kind in lk.consumers:
-            w = _param(model.get_submodule(path), "weight")
-            if kind == "flatten_linear":
-                in_f = w.shape[1]
-                if in_f % units:
-                    raise ValueError(
-                        f"recycle: {path!r} reads a flatten of {site!r} but its "
-                        f"{in_f} inputs are not a multiple of the {units} channels"
-                    )
-                block = in_f // units
-                if block > 1 and isinstance(producer, nn.Linear):
-                    raise ValueError(
-                        f"recycle: {path!r} reads a flatten of the (N, *, {units}) output of "
-                        f"Linear {lk.producer!r}: its columns are not one block per unit"
-                    )
-                cols = (idx[:, None] * block + torch.arange(block, device=idx.device)).flatten()
-            else:
-                cols = idx
-            w[:, cols] = 0.0
-            touched.append((w, "cols", cols))
-            changed.append(f"columns of {path!r} zeroed ({kind})")
-        summary.units[site] = [int(i) for i in idx.cpu()]
-        summary.changed.append(f"{site}: {idx.numel()} unit(s) recycled: " + "; ".join(changed))
+        _recycle_site(model, lk, mask, generator, summary, touched)
     if optimizer is not None:
         n_reset = _reset_optimizer(optimizer, touched)
         if touched:
             summary.changed.append(f"optimizer: {n_reset} state tensor(s) reset at touched entries")
+    if before is not None:
+        after = _eval_outputs(model, batch)
+        summary.max_output_change = max(
+            (
+                float((a.double() - b.double()).abs().max())
+                for a, b in zip(after, before, strict=True)
+                if a.numel()
+            ),
+            default=0.0,
+        )
+    if data is not None and summary.units:
+        fresh = scan(model, data)
+        for site, idx in summary.units.items():
+            if site in fresh.stats:
+                dead = set(fresh.dead_units(site))
+                still = [u for u in idx if u in dead]
+                if still:
+                    summary.still_dead[site] = still
     return summary
+
+
+def _recycle_site(
+    model: nn.Module,
+    lk: SiteLinks,
+    mask: Tensor,
+    generator: torch.Generator | None,
+    summary: RemedySummary,
+    touched: list[tuple[Tensor, str, Tensor]],
+) -> None:
+    assert lk.producer is not None
+    site = lk.site
+    producer = model.get_submodule(lk.producer)
+    pw = _param(producer, "weight")
+    pb = getattr(producer, "bias", None)
+    units = pw.shape[0]
+    mask = _check_units("recycle", site, mask, units, lk.producer).to(pw.device)
+    idx = torch.nonzero(mask).flatten()
+    fresh = torch.empty_like(pw)
+    nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=generator)
+    pw[idx] = fresh[idx]
+    touched.append((pw, "rows", idx))
+    if isinstance(pb, Tensor):
+        pb[idx] = 0.0
+        touched.append((pb, "rows", idx))
+    changed = [f"rows of {lk.producer!r} re-initialised, bias 0"]
+    if lk.norm is not None:
+        bn = model.get_submodule(lk.norm)
+        assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
+        if isinstance(bn.weight, Tensor):
+            bn.weight[idx] = 1.0
+            touched.append((bn.weight, "rows", idx))
+        if isinstance(bn.bias, Tensor):
+            bn.bias[idx] = 0.0
+            touched.append((bn.bias, "rows", idx))
+        if bn.running_mean is not None and bn.running_var is not None:
+            bn.running_mean[idx] = 0.0
+            bn.running_var[idx] = 1.0
+        changed.append(f"channels of {lk.norm!r} reset")
+    for path, kind in lk.consumers:
+        w = _param(model.get_submodule(path), "weight")
+        if kind == "flatten_linear":
+            in_f = w.shape[1]
+            if in_f % units:
+                raise ValueError(
+                    f"recycle: {path!r} reads a flatten of {site!r} but its "
+                    f"{in_f} inputs are not a multiple of the {units} channels"
+                )
+            block = in_f // units
+            if block > 1 and isinstance(producer, nn.Linear):
+                raise ValueError(
+                    f"recycle: {path!r} reads a flatten of the (N, *, {units}) output of "
+                    f"Linear {lk.producer!r}: its columns are not one block per unit"
+                )
+            cols = (idx[:, None] * block + torch.arange(block, device=idx.device)).flatten()
+        else:
+            cols = idx
+        w[:, cols] = 0.0
+        touched.append((w, "cols", cols))
+        changed.append(f"columns of {path!r} zeroed ({kind})")
+    summary.units[site] = [int(i) for i in idx.cpu()]
+    summary.changed.append(f"{site}: {idx.numel()} unit(s) recycled: " + "; ".join(changed))
 
 
 def _param(layer: nn.Module, name: str) -> Tensor:
@@ -603,104 +866,3 @@ def _reset_optimizer(
                     value[:, idx] = 0
                 count += 1
     return count
-
-
-# --------------------------------------------------------------------------------------
-# suggest
-# --------------------------------------------------------------------------------------
-
-#: A relative update ||delta w|| / ||w|| above this in one step is "large" (the usual rule
-#: of thumb for a healthy step is about 1e-3).
-LARGE_UPDATE = 1e-2
-#: A site with a larger dead fraction than this gets the "switch activation" advice.
-SWITCH_FRACTION = 0.1
-
-
-def suggest(source: Any, *, model: nn.Module | None = None, data: Any = None) -> list[str]:
-    """Plain-language advice from what was measured, each line with the number behind it.
-
-    Args:
-        source: a :class:`deadrelu.explain.Explanation` (best: causes and update sizes),
-            a ``Report`` or a ``Monitor``.
-        model: with a Report or Monitor, explain it first (causes) on this model.
-        data: passed to :func:`deadrelu.explain.explain` (re-scan for z_max).
-
-    Returns:
-        Lines such as ``"12 units died right after updates of median 80 % of their
-        weights (lr 0.5): lower the learning rate by about 80x"``.
-    """
-    from deadrelu.explain import Explanation, explain
-
-    lines: list[str] = []
-    expl: Explanation | None = source if isinstance(source, Explanation) else None
-    report = None
-    if expl is None:
-        report = source
-        if not hasattr(report, "stats") and callable(getattr(report, "report", None)):
-            report = report.report()
-        if model is not None:
-            expl = explain(model, source, data)
-    if report is not None:
-        total = sum(int(st.units) for st in report.stats.values())
-        dead_by_site = {s: len(report.dead_units(s)) for s in report.stats}
-        if expl is not None:  # a Monitor's own window definition
-            dead_by_site = {s: 0 for s in report.stats}
-            for u in expl.units:
-                dead_by_site[u.site] = dead_by_site.get(u.site, 0) + 1
-        n_dead = sum(dead_by_site.values())
-        if n_dead == 0:
-            return [f"no dead units among {total}: nothing to cure"]
-        lines.append(f"{n_dead} of {total} units are dead ({n_dead / max(total, 1):.1%})")
-        for s, k in dead_by_site.items():
-            units = int(report.stats[s].units)
-            if units and k / units > SWITCH_FRACTION:
-                lines.append(
-                    f"{s}: {k} of {units} units dead ({k / units:.0%} > "
-                    f"{SWITCH_FRACTION:.0%}): swap_activations(model, 'leaky_relu(0.01)') "
-                    "keeps a gradient (slope 0.01) where z < 0"
-                )
-    if expl is None:
-        if not lines:
-            lines.append("pass model= (or an Explanation) for causes and cures")
-        return lines
-    if report is None:
-        lines.append(f"{len(expl.units)} dead unit(s) explained")
-    big = [u for u in expl.units if u.update_ratio is not None and u.update_ratio > LARGE_UPDATE]
-    if big:
-        ratios = sorted(u.update_ratio for u in big if u.update_ratio is not None)
-        med = ratios[len(ratios) // 2]
-        lrs = sorted({u.lr for u in big if u.lr is not None})
-        factor = max(2, math.ceil(med / LARGE_UPDATE))
-        lines.append(
-            f"{len(big)} unit(s) died right after updates of median {med:.0%} of their "
-            f"weights (lr {', '.join(f'{lr:.3g}' for lr in lrs)}); steps above "
-            f"{LARGE_UPDATE:.0%} are large: lower the learning rate by about {factor}x "
-            "(or warm it up / clip gradients)"
-        )
-    by_bias = [u for u in expl.units if u.cause == "bias"]
-    if by_bias:
-        b = sorted(u.bias for u in by_bias if u.bias is not None)
-        lines.append(
-            f"{len(by_bias)} unit(s) are held below 0 by their bias alone (median b = "
-            f"{b[len(b) // 2]:.3g}; the weights would activate them): init_bias_(model, 0.01) "
-            "or recycle(model, report, optimizer)"
-        )
-    by_w = [u for u in expl.units if u.cause in ("weights", "both")]
-    if by_w:
-        lines.append(
-            f"{len(by_w)} unit(s) have w.x <= 0 on all the data (cause weights or both): "
-            "recycle(model, report, optimizer) re-initialises them without changing outputs"
-        )
-    born = [u for u in expl.units if u.died_at == 0]
-    if born:
-        lines.append(
-            f"{len(born)} unit(s) were dead from the first step: rai_init_(model) or "
-            "init_bias_(model, 0.01) before training"
-        )
-    revived = sum(len(v) for v in expl.revived.values())
-    if revived:
-        lines.append(
-            f"{revived} unit(s) died and later came back: dead units can revive when the "
-            "layers before them change"
-        )
-    return lines

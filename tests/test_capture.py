@@ -356,3 +356,115 @@ def test_inplace_callbacks_see_z_before_overwrite_without_copy() -> None:
     assert float(split["act"].z_max[2]) < -900  # z read before the in-place overwrite
     for name in UnitStats.REDUCE:
         torch.testing.assert_close(getattr(split["act"], name), getattr(ref["act"], name))
+
+
+# ------------------------------------------------------------------ nothing skipped silently
+
+
+class _TanhGELUActivation(nn.Module):
+    """An activation deadrelu cannot see: written with tanh and pow (GPT-2's gelu_new)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 0.5 * x * (1.0 + torch.tanh(0.7978845608 * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+class _Squash(nn.Module):
+    """Parameter-free, unknown name, elementwise: between two layers it is an activation."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.tanh()
+
+
+class _PassThrough(nn.Module):
+    """Parameter-free and unknown, but returns its input (DropPath in eval): not listed."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+class _ClippedGELUActivation(nn.Module):
+    """Looks like an activation by name, but its F.gelu is measured: not listed."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.clip(F.gelu(x), -10, 10)
+
+
+class _NormAct(nn.Module):
+    """Named *Act* but a container (timm's BatchNormAct2d): its child is what counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(6)
+        self.act = nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.bn(x))
+
+
+class _Zoo(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.act1 = nn.Linear(4, 6), _TanhGELUActivation()
+        self.fc2, self.squash = nn.Linear(6, 6), _Squash()
+        self.fc3, self.skip = nn.Linear(6, 6), _PassThrough()
+        self.fc4, self.clipped = nn.Linear(6, 6), _ClippedGELUActivation()
+        self.fc5, self.norm_act = nn.Linear(6, 6), _NormAct()
+        self.squash2 = _Squash()
+        self.unused = _TanhGELUActivation()  # never called: nothing was skipped
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.act1(self.fc1(x))
+        x = self.squash(self.fc2(x))
+        x = self.skip(self.fc3(x))
+        x = self.clipped(self.fc4(x))
+        x = self.squash2(x)  # fed by an activation, not a layer: not listed
+        return self.norm_act(self.fc5(x))
+
+
+def test_unrecognised_modules_are_listed() -> None:
+    model = _Zoo()
+    with attach(model, lambda site, z, out: None) as handle:
+        model(torch.randn(5, 4))
+    assert handle.unrecognised == {"act1": "_TanhGELUActivation", "squash": "_Squash"}
+    assert set(handle.sites) == {"clipped:gelu", "norm_act.act"}
+
+
+def test_scan_warns_once_and_records_unrecognised() -> None:
+    import warnings
+
+    import deadrelu as dr
+    from deadrelu.capture import UnrecognisedActivationWarning
+
+    model = _Zoo()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = dr.scan(model, [torch.randn(5, 4), torch.randn(5, 4)])
+    ours = [w for w in caught if issubclass(w.category, UnrecognisedActivationWarning)]
+    assert len(ours) == 1
+    text = str(ours[0].message)
+    assert "'act1' (_TanhGELUActivation)" in text and "'squash' (_Squash)" in text
+    assert "deadrelu.register_module(_TanhGELUActivation, like='gelu_tanh')" in text
+    assert report.meta["unrecognised"] == {"act1": "_TanhGELUActivation", "squash": "_Squash"}
+
+    # the one-line fix: the class becomes a site, and the warning goes
+    from deadrelu import activations
+
+    try:
+        dr.register_module(_TanhGELUActivation, like="gelu_tanh")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UnrecognisedActivationWarning)
+            with pytest.warns(UnrecognisedActivationWarning, match="'squash'"):
+                report = dr.scan(model, torch.randn(5, 4))
+        assert report.meta["unrecognised"] == {"squash": "_Squash"}
+        assert "act1" in report.sites
+        assert str(report.sites["act1"].activation) == "gelu(approximate='tanh')"
+    finally:
+        activations._USER_MODULES.pop(_TanhGELUActivation, None)
+
+
+def test_scan_of_only_unknown_activations_names_them() -> None:
+    import deadrelu as dr
+
+    model = nn.Sequential(nn.Linear(3, 4), _TanhGELUActivation(), nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"'1' \(_TanhGELUActivation\).*register_module"):
+        dr.scan(model, torch.randn(2, 3))

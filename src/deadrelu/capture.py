@@ -49,6 +49,18 @@ producer. ``attach(..., unit_dim=...)`` overrides the rule: an ``int`` for every
 a mapping from site name or :mod:`fnmatch` pattern (``"features.*"``) to dim; the first
 matching key wins, exact names before patterns.
 
+**Nothing skipped silently.** Modules that are probably activations deadrelu does not know
+are recorded in :attr:`CaptureHandle.unrecognised` (``{module path: class name}``): leaf
+modules (no children) that were called, made no recognised activation call themselves, and
+either have a class name that looks like an activation (``*ReLU*``, ``*ELU*``, ``*SiLU*``,
+``*Swish*``, ``*Mish*``, ``*Softplus*``, ``Hard*``, ``*Act*``: :data:`ACTIVATION_NAME`) or are
+parameter-free modules of an unknown class that take the output of a layer module (Linear,
+Conv, norm, ... by identity of the tensor) and return a new tensor of the same shape (an
+elementwise function between layers: ``nn.Tanh``, a custom activation). Unknown *functions*
+are not looked for (their cost would be on every torch call). :func:`warn_unrecognised`
+emits the one warning that :func:`deadrelu.scan.scan` gives, with the one-line fix
+(:func:`deadrelu.activations.register_module`).
+
 **Hooks.** Every submodule gets one forward pre-hook and one forward hook
 (``always_call=True``, so the module stack unwinds also when forward raises). No hook keeps
 a reference to ``z`` or ``out`` after the callback returns. :meth:`CaptureHandle.remove`
@@ -63,7 +75,9 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import re
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import FrameType
@@ -81,24 +95,61 @@ from deadrelu.graph import (
     default_unit_dim,
     function_axes,
     producer_axis,
+    tensor_key,
 )
 from deadrelu.stats import scratch
 
 __all__ = [
+    "ACTIVATION_NAME",
     "CaptureCallback",
     "CaptureHandle",
     "InplaceCallbacks",
     "Site",
     "UnitDim",
+    "UnrecognisedActivationWarning",
     "attach",
     "default_unit_dim",
     "find_producers",
     "known_names",
     "producer_axis",
     "producer_of",
+    "unrecognised_message",
+    "warn_unrecognised",
 ]
 
 SiteKind = Literal["module", "functional"]
+
+#: Class names that look like an activation (searched, case-sensitive).
+ACTIVATION_NAME = re.compile(
+    r"ReLU|ELU|SiLU|[Ss]wish|Mish|Softplus|Hard(?:[Ss]wish|[Ss]igmoid|[Tt]anh|[Mm]ish)|Act"
+)
+
+
+class UnrecognisedActivationWarning(UserWarning):
+    """Modules that look like activations were called but not measured."""
+
+
+def unrecognised_message(found: Mapping[str, str]) -> str:
+    """The warning text for ``{module path: class name}`` (see :func:`warn_unrecognised`)."""
+    listed = ", ".join(f"{path!r} ({cls})" for path, cls in found.items())
+    first = next(iter(found.values()))
+    return (
+        f"deadrelu did not measure {len(found)} module(s) that look like activations it does "
+        f"not recognise: {listed}. If one computes a known activation, declare its class "
+        f"once before scanning: deadrelu.register_module({first}, like='gelu_tanh') (like= "
+        f"any of: {', '.join(activations.names())}, e.g. 'leaky_relu(0.2)')"
+    )
+
+
+def warn_unrecognised(found: Mapping[str, str], stacklevel: int = 3) -> None:
+    """One :class:`UnrecognisedActivationWarning` naming every module in ``found``
+    (``{module path: class name}``, e.g. :attr:`CaptureHandle.unrecognised`); none if empty."""
+    if found:
+        warnings.warn(
+            unrecognised_message(found), UnrecognisedActivationWarning, stacklevel=stacklevel
+        )
+
+
 _MAX_FRAMES = 64
 UnitDim = int | Mapping[str, int] | None
 
@@ -344,6 +395,8 @@ class _State:
     pending: dict[int, list[tuple[Site, torch.Size]]] = field(default_factory=dict)
     stash: dict[int, list[Tensor]] = field(default_factory=dict)
     modules: dict[int, tuple[str, bool]] = field(default_factory=dict)  # id -> stack entry
+    last_layer_out: tuple[int, tuple[int, ...], tuple[int, ...]] | None = None
+    unknown: dict[str, str] = field(default_factory=dict)  # path -> class name, called
 
     def enclosing(self) -> tuple[str, bool]:
         """(path, is_activation) of the innermost hooked module whose code is running.
@@ -444,6 +497,13 @@ class CaptureHandle:
     def sites(self) -> dict[str, Site]:
         """Sites by name, in order of first call (filled as calls happen)."""
         return self._state.sites
+
+    @property
+    def unrecognised(self) -> dict[str, str]:
+        """``{module path: class name}`` of the modules called so far that look like
+        activations deadrelu does not know (module docstring), in order of first call."""
+        measured = {site.module for site in self._state.sites.values()}
+        return {p: c for p, c in self._state.unknown.items() if p not in measured}
 
     @property
     def active(self) -> bool:
@@ -549,6 +609,12 @@ def _hook_module(state: _State, path: str, module: nn.Module) -> list[RemovableH
     key = id(module)
     entry = (path, act is not None)
     state.modules[key] = entry
+    cls_name = type(module).__name__
+    unknown = is_leaf and spec is None and producer is None and not quiet
+    by_name = unknown and ACTIVATION_NAME.search(cls_name) is not None
+    # an unknown parameter-free module: watched for taking a layer's output (see docstring)
+    watch = unknown and not by_name and next(module.parameters(recurse=False), None) is None
+    fed_by_layer: list[tuple[int, torch.Size]] = []  # (data_ptr, shape) of a layer's output
 
     def pre(mod: nn.Module, args: tuple[Any, ...]) -> None:
         if not state.stack:
@@ -559,6 +625,9 @@ def _hook_module(state: _State, path: str, module: nn.Module) -> list[RemovableH
         state.stack.append(entry)
         if quiet and state.mode_on and not state.suspended_at:
             _suspend_mode(state)
+        z_in = args[0] if watch and args and isinstance(args[0], Tensor) else None
+        if z_in is not None and tensor_key(z_in) == state.last_layer_out:
+            fed_by_layer.append((z_in.data_ptr(), z_in.shape))
         if inplace and args and isinstance(args[0], Tensor):
             with torch._C.DisableTorchFunction():
                 if state.inplace is not None and act is not None:
@@ -586,6 +655,14 @@ def _hook_module(state: _State, path: str, module: nn.Module) -> list[RemovableH
                     state.emit(site, z.detach(), out.detach())
             elif producer is not None:
                 state.producer = producer
+                if isinstance(out, Tensor):
+                    state.last_layer_out = tensor_key(out)
+            elif by_name:
+                state.unknown.setdefault(path, cls_name)
+            elif fed_by_layer:
+                ptr, shape = fed_by_layer.pop()
+                if isinstance(out, Tensor) and out.shape == shape and out.data_ptr() != ptr:
+                    state.unknown.setdefault(path, cls_name)
         finally:
             if state.suspended_at and state.suspended_at >= len(state.stack):
                 _resume_mode(state)
@@ -593,6 +670,7 @@ def _hook_module(state: _State, path: str, module: nn.Module) -> list[RemovableH
                 state.stack.pop()
             if not state.stack:
                 state.producer = None
+                state.last_layer_out = None
                 if state.mode_on and state.mode is not None:
                     state.mode.__exit__(None, None, None)
                     state.mode_on = False

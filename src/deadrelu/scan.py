@@ -35,7 +35,14 @@ import torch
 from torch import Tensor, nn
 
 from deadrelu import classify
-from deadrelu.capture import Site, UnitDim, attach, known_names
+from deadrelu.capture import (
+    Site,
+    UnitDim,
+    attach,
+    known_names,
+    unrecognised_message,
+    warn_unrecognised,
+)
 from deadrelu.report import Report
 from deadrelu.stats import Detail, UnitStats, detail_level, fused_available, release_scratch
 
@@ -202,7 +209,10 @@ def scan(
         from 1, on which ``fused=True`` was in effect; None if none, also when compiling
         failed and the scan fell back to eager) and ``kernels`` (the sorted names of the
         :data:`~deadrelu.stats.Kernel` s that reduced activations: "native", "compiled",
-        "eager").
+        "eager") and ``unrecognised`` (``{module path: class name}`` of the modules that
+        look like activations deadrelu does not know, which were not measured: see
+        :attr:`deadrelu.capture.CaptureHandle.unrecognised`; also one
+        :class:`~deadrelu.capture.UnrecognisedActivationWarning` naming them and the fix).
 
     Raises:
         ValueError: ``data`` yields no batch (or only empty ones), ``max_batches`` < 1,
@@ -274,6 +284,7 @@ def scan(
     fused_from: int | None = 1 if use_fused else None
     length = _length(data, max_batches) if fused is None else None
     sites: dict[str, Site] = {}
+    unrecognised: dict[str, str] = {}
     try:
         if not keep_mode:
             model.eval()
@@ -298,7 +309,9 @@ def scan(
                     model(*_to(args, target), **_to(kwargs, target))
                     ran += 1
                     if ran == 1 and not handle.sites:
-                        raise ValueError(_no_activation_message(model, functional))
+                        raise ValueError(
+                            _no_activation_message(model, functional, handle.unrecognised)
+                        )
                     if ran == 1 and fused is None and length is not None:
                         if target.type == "cuda":  # once: time the work, not the launches
                             torch.cuda.synchronize(target)
@@ -309,6 +322,7 @@ def scan(
                     if max_batches is not None and ran >= max_batches:
                         break
             sites = dict(handle.sites)
+            unrecognised = handle.unrecognised
     finally:
         for m, was_training in flags:
             m.training = was_training
@@ -333,11 +347,15 @@ def scan(
         "model": type(model).__name__,
         "fused_from_batch": fused_from,
         "kernels": sorted(kernels),
+        "unrecognised": unrecognised,
     }
+    warn_unrecognised(unrecognised)
     return Report(stats, sites, tau=tau, meta=meta)
 
 
-def _no_activation_message(model: nn.Module, functional: bool) -> str:
+def _no_activation_message(
+    model: nn.Module, functional: bool, unrecognised: Mapping[str, str]
+) -> str:
     hint = (
         ""
         if functional
@@ -346,8 +364,10 @@ def _no_activation_message(model: nn.Module, functional: bool) -> str:
     return (
         f"the model ({type(model).__name__}) called no activation layer or function that "
         f"deadrelu recognises{hint}; known: {', '.join(known_names())}. Use one of these "
-        f"(modules such as nn.ReLU or calls such as F.relu / x.relu()), or register a new "
-        f"one with deadrelu.activations.register()"
+        f"(modules such as nn.ReLU or calls such as F.relu / x.relu()), declare your "
+        f"activation class with deadrelu.register_module(MyAct, like='gelu_tanh'), or "
+        f"register a new function with deadrelu.activations.register()"
+        + (f". {unrecognised_message(unrecognised)}" if unrecognised else "")
     )
 
 

@@ -363,11 +363,11 @@ def test_dead_units_get_exactly_zero_gradient() -> None:
     assert checks["relu2"].dead.tolist() == [7]
     assert all(c.holds for c in checks.values())
     # not vacuous: every alive unit's incoming weights did get gradient in the window
-    for name, st in mon._sites.items():
-        assert st.grad_last is not None
-        alive = torch.ones(st.units, dtype=torch.bool)
+    for name, last in mon._grad.grad_last.items():
+        alive = torch.ones(last.shape[0], dtype=torch.bool)
         alive[checks[name].dead] = False
-        assert bool((st.grad_last[alive] >= 10).all())
+        assert bool((last[alive] >= 10).all())
+    assert set(mon._grad.grad_last) == {"relu1", "relu2"}
 
 
 def test_zero_grad_check_can_fail() -> None:

@@ -100,6 +100,7 @@ def born_dead_rate(
     d_in: int = 1,
     n_inputs: int = 512,
     sigma: float = RAI_SIGMA,
+    bias: float | None = None,
     device: torch.device | str = "cpu",
 ) -> BornDead:
     """Monte Carlo probability that a ``depth`` x ``width`` ReLU network is born dead.
@@ -115,6 +116,9 @@ def born_dead_rate(
         d_in: input dimension.
         n_inputs: inputs per network.
         sigma: RAI's sigma.
+        bias: when given, every hidden bias is set to this constant after the draw (e.g.
+            ``init="he", bias=0.01``: the notes' "initialise biases to 0.01"); the grid
+            then decides only up to its resolution (a non-zero bias breaks homogeneity).
         device: where the networks are evaluated (the draws are made on the CPU with the
             seeded generator, so the result does not depend on the device but for
             floating-point rounding).
@@ -140,6 +144,8 @@ def born_dead_rate(
     with torch.no_grad():
         for layer in range(1, depth + 1):
             w, b = _layer(init, trials, width, h.shape[-1], g, sigma)
+            if bias is not None:
+                b = torch.full_like(b, float(bias))
             w, b = w.to(device), b.to(device)
             h = torch.relu(torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2)))
             dead_now = (h == 0).flatten(1).all(dim=1) & (first_dead == 0)

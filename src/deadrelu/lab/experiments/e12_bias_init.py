@@ -295,14 +295,14 @@ def figure(cfg: LabConfig, sw: Sweep, jd: Judgement) -> list[str]:
         key = f"dead_bias{b:g}"
         rows = [r[key] for r in per_layer.values()]
         xs = [i + (j - (n_b - 1) / 2) * bar for i in range(len(rows))]
-        ps = [r["p"] or 0.0 for r in rows]
+        means = [float(r["p"] or 0.0) for r in rows]
         ax.bar(
             xs,
-            ps,
+            means,
             bar,
             yerr=[
-                [p - (r["lo"] or 0.0) for p, r in zip(ps, rows, strict=True)],
-                [(r["hi"] or 0.0) - p for p, r in zip(ps, rows, strict=True)],
+                [m - (r["lo"] or 0.0) for m, r in zip(means, rows, strict=True)],
+                [(r["hi"] or 0.0) - m for m, r in zip(means, rows, strict=True)],
             ],
             capsize=2,
             label=f"bias {b:g}",

@@ -411,3 +411,32 @@ def test_arithmetic_with_extra_arguments_is_refused_and_clamp_is_sound() -> None
     for method in ("ibp", "symbolic"):
         bounds = certify(model, box, method=method).sites[":relu"]
         assert bool((z.double() <= bounds.upper + 1e-6).all())
+
+
+def test_refusals_name_the_module_path_not_the_fx_node() -> None:
+    class Inner(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.relu(self.fc(x)).cumsum(dim=1)  # cumsum: no interval rule
+
+    model = nn.Sequential(nn.Linear(3, 3), Inner()).eval()
+    with pytest.raises(ValueError, match=r"in the forward of module '1'.*cumsum") as info:
+        certify(model, Box.from_bounds((3,), -1.0, 1.0))
+    assert "node" not in str(info.value)
+
+
+def test_a_box_of_the_wrong_shape_names_both_shapes() -> None:
+    mlp = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 1)).eval()
+    with pytest.raises(
+        ValueError, match=r"box has shape \(5,\).*'0' \(Linear\) takes \(N, \.\.\., 4\)"
+    ):
+        certify(mlp, Box.from_bounds((5,), -1.0, 1.0))
+    cnn = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU()).eval()
+    with pytest.raises(
+        ValueError, match=r"box has shape \(1, 8, 8\).*Conv2d\) takes \(N, 3, \*, \*\)"
+    ):
+        certify(cnn, Box.from_bounds((1, 8, 8), 0.0, 1.0))
+    assert certify(mlp, Box.from_bounds((4,), -1.0, 1.0)).sites  # the right shape still works

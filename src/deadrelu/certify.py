@@ -852,6 +852,9 @@ def certify(
         )
     if atol < 0:
         raise ValueError(f"atol must be >= 0, got {atol}")
+    if not isinstance(box, Box):
+        raise TypeError(f"certify needs a Box, got {type(box).__name__}: Box.from_data(x)")
+    _check_box(model, box)
     gm = trace(model)
     sites = site_names(gm)
     producer: int | None = None
@@ -903,13 +906,17 @@ def certify(
                 continue
             site = sites.get(node)
             act_f = None
-            if site is not None:
-                out = _site(cert, gm, node, site, args, kwargs, atol, unit_dim, producer)
-                if ctx is not None:
-                    act_f = (_act_fn(gm, node, site[1], args, kwargs)[0], site[1])
-            else:
-                out = _op_bounds(gm, node, args, kwargs)
-                producer = _producer_kind(gm, node, producer)
+            try:
+                if site is not None:
+                    out = _site(cert, gm, node, site, args, kwargs, atol, unit_dim, producer)
+                    if ctx is not None:
+                        act_f = (_act_fn(gm, node, site[1], args, kwargs)[0], site[1])
+                else:
+                    out = _op_bounds(gm, node, args, kwargs)
+                    producer = _producer_kind(gm, node, producer)
+            except ValueError as exc:
+                msg = str(exc).removeprefix("certify: ")
+                raise ValueError(f"certify: in {_where(node)}: {msg}") from None
             if ctx is not None and isinstance(out, Interval):
                 sym = None
                 if ctx.d * out.lo.numel() <= ctx.limit:  # else: IBP from here
@@ -932,6 +939,57 @@ def certify(
                     syms[node.name] = sym
             env[node.name] = out
     return cert
+
+
+def _where(node: fx.Node) -> str:
+    """Where ``node`` runs, by module path: the module it calls, or whose forward calls it."""
+    if node.op == "call_module":
+        return f"module {str(node.target)!r}"
+    stack = node.meta.get("nn_module_stack") or {}
+    path = next(reversed(stack)) if stack else ""
+    return f"the forward of module {path!r}" if path else "the model's own forward"
+
+
+def _check_box(model: nn.Module, box: Box) -> None:
+    """Raise ``ValueError`` naming both shapes when the model does not take the box's:
+    one forward of two box samples, in eval mode (modes restored)."""
+    param = next(itertools.chain(model.parameters(), model.buffers()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(box.sample(2).to(device=device, dtype=dtype))
+    except RuntimeError as exc:
+        shape = tuple(box.shape)
+        first = next(
+            (
+                (p, m)
+                for p, m in model.named_modules()
+                if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+            ),
+            None,
+        )
+        want = ""
+        if first is not None and isinstance(first[1], nn.Linear):
+            want = f": its first layer {first[0]!r} (Linear) takes (N, ..., {first[1].in_features})"
+        elif first is not None:
+            conv = first[1]
+            assert isinstance(conv, nn.modules.conv._ConvNd)
+            dims = ", ".join(["*"] * (conv.weight.dim() - 2))
+            want = (
+                f": its first layer {first[0]!r} ({type(conv).__name__}) takes "
+                f"(N, {conv.in_channels}, {dims})"
+            )
+        raise ValueError(
+            f"certify: the box has shape {shape} (one sample, no batch dim) but the model "
+            f"does not take inputs of shape (N, {', '.join(map(str, shape))}){want}; build "
+            f"the box from one input's shape ({str(exc).splitlines()[0]})"
+        ) from None
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
 
 
 def _act_fn(
@@ -1019,7 +1077,7 @@ def _op_bounds(
         if name in ("mul", "div") and not _is_iv(args[1]):
             c = args[1] if name == "mul" else 1.0 / _const(args[1])
             return _mul(x, c)
-        raise _unsupported(f"tensor method .{name}() (node {node.name!r})")
+        raise _unsupported(f"tensor method .{name}()")
     # call_function
     if target in _ARITHMETIC and (kwargs or len(args) != 2):
         raise _unsupported(
@@ -1058,4 +1116,4 @@ def _op_bounds(
         if _is_iv(w) or _is_iv(b):
             raise _unsupported("F.linear with interval weights")
         return _linear(args[0], w, b)
-    raise _unsupported(f"function {getattr(target, '__name__', target)!r} (node {node.name!r})")
+    raise _unsupported(f"function {getattr(target, '__name__', target)!r}")

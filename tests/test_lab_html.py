@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from deadrelu.lab.core import ExperimentResult, LabConfig, new_figure, save_figure
-from deadrelu.lab.html import claim_rows, render_html, write_html
-from deadrelu.lab.runner import live_checks, to_jsonable, write_outputs
+from deadrelu.lab.html import render_html, write_html
+from deadrelu.lab.runner import write_outputs
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -81,43 +81,80 @@ def test_figures_are_embedded_as_base64_and_nothing_is_external(cfg: LabConfig) 
     assert "<link" not in page  # no external style sheet
 
 
-def test_claims_table_comes_first_and_is_sorted_by_claim(cfg: LabConfig) -> None:
-    results = [_result(cfg, "E7", ("C11",)), _result(cfg, "E2", ("C4", "C7"))]
-    live = live_checks()
-    page = render_html(_dicts(results), cfg.out, live=live)
-    table_at = page.index('id="claims-table"')
-    assert table_at < page.index('<section class="live"') < page.index('<section class="exp"')
-    body = page[table_at : page.index("</table>", table_at)]
-    claims = re.findall(r"<tr><td>(C\d+)</td>", body)
-    assert claims == ["C1", "C2", "C4", "C7", "C11", "C13", "C14"]
-    assert body.count('class="badge ok"') == 6  # C1, C2, C4, C7, C11, C14; C13 is n/a
-    assert 'class="badge na"' in body
-
-
-def test_per_claim_verdicts_override_the_experiment_verdict() -> None:
-    result = {
-        "id": "E2",
-        "claims": ["C7", "C4"],
-        "verdict": "mixed",
-        "summary": "both claims",
-        "numbers": {
-            "claim_verdicts": {"C4": "supported"},
-            "claim_summaries": {"C4": "bias -3: 50 % dead"},
-        },
+def _claim(verdict: str, summary: str, **kw: Any) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "verdict": verdict,
+        "rule": f"rule for {summary}",
+        "summary": summary,
+        "evidence": {},
+        "stability": {"share": 1.0, "resamples": 200, "fragile": False, "why": "stable"},
+        "source": "numbers",
+        "preset": "quick",
+        "n_seeds": 5,
     }
-    rows = claim_rows([result])
-    assert rows == [
-        ("C4", "E2", "supported", "bias -3: 50 % dead"),
-        ("C7", "E2", "mixed", "both claims"),
+    rec.update(kw)
+    return rec
+
+
+def test_claims_table_comes_first_one_row_per_claim(cfg: LabConfig) -> None:
+    results = [
+        _result(cfg, "E7", ("C11",), claim_verdicts={"C11": _claim("supported", "88 steps")}),
+        _result(
+            cfg,
+            "E2",
+            ("C4", "C7"),
+            claim_verdicts={"C4": _claim("supported", "bias -3"), "C7": _claim("mixed", "0.01")},
+        ),
+        _result(
+            cfg,
+            "E9",
+            ("C11",),
+            claim_verdicts={"C11": _claim("not supported", "ELU 1.0x", source="timings")},
+        ),
     ]
+    page = render_html(_dicts(results), cfg.out)
+    table_at = page.index('id="claims-table"')
+    assert table_at < page.index('<section class="exp"')
+    body = page[table_at : page.index("</table>", table_at)]
+    claims = re.findall(r'<tr><td class="claim">(C\d+)</td>', body)
+    assert claims == ["C4", "C7", "C11"]  # C11 once, for E7 and E9
+    c11 = body[body.index(">C11<") :]
+    assert "88 steps" in c11 and "ELU 1.0x" in c11 and "timing-based" in c11
+    assert 'class="badge mix"' in c11  # supported + not supported -> mixed
+    assert "combined:" in c11
+
+
+def test_fragile_verdicts_are_marked_with_why(cfg: LabConfig) -> None:
+    stab = {"share": 0.71, "resamples": 200, "fragile": True, "why": "supported in 71 %"}
+    r = _result(
+        cfg, "E5", ("C9",), claim_verdicts={"C9": _claim("supported", "slope", stability=stab)}
+    )
+    page = render_html(_dicts([r]), cfg.out)
+    table = page[page.index('id="claims-table"') : page.index("</table>")]
+    assert "fragile 71%" in table and "supported in 71 %" in table
+
+
+def test_raw_numbers_start_collapsed_and_tables_scroll(cfg: LabConfig) -> None:
+    r = _result(cfg, "E6", ("C10",), derived={"ci": {"lo": 0.1, "hi": 0.2}})
+    page = render_html(_dicts([r]), cfg.out)
+    section = page[page.index('id="e6"') :]
+    assert "<details open" not in page
+    assert "<details><summary>all raw numbers (reproducible)</summary>" in section
+    assert "<details><summary>derived numbers" in section
+    # every top-level table sits in its own scrolling box
+    assert page.count('<div class="scroll"><table') == page.count("<table") - page.count(
+        '<table class="nested"'
+    )
 
 
 def test_each_experiment_section_has_its_parts(cfg: LabConfig) -> None:
     r = _result(cfg, "E9", ("C11",), verdict="mixed", timings={"seconds": 1.5})
     page = render_html(_dicts([r]), cfg.out)
     section = page[page.index('id="e9"') :]
-    for part in ("Question", "Method", "Figures", "Numbers", "Verdict", "Caveats", "Timings"):
+    for part in ("Verdict", "Caveats"):
         assert f"<h3>{part}</h3>" in section
+    assert "<b>Question.</b>" in section and "<b>Method.</b>" in section and "<img" in section
+    assert "<details><summary>timings (wall clock" in section
     for text in ("question of E9?", "method of E9", "rule of E9", "caveat of E9"):
         assert text in section
     assert 'class="badge mix"' in section
@@ -139,9 +176,8 @@ def test_missing_figure_warns_and_shows_a_placeholder(cfg: LabConfig) -> None:
 
 
 def test_render_is_deterministic(cfg: LabConfig) -> None:
-    results = _dicts([_result(cfg, "E6", ("C10",))])
-    live = to_jsonable(live_checks())
-    assert render_html(results, cfg.out, live=live) == render_html(results, cfg.out, live=live)
+    results = _dicts([_result(cfg, "E6", ("C10",)), _result(cfg, "E9", ("C11",))])
+    assert render_html(results, cfg.out) == render_html(results, cfg.out)
 
 
 def test_write_html_creates_the_file(cfg: LabConfig) -> None:
@@ -206,7 +242,7 @@ def test_report_renders_in_headless_chromium(cfg: LabConfig, tmp_path: Path) -> 
     paths = write_outputs(results, cfg)
     url = paths["html"].resolve().as_uri()
     n_images = 3
-    n_claim_rows = 2 + 4  # E6, E8 + live C1, C2, C13, C14
+    n_claim_rows = 2  # C10 (E6), C12 (E8)
 
     dom = _chromium(exe, tmp_path, "--virtual-time-budget=10000", "--dump-dom", url)
     assert dom.returncode == 0, dom.stderr[-2000:]
@@ -255,10 +291,81 @@ def test_report_of_a_real_tiny_run_renders_in_chromium(tmp_path: Path) -> None:
 
     exe = _chromium_or_skip()
     cfg = LabConfig(preset="tiny", out=tmp_path / "lab")
-    results = run_lab(cfg, only="E8,E10", progress=False)
+    results = run_lab(cfg, only="L1,L13,L14,E8,E9", progress=False)
     n_images = sum(len(r.figures) for r in results)
     assert n_images == 2
     url = (cfg.out / "index.html").resolve().as_uri()
     dom = _chromium(exe, tmp_path, "--virtual-time-budget=10000", "--dump-dom", url)
     assert f'data-images-loaded="{n_images}/{n_images}"' in dom.stdout
     assert 'data-claims-visible="yes"' in dom.stdout
+    assert 'data-claims-rows="6"' in dom.stdout  # C1, C2, C11, C12, C13, C14
+
+
+# --------------------------------------------------------------------------------------
+# The page as a reader sees it: 1400 px wide, short when collapsed, never wider than the
+# window, no squeezed label column
+# --------------------------------------------------------------------------------------
+
+
+def _wide_result(cfg: LabConfig, k: int) -> ExperimentResult:
+    """An experiment as bulky as the real ones: one or two three-panel figures, two claims
+    with rules of 600 characters, long caveats, per-seed lists, a 24-column record table,
+    nested per-layer dicts and a long unbroken name."""
+    figures = []
+    for j in range(1 + k % 2):
+        fig, axes = new_figure(ncols=3, width=4.4, height=3.6)
+        for ax in axes[0]:
+            ax.bar(range(8), [0.0, 0.1, 0.3, 0.0, 0.5, 0.2, 0.0, 0.4])
+        figures.append(save_figure(fig, cfg, f"e{k}_{j}.png"))
+    long_name = "a_rather_long_setting_name_without_spaces_" * 3
+    numbers = {
+        "per_seed": {f"lr {lr}": [0.123456 * i for i in range(40)] for lr in (0.01, 0.1, 1.0)},
+        "records": [{f"column {c}": c * 1.5 + r for c in range(24)} for r in range(6)],
+        "per_layer": {
+            f"layer {i}": {"dead": [0.1] * 10, "ci": {"lo": 0.0, "hi": 0.2}} for i in range(4)
+        },
+        long_name: {long_name: long_name},
+    }
+    claims = (f"C{k}", f"C{k % 16 + 1}")
+    summary = "dead 12.0 % [9.1, 15.6] at lr 2.0 vs 0.0 % [0, 0.8] at lr 0.01; " * 2
+    verdicts = {c: _claim("mixed", summary, rule="rule " + "y " * 300) for c in claims}
+    return _result(
+        cfg,
+        f"E{k}",
+        claims,
+        figures=figures,
+        numbers=numbers,
+        derived={"intervals": numbers["per_layer"], "table": numbers["records"]},
+        claim_verdicts=verdicts,
+        caveats=["caveat " * 30] * 3,
+        timings={"wall": [1.0] * 30},
+    )
+
+
+def test_page_height_width_and_label_columns_at_1400px(cfg: LabConfig, tmp_path: Path) -> None:
+    exe = _chromium_or_skip()
+    results = [_wide_result(cfg, k) for k in range(1, 16)]  # 12 experiments + 3 live checks
+    page = write_html(_dicts(results), cfg.out, meta={"config.preset": "quick"})
+    for suffix, limit in (("", 25_000), ("#all", None)):
+        url = page.resolve().as_uri() + suffix
+        dom = _chromium(
+            exe,
+            tmp_path,
+            "--window-size=1400,1000",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            url,
+        )
+        tag = re.search(r"<body[^>]*>", dom.stdout)
+        assert tag is not None, dom.stdout[:2000]
+        attrs = dict(re.findall(r'(data-[a-z-]+)="([^"]*)"', tag.group(0)))
+        assert attrs["data-images-loaded"] == "23/23", attrs
+        assert attrs["data-too-wide"] == "0", attrs
+        assert attrs["data-squeezed-cells"] == "0", attrs
+        if limit is not None:
+            assert int(attrs["data-page-height"]) < limit, attrs
+    shot = tmp_path / "shot1400.png"
+    run = _chromium(
+        exe, tmp_path, "--window-size=1400,2400", f"--screenshot={shot}", page.resolve().as_uri()
+    )
+    assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]

@@ -3,6 +3,10 @@
 ``deadrelu lab [--preset quick|full] [--only E1,E7] [--seeds N] [--out DIR]
 [--device cpu|cuda] [--dataset mnist1d|digits|synthetic] [--no-progress]``
 
+``deadrelu lab --markdown [RESULTS_JSON]`` runs nothing: it prints the claims table of a
+finished run as Markdown (default: ``DIR/results.json`` of ``--out``), the form the README
+holds between its ``claims-table`` markers.
+
 Wiring into the main parser (``deadrelu.cli``)::
 
     from deadrelu.lab.command import add_lab_parser
@@ -30,9 +34,10 @@ def add_lab_parser(subparsers: Any) -> argparse.ArgumentParser:
         "lab",
         help="run the experiments that test the notes' claims and write the HTML report",
         description=(
-            "Run the lab's experiments (E1-E10) and write DIR/index.html (self-contained "
-            "report), DIR/results.json (reproducible numbers), DIR/timings.json and "
-            "DIR/figures/*.png; print the claims table at the end."
+            "Run the lab's live checks (L1, L13, L14) and experiments (E1, E2, ...) and write "
+            "DIR/index.html (self-contained report), DIR/results.json (reproducible numbers), "
+            "DIR/timings.json and DIR/figures/*.png; print the claims table at the end, one "
+            "row per claim, with each verdict's preset and bootstrap stability."
         ),
     )
     p.add_argument(
@@ -69,6 +74,18 @@ def add_lab_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="dataset of the training experiments (default: mnist1d)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--markdown",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="RESULTS_JSON",
+        help=(
+            "run nothing: print the claims table of a finished run as Markdown, from "
+            "RESULTS_JSON (default: DIR/results.json; timing-based verdicts from the "
+            "timings.json beside it)"
+        ),
+    )
     p.set_defaults(func=run_lab_command)
     return p
 
@@ -77,7 +94,8 @@ def run_lab_command(args: argparse.Namespace) -> int:
     """Run the lab for parsed ``args``; print the claims table; return the exit status.
 
     0 when every experiment ran, 1 when one failed (its error is in the report), 2 for a
-    bad argument (unknown experiment id, CUDA not available, seeds < 1).
+    bad argument (unknown experiment id, CUDA not available, seeds < 1, a results file
+    that is missing or not a lab results file).
     """
     from rich.console import Console
 
@@ -86,13 +104,24 @@ def run_lab_command(args: argparse.Namespace) -> int:
         check_device,
         claims_table,
         failed,
-        live_checks,
+        markdown_from_results,
         resolve_only,
         run_lab,
     )
 
     console = Console()
     err = Console(stderr=True)
+    if getattr(args, "markdown", None) is not None:
+        path = Path(args.markdown) if args.markdown else Path(args.out) / "results.json"
+        try:
+            text = markdown_from_results(path)
+        except (OSError, ValueError, KeyError) as exc:
+            err.print(
+                f"[red]deadrelu lab --markdown: cannot read {path}: {exc}[/red]", soft_wrap=True
+            )
+            return 2
+        print(text, end="")
+        return 0
     try:
         cfg = LabConfig(
             preset=args.preset,
@@ -107,7 +136,12 @@ def run_lab_command(args: argparse.Namespace) -> int:
         err.print(f"[red]deadrelu lab: {exc}[/red]", soft_wrap=True)
         return 2
     results = run_lab(cfg, only=only, progress=not args.no_progress)
-    console.print(claims_table(results, live_checks(), show_text=console.width >= 120))
+    console.print(claims_table(results, show_text=console.width >= 120))
+    console.print(
+        f"preset {cfg.preset}, {cfg.n_seeds} seeds per setting by default; 'fragile': the "
+        "verdict holds in fewer than 90 % of bootstrap resamples of the seeds",
+        soft_wrap=True,
+    )
     console.print(
         f"report: {cfg.out / 'index.html'}   numbers: {cfg.out / 'results.json'}", soft_wrap=True
     )

@@ -1,9 +1,15 @@
 """The lab's contract: configuration, result object, experiment registry, figure helper.
 
-Every experiment is a function ``run(cfg: LabConfig) -> ExperimentResult`` registered with
-the :func:`experiment` decorator in :data:`EXPERIMENTS` (kept ordered E1, E2, ..., E10).
-Experiment modules live in ``deadrelu/lab/experiments/eN_name.py``; importing
-``deadrelu.lab.experiments`` registers them all.
+Every experiment is an :class:`Experiment` (metadata declared once, ``sweep`` / ``judge`` /
+``figure`` steps) registered with :func:`register` in :data:`REGISTRY`; the runner
+(:mod:`deadrelu.lab.runner`) runs it and builds its :class:`ExperimentResult`. The live
+checks (ids ``L1``, ``L13``, ``L14``) are experiments of the same shape. Experiment modules
+live in ``deadrelu/lab/experiments/``; importing ``deadrelu.lab.experiments`` registers
+them all.
+
+Old style (until every experiment is converted): a function ``run(cfg) -> ExperimentResult``
+registered with the :func:`experiment` decorator in :data:`EXPERIMENTS`; the runner still
+runs those, without bootstrap stability.
 
 Reproducibility: ``ExperimentResult.numbers`` holds only numbers that a rerun with the same
 config reproduces exactly; wall-clock measurements go in ``ExperimentResult.timings``, which
@@ -33,6 +39,7 @@ __all__ = [
     "SeedIndex",
     "Sweep",
     "Verdict",
+    "VerdictSource",
     "ci_dict",
     "experiment",
     "new_figure",
@@ -43,6 +50,10 @@ __all__ = [
 
 #: Verdict of an experiment on its claims.
 Verdict = Literal["supported", "not supported", "mixed", "n/a"]
+
+#: Where a verdict comes from: reproducible ``numbers``, or wall-clock ``timings`` (then it is
+#: kept out of ``results.json`` and written to ``timings.json``).
+VerdictSource = Literal["numbers", "timings"]
 
 #: Valid presets: ``tiny`` (test suite, seconds), ``quick`` (``make demo``), ``full``.
 PRESETS: tuple[str, ...] = ("tiny", "quick", "full")
@@ -119,6 +130,15 @@ class ExperimentResult:
         figures: PNG file names relative to ``cfg.out``.
         caveats: where our setting differs from the claim's, and other limits.
         timings: wall-clock numbers (non-reproducible), kept apart from ``numbers``.
+        claim_verdicts: one JSON-able record per claim, filled by the runner: ``verdict``,
+            ``rule``, ``summary``, ``evidence``, ``stability`` (share of bootstrap resamples
+            of the seeds giving the same verdict, ``fragile``, ``why``; None when not
+            resampled), ``source`` (``"numbers"`` or ``"timings"``), ``preset``,
+            ``n_seeds``.
+        derived: JSON-able numbers the judge derived (intervals, per-layer summaries).
+        preset: the preset the numbers came from.
+        n_seeds: length of the seed axis the verdicts resample (None: not known).
+        style: ``"v2"`` (an :class:`Experiment`) or ``"v1"`` (an old ``run(cfg)``).
     """
 
     id: str
@@ -133,6 +153,11 @@ class ExperimentResult:
     figures: list[str] = field(default_factory=list)
     caveats: list[str] = field(default_factory=list)
     timings: dict[str, Any] = field(default_factory=dict)
+    claim_verdicts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    derived: dict[str, Any] = field(default_factory=dict)
+    preset: str = ""
+    n_seeds: int | None = None
+    style: str = "v1"
 
     def to_dict(self, *, include_timings: bool = True) -> dict[str, Any]:
         """A JSON-able dict; ``timings`` is left out when ``include_timings`` is False."""
@@ -148,6 +173,11 @@ class ExperimentResult:
             "summary": self.summary,
             "figures": list(self.figures),
             "caveats": list(self.caveats),
+            "claim_verdicts": self.claim_verdicts,
+            "derived": self.derived,
+            "preset": self.preset,
+            "n_seeds": self.n_seeds,
+            "style": self.style,
         }
         if include_timings:
             d["timings"] = self.timings
@@ -170,14 +200,17 @@ class ExperimentSpec:
 #: Registered experiments by id, ordered E1, E2, ..., E10 (see :func:`experiment`).
 EXPERIMENTS: dict[str, ExperimentSpec] = {}
 
-_ID = re.compile(r"^E(\d+)$")
+_ID = re.compile(r"^([EL])(\d+)$")
 
 
-def _order(exp_id: str) -> int:
+def _order(exp_id: str) -> tuple[int, int]:
+    """Sort key: live checks (``L1``, ``L14``) first, then experiments by number."""
     m = _ID.match(exp_id)
     if m is None:
-        raise ValueError(f"experiment id must look like 'E7', got {exp_id!r}")
-    return int(m.group(1))
+        raise ValueError(
+            f"experiment id must look like 'E7' (or 'L1' for a live check), got {exp_id!r}"
+        )
+    return (0 if m.group(1) == "L" else 1, int(m.group(2)))
 
 
 def experiment(id: str, claims: tuple[str, ...], title: str) -> Callable[[RunFn], RunFn]:
@@ -269,6 +302,13 @@ class Experiment:
     and ``figure(cfg, sweep, judgement)``; it builds the :class:`ExperimentResult`.
     ``method`` may hold ``{placeholders}`` filled from ``sweep.numbers`` by
     ``method.format_map(numbers)`` (keys that are missing stay as written).
+
+    Optional (added for the runner; defaults fit most experiments):
+        resamples: bootstrap resamples of the seeds for each verdict's stability (the
+            judge runs this many extra times: keep it pure arithmetic, or lower this).
+        verdict_source: ``"timings"`` when the verdicts are computed from wall-clock
+            ``sweep.timings`` (E9): they are then kept out of ``results.json`` and shown
+            in the report marked "timing-based".
     """
 
     id: str
@@ -280,6 +320,8 @@ class Experiment:
     judge: JudgeFn
     figure: FigureFn | None = None
     caveats: tuple[str, ...] = ()
+    resamples: int = 200
+    verdict_source: VerdictSource = "numbers"
 
 
 #: Registered lab-v2 experiments by id, ordered by number (see :func:`register`).
@@ -339,13 +381,19 @@ def rounded(x: float, digits: int = 6) -> float | None:
     return float(f"{x:.{digits}g}")
 
 
-def ci_dict(samples: Any) -> dict[str, Any]:
+def ci_dict(
+    samples: Any,
+    *,
+    resolution: float | None = None,
+    bounds: tuple[float, float] | None = None,
+) -> dict[str, Any]:
     """``{"mean", "lo", "hi", "n"}``: the mean and 95 % t-interval of one number per seed
-    (``deadrelu.lab.verdicts.mean_ci``), rounded, non-finite bounds as None."""
+    (``deadrelu.lab.verdicts.mean_ci``, with its ``resolution`` and ``bounds``), rounded,
+    non-finite bounds as None."""
     from deadrelu.lab.verdicts import mean_ci
 
     values = [float(v) for v in samples]
     if not values:
         return {"mean": None, "lo": None, "hi": None, "n": 0}
-    m, lo, hi = mean_ci(values)
+    m, lo, hi = mean_ci(values, resolution=resolution, bounds=bounds)
     return {"mean": rounded(m), "lo": rounded(lo), "hi": rounded(hi), "n": len(values)}

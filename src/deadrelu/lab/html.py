@@ -2,21 +2,29 @@
 
 :func:`render_html` turns the experiments' result dicts (:meth:`ExperimentResult.to_dict`)
 and their PNG figures into one page with no external resource: figures are embedded as
-base64 ``data:`` URIs, the style sheet and a ten-line script are inline. The page holds, in
+base64 ``data:`` URIs, the style sheet and a short script are inline. The page holds, in
 order:
 
-1. the claims table (claim, short text, experiment, verdict badge, key number);
-2. the live checks of C1, C2 and C14 (panels computed by the runner, see
-   :func:`deadrelu.lab.runner.live_checks`);
-3. one section per experiment: question, method, figures, numbers, verdict with its rule,
-   caveats, and, apart, the wall-clock timings that are not reproducible;
-4. the run's configuration and versions.
+1. the claims table, one row per claim (:func:`deadrelu.lab.claims.claim_rows`): the
+   notes' text, the verdict (fragile ones marked, with why), the key number(s), and where
+   they came from (experiment, preset, seeds, timing-based);
+2. one section per live check and experiment: question, method, figures, the verdict on
+   each claim with its rule, stability and source, caveats; the raw numbers, derived
+   numbers and timings in sections that start collapsed (``<details>``);
+3. the run's configuration and versions (collapsed).
 
-The inline script writes ``data-images-loaded="N/M"`` (images decoded / images on the page)
-, ``data-claims-rows="K"`` and ``data-claims-visible="yes"`` (the table is in the first
-screen) on ``<body>`` once the page has loaded, so a headless browser can check that every
-figure decoded and the claims table is there. The page carries no
-date, so the same results give the same bytes.
+Layout for a reader: every table sits in its own horizontally scrolling box, so a wide
+table never widens the page; label columns never wrap inside a word.
+
+The inline script writes on ``<body>`` once the page has loaded: ``data-images-loaded="N/M"``
+(images decoded / images), ``data-claims-rows`` (rows of the claims table),
+``data-claims-visible="yes"`` (the table is in the first screen), ``data-page-height``
+(pixels, with the collapsed sections as they are), ``data-too-wide`` (elements wider
+than the viewport outside a scroll box; 0 when the page never scrolls sideways) and
+``data-squeezed-cells`` (table cells squeezed into a column narrower than a word), so a
+headless browser can check them. Opened as ``index.html#all`` the page expands every
+collapsed section first. The page carries no date: the same results give the same
+bytes.
 """
 
 from __future__ import annotations
@@ -30,27 +38,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CLAIM_TEXT", "render_html", "write_html"]
+from deadrelu.lab.claims import CLAIMS, ClaimRow, claim_rows
 
-#: Short text of each claim of CLAIMS.md, for the claims table.
-CLAIM_TEXT: dict[str, str] = {
-    "C1": "A dead unit outputs 0 for any input",
-    "C2": "Dead unit: dL/dw = 0 because da/dz = 0 for z < 0",
-    "C3": "Cause I: a very high learning rate",
-    "C4": "Cause II: a large negative bias",
-    "C5": "A dead unit is not recoverable",
-    "C6": "Remedy: use a low learning rate",
-    "C7": "Remedy: initialise biases to a small positive value (0.01)",
-    "C8": "Remedy: use a ReLU variant",
-    "C9": "Leaky ReLU (slope 0.01): no dying; why 0.01?",
-    "C10": "PReLU: like Leaky ReLU but learned slope, performs better",
-    "C11": "ELU: zero-centred, faster, better generalisation; costs an exp",
-    "C12": "SELU: self-normalising, mean 0 / sd 1 through the layers",
-    "C13": "SELU drawback: new, less studied",
-    "C14": "Every variant's derivative matches autograd, including at z = 0",
-    "C15": "Deep narrow ReLU nets can be born dead; RAI lowers it",
-    "C16": "Recycling dormant units (ReDo) cures a trained net",
-}
+__all__ = ["render_html", "write_html"]
 
 _BADGE_CLASS = {
     "supported": "ok",
@@ -62,47 +52,80 @@ _BADGE_CLASS = {
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;
  background:#fafafa;color:#1d1d1f;line-height:1.45}
-main{max-width:1100px;margin:0 auto;padding:24px 28px 60px}
+main{max-width:1180px;margin:0 auto;padding:24px 28px 60px;box-sizing:border-box}
 h1{font-size:1.7em;margin:.2em 0 .1em}h2{margin-top:1.8em;border-bottom:2px solid #ddd;
  padding-bottom:.2em}h3{margin:1.1em 0 .4em}
 .sub{color:#555;margin-top:0}
-table{border-collapse:collapse;margin:.4em 0 1em;font-size:.92em;background:#fff;
- max-width:100%}
-th,td{border:1px solid #d5d5d5;padding:4px 8px;text-align:left;vertical-align:top;
- overflow-wrap:anywhere}
-th{background:#f0f0f3}
+p,li,h2,h3,summary,figcaption{overflow-wrap:anywhere}
+.scroll{max-width:100%;overflow-x:auto;margin:.4em 0 1em}
+table{border-collapse:collapse;font-size:.92em;background:#fff}
+th,td{border:1px solid #d5d5d5;padding:4px 8px;text-align:left;vertical-align:top}
+td{overflow-wrap:break-word;max-width:46em}
+th{background:#f0f0f3;white-space:nowrap}
 td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
-#claims-table th,#claims-table td:nth-child(1),#claims-table td:nth-child(3),
-#claims-table td:nth-child(4){white-space:nowrap;overflow-wrap:normal}
+#claims-table td{max-width:34em}
+#claims-table td.claim,#claims-table td.verdict{white-space:nowrap}
+#claims-table .note{display:block;color:#666;font-size:.85em;margin-top:2px}
 table.nested{margin:0;font-size:.95em}
 .badge{display:inline-block;padding:1px 9px;border-radius:10px;font-weight:600;
  font-size:.85em;white-space:nowrap;color:#fff}
 .ok{background:#1f8a3b}.no{background:#c0392b}.mix{background:#c77c02}.na{background:#7f8c8d}
-section.exp,section.live{background:#fff;border:1px solid #e2e2e2;border-radius:8px;
- padding:6px 22px 14px;margin:22px 0}
-figure{margin:10px 0}figure img{max-width:100%;border:1px solid #eee}
+.fragile{background:#fff3cd;color:#7a5200;border:1px solid #c77c02}
+.timing{background:#e8eef7;color:#234;border:1px solid #7a94b8}
+section.exp{background:#fff;border:1px solid #e2e2e2;border-radius:8px;
+ padding:2px 22px 10px;margin:18px 0}
+section.exp h2{margin-top:.6em}p.q{margin:.4em 0}
+figure{margin:10px 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{color:#666;font-size:.85em}
-.rule{background:#f6f6f9;border-left:4px solid #999;padding:6px 10px;font-size:.92em}
-.caveats li{margin:.2em 0}
+.rule{background:#f6f6f9;border-left:4px solid #999;padding:4px 10px;font-size:.86em;
+ margin:.3em 0;overflow-wrap:anywhere}
+.claimv{margin:.4em 0 .8em}.claimv p{margin:.3em 0}
+.caveats{font-size:.92em;margin:.3em 0}.caveats li{margin:.15em 0}
 code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.9em}
 code{white-space:pre-wrap;overflow-wrap:anywhere}
-pre{background:#f6f6f9;padding:8px;overflow-x:auto}
-details summary{cursor:pointer;color:#333}
+details{margin:.5em 0}
+details summary{cursor:pointer;color:#333;font-weight:600}
 .missing{color:#c0392b;font-weight:600}
 """
 
-#: Runs on load: counts decoded images and claims-table rows into <body> attributes.
+#: Runs on load: counts decoded images and claims-table rows, measures the page.
 _SCRIPT = """
 window.addEventListener('load', function () {
+  var b = document.body;
+  if (location.hash === '#all') {
+    Array.prototype.forEach.call(document.querySelectorAll('details'), function (d) {
+      d.open = true;
+    });
+  }
   var imgs = Array.prototype.slice.call(document.images);
   var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
-  document.body.setAttribute('data-images-loaded', ok + '/' + imgs.length);
+  b.setAttribute('data-images-loaded', ok + '/' + imgs.length);
   var rows = document.querySelectorAll('#claims-table tbody tr').length;
-  document.body.setAttribute('data-claims-rows', String(rows));
+  b.setAttribute('data-claims-rows', String(rows));
   var t = document.getElementById('claims-table');
   var r = t ? t.getBoundingClientRect() : null;
   var seen = r !== null && r.height > 0 && r.top < window.innerHeight;
-  document.body.setAttribute('data-claims-visible', seen ? 'yes' : 'no');
+  b.setAttribute('data-claims-visible', seen ? 'yes' : 'no');
+  b.setAttribute('data-page-height', String(document.documentElement.scrollHeight));
+  var vw = document.documentElement.clientWidth, wide = [];
+  Array.prototype.forEach.call(document.querySelectorAll('body *'), function (e) {
+    if (e.closest('.scroll') && !e.classList.contains('scroll')) { return; }
+    var q = e.getBoundingClientRect();
+    if (q.width > 0 && (q.right > vw + 1 || q.width > vw + 1)) {
+      wide.push(e.tagName.toLowerCase() + (e.id ? '#' + e.id : ''));
+    }
+  });
+  var sw = document.documentElement.scrollWidth > vw + 1 ? 1 : 0;
+  b.setAttribute('data-too-wide', String(wide.length + sw));
+  b.setAttribute('data-too-wide-list', wide.slice(0, 5).join(' '));
+  var squeezed = 0;
+  Array.prototype.forEach.call(document.querySelectorAll('th, td'), function (c) {
+    var q = c.getBoundingClientRect();
+    if (q.width > 0 && q.width < 48 && q.height > 4 * q.width && c.textContent.length > 3) {
+      squeezed += 1;
+    }
+  });
+  b.setAttribute('data-squeezed-cells', String(squeezed));
 });
 """
 
@@ -130,9 +153,13 @@ def _is_scalar(x: Any) -> bool:
     return x is None or isinstance(x, (bool, int, float, str))
 
 
-def _badge(verdict: str) -> str:
+def _badge(verdict: str, extra: str = "") -> str:
     cls = _BADGE_CLASS.get(verdict, "na")
-    return f'<span class="badge {cls}">{_e(verdict)}</span>'
+    return f'<span class="badge {cls}"{extra}>{_e(verdict)}</span>'
+
+
+def _scroll(inner: str) -> str:
+    return f'<div class="scroll">{inner}</div>'
 
 
 def _value(v: Any, depth: int = 0) -> str:
@@ -141,7 +168,7 @@ def _value(v: Any, depth: int = 0) -> str:
         return _e(_fmt(v))
     if isinstance(v, Mapping):
         if depth >= 3:
-            return f"<code>{_e(json.dumps(v, sort_keys=True, default=str))}</code>"
+            return f"<code>{_e(json.dumps(v, sort_keys=True, default=str)[:600])}</code>"
         return _dict_table(v, depth + 1, nested=True)
     if isinstance(v, Sequence):
         items = list(v)
@@ -151,7 +178,9 @@ def _value(v: Any, depth: int = 0) -> str:
             return f"<code>[{_e(shown)}{_e(more)}]</code>"
         if items and all(isinstance(i, Mapping) for i in items) and depth < 3:
             return _records_table(items)
-        return f"<code>{_e(json.dumps(items, default=str)[:400])}</code>"
+        text = json.dumps(items, default=str)
+        more = f" … ({len(text)} characters)" if len(text) > 400 else ""
+        return f"<code>{_e(text[:400])}{_e(more)}</code>"
     return _e(v)
 
 
@@ -161,7 +190,8 @@ def _dict_table(d: Mapping[str, Any], depth: int = 0, nested: bool = False) -> s
     for k, v in d.items():
         td = ' class="num"' if _is_scalar(v) else ""
         rows.append(f"<tr><th>{_e(k)}</th><td{td}>{_value(v, depth)}</td></tr>")
-    return f"<table{cls}>{''.join(rows)}</table>"
+    table = f"<table{cls}>{''.join(rows)}</table>"
+    return table if nested else _scroll(table)
 
 
 def _records_table(records: Sequence[Mapping[str, Any]]) -> str:
@@ -177,6 +207,14 @@ def _records_table(records: Sequence[Mapping[str, Any]]) -> str:
     return f'<table class="nested"><tr>{head}</tr>{body}</table>'
 
 
+def _grid(columns: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_e(_fmt(x))}</td>" for x in row) + "</tr>" for row in rows
+    )
+    return _scroll(f"<table><tr>{head}</tr>{body}</table>")
+
+
 def _image(out_dir: Path, rel: str) -> str:
     path = out_dir / rel
     if not path.is_file():
@@ -187,87 +225,84 @@ def _image(out_dir: Path, rel: str) -> str:
         return f'<p class="missing">figure {_e(rel)} is missing</p>'
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return (
-        f'<figure><img alt="{_e(rel)}" src="data:image/png;base64,{data}">'
-        f"<figcaption>{_e(Path(rel).name)}</figcaption></figure>"
+        f'<figure><img alt="{_e(rel)}" title="{_e(Path(rel).name)}" '
+        f'src="data:image/png;base64,{data}"></figure>'
     )
 
 
-def claim_rows(
-    results: Sequence[Mapping[str, Any]], live: Sequence[Mapping[str, Any]] = ()
-) -> list[tuple[str, str, str, str]]:
-    """(claim, where, verdict, key number) rows, sorted by claim number then experiment.
-
-    ``results`` are experiment dicts (:meth:`ExperimentResult.to_dict`). An experiment that
-    tests several claims may give each its own verdict and key number in
-    ``numbers["claim_verdicts"]`` / ``numbers["claim_summaries"]``; otherwise every claim
-    of it gets the experiment's verdict and summary.
-    """
-    rows: list[tuple[str, str, str, str]] = []
-    for panel in live:
-        for c in panel.get("claims", ()):
-            rows.append(
-                (
-                    c,
-                    str(panel.get("id", "live")),
-                    str(panel.get("verdict", "n/a")),
-                    str(panel.get("summary", "")),
-                )
-            )
-    for r in results:
-        numbers = r.get("numbers") or {}
-        per_verdict = numbers.get("claim_verdicts") or {}
-        per_summary = numbers.get("claim_summaries") or {}
-        for c in r.get("claims", ()):
-            verdict = per_verdict.get(c, r.get("verdict", "n/a"))
-            summary = per_summary.get(c, r.get("summary", ""))
-            rows.append((c, str(r["id"]), str(verdict), str(summary)))
-
-    def key(row: tuple[str, str, str, str]) -> tuple[int, str, str]:
-        num = int(row[0][1:]) if row[0][1:].isdigit() else 999
-        return (num, row[0], row[1])
-
-    return sorted(rows, key=key)
+def _stability_text(stab: Mapping[str, Any] | None) -> str:
+    if not stab or not stab.get("resamples"):
+        return "not resampled (deterministic, one seed, or an old-style experiment)"
+    return str(stab.get("why", ""))
 
 
-def _claims_table(results: Sequence[Mapping[str, Any]], live: Sequence[Mapping[str, Any]]) -> str:
+def _claims_table(rows: Sequence[ClaimRow]) -> str:
     body = []
-    for claim, where, verdict, summary in claim_rows(results, live):
-        anchor = f"#{_e(where.lower())}"
-        body.append(
-            f"<tr><td>{_e(claim)}</td><td>{_e(CLAIM_TEXT.get(claim, ''))}</td>"
-            f'<td><a href="{anchor}">{_e(where)}</a></td><td>{_badge(verdict)}</td>'
-            f"<td>{_e(summary)}</td></tr>"
+    for row in rows:
+        full = CLAIMS[row.claim].text if row.claim in CLAIMS else row.text
+        badge = _badge(row.verdict)
+        notes = []
+        if row.fragile and row.stability is not None:
+            badge += f' <span class="badge fragile">fragile {row.stability:.0%}</span>'
+            notes.append(f"fragile: {row.why}")
+        if any(p.source == "timings" for p in row.parts):
+            badge += ' <span class="badge timing">timing-based</span>'
+        if row.rule:
+            notes.append(f"combined: {row.rule}")
+        note = "".join(f'<span class="note">{_e(n)}</span>' for n in notes)
+        links = ", ".join(
+            f'<a href="#{_e(p.experiment.lower())}">{_e(p.provenance)}</a>' for p in row.parts
         )
-    return (
+        summaries = (
+            _e(row.parts[0].summary)
+            if len(row.parts) == 1
+            else "<br>".join(f"<b>{_e(p.experiment)}</b>: {_e(p.summary)}" for p in row.parts)
+        )
+        body.append(
+            f'<tr><td class="claim">{_e(row.claim)}</td><td title="{_e(full)}">{_e(row.text)}</td>'
+            f'<td class="verdict">{badge}</td><td>{summaries}{note}</td><td>{links}</td></tr>'
+        )
+    return _scroll(
         '<table id="claims-table"><thead><tr><th>claim</th><th>the notes say</th>'
-        "<th>where</th><th>verdict</th><th>key number</th></tr></thead>"
+        "<th>verdict</th><th>key number</th><th>from</th></tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table>"
     )
 
 
-def _live_section(panel: Mapping[str, Any]) -> str:
-    pid = str(panel.get("id", "live"))
-    parts = [
-        f'<section class="live" id="{_e(pid.lower())}">',
-        f"<h3>{_e(pid)} · {_e(panel.get('title', ''))} "
-        f"({_e(', '.join(panel.get('claims', ())))})</h3>",
-    ]
-    if panel.get("text"):
-        parts.append(f"<p>{_e(panel['text'])}</p>")
-    cols = list(panel.get("columns", ()))
-    rows = list(panel.get("rows", ()))
-    if cols:
-        head = "".join(f"<th>{_e(c)}</th>" for c in cols)
-        body = "".join(
-            "<tr>" + "".join(f"<td>{_e(_fmt(x))}</td>" for x in row) + "</tr>" for row in rows
+def _claim_verdicts(r: Mapping[str, Any]) -> str:
+    records = r.get("claim_verdicts") or {}
+    if not records:
+        return (
+            f"<p>{_badge(str(r.get('verdict', 'n/a')))} {_e(r.get('summary', ''))}</p>"
+            f'<p class="rule"><b>Rule:</b> {_e(r.get("verdict_rule", ""))}</p>'
         )
-        parts.append(f"<table><tr>{head}</tr>{body}</table>")
-    if panel.get("verdict"):
+    parts = []
+    for cid, rec in records.items():
+        extra = ""
+        stab = rec.get("stability") or {}
+        if stab.get("fragile"):
+            extra += f' <span class="badge fragile">fragile {stab.get("share", 0):.0%}</span>'
+        if rec.get("source") == "timings":
+            extra += ' <span class="badge timing">timing-based</span>'
+        seeds = f", {rec['n_seeds']} seeds" if rec.get("n_seeds") else ""
         parts.append(
-            f'<p class="rule">{_badge(str(panel["verdict"]))} {_e(panel.get("rule", ""))}</p>'
+            f'<div class="claimv"><p><b>{_e(cid)}</b> {_badge(str(rec.get("verdict", "n/a")))}'
+            f"{extra} {_e(rec.get('summary', ''))}</p>"
+            f'<p class="rule"><b>Rule:</b> {_e(rec.get("rule", ""))}<br><b>Stability:</b> '
+            f"{_e(_stability_text(stab))}<br><b>From:</b> preset {_e(rec.get('preset', ''))}"
+            f"{_e(seeds)}"
+            + (
+                "; measured from wall-clock timings, not in results.json (see timings.json)"
+                if rec.get("source") == "timings"
+                else ""
+            )
+            + "</p></div>"
         )
-    parts.append("</section>")
     return "".join(parts)
+
+
+def _collapsed(title: str, inner: str) -> str:
+    return f"<details><summary>{_e(title)}</summary>{inner}</details>"
 
 
 def _experiment_section(r: Mapping[str, Any], out_dir: Path) -> str:
@@ -277,34 +312,36 @@ def _experiment_section(r: Mapping[str, Any], out_dir: Path) -> str:
         f"<h2>{_e(rid)} · {_e(r.get('title', ''))} "
         f"<small>({_e(', '.join(r.get('claims', ())))})</small> "
         f"{_badge(str(r.get('verdict', 'n/a')))}</h2>",
-        f"<h3>Question</h3><p>{_e(r.get('question', ''))}</p>",
-        f"<h3>Method</h3><p>{_e(r.get('method', ''))}</p>",
     ]
+    if r.get("question"):
+        parts.append(f'<p class="q"><b>Question.</b> {_e(r["question"])}</p>')
+    if r.get("method"):
+        parts.append(f'<p class="q"><b>Method.</b> {_e(r["method"])}</p>')
+    numbers = dict(r.get("numbers") or {})
+    table = numbers.pop("table", None)
+    if isinstance(table, Mapping) and "columns" in table:
+        parts.append(_grid(table["columns"], table.get("rows", ())))
     figures = list(r.get("figures", ()))
-    if figures:
-        parts.append("<h3>Figures</h3>")
-        parts.extend(_image(out_dir, f) for f in figures)
-    numbers = r.get("numbers") or {}
-    if numbers:
-        parts.append("<h3>Numbers</h3><details open><summary>all numbers (reproducible)</summary>")
-        parts.append(_dict_table(numbers))
-        parts.append("</details>")
-    parts.append(
-        f"<h3>Verdict</h3><p>{_badge(str(r.get('verdict', 'n/a')))} "
-        f"{_e(r.get('summary', ''))}</p>"
-        f'<p class="rule"><b>Rule:</b> {_e(r.get("verdict_rule", ""))}</p>'
-    )
+    parts.extend(_image(out_dir, f) for f in figures)
+    parts.append("<h3>Verdict</h3>")
+    parts.append(_claim_verdicts(r))
     caveats = list(r.get("caveats", ()))
     if caveats:
         items = "".join(f"<li>{_e(c)}</li>" for c in caveats)
         parts.append(f'<h3>Caveats</h3><ul class="caveats">{items}</ul>')
+    derived = r.get("derived") or {}
+    if derived:
+        parts.append(_collapsed("derived numbers (intervals, summaries)", _dict_table(derived)))
+    if numbers:
+        parts.append(_collapsed("all raw numbers (reproducible)", _dict_table(numbers)))
     timings = r.get("timings") or {}
     if timings:
         parts.append(
-            "<h3>Timings</h3><p>Wall-clock measurements of this run: not reproducible, kept "
-            "out of <code>results.json</code> (they are in <code>timings.json</code>).</p>"
+            _collapsed(
+                "timings (wall clock: not reproducible, kept out of results.json)",
+                _dict_table(timings),
+            )
         )
-        parts.append(_dict_table(timings))
     parts.append("</section>")
     return "".join(parts)
 
@@ -313,18 +350,16 @@ def render_html(
     results: Sequence[Mapping[str, Any]],
     out_dir: Path | str,
     *,
-    live: Sequence[Mapping[str, Any]] = (),
     meta: Mapping[str, Any] | None = None,
     title: str = "deadrelu lab: do the notes' claims hold?",
 ) -> str:
     """The report page as a string.
 
     Args:
-        results: one dict per experiment, as :meth:`ExperimentResult.to_dict` gives it;
+        results: one dict per experiment and live check, as
+            :meth:`ExperimentResult.to_dict` gives it (with timings), in run order;
             figure paths are relative to ``out_dir``.
         out_dir: the directory the figure paths are relative to.
-        live: panels for the live checks (C1, C2, C14): dicts with ``id``, ``claims``,
-            ``title``, ``text``, ``columns``, ``rows``, ``verdict``, ``rule``, ``summary``.
         meta: run configuration and versions, shown at the end.
         title: page title.
 
@@ -332,7 +367,7 @@ def render_html(
     broken image).
     """
     out = Path(out_dir)
-    live = list(live)
+    presets = sorted({str(r.get("preset")) for r in results if r.get("preset")})
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -341,20 +376,25 @@ def render_html(
         '<body data-images-loaded="pending"><main>',
         f"<h1>{_e(title)}</h1>",
         '<p class="sub">Each claim of the lecture notes on dying ReLUs, tested by a run of '
-        "this lab with fixed seeds. Verdicts come from effect sizes with 95 % intervals over "
-        "seeds, by the rule printed in each section.</p>",
+        "this lab with fixed seeds"
+        + (f" (preset {_e(', '.join(presets))})" if presets else "")
+        + ". Verdicts come from effect sizes with 95 % intervals by the rule printed in each "
+        "section; a verdict that fewer than 90 % of bootstrap resamples of the seeds "
+        "reproduce is marked <i>fragile</i>.</p>",
         '<h2 id="claims">Claims</h2>',
-        _claims_table(results, live),
+        _claims_table(claim_rows(results)),
     ]
+    live = [r for r in results if str(r.get("id", "")).startswith("L")]
+    exps = [r for r in results if not str(r.get("id", "")).startswith("L")]
     if live:
-        parts.append('<h2 id="live">Live checks (C1, C2, C14) and notes (C13)</h2>')
-        parts.extend(_live_section(p) for p in live)
-    if results:
+        parts.append('<h2 id="live">Live checks</h2>')
+        parts.extend(_experiment_section(r, out) for r in live)
+    if exps:
         parts.append('<h2 id="experiments">Experiments</h2>')
-        parts.extend(_experiment_section(r, out) for r in results)
+        parts.extend(_experiment_section(r, out) for r in exps)
     if meta:
         parts.append('<h2 id="run">The run</h2>')
-        parts.append(_dict_table(meta))
+        parts.append(_collapsed("configuration and versions", _dict_table(meta)))
     parts.append(f"</main><script>{_SCRIPT}</script></body></html>")
     return "\n".join(parts) + "\n"
 
@@ -363,7 +403,6 @@ def write_html(
     results: Sequence[Mapping[str, Any]],
     out_dir: Path | str,
     *,
-    live: Sequence[Mapping[str, Any]] = (),
     meta: Mapping[str, Any] | None = None,
     filename: str = "index.html",
 ) -> Path:
@@ -371,5 +410,5 @@ def write_html(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / filename
-    path.write_text(render_html(results, out, live=live, meta=meta), encoding="utf-8")
+    path.write_text(render_html(results, out, meta=meta), encoding="utf-8")
     return path

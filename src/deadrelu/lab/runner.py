@@ -1,21 +1,28 @@
-"""Run the lab: every experiment, the live checks, ``results.json``, ``index.html``.
+"""Run the lab: every registered experiment and live check, ``results.json``, ``index.html``.
 
-:func:`run_lab` runs the registered experiments (:data:`deadrelu.lab.core.EXPERIMENTS`) in
-order, with a rich progress bar, and writes into ``cfg.out``:
+:func:`run_lab` runs the experiments of :data:`deadrelu.lab.core.REGISTRY` (the live checks
+``L1``, ``L13``, ``L14`` first, then ``E1``, ``E2``, ...) and, until every experiment is
+converted, the old-style ones of :data:`deadrelu.lab.core.EXPERIMENTS`. For an
+:class:`~deadrelu.lab.core.Experiment` it calls ``sweep(cfg)`` once, ``judge(sweep, None)``
+for the verdicts, ``judge(sweep, idx)`` on :attr:`~deadrelu.lab.core.Experiment.resamples`
+bootstrap resamples of the seeds (fixed generator seed :data:`BOOTSTRAP_SEED`, so the
+stability is reproducible) and ``figure(cfg, sweep, judgement)``. Each claim's verdict gets
+its *stability*, the share of resamples giving the same verdict; below 90 % it is shown as
+fragile, with why. Every verdict records the preset and the number of seeds it came from.
 
-* ``results.json`` -- schema ``"deadrelu.lab/1"``: the configuration, library versions, the
-  live checks (C1, C2, C14) and one entry per experiment (``ExperimentResult.to_dict``
-  without ``timings``). Keys are sorted, non-finite floats are written as ``null``, and
-  nothing in it depends on the clock: **the same config on the same machine and library
-  versions gives the same bytes**.
-* ``timings.json`` -- what is not reproducible: each experiment's wall time and its
-  ``timings`` dict. An experiment whose verdict is computed *from timings* (E9, the cost of
-  an activation; it sets ``numbers["verdict_source"] = "timings"``) has its verdict,
-  summary and rule written here, and ``results.json`` records ``"verdict": "n/a"`` with a
-  summary pointing to ``timings.json``. The decision keeps ``results.json`` exactly
-  reproducible while the report still shows the measured verdict.
-* ``index.html`` -- the self-contained report (:mod:`deadrelu.lab.html`); it shows timings,
-  so it is not byte-reproducible when E9 runs.
+Outputs in ``cfg.out``:
+
+* ``results.json`` -- schema ``"deadrelu.lab/2"``: the configuration, library versions and
+  one entry per experiment (``ExperimentResult.to_dict`` without ``timings``; per claim
+  ``claim_verdicts[C]`` = verdict, rule, summary, evidence, stability, source, preset,
+  n_seeds). Keys are sorted, non-finite floats are written as ``null``, nothing depends on
+  the clock: **the same config on the same machine and library versions gives the same
+  bytes**.
+* ``timings.json`` -- what is not reproducible: each experiment's wall time, its
+  ``timings``, and the verdicts computed *from timings* (``Experiment.verdict_source ==
+  "timings"``, E9): ``results.json`` records those as ``"n/a"`` with a pointer here, and the
+  report and the claims table show them marked "timing-based".
+* ``index.html`` -- the self-contained report (:mod:`deadrelu.lab.html`).
 * ``figures/*.png`` -- written by the experiments.
 
 An experiment that raises is recorded as a result with verdict ``"n/a"``, the error in its
@@ -28,33 +35,54 @@ all restored afterwards. Experiments seed their own generators.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import platform
 import time
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from deadrelu.lab.core import EXPERIMENTS, ExperimentResult, LabConfig
+from deadrelu.lab.claims import ClaimRow, claim_rows, markdown_table
+from deadrelu.lab.core import (
+    EXPERIMENTS,
+    REGISTRY,
+    ClaimVerdict,
+    Experiment,
+    ExperimentResult,
+    Judgement,
+    LabConfig,
+    Sweep,
+)
+from deadrelu.lab.verdicts import bootstrap_indices, combine, stability
 
 __all__ = [
+    "BOOTSTRAP_SEED",
     "SCHEMA",
+    "check_device",
     "claims_table",
     "failed",
-    "live_checks",
+    "known_ids",
+    "load_run",
+    "markdown_from_results",
     "resolve_only",
+    "run_experiment",
     "run_lab",
     "to_jsonable",
+    "write_outputs",
 ]
 
-SCHEMA = "deadrelu.lab/1"
+SCHEMA = "deadrelu.lab/2"
+
+#: Seed of the generator of the bootstrap resamples (NumPy PCG64): fixed, so the stability
+#: written to results.json is the same on every run.
+BOOTSTRAP_SEED = 20261129
 
 log = logging.getLogger(__name__)
 
@@ -106,26 +134,40 @@ def _load_experiments() -> None:
     import deadrelu.lab.experiments  # noqa: F401  (registers the experiments)
 
 
-def resolve_only(only: str | Iterable[str] | None) -> list[str]:
-    """Experiment ids to run, in registry order: all for None, else the given ones.
+def known_ids() -> list[str]:
+    """Every runnable id, in run order: live checks, then experiments (the new-shape
+    :data:`REGISTRY` and, for ids it lacks, the old-style :data:`EXPERIMENTS`)."""
+    from deadrelu.lab.core import _order
 
-    Accepts ``"E1,E7"``, ``["e1", "E7"]``. An unknown id raises ``ValueError`` listing the
+    _load_experiments()
+    return sorted(set(REGISTRY) | set(EXPERIMENTS), key=_order)
+
+
+def resolve_only(only: str | Iterable[str] | None) -> list[str]:
+    """Ids to run, in run order: all for None, else the given ones.
+
+    Accepts ``"E1,E7"``, ``["e1", "L1"]``. An unknown id raises ``ValueError`` listing the
     known ones.
     """
-    _load_experiments()
-    known = list(EXPERIMENTS)
+    known = known_ids()
     if only is None:
         return known
     raw = only.split(",") if isinstance(only, str) else list(only)
     wanted = [w.strip().upper() for w in raw if w.strip()]
     if not wanted:
         raise ValueError(f"--only is empty; give experiment ids such as E1,E7 (known: {known})")
-    unknown = [w for w in wanted if w not in EXPERIMENTS]
+    unknown = [w for w in wanted if w not in known]
     if unknown:
         raise ValueError(
             f"unknown experiment id(s) {', '.join(unknown)}; known: {', '.join(known)}"
         )
     return [k for k in known if k in wanted]
+
+
+def _title(exp_id: str) -> str:
+    if exp_id in REGISTRY:
+        return REGISTRY[exp_id].title
+    return EXPERIMENTS[exp_id].title
 
 
 def check_device(device: str) -> None:
@@ -143,209 +185,178 @@ def check_device(device: str) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Live checks: C1, C2, C14
+# Running one experiment
 # --------------------------------------------------------------------------------------
 
 
-def _derivative_check() -> dict[str, Any]:
-    """C14: each registered activation's formula f'(z) against autograd, float64."""
-    from deadrelu.activations import get, names
+@contextlib.contextmanager
+def _deterministic(cfg: LabConfig) -> Iterator[None]:
+    """Global RNG seeded with 0, deterministic algorithms, one CPU thread; all restored."""
+    was_det = torch.are_deterministic_algorithms_enabled()
+    threads = torch.get_num_threads()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        if cfg.device == "cpu":
+            torch.set_num_threads(EXPERIMENT_THREADS)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(was_det)
+            torch.set_num_threads(threads)
 
-    z = torch.cat(
-        [
-            torch.linspace(-8.0, 8.0, 1601, dtype=torch.float64),
-            torch.tensor([0.0, 6.0, -1e-9, 1e-9, -30.0, 30.0], dtype=torch.float64),
-        ]
+
+class _Keep(dict[str, Any]):
+    """``format_map`` helper: a missing key stays as written, ``{key}``."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+def _format_method(method: str, numbers: Mapping[str, Any]) -> str:
+    try:
+        return method.format_map(_Keep(numbers))
+    except (ValueError, IndexError, AttributeError, KeyError):
+        return method
+
+
+def _claim_record(
+    cv: ClaimVerdict, exp: Experiment, cfg: LabConfig, n_seeds: int, stab: dict[str, Any] | None
+) -> dict[str, Any]:
+    return {
+        "verdict": cv.verdict,
+        "rule": cv.rule,
+        "summary": cv.summary,
+        "evidence": to_jsonable(cv.evidence),
+        "stability": stab,
+        "source": exp.verdict_source,
+        "preset": cfg.preset,
+        "n_seeds": n_seeds,
+    }
+
+
+def _stabilities(
+    exp: Experiment, sweep: Sweep, judgement: Judgement
+) -> dict[str, dict[str, Any] | None]:
+    """Per claim: the stability of its verdict over bootstrap resamples of the seeds."""
+    if sweep.n_seeds < 2 or exp.resamples < 1:
+        return dict.fromkeys(judgement.claims)
+    seen: dict[str, list[str]] = {c: [] for c in judgement.claims}
+    for idx in bootstrap_indices(sweep.n_seeds, exp.resamples, BOOTSTRAP_SEED):
+        try:
+            claims = exp.judge(sweep, idx).claims
+        except Exception:  # a resample the judge cannot handle counts as a different verdict
+            claims = {}
+        for c in seen:
+            cv = claims.get(c)
+            seen[c].append(cv.verdict if cv is not None else "error")
+    return {c: stability(judgement.claims[c].verdict, seen[c]).to_dict() for c in judgement.claims}
+
+
+def _result_from(
+    exp: Experiment,
+    cfg: LabConfig,
+    sweep: Sweep,
+    judgement: Judgement,
+    stab: Mapping[str, dict[str, Any] | None],
+    figures: list[str],
+    caveats: list[str],
+) -> ExperimentResult:
+    records: dict[str, dict[str, Any]] = {}
+    for c in exp.claims:
+        cv = judgement.claims.get(c)
+        if cv is None:
+            cv = ClaimVerdict("n/a", "the judge gave no verdict for this claim", "no verdict")
+        records[c] = _claim_record(cv, exp, cfg, sweep.n_seeds, stab.get(c))
+    verdicts = [r["verdict"] for r in records.values()]
+
+    def joined(key: str, sep: str) -> str:
+        if len(records) == 1:
+            return str(next(iter(records.values()))[key])
+        return sep.join(f"{c}: {r[key]}" for c, r in records.items())
+
+    return ExperimentResult(
+        id=exp.id,
+        claims=tuple(exp.claims),
+        title=exp.title,
+        question=exp.question,
+        method=_format_method(exp.method, sweep.numbers),
+        numbers=to_jsonable(sweep.numbers),
+        verdict=combine(verdicts),
+        verdict_rule=joined("rule", " | "),
+        summary=joined("summary", "; "),
+        figures=figures,
+        caveats=caveats,
+        timings=to_jsonable(sweep.timings),
+        claim_verdicts=records,
+        derived=to_jsonable(judgement.derived),
+        preset=cfg.preset,
+        n_seeds=sweep.n_seeds,
+        style="v2",
     )
-    rows: list[list[Any]] = []
-    worst = 0.0
-    zero_match = True
-    for name in names():
-        act = get(name)
-        assert act is not None
-        zz = z.clone().requires_grad_(True)
-        (auto,) = torch.autograd.grad(act(zz).sum(), zz)
-        formula = act.derivative(z)
-        err = float((formula - auto).abs().max())
-        z0 = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-        (auto0,) = torch.autograd.grad(act(z0).sum(), z0)
-        f0 = float(act.derivative(torch.zeros(1, dtype=torch.float64))[0])
-        zero_match = zero_match and f0 == float(auto0[0])
-        worst = max(worst, err)
-        rows.append([str(act), act.spec.derivative_formula, f0, float(auto0[0]), err])
-    ok = worst <= 1e-12 and zero_match
-    return {
-        "id": "L14",
-        "claims": ["C14"],
-        "title": "derivative formulas vs autograd",
-        "text": (
-            "Each activation of deadrelu.activations at its default parameters: the closed-form "
-            "f'(z) against torch.autograd on 1607 points in [-30, 30] (float64), including "
-            "z = 0 and the kinks. f'(0) is the convention torch's backward uses."
-        ),
-        "columns": ["activation", "f'(z) formula", "f'(0) formula", "f'(0) autograd", "max |diff|"],
-        "rows": rows,
-        "verdict": "supported" if ok else "not supported",
-        "rule": (
-            f"supported if max |formula - autograd| <= 1e-12 for every activation and f'(0) "
-            f"matches exactly; measured max {worst:.3g}, f'(0) all equal: {zero_match}"
-        ),
-        "summary": f"{len(rows)} activations, max |formula - autograd| = {worst:.2g}",
-        "numbers": {"max_abs_diff": worst, "f0_all_equal": zero_match, "n": len(rows)},
-    }
 
 
-def _dead_unit_check() -> dict[str, Any]:
-    """C1 + C2: a tiny model with two units given bias -1000: found dead, zero gradient."""
-    from deadrelu.classify import dead_mask
-    from deadrelu.scan import scan
-
-    g = torch.Generator().manual_seed(0)
-    lin1, lin2 = nn.Linear(4, 6), nn.Linear(6, 3)
-    model = nn.Sequential(lin1, nn.ReLU(), lin2)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
-        lin1.bias[2] = -1000.0
-        lin1.bias[4] = -1000.0
-    x = torch.randn(512, 4, generator=g)
-    y = torch.randint(0, 3, (512,), generator=g)
-    report = scan(model, x)  # the library's own pass: site "1" is the ReLU
-    found_scan = report.dead_units("1")
-    z = lin1(x)  # (N, 6)
-    h = torch.relu(z)
-    loss = nn.functional.cross_entropy(lin2(h), y)
-    loss.backward()
-    assert lin1.weight.grad is not None and lin1.bias.grad is not None
-    z, h = z.detach(), h.detach()
-    dead = dead_mask((z > 0).sum(dim=0))
-    found = [int(i) for i in torch.nonzero(dead).flatten()]
-    bound = 10.0  # certificate domain: every input in the box [-10, 10]^4
-    zmax_box = (lin1.bias + bound * lin1.weight.abs().sum(dim=1)).detach()
-    rows = []
-    grads_ok = True
-    for u in range(6):
-        gw = float(lin1.weight.grad[u].abs().max())
-        gb = float(lin1.bias.grad[u].abs())
-        out_max = float(h[:, u].abs().max())
-        if bool(dead[u]):
-            grads_ok = grads_ok and gw == 0.0 and gb == 0.0 and out_max == 0.0
-        else:
-            grads_ok = grads_ok and (gw > 0.0 or gb > 0.0)
-        rows.append(
-            [
-                u,
-                float(lin1.bias[u].detach()),
-                u in found_scan,
-                bool(dead[u]),
-                out_max,
-                gw,
-                gb,
-                float(zmax_box[u]) < 0,
-            ]
+def _check_judgement(exp: Experiment, judgement: Judgement) -> None:
+    extra = set(judgement.claims) - set(exp.claims)
+    if extra:
+        raise ValueError(
+            f"{exp.id}.judge returned verdicts for {sorted(extra)}, which {exp.id} does not "
+            f"declare (claims={list(exp.claims)}); add them to Experiment.claims"
         )
-    ok = found == [2, 4] and found_scan == [2, 4] and grads_ok
-    return {
-        "id": "L1",
-        "claims": ["C1", "C2"],
-        "title": "a unit with bias -1000: dead, and its gradient is exactly 0",
-        "text": (
-            "Linear(4, 6) -> ReLU -> Linear(6, 3), weights N(0, 0.25) from seed 0, biases of "
-            "units 2 and 4 set to -1000; 512 Gaussian inputs. Dead units found by "
-            "deadrelu.scan and, directly, by deadrelu.classify.dead_mask (never z > 0 on any "
-            "input); then one cross-entropy backward. The last column is the data-free "
-            "certificate over the box [-10, 10]^4: max of w.x + b over the box, "
-            "b + 10 * sum|w|, is below 0 (C1's 'for any input value')."
-        ),
-        "columns": [
-            "unit",
-            "bias",
-            "dead (scan)",
-            "dead (classify)",
-            "max |output|",
-            "max |dL/dw|",
-            "|dL/db|",
-            "certified dead on box",
-        ],
-        "rows": rows,
-        "verdict": "supported" if ok else "not supported",
-        "rule": (
-            "supported if exactly units [2, 4] are found dead (by scan and by classify), their "
-            "outputs and the gradients of their weights and bias are exactly 0, and every live "
-            f"unit gets a non-zero gradient; found dead {found_scan} (scan), {found} "
-            f"(classify), gradients as claimed: {grads_ok}"
-        ),
-        "summary": f"dead units found {found_scan}; their dL/dw and dL/db are exactly 0",
-        "numbers": {
-            "dead_found": found,
-            "dead_found_scan": found_scan,
-            "gradients_as_claimed": grads_ok,
-        },
-    }
 
 
-def _selu_notes() -> dict[str, Any]:
-    """C13: not an experiment; what is known of SELU's limits, as a panel."""
-    known = [
-        [
-            "init",
-            "the (0, 1) fixed point needs LeCun normal weights, N(0, 1/fan_in) "
-            "(Klambauer et al. 2017, Sec. 3); E8 shows it holds there",
-        ],
-        [
-            "dropout",
-            "standard dropout breaks the fixed point; the paper introduces alpha-dropout",
-        ],
-        [
-            "architecture",
-            "the proof covers fully connected layers with normalised inputs; with convolutions, "
-            "residual connections or BatchNorm the guarantee does not carry over",
-        ],
-        [
-            "adoption",
-            "far less used than ReLU/GELU in published architectures, so fewer tested recipes "
-            "(the notes' 'new, less studied')",
-        ],
-    ]
-    return {
-        "id": "L13",
-        "claims": ["C13"],
-        "title": "SELU's drawbacks (not an experiment)",
-        "text": (
-            "C13 is not tested: the notes call SELU new and less studied. Known limits of its "
-            "self-normalisation, from the paper itself; E8 tests it inside those limits."
-        ),
-        "columns": ["topic", "what is known"],
-        "rows": known,
-        "verdict": "n/a",
-        "rule": "no experiment: a statement about the literature, reported, not measured",
-        "summary": "not an experiment: init, alpha-dropout and architecture limits (see E8)",
-        "numbers": {},
-    }
+def run_experiment(exp: Experiment, cfg: LabConfig) -> ExperimentResult:
+    """Sweep, judge, bootstrap the verdicts' stability and draw the figures of ``exp``.
 
-
-def live_checks() -> list[dict[str, Any]]:
-    """The report's live panels: C1 + C2 (a -1000-bias unit), C14 (derivatives), and C13
-    (SELU's known limits, not an experiment).
-
-    Each panel is a dict with ``id``, ``claims``, ``title``, ``text``, ``columns``,
-    ``rows``, ``verdict``, ``rule``, ``summary`` and ``numbers``; deterministic.
+    Runs inside the lab's deterministic context. A failing ``figure`` step leaves the
+    verdicts standing and adds a caveat; a failing ``sweep`` or ``judge`` raises.
     """
-    return [_dead_unit_check(), _derivative_check(), _selu_notes()]
+    with _deterministic(cfg):
+        sweep = exp.sweep(cfg)
+        t0 = time.perf_counter()
+        judgement = exp.judge(sweep, None)
+        _check_judgement(exp, judgement)
+        stab = _stabilities(exp, sweep, judgement)
+        judge_s = time.perf_counter() - t0
+        caveats = list(exp.caveats)
+        figures: list[str] = []
+        if exp.figure is not None:
+            try:
+                figures = list(exp.figure(cfg, sweep, judgement))
+            except Exception as exc:  # the verdicts stand without their figure
+                log.exception("figure of %s failed", exp.id)
+                caveats.append(f"the figure could not be drawn: {type(exc).__name__}: {exc}")
+    sweep.timings.setdefault("judge_and_bootstrap_s", judge_s)
+    return _result_from(exp, cfg, sweep, judgement, stab, figures, caveats)
 
 
-# --------------------------------------------------------------------------------------
-# Running
-# --------------------------------------------------------------------------------------
+def _legacy_records(r: ExperimentResult, cfg: LabConfig) -> dict[str, dict[str, Any]]:
+    """Per-claim records for an old-style result (no stability: it was not resampled)."""
+    per_verdict = r.numbers.get("claim_verdicts") or {}
+    per_summary = r.numbers.get("claim_summaries") or {}
+    source = "timings" if r.numbers.get("verdict_source") == "timings" else "numbers"
+    return {
+        c: {
+            "verdict": per_verdict.get(c, r.verdict),
+            "rule": r.verdict_rule,
+            "summary": per_summary.get(c, r.summary),
+            "evidence": {},
+            "stability": None,
+            "source": source,
+            "preset": cfg.preset,
+            "n_seeds": cfg.n_seeds,
+        }
+        for c in r.claims
+    }
 
 
 def _failed_result(exp_id: str, exc: BaseException) -> ExperimentResult:
-    spec = EXPERIMENTS[exp_id]
+    claims = REGISTRY[exp_id].claims if exp_id in REGISTRY else EXPERIMENTS[exp_id].claims
     msg = f"{type(exc).__name__}: {exc}"
     return ExperimentResult(
         id=exp_id,
-        claims=spec.claims,
-        title=spec.title,
+        claims=tuple(claims),
+        title=_title(exp_id),
         question="",
         method="",
         numbers={_ERROR_KEY: msg},
@@ -362,24 +373,26 @@ def failed(results: Sequence[ExperimentResult]) -> list[ExperimentResult]:
 
 
 def _run_one(exp_id: str, cfg: LabConfig) -> tuple[ExperimentResult, float]:
-    spec = EXPERIMENTS[exp_id]
-    was_det = torch.are_deterministic_algorithms_enabled()
-    threads = torch.get_num_threads()
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        if cfg.device == "cpu":
-            torch.set_num_threads(EXPERIMENT_THREADS)
-        try:
-            result = spec.run(cfg)
-        except Exception as exc:  # recorded, the run goes on
-            log.exception("experiment %s failed", exp_id)
-            result = _failed_result(exp_id, exc)
-        finally:
-            torch.use_deterministic_algorithms(was_det)
-            torch.set_num_threads(threads)
+    try:
+        if exp_id in REGISTRY:
+            result = run_experiment(REGISTRY[exp_id], cfg)
+        else:
+            with _deterministic(cfg):
+                result = EXPERIMENTS[exp_id].run(cfg)
+            result.preset = result.preset or cfg.preset
+            result.n_seeds = result.n_seeds if result.n_seeds is not None else cfg.n_seeds
+    except Exception as exc:  # recorded, the run goes on
+        log.exception("experiment %s failed", exp_id)
+        result = _failed_result(exp_id, exc)
+    if not result.claim_verdicts:
+        result.claim_verdicts = _legacy_records(result, cfg)
     return result, time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------
 
 
 def _versions() -> dict[str, str]:
@@ -402,11 +415,33 @@ def _config_dict(cfg: LabConfig) -> dict[str, Any]:
     return d
 
 
+_TIMING_NOTE = "timing-based: measured from wall-clock timings, see timings.json"
+
+
+def _timing_claims(r: ExperimentResult) -> list[str]:
+    return [c for c, rec in r.claim_verdicts.items() if rec.get("source") == "timings"]
+
+
 def _reproducible_dict(r: ExperimentResult) -> dict[str, Any]:
+    """``r`` without timings, and with its timing-based verdicts replaced by a pointer."""
     d = r.to_dict(include_timings=False)
-    if r.numbers.get("verdict_source") == "timings":
+    timing = _timing_claims(r)
+    if not timing:
+        return d
+    records = dict(d["claim_verdicts"])
+    for c in timing:
+        records[c] = {
+            **records[c],
+            "verdict": "n/a",
+            "summary": _TIMING_NOTE,
+            "rule": "computed from timings (not reproducible): see timings.json",
+            "evidence": {},
+            "stability": None,
+        }
+    d["claim_verdicts"] = records
+    if len(timing) == len(records):
         d["verdict"] = "n/a"
-        d["summary"] = "verdict measured from wall-clock timings: see timings.json"
+        d["summary"] = _TIMING_NOTE
         d["verdict_rule"] = "computed from timings (not reproducible): see timings.json"
     return d
 
@@ -415,7 +450,6 @@ def write_outputs(
     results: Sequence[ExperimentResult],
     cfg: LabConfig,
     *,
-    live: Sequence[Mapping[str, Any]] | None = None,
     wall: Mapping[str, float] | None = None,
 ) -> dict[str, Path]:
     """Write ``results.json``, ``timings.json`` and ``index.html`` into ``cfg.out``."""
@@ -423,14 +457,13 @@ def write_outputs(
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    live = list(live) if live is not None else live_checks()
     config = _config_dict(cfg)
     versions = _versions()
     doc = {
         "schema": SCHEMA,
         "config": config,
         "versions": versions,
-        "live_checks": {p["id"]: p for p in live},
+        "bootstrap_seed": BOOTSTRAP_SEED,
         "experiments": {r.id: _reproducible_dict(r) for r in results},
         "order": [r.id for r in results],
     }
@@ -438,31 +471,41 @@ def write_outputs(
     timing_doc: dict[str, Any] = {"schema": SCHEMA + "/timings", "experiments": {}}
     for r in results:
         entry: dict[str, Any] = {"wall_s": (wall or {}).get(r.id), "timings": r.timings}
-        if r.numbers.get("verdict_source") == "timings":
-            entry.update(verdict=r.verdict, summary=r.summary, verdict_rule=r.verdict_rule)
+        timing = _timing_claims(r)
+        if timing:
+            entry["claim_verdicts"] = {c: r.claim_verdicts[c] for c in timing}
         timing_doc["experiments"][r.id] = entry
     _dump(timing_doc, out / "timings.json")
     meta = {"schema": SCHEMA, **{f"config.{k}": v for k, v in config.items()}}
     meta.update({f"version.{k}": v for k, v in versions.items()})
-    page = write_html(
-        [to_jsonable(r.to_dict()) for r in results], out, live=to_jsonable(live), meta=meta
-    )
-    return {
-        "results": out / "results.json",
-        "timings": out / "timings.json",
-        "html": page,
-    }
+    page = write_html([to_jsonable(r.to_dict()) for r in results], out, meta=meta)
+    return {"results": out / "results.json", "timings": out / "timings.json", "html": page}
+
+
+def _line(r: ExperimentResult, seconds: float) -> str:
+    bits = []
+    for c, rec in r.claim_verdicts.items():
+        stab = rec.get("stability") or {}
+        share = stab.get("share")
+        tag = f", stability {share:.0%}" if share is not None and stab.get("resamples") else ""
+        if stab.get("fragile"):
+            tag += " [yellow]fragile[/yellow]"
+        if rec.get("source") == "timings":
+            tag += ", timing-based"
+        bits.append(f"{c} {rec.get('verdict')}{tag}")
+    return f"  {r.id}: {'; '.join(bits)}  [dim]({r.preset}, {seconds:.1f} s)[/dim]"
 
 
 def run_lab(
     cfg: LabConfig, only: str | Iterable[str] | None = None, progress: bool = True
 ) -> list[ExperimentResult]:
-    """Run the experiments (all, or ``only``), write the outputs, return the results.
+    """Run the experiments and live checks (all, or ``only``), write the outputs, return
+    the results in run order.
 
     Args:
         cfg: the configuration (preset, seeds, device, output directory, dataset).
-        only: experiment ids (``"E1,E7"`` or a list); None runs them all.
-        progress: show a rich progress bar (on stderr).
+        only: ids (``"E1,E7"`` or a list); None runs them all.
+        progress: show a rich progress bar and one line per experiment (on stderr).
 
     Raises:
         ValueError: unknown experiment id, or a CUDA device that is not available.
@@ -471,77 +514,112 @@ def run_lab(
     check_device(cfg.device)
     results: list[ExperimentResult] = []
     wall: dict[str, float] = {}
-    if progress:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
 
-        columns = (
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-        )
-        with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-            task = bar.add_task("lab", total=len(ids) + 1)
-            for exp_id in ids:
-                bar.update(task, description=f"{exp_id} {EXPERIMENTS[exp_id].title}")
-                result, seconds = _run_one(exp_id, cfg)
-                results.append(result)
-                wall[exp_id] = seconds
-                bar.console.print(
-                    f"  {exp_id}: {result.verdict:<13} {result.summary}  [dim]({seconds:.1f} s)"
-                )
-                bar.advance(task)
-            bar.update(task, description="live checks and report")
-            write_outputs(results, cfg, wall=wall)
-            bar.advance(task)
-    else:
+    def run_all(report: Callable[[str, ExperimentResult | None, float], None]) -> None:
         for exp_id in ids:
+            report(exp_id, None, 0.0)
             result, seconds = _run_one(exp_id, cfg)
             results.append(result)
             wall[exp_id] = seconds
+            report(exp_id, result, seconds)
+
+    if not progress:
+        run_all(lambda *_: None)
         write_outputs(results, cfg, wall=wall)
+        return results
+
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task("lab", total=len(ids) + 1)
+
+        def report(exp_id: str, result: ExperimentResult | None, seconds: float) -> None:
+            if result is None:
+                bar.update(task, description=f"{exp_id} {_title(exp_id)}")
+            else:
+                bar.console.print(_line(result, seconds))
+                bar.advance(task)
+
+        run_all(report)
+        bar.update(task, description="report")
+        write_outputs(results, cfg, wall=wall)
+        bar.advance(task)
     return results
 
 
 # --------------------------------------------------------------------------------------
-# Terminal table
+# Tables: terminal and Markdown
 # --------------------------------------------------------------------------------------
 
 _STYLE = {"supported": "green", "not supported": "red", "mixed": "yellow", "n/a": "dim"}
 
 
-def claims_table(
-    results: Sequence[ExperimentResult],
-    live: Sequence[Mapping[str, Any]] | None = None,
-    *,
-    show_text: bool = True,
-) -> Any:
-    """A ``rich.table.Table``: one row per (claim, experiment), with verdict and key number.
+def _rows_of(results: Sequence[ExperimentResult] | Sequence[ClaimRow]) -> list[ClaimRow]:
+    if results and isinstance(results[0], ClaimRow):
+        return [r for r in results if isinstance(r, ClaimRow)]
+    return claim_rows([r.to_dict() for r in results if isinstance(r, ExperimentResult)])
 
-    ``live`` panels (default: none) add rows for C1, C2, C13, C14. ``show_text=False``
-    leaves out the column with the claim's text (for narrow terminals).
-    """
+
+def claims_table(
+    results: Sequence[ExperimentResult] | Sequence[ClaimRow], *, show_text: bool = True
+) -> Any:
+    """A ``rich.table.Table``: one row per claim (several experiments of one claim
+    combined), with the verdict (fragile ones marked), key number(s) and where they came
+    from (experiment, preset, seeds, timing-based). ``show_text=False`` leaves out the
+    column with the claim's text (for narrow terminals)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    from deadrelu.lab.html import CLAIM_TEXT, claim_rows
-
-    rows = claim_rows([r.to_dict() for r in results], live or ())
     table = Table(title="deadrelu lab: claims")
     table.add_column("claim", no_wrap=True)
     if show_text:
         table.add_column("the notes say")
-    table.add_column("where", no_wrap=True)
-    table.add_column("verdict", no_wrap=True)
+    table.add_column("verdict")
     table.add_column("key number")
-    for claim, where, verdict, summary in rows:
-        style = _STYLE.get(verdict, "")
-        cells = [claim, CLAIM_TEXT.get(claim, "")] if show_text else [claim]
-        badge = f"[{style}]{verdict}[/{style}]" if style else verdict
-        table.add_row(*cells, where, badge, summary)
+    table.add_column("from")
+    for row in _rows_of(results):
+        style = _STYLE.get(row.verdict, "")
+        badge = f"[{style}]{escape(row.verdict)}[/{style}]" if style else escape(row.verdict)
+        if row.fragile and row.stability is not None:
+            badge += f"\n[yellow]fragile ({row.stability:.0%})[/yellow]"
+        cells = [row.claim, escape(row.text)] if show_text else [row.claim]
+        table.add_row(*cells, badge, escape(row.summary), escape(row.provenance))
     return table
+
+
+def load_run(results_json: Path | str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The experiment entries of a ``results.json`` (in run order) and, when a
+    ``timings.json`` lies beside it, that file's ``experiments`` mapping (else None).
+
+    Raises ``ValueError`` when the file is not a lab results file of a known schema.
+    """
+    path = Path(results_json)
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    schema = doc.get("schema") if isinstance(doc, dict) else None
+    if schema not in (SCHEMA, "deadrelu.lab/1"):
+        raise ValueError(
+            f"{path} is not a deadrelu lab results file (schema {schema!r}, expected "
+            f"{SCHEMA!r}); pass the results.json that `deadrelu lab` wrote"
+        )
+    exps = [doc["experiments"][i] for i in doc.get("order", doc["experiments"])]
+    if schema == "deadrelu.lab/1":  # live panels lived apart
+        exps = list(doc.get("live_checks", {}).values()) + exps
+    timings_path = path.with_name("timings.json")
+    timings = None
+    if timings_path.is_file():
+        timings = json.loads(timings_path.read_text(encoding="utf-8")).get("experiments")
+    return exps, timings
+
+
+def markdown_from_results(results_json: Path | str) -> str:
+    """The claims table, as Markdown, of the run whose ``results.json`` is given (timing-
+    based verdicts from the ``timings.json`` beside it, when present)."""
+    exps, timings = load_run(results_json)
+    return markdown_table(claim_rows(exps, timings))

@@ -1,11 +1,17 @@
-"""Importing this package registers every experiment in ``deadrelu.lab.core.EXPERIMENTS``.
+"""Importing this package registers every experiment: each module of this package is
+imported (in name order), and registers itself, the new shape in
+``deadrelu.lab.core.REGISTRY``, old-style ones (until converted) in ``EXPERIMENTS``.
 
-Trainer engineer: E1-E5 below. Report engineer: E6-E10 lines at the end.
+Adding an experiment means adding one module here (``e12_name.py`` calling
+``register(Experiment(...))``); nothing else lists it. The live checks (L1, L13, L14) are
+in ``live_checks``. The registries keep their own order (live checks, then E1, E2, ...).
 """
 
-# E1-E5 (trainer engineer)
-from deadrelu.lab.experiments import e1_learning_rate, e2_bias, e3_irreversibility  # noqa: F401, I001
-from deadrelu.lab.experiments import e4_remedies, e5_leaky_slope  # noqa: F401
+from __future__ import annotations
 
-# E6-E10 (report engineer)
-from deadrelu.lab.experiments import e6_prelu, e7_elu, e8_selu, e9_cost, e10_born_dead  # noqa: F401
+import importlib
+import pkgutil
+
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    if not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")

@@ -40,6 +40,8 @@ __all__ = [
     "Sweep",
     "Verdict",
     "VerdictSource",
+    "annotate",
+    "bars",
     "ci_dict",
     "experiment",
     "new_figure",
@@ -371,6 +373,66 @@ def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.0, height: float
     import matplotlib.pyplot as plt
 
     return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+
+
+def bars(
+    ax: Any,
+    x: Sequence[float],
+    heights: Sequence[float | None],
+    *,
+    lo: Sequence[float | None] | None = None,
+    hi: Sequence[float | None] | None = None,
+    width: float = 0.8,
+    color: Any = "#4a7ab5",
+    label: str | None = None,
+) -> None:
+    """A bar chart on which a zero-height bar and a missing value look different.
+
+    ``heights[i]`` None or NaN (no data: the run diverged, the setting was not run) draws a
+    hatched grey outline over the axis height with "no data"; a height of exactly 0 draws
+    a thick stub at 0 with "0", so it is not mistaken for a missing bar. ``lo`` / ``hi``
+    (the interval's ends, same length) draw error bars where given.
+    """
+    xs = list(x)
+    hs = [None if h is None or not math.isfinite(float(h)) else float(h) for h in heights]
+    shown = [h if h is not None else 0.0 for h in hs]
+    ax.bar(xs, shown, width=width, color=color, label=label)
+    if lo is not None and hi is not None:
+        for xi, h, a, b in zip(xs, hs, lo, hi, strict=True):
+            if h is not None and a is not None and b is not None:
+                ax.errorbar(
+                    [xi],
+                    [h],
+                    yerr=[[max(h - a, 0.0)], [max(b - h, 0.0)]],
+                    color="k",
+                    capsize=3,
+                    lw=1,
+                )
+    top = max([h for h in hs if h is not None] + [1e-12])
+    for xi, h in zip(xs, hs, strict=True):
+        if h is None:
+            ax.bar([xi], [top], width=width, fill=False, hatch="//", edgecolor="#999", lw=0.8)
+            annotate(ax, xi, top / 2, "no data", rotation=90, color="#555")
+        elif h == 0.0:
+            ax.plot(
+                [xi - width / 2, xi + width / 2], [0, 0], color=color, lw=4, solid_capstyle="butt"
+            )
+            annotate(ax, xi, 0.0, "0", va="bottom")
+
+
+def annotate(ax: Any, x: float, y: float, text: str, **kw: Any) -> None:
+    """A legible label at data point ``(x, y)``: 8 pt, on a white box, centred above the
+    point unless ``ha`` / ``va`` / ``xytext`` say otherwise (E1's "4/5 diverged")."""
+    opts: dict[str, Any] = {
+        "ha": "center",
+        "va": "bottom",
+        "fontsize": 8,
+        "textcoords": "offset points",
+        "xytext": (0, 3),
+        "bbox": {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
+    }
+    opts.update(kw)
+    ax.annotate(text, (x, y), **opts)
 
 
 def rounded(x: float, digits: int = 6) -> float | None:

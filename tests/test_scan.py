@@ -269,7 +269,8 @@ def test_nan_and_inf_counted_not_crashing() -> None:
     x = m.make_batches(1, batch=8)[0]
     x[3, 0] = float("nan")
     x[5, 1] = float("inf")
-    report = scan(m, [x])
+    with pytest.warns(RuntimeWarning, match=r"'relu1' \(16\), 'relu2' \(12\); 3 of them"):
+        report = scan(m, [x])
     assert report.nonfinite_units("relu1") == list(range(16))
     assert int(report.stats["relu1"].nonfinite.min()) >= 1
     assert report.dead_units("relu1") == [1, 4]
@@ -376,7 +377,8 @@ def test_inplace_relu_scan_exact_and_equal_to_copy_path() -> None:
     xs = [torch.randn(2, 3, 8, 8) for _ in range(3)]
     xs[1][0, 0, 2, 2] = float("nan")
     xs[2][1, 2, 5, 5] = float("inf")
-    report = scan(m, xs, detail="full")
+    with pytest.warns(RuntimeWarning, match="NaN/inf"):
+        report = scan(m, xs, detail="full")
     got = report.stats["1"]
     ref: dict[str, UnitStats] = {}
 
@@ -389,7 +391,8 @@ def test_inplace_relu_scan_exact_and_equal_to_copy_path() -> None:
     for name in UnitStats.REDUCE:
         torch.testing.assert_close(getattr(got, name), getattr(ref["1"], name), equal_nan=True)
     assert int(got.nonfinite.sum()) > 0
-    clean = scan(m, xs[:2]).stats["1"]  # NaN is not z > 0; an inf input can make z = +inf
+    with pytest.warns(RuntimeWarning, match="2 of them are also counted dead"):
+        clean = scan(m, xs[:2]).stats["1"]  # NaN is not z > 0; an inf input: z = +inf
     assert torch.nonzero(clean.active == 0).flatten().tolist() == [1, 4]
     assert float(scan(m, xs[:1]).stats["1"].z_max[1]) < -900  # z before the overwrite
     assert no_hooks_left(m)

@@ -118,6 +118,7 @@ from deadrelu.monitoring import (
     ZeroGradProbe,
 )
 from deadrelu.report import Report, html_table, tensor_from_json, tensor_to_json
+from deadrelu.scan import require_materialised
 from deadrelu.stats import Detail, UnitStats, all_reduce_many, detail_level
 
 __all__ = [
@@ -195,6 +196,7 @@ class Monitor:
             )
         self._alerts = Alerts(threshold, window)
         self.model = _unwrap(model)
+        require_materialised(self.model)
         self._hooks = CaptureHooks(
             self.model, self._on_call, unit_dim=unit_dim, functional=functional, mode=hooks
         )

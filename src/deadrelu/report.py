@@ -318,14 +318,7 @@ class Report:
         """A ``rich.table.Table`` with one row per site."""
         from rich.table import Table
 
-        s = self.summary()
-        table = Table(
-            title=title
-            or (
-                f"deadrelu: {s['dead']}/{s['units']} units dead "
-                f"({100 * s['dead_fraction']:.1f} %) in {s['sites']} sites"
-            )
-        )
+        table = Table(title=title or self._title())
         table.add_column("site", justify="left")
         table.add_column("activation", justify="left")
         table.add_column("units", justify="right")
@@ -358,11 +351,27 @@ class Report:
         Console(file=buf, width=120, no_color=True, color_system=None).print(self.table())
         return buf.getvalue().rstrip()
 
+    def _title(self) -> str:
+        s = self.summary()
+        text = (
+            f"deadrelu: {s['dead']}/{s['units']} units dead "
+            f"({100 * s['dead_fraction']:.1f} %) in {s['sites']} sites"
+        )
+        if s["nonfinite"]:
+            text += (
+                f"; {s['nonfinite']} saw NaN/inf ({self._dead_nonfinite()} of them counted dead)"
+            )
+        return text
+
+    def _dead_nonfinite(self) -> int:
+        return sum(int((m["dead"] & m["nonfinite"]).sum()) for m in self._masks.values())
+
     def __repr__(self) -> str:
         s = self.summary()
+        nonfinite = f", nonfinite={s['nonfinite']}" if s["nonfinite"] else ""
         return (
             f"Report(sites={s['sites']}, units={s['units']}, dead={s['dead']}, "
-            f"dormant={s['dormant']}, tau={self.tau:g})"
+            f"dormant={s['dormant']}{nonfinite}, tau={self.tau:g})"
         )
 
     def _repr_html_(self) -> str:

@@ -16,7 +16,9 @@ Batches may be:
 * a ``dict`` (Hugging Face style): ``model(**batch)``.
 
 ``data`` is any iterable of batches (a ``DataLoader``, a list, a generator), a single
-``Tensor`` or ``dict`` (one batch), or a callable: called once with no argument, it
+``Tensor`` or ``dict`` (one batch), a single ``tuple`` whose first item is a tensor or
+dict (one ``(inputs, targets)`` batch: ``scan(model, (x, y))``; a *list* is always a
+sequence of batches), or a callable: called once with no argument, it
 returns either an iterable of batches or one batch; in the second case it is called again
 for each batch, and ``max_batches`` is required. Tensors in a batch are moved to
 ``device`` (default: the device of the model's first parameter or buffer, else CPU); the
@@ -28,6 +30,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -73,9 +76,25 @@ def _is_single_batch(obj: Any) -> bool:
     return isinstance(obj, (tuple, list)) and bool(obj) and isinstance(obj[0], (Tensor, Mapping))
 
 
+def require_materialised(model: nn.Module) -> None:
+    """Raise ValueError if ``model`` has parameters or buffers on the meta device (no data)."""
+    meta = [
+        n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta
+    ]
+    if meta:
+        raise ValueError(
+            f"the model ({type(model).__name__}) has {len(meta)} tensors on the meta device "
+            f"(e.g. {meta[0]!r}): they hold no values, so no unit can be measured. "
+            "Materialise it first: model.to_empty(device='cpu') then initialise or load "
+            "the weights (e.g. model.load_state_dict(...))"
+        )
+
+
 def _batches(data: Any, max_batches: int | None) -> Iterator[Any]:
-    if isinstance(data, (Tensor, Mapping)):
-        yield data
+    if isinstance(data, (Tensor, Mapping)) or (
+        isinstance(data, tuple) and data and isinstance(data[0], (Tensor, Mapping))
+    ):
+        yield data  # one batch, e.g. an (x, y) tuple
         return
     if callable(data) and not isinstance(data, Iterable):
         first = data()
@@ -215,12 +234,21 @@ def scan(
         :class:`~deadrelu.capture.UnrecognisedActivationWarning` naming them and the fix).
 
     Raises:
-        ValueError: ``data`` yields no batch (or only empty ones), ``max_batches`` < 1,
-            or the model calls no activation deadrelu recognises.
+        ValueError: ``data`` yields no batch (or only empty ones), ``max_batches`` is not
+            an int >= 1, ``tau`` is not a finite number >= 0, the model is on the meta
+            device, or it calls no activation deadrelu recognises.
+
+    Warns:
+        RuntimeWarning: units saw NaN/inf (counted in every detail level as
+            ``report.nonfinite_units``); it says how many of them count as dead.
         TypeError: a batch of an unsupported type.
     """
-    if max_batches is not None and max_batches < 1:
-        raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
+    if max_batches is not None and (
+        isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
+    ):
+        raise ValueError(f"max_batches must be an int >= 1 or None, got {max_batches!r}")
+    classify.Thresholds(tau=tau)  # ValueError naming tau (nan, negative) before any work
+    require_materialised(model)
     level = detail_level(detail)
     model_device = _model_device(model)
     target = torch.device(device) if device is not None else model_device
@@ -350,7 +378,28 @@ def scan(
         "unrecognised": unrecognised,
     }
     warn_unrecognised(unrecognised)
-    return Report(stats, sites, tau=tau, meta=meta)
+    report = Report(stats, sites, tau=tau, meta=meta)
+    _warn_nonfinite(report)
+    return report
+
+
+def _warn_nonfinite(report: Report) -> None:
+    """One RuntimeWarning naming the sites whose units saw NaN/inf, and how many of those
+    units the report counts dead (NaN > 0 is false)."""
+    bad = {s: report.nonfinite_units(s) for s in report.stats}
+    bad = {s: u for s, u in bad.items() if u}
+    if not bad:
+        return
+    dead = sum(len(set(u) & set(report.dead_units(s))) for s, u in bad.items())
+    where = ", ".join(f"{s!r} ({len(u)})" for s, u in bad.items())
+    warnings.warn(
+        f"{sum(len(u) for u in bad.values())} units saw NaN/inf pre-activations or "
+        f"outputs, at {where}; {dead} of them are also counted dead (their z was "
+        "never > 0; NaN > 0 is false): check the inputs and weights for NaN/inf "
+        "(report.nonfinite_units(site) lists them)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _no_activation_message(

@@ -468,3 +468,121 @@ def test_scan_of_only_unknown_activations_names_them() -> None:
     model = nn.Sequential(nn.Linear(3, 4), _TanhGELUActivation(), nn.Linear(4, 2))
     with pytest.raises(ValueError, match=r"'1' \(_TanhGELUActivation\).*register_module"):
         dr.scan(model, torch.randn(2, 3))
+
+
+# ------------------------------------------------------------------ unit axis through transposes
+
+
+class _ConvLayerNorm(nn.Module):
+    """wav2vec2's ``feat_extract_norm="layer"`` block: Conv1d, LayerNorm over channels
+    (transposed to channels-last and back), GELU. Channel 2 is dead by construction."""
+
+    def __init__(self, channels: int = 8) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, channels, 3)
+        self.norm = nn.LayerNorm(channels)
+        self.act = nn.GELU()
+        with torch.no_grad():
+            self.norm.bias[2] = -100.0  # |LN output| <= sqrt(C - 1) < 100
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        x = self.norm(x.transpose(-2, -1)).transpose(-2, -1)
+        return self.act(x)
+
+
+class _LayerNorm2d(nn.LayerNorm):
+    """timm's LayerNorm2d: a LayerNorm over the channels of an ``(N, C, H, W)`` map."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class _ConvNormAct2d(nn.Module):
+    """ViTamin / ConvNeXt stem: Conv2d, LayerNorm2d, ReLU; optionally an elementwise op
+    between the norm and the activation (the norm's output is then not z itself)."""
+
+    def __init__(self, channels: int = 6, shift: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, channels, 3)
+        self.norm = _LayerNorm2d(channels)
+        self.act = nn.ReLU()
+        self.shift = shift
+        with torch.no_grad():
+            self.norm.bias[4] = -100.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(self.conv(x))
+        return self.act(x * 1.0 if self.shift else x)
+
+
+def _dead(model: nn.Module, x: Tensor, **kw: object) -> tuple[int, list[int]]:
+    import deadrelu as dr
+
+    report = dr.scan(model, x, **kw)  # type: ignore[arg-type]
+    (site,) = report.sites.values()
+    return site.unit_dim, report.dead_units(site.name)
+
+
+def test_unit_axis_follows_transposes_wav2vec2_layer_norm() -> None:
+    # (N, C=8, T=11): the LayerNorm is the last layer before the GELU, but its units are
+    # the conv's channels, moved back to dim 1
+    unit_dim, dead = _dead(_ConvLayerNorm(), torch.randn(4, 3, 13))
+    assert unit_dim == 1 and dead == [2]
+
+
+@pytest.mark.parametrize("shift", [False, True])
+@pytest.mark.parametrize("functional", [True, False])
+def test_unit_axis_of_layer_norm_2d(shift: bool, functional: bool) -> None:
+    # followed through the permutes (functional), or found by the norm's size (6 channels
+    # in a (N, 6, 5, 5) map), also after an elementwise op
+    unit_dim, dead = _dead(
+        _ConvNormAct2d(shift=shift), torch.randn(3, 3, 7, 7), functional=functional
+    )
+    assert unit_dim == 1 and dead == [4]
+
+
+class _TLinear(nn.Linear):
+    """A Linear whose output is permuted to ``(N, D, *, L)``: its units are in dim 1 or 2,
+    which cannot be told apart by size when both have D elements."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x).permute(0, 3, 1, 2)
+
+
+def test_ambiguous_unit_axis_warns_with_the_fix() -> None:
+    from deadrelu.capture import UnitAxisWarning
+
+    model = nn.Sequential(_TLinear(5, 6), nn.ReLU())
+    x = torch.randn(2, 6, 4, 5)  # -> (2, 6, 6, 4): two axes of size 6
+    with pytest.warns(UnitAxisWarning, match=r"site '1' is ambiguous.*unit_dim=\{'1': d\}"):
+        run(model, [x], functional=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UnitAxisWarning)
+        stats, sites = run(model, [x], functional=False, unit_dim={"1": 2})
+    assert sites["1"].unit_dim == 2 and stats["1"].units == 6
+
+
+@pytest.mark.parametrize("bad", [9, -9, {"fc*": 3}])
+def test_unit_dim_out_of_range_names_the_site(bad: object) -> None:
+    import deadrelu as dr
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    with pytest.raises(ValueError, match=r"unit_dim=-?\d is out of range for site '1'.*-2\.\.1"):
+        dr.scan(model, torch.randn(2, 3), unit_dim=bad if not isinstance(bad, dict) else {"1": 9})
+
+
+@pytest.mark.parametrize("bad", [{"nope": 1}, {"2:gelu#1": 1}, {"blocks.*": 1}, {"1": "x"}, 1.5])
+def test_unit_dim_naming_no_site_is_an_error(bad: object) -> None:
+    import deadrelu as dr
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
+    with pytest.raises(ValueError, match="unit_dim"):
+        dr.scan(model, torch.randn(2, 3), unit_dim=bad)  # type: ignore[arg-type]
+    # names and patterns that can be sites are accepted
+    for good in ({"1": -1}, {"1#1": -1}, {"*": -1}, {"0:relu": -1}, {":relu": -1}):
+        dr.scan(model, torch.randn(2, 3), unit_dim=good)

@@ -91,11 +91,17 @@ from torch.utils.hooks import RemovableHandle
 from deadrelu import activations
 from deadrelu.activations import Activation, ActivationSpec
 from deadrelu.graph import (
+    LAYOUT_FUNCTIONS,
+    AxisHint,
     ProducerProbe,
+    axis_hint,
     default_unit_dim,
+    follow,
     function_axes,
     producer_axis,
+    producer_features,
     tensor_key,
+    unit_dim_from_hint,
 )
 from deadrelu.stats import scratch
 
@@ -105,6 +111,7 @@ __all__ = [
     "CaptureHandle",
     "InplaceCallbacks",
     "Site",
+    "UnitAxisWarning",
     "UnitDim",
     "UnrecognisedActivationWarning",
     "attach",
@@ -127,6 +134,10 @@ ACTIVATION_NAME = re.compile(
 
 class UnrecognisedActivationWarning(UserWarning):
     """Modules that look like activations were called but not measured."""
+
+
+class UnitAxisWarning(UserWarning):
+    """The unit axis of a call site could not be decided from the layer before it."""
 
 
 def unrecognised_message(found: Mapping[str, str]) -> str:
@@ -396,6 +407,7 @@ class _State:
     stash: dict[int, list[Tensor]] = field(default_factory=dict)
     modules: dict[int, tuple[str, bool]] = field(default_factory=dict)  # id -> stack entry
     last_layer_out: tuple[int, tuple[int, ...], tuple[int, ...]] | None = None
+    hint: AxisHint | None = None  # units of the latest layer output, through transposes
     unknown: dict[str, str] = field(default_factory=dict)  # path -> class name, called
 
     def enclosing(self) -> tuple[str, bool]:
@@ -416,22 +428,47 @@ class _State:
         self.counts[base] = k + 1
         return base if k == 0 else f"{base}#{k}"
 
-    def resolve_unit_dim(self, name: str, ndim: int) -> int:
+    def resolve_unit_dim(self, name: str, z: Tensor) -> int:
+        """The unit dim of site ``name`` at its first call, with pre-activation ``z``."""
         override = self.unit_dim
+        dim: int | None = None
         if isinstance(override, int):
-            return override
-        if override:
+            dim = override
+        elif override:
             if name in override:
-                return int(override[name])
-            for pattern, dim in override.items():
-                if fnmatch.fnmatchcase(name, pattern):
-                    return int(dim)
-        return default_unit_dim(ndim, self.producer)
+                dim = int(override[name])
+            else:
+                for pattern, d in override.items():
+                    if fnmatch.fnmatchcase(name, pattern):
+                        dim = int(d)
+                        break
+        ndim = z.dim()
+        if dim is not None:
+            if ndim >= 2 and not -ndim <= dim < ndim:
+                raise ValueError(
+                    f"unit_dim={dim} is out of range for site {name!r}: its pre-activation "
+                    f"has shape {tuple(z.shape)} (rank {ndim}), so the unit dim must be in "
+                    f"{-ndim}..{ndim - 1}; pass e.g. unit_dim={{{name!r}: 1}}"
+                )
+            return dim
+        default = default_unit_dim(ndim, self.producer)
+        found, ambiguous = unit_dim_from_hint(z, self.hint, default)
+        if ambiguous and self.hint is not None:
+            warnings.warn(
+                f"deadrelu: the unit axis of site {name!r} is ambiguous: its pre-activation "
+                f"has shape {tuple(z.shape)}, with several axes of size {self.hint.size}, the "
+                f"number of features of the layer before it ({self.hint.source}); counting "
+                f"units along dim {found}. If that is wrong, pass unit_dim={{{name!r}: d}} "
+                f"to scan / Monitor / attach",
+                UnitAxisWarning,
+                stacklevel=2,
+            )
+        return found
 
     def site(self, name: str, activation: Activation, z: Tensor, kind: SiteKind, path: str) -> Site:
         site = self.sites.get(name)
         if site is None:
-            site = Site(name, activation, self.resolve_unit_dim(name, z.dim()), kind, path)
+            site = Site(name, activation, self.resolve_unit_dim(name, z), kind, path)
             self.sites[name] = site
         return site
 
@@ -464,6 +501,15 @@ class _CaptureMode(TorchFunctionMode):
         if spec is None:
             if producer is not None:
                 self.state.producer = producer
+                out = func(*args, **kwargs)
+                if isinstance(out, Tensor):
+                    name = getattr(func, "__name__", "a layer function")
+                    self.state.hint = axis_hint(out, producer, None, f"{name}()")
+                return out
+            if self.state.hint is not None and func in LAYOUT_FUNCTIONS:
+                out = func(*args, **kwargs)
+                self.state.hint = follow(self.state.hint, func, args, kwargs, out)
+                return out
             return func(*args, **kwargs)
         state = self.state
         path, in_activation = state.enclosing()
@@ -567,6 +613,7 @@ def attach(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"attach needs an nn.Module, got {type(model).__name__}")
+    _check_unit_dim(model, unit_dim)
     state = _State(callback=callback, unit_dim=unit_dim, functional=functional, inplace=inplace)
     if functional:
         state.mode = _CaptureMode(state)
@@ -579,6 +626,39 @@ def attach(
             h.remove()
         raise
     return CaptureHandle(state, handles)
+
+
+def _check_unit_dim(model: nn.Module, unit_dim: UnitDim) -> None:
+    """Raise ``ValueError`` for a ``unit_dim`` that is not an int, or a mapping with a key
+    that can name no call site of ``model`` or a value that is not an int. (A dim out of
+    range is caught at the site's first call, when its rank is known.)"""
+    if unit_dim is None:
+        return
+    if isinstance(unit_dim, bool) or not isinstance(unit_dim, (int, Mapping)):
+        raise ValueError(
+            f"unit_dim must be an int or a mapping {{site name or pattern: int}}, got {unit_dim!r}"
+        )
+    if isinstance(unit_dim, int):
+        return
+    paths = [p for p, _ in model.named_modules()]
+    acts = activations.names()
+    candidates = [*paths, *acts, *(f"{p}:{a}" for p in paths for a in acts)]
+    for key, dim in unit_dim.items():
+        if isinstance(dim, bool) or not isinstance(dim, int):
+            raise ValueError(f"unit_dim[{key!r}] must be an int, got {dim!r}")
+        if not isinstance(key, str):
+            raise ValueError(f"unit_dim keys must be site names or patterns, got {key!r}")
+        base = re.sub(r"#\d+$", "", key)
+        if base in candidates or any(fnmatch.fnmatchcase(c, key) for c in candidates):
+            continue
+        raise ValueError(
+            f"unit_dim names {key!r}, which is no call site of this "
+            f"{type(model).__name__}: a site is the path of an activation module "
+            f"('features.3'), or '<module path>:<activation>' for a functional call "
+            f"('block.mlp:gelu', ':relu' in the model's own forward), with '#k' for the "
+            f"k-th repeat, or an fnmatch pattern ('features.*'); module paths here include "
+            f"{', '.join(repr(p) for p in paths[1:6])}"
+        )
 
 
 def _suspend_mode(state: _State) -> None:
@@ -604,6 +684,7 @@ def _hook_module(state: _State, path: str, module: nn.Module) -> list[RemovableH
     is_leaf = next(iter(module.children()), None) is None
     quiet = act is not None or type(module) in _QUIET_TYPES
     producer = producer_axis(module) if is_leaf or quiet else None
+    features = producer_features(module) if producer is not None else None
     inplace = bool(getattr(module, "inplace", False)) if act is not None else False
     base = path if path else (act.name if act is not None else "")
     key = id(module)
@@ -657,6 +738,10 @@ def _hook_module(state: _State, path: str, module: nn.Module) -> list[RemovableH
                 state.producer = producer
                 if isinstance(out, Tensor):
                     state.last_layer_out = tensor_key(out)
+                    if state.hint is None or state.hint.key != state.last_layer_out:
+                        # (else: the layer's own functional calls, followed through its
+                        # permutes, already describe its output exactly)
+                        state.hint = axis_hint(out, producer, features, f"module {path!r}")
             elif by_name:
                 state.unknown.setdefault(path, cls_name)
             elif fed_by_layer:
@@ -671,6 +756,7 @@ def _hook_module(state: _State, path: str, module: nn.Module) -> list[RemovableH
             if not state.stack:
                 state.producer = None
                 state.last_layer_out = None
+                state.hint = None
                 if state.mode_on and state.mode is not None:
                     state.mode.__exit__(None, None, None)
                     state.mode_on = False

@@ -47,21 +47,27 @@ from deadrelu.activations import (
 __all__ = [
     "CHANNEL",
     "LAST",
+    "LAYOUT_FUNCTIONS",
     "PRODUCER_TYPES",
+    "AxisHint",
     "LinkProbe",
     "ProducerProbe",
     "SiteLinks",
     "activation_module_spec",
     "activation_spec_of",
+    "axis_hint",
     "default_unit_dim",
+    "follow",
     "function_axes",
     "get_or_none",
     "is_producer",
     "link_sites",
     "producer_axis",
+    "producer_features",
     "site_names",
     "tensor_key",
     "trace",
+    "unit_dim_from_hint",
 ]
 
 # ------------------------------------------------------------------------------------------
@@ -178,6 +184,165 @@ def default_unit_dim(ndim: int, producer: int | None) -> int:
     if producer is not None:
         return producer
     return CHANNEL if ndim >= 4 else LAST
+
+
+def producer_features(module: nn.Module) -> int | None:
+    """The number of features (units) a producer layer outputs, read from its attributes:
+    Linear/Bilinear ``out_features``, Conv ``out_channels``, BatchNorm/InstanceNorm
+    ``num_features``, GroupNorm ``num_channels``, LayerNorm/RMSNorm the last entry of
+    ``normalized_shape``, Embedding ``embedding_dim``, MultiheadAttention ``embed_dim``;
+    None for the others (pooling, upsampling: they keep whatever came in)."""
+    for attr in ("out_features", "out_channels", "num_features", "num_channels"):
+        value = getattr(module, attr, None)
+        if isinstance(value, int):
+            return value
+    shape = getattr(module, "normalized_shape", None)
+    if isinstance(shape, (tuple, list)) and shape and isinstance(shape[-1], int):
+        return int(shape[-1])
+    for attr in ("embedding_dim", "embed_dim"):
+        value = getattr(module, attr, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+@dataclass(frozen=True)
+class AxisHint:
+    """Where the units are in the most recent layer output, followed through transposes.
+
+    Attributes:
+        key: :func:`tensor_key` of the tensor the hint is about.
+        ndim: its rank.
+        axis: the unit axis in it (0 <= axis < ndim), or None when ambiguous (several axes
+            have ``size`` and none is the layer's own axis).
+        size: the number of units (the layer's features).
+        source: the layer, for messages (``"module 'feature_extractor.conv0'"``).
+    """
+
+    key: tuple[int, tuple[int, ...], tuple[int, ...]]
+    ndim: int
+    axis: int | None
+    size: int
+    source: str
+
+
+def _axes_of_size(shape: tuple[int, ...], size: int) -> list[int]:
+    """The non-batch axes of ``shape`` with ``size`` elements."""
+    return [d for d in range(1, len(shape)) if shape[d] == size]
+
+
+def axis_hint(out: Tensor, axis: int, features: int | None, source: str) -> AxisHint | None:
+    """The hint for a layer output ``out`` whose units are along ``axis`` (1 or -1, the
+    layer's role) with ``features`` units when known (:func:`producer_features`).
+
+    When ``out`` has another layout than the role says (a LayerNorm applied inside a module
+    that permutes to channels-last and back, timm's ``LayerNorm2d``) the unit axis is the
+    one axis of size ``features``; several such axes, none the role's: ambiguous (None).
+    Rank <= 2 outputs (``(N, D)``) get no hint: their unit axis is the last, always.
+    """
+    if out.dim() <= 2:
+        return None
+    shape = tuple(out.shape)
+    role = axis % out.dim()
+    size = features if features is not None else shape[role]
+    found: int | None = role
+    if shape[role] != size:
+        matches = _axes_of_size(shape, size)
+        found = matches[0] if len(matches) == 1 else None
+        if not matches:  # the features are not an axis here (a reshape): trust the role
+            found, size = role, shape[role]
+    return AxisHint(tensor_key(out), out.dim(), found, size, source)
+
+
+def _permuted(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], ndim: int) -> list[int]:
+    """For a layout call ``func(x, ...)`` returning ``y``: ``order`` with ``y``'s axis ``i``
+    = ``x``'s axis ``order[i]``; ``[]`` if ``func`` is not a transpose/permute/movedim."""
+    name = getattr(func, "__name__", "")
+    rest = list(args[1:])
+    order = list(range(ndim))
+    if name in ("transpose", "swapaxes", "swapdims"):
+        a = rest[0] if rest else kwargs.get("dim0", kwargs.get("axis0"))
+        b = rest[1] if len(rest) > 1 else kwargs.get("dim1", kwargs.get("axis1"))
+        if not isinstance(a, int) or not isinstance(b, int):
+            return []
+        a, b = a % ndim, b % ndim
+        order[a], order[b] = order[b], order[a]
+        return order
+    if name == "permute":
+        dims = rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list)) else rest
+        dims = dims or list(kwargs.get("dims", ()))
+        if len(dims) != ndim or not all(isinstance(d, int) for d in dims):
+            return []
+        return [int(d) % ndim for d in dims]
+    if name in ("movedim", "moveaxis"):
+        src = rest[0] if rest else kwargs.get("source")
+        dst = rest[1] if len(rest) > 1 else kwargs.get("destination")
+        if not isinstance(src, int) or not isinstance(dst, int):
+            return []
+        order.remove(src % ndim)
+        order.insert(dst % ndim, src % ndim)
+        return order
+    if name in ("contiguous", "clone", "t"):
+        return order[::-1] if name == "t" else order
+    return []
+
+
+#: torch callables that move axes without changing values (followed by :func:`follow`).
+LAYOUT_FUNCTIONS: frozenset[Any] = frozenset(
+    f
+    for owner, names in (
+        (Tensor, ("transpose", "swapaxes", "swapdims", "permute", "movedim", "moveaxis")),
+        (Tensor, ("contiguous", "clone", "t")),
+        (torch, ("transpose", "swapaxes", "swapdims", "permute", "movedim", "moveaxis", "t")),
+    )
+    for f in (getattr(owner, n, None) for n in names)
+    if f is not None
+)
+
+
+def follow(
+    hint: AxisHint | None, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+) -> AxisHint | None:
+    """The hint for ``out = func(x, ...)`` when ``x`` is the hint's tensor and ``func`` a
+    layout call (:data:`LAYOUT_FUNCTIONS`); otherwise ``hint`` unchanged."""
+    if hint is None or not args or not isinstance(args[0], Tensor) or not isinstance(out, Tensor):
+        return hint
+    if tensor_key(args[0]) != hint.key or out.dim() != hint.ndim:
+        return hint
+    order = _permuted(func, args, kwargs, hint.ndim)
+    if not order:
+        return hint
+    axis = order.index(hint.axis) if hint.axis is not None else None
+    return AxisHint(tensor_key(out), hint.ndim, axis, hint.size, hint.source)
+
+
+def unit_dim_from_hint(z: Tensor, hint: AxisHint | None, default: int) -> tuple[int, bool]:
+    """The unit dim of a pre-activation ``z`` (rank >= 3) given the latest layer's hint:
+    ``(dim, ambiguous)``.
+
+    * ``z`` *is* the hinted tensor (the layer's output, maybe transposed): the hinted axis;
+    * ``z`` was computed from it elementwise (a bias, a residual sum): the axis of ``z`` of
+      the layer's size, if ``default`` (the role rule) does not already have that size and
+      exactly one axis has it;
+    * otherwise ``default``. ``ambiguous`` is True when the hint could not decide between
+      several axes of the layer's size and none of them is ``default``.
+    """
+    if hint is None or z.dim() <= 2:
+        return default, False
+    shape = tuple(z.shape)
+    if tensor_key(z) == hint.key and hint.axis is not None:
+        return _signed(hint.axis, z.dim()), False
+    if shape[default] == hint.size:
+        return default, False
+    matches = _axes_of_size(shape, hint.size)
+    if len(matches) == 1:
+        return _signed(matches[0], z.dim()), False
+    return default, len(matches) > 1
+
+
+def _signed(axis: int, ndim: int) -> int:
+    """The last axis as -1 (``(N, *, D)``), others counted from the front."""
+    return -1 if axis == ndim - 1 else axis
 
 
 # ------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -166,3 +167,46 @@ def test_plot_and_history(tmp_path: Path) -> None:
     assert hist.read_bytes()[:8] == PNG_MAGIC
     with pytest.raises(ValueError, match="one value per step"):
         plot_history([0, 1], {"a": [0.0]}, tmp_path / "bad.png")
+
+
+LONG = ["encoder.block.0.layer.1.DenseReluDense.act", "encoder.block.1.layer.1.DenseReluDense.act"]
+
+
+def _long_report() -> Report:
+    stats = {n: make_stats([0, 3, 5, 10], [0.0, 1.0, 1.0, 1.0], positions=10) for n in LONG}
+    return Report(stats, {n: site(n) for n in LONG})
+
+
+def _render(r: Report, width: int) -> str:
+    from rich.console import Console
+
+    buf = io.StringIO()
+    Console(file=buf, width=width, no_color=True, color_system=None).print(r.table(width=width))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("width", [200, 100, 70, 40, 30])
+def test_table_never_cuts_a_site_name(width: int) -> None:
+    text = _render(_long_report(), width)
+    assert "…" not in text
+    assert max(len(line) for line in text.splitlines()) <= width
+    # the site column, read top to bottom, holds both names whole (folded if need be)
+    first_cells = [line.split("│")[1].strip() for line in text.splitlines() if line.startswith("│")]
+    assert "".join(first_cells) == "".join(LONG)
+    if width >= 70:
+        assert all(name in text for name in LONG)  # columns were dropped instead
+    if width < 160:
+        assert "left out to fit" in text
+
+
+def test_wide_table_keeps_every_column() -> None:
+    text = _render(_long_report(), 200)
+    for header in ("activation", "dormant (τ=0.025)", "rarely active", "non-finite", "active %"):
+        assert header in text
+    assert "left out" not in text
+
+
+def test_str_follows_the_terminal_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "50")
+    text = str(_long_report())
+    assert max(len(line) for line in text.splitlines()) <= 50 and "…" not in text

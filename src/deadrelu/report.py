@@ -38,6 +38,7 @@ import html
 import io
 import json
 import math
+import shutil
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -314,41 +315,70 @@ class Report:
 
     # ------------------------------------------------------------------ display
 
-    def table(self, title: str | None = None) -> Any:
-        """A ``rich.table.Table`` with one row per site."""
+    def table(self, title: str | None = None, *, width: int | None = None) -> Any:
+        """A ``rich.table.Table`` with one row per site, fitted to ``width`` columns.
+
+        ``width`` (default: the terminal's, 120 when unknown): the table never gets
+        wider. Site names are never cut: when the columns do not fit, the least
+        important ones are left out first (active %, dead %, rarely active,
+        non-finite, saturated, dormant, activation; the caption names them), and a
+        site name longer than the space left wraps onto several lines.
+        """
         from rich.table import Table
 
-        table = Table(title=title or self._title())
-        table.add_column("site", justify="left")
-        table.add_column("activation", justify="left")
-        table.add_column("units", justify="right")
+        width = width or shutil.get_terminal_size((120, 24)).columns
         th = self.thresholds
+        rows = self.layers
+        columns: list[tuple[str, str, list[str]]] = [
+            ("site", "left", [r.name for r in rows]),
+            ("activation", "left", [r.activation for r in rows]),
+            ("units", "right", [str(r.units) for r in rows]),
+        ]
         for c in classify.UNIT_CLASSES:
-            table.add_column(c.header(th), justify="right")
-        table.add_column("dead %", justify="right")
-        table.add_column("active %", justify="right")
-        for row in self.layers:
-            counts = asdict(row)
             cells = [
-                str(counts[c.name]) if self.computable(c.name, row.name) else "-"
-                for c in classify.UNIT_CLASSES
+                str(getattr(r, c.name)) if self.computable(c.name, r.name) else "-" for r in rows
             ]
-            table.add_row(
-                row.name,
-                row.activation,
-                str(row.units),
-                *cells,
-                f"{100 * row.dead_fraction:.1f}",
-                f"{100 * row.mean_active_fraction:.1f}",
-                style="red" if row.dead else None,
-            )
+            columns.append((c.header(th), "right", cells))
+        columns.append(("dead %", "right", [f"{100 * r.dead_fraction:.1f}" for r in rows]))
+        columns.append(("active %", "right", [f"{100 * r.mean_active_fraction:.1f}" for r in rows]))
+        drop_order = ["active %", "dead %", "rarely active", "non-finite", "saturated"]
+        drop_order += [classify.get_class("dormant").header(th), "activation"]
+
+        def needed(cols: list[tuple[str, str, list[str]]]) -> int:
+            # rich's heavy-head box: 1 border + per column (2 padding + content + 1 border)
+            return 1 + sum(3 + max([len(h), *map(len, cells)]) for h, _, cells in cols)
+
+        dropped: list[str] = []
+        for name in drop_order:
+            if needed(columns) <= width:
+                break
+            columns = [c for c in columns if c[0] != name]
+            dropped.append(name)
+        table = Table(
+            title=title or self._title(),
+            caption=f"left out to fit {width} columns: {', '.join(dropped)}" if dropped else None,
+        )
+        for header, just, _ in columns:
+            if header == "site":
+                natural = max([4, *map(len, columns[0][2])])
+                room = width - needed([c for c in columns if c[0] != "site"]) - 3
+                table.add_column(
+                    header, justify="left", overflow="fold", min_width=min(natural, max(4, room))
+                )
+            else:
+                table.add_column(header, justify=just, no_wrap=True)  # type: ignore[arg-type]
+        for i, r in enumerate(rows):
+            table.add_row(*(cells[i] for _, _, cells in columns), style="red" if r.dead else None)
         return table
 
     def __str__(self) -> str:
+        """The table at the terminal's width (120 when unknown)."""
         from rich.console import Console
 
+        width = shutil.get_terminal_size((120, 24)).columns
         buf = io.StringIO()
-        Console(file=buf, width=120, no_color=True, color_system=None).print(self.table())
+        console = Console(file=buf, width=width, no_color=True, color_system=None)
+        console.print(self.table(width=width))
         return buf.getvalue().rstrip()
 
     def _title(self) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from torch import nn
 
 from deadrelu import reference
 from deadrelu.activations import get, names
-from deadrelu.init import gain, init_for, kaiming_init_, lecun_normal_
+from deadrelu.init import gain, init_for, kaiming_init_, lecun_normal_, rai_init_, rai_sample
 
 
 @pytest.mark.parametrize(
@@ -149,3 +150,37 @@ def test_bad_arguments() -> None:
         gain("tanhh")
     with pytest.raises(ValueError, match="activation is needed"):
         gain(None)
+
+
+def test_rai_sample_has_one_positive_beta_entry_per_unit() -> None:
+    g = torch.Generator().manual_seed(0)
+    w, b = rai_sample(2000, 3, sigma=1e-6, generator=g)
+    assert b is not None
+    v = torch.cat([w, b[:, None]], dim=1)
+    big = v.abs() > 1e-3  # the symmetric part is tiny, so the Beta(2, 1) entry stands out
+    assert bool((big.sum(1) == 1).all())
+    beta = v[big]
+    assert bool((beta > 0).all() and (beta <= 1).all())
+    assert float(beta.mean()) == pytest.approx(2 / 3, abs=0.02)  # mean of Beta(2, 1)
+    # the chosen entry is uniform over the fan_in + 1 positions
+    counts = big.sum(0).float() / 2000
+    assert bool(((counts - 0.25).abs() < 0.05).all())
+
+
+def test_rai_init_changes_only_layers_feeding_relu() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        OrderedDict(
+            fc1=nn.Linear(8, 16),
+            relu1=nn.ReLU(),
+            fc2=nn.Linear(16, 12),
+            relu2=nn.ReLU(),
+            head=nn.Linear(12, 3),
+        )
+    )
+    head = net.head.weight.detach().clone()
+    summary = rai_init_(net, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(net.head.weight, head)
+    assert len(summary.changed) == 2
+    v = torch.cat([net.fc1.weight, net.fc1.bias[:, None]], dim=1)
+    assert bool((v.max(dim=1).values > 0).all())

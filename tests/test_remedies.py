@@ -12,8 +12,7 @@ from torch import Tensor, fx, nn
 from deadrelu.born_dead import born_dead_rate
 from deadrelu.explain import explain
 from deadrelu.graph import link_sites
-from deadrelu.init import rai_init_, rai_sample
-from deadrelu.remedies import init_bias_, recycle, swap_activations
+from deadrelu.remedies import init_bias_, links_of, recycle, swap_activations
 from deadrelu.scan import scan
 
 KILLED = [1, 4]
@@ -281,31 +280,6 @@ def test_init_bias_targets_batchnorm_when_present() -> None:
     assert len(summary.changed) == 2
 
 
-def test_rai_sample_has_one_positive_beta_entry_per_unit() -> None:
-    g = torch.Generator().manual_seed(0)
-    w, b = rai_sample(2000, 3, sigma=1e-6, generator=g)
-    assert b is not None
-    v = torch.cat([w, b[:, None]], dim=1)
-    big = v.abs() > 1e-3  # the symmetric part is tiny, so the Beta(2, 1) entry stands out
-    assert bool((big.sum(1) == 1).all())
-    beta = v[big]
-    assert bool((beta > 0).all() and (beta <= 1).all())
-    assert float(beta.mean()) == pytest.approx(2 / 3, abs=0.02)  # mean of Beta(2, 1)
-    # the chosen entry is uniform over the fan_in + 1 positions
-    counts = big.sum(0).float() / 2000
-    assert bool(((counts - 0.25).abs() < 0.05).all())
-
-
-def test_rai_init_changes_only_layers_feeding_relu() -> None:
-    net = _bias_killed_mlp()
-    head = net.head.weight.detach().clone()
-    summary = rai_init_(net, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(net.head.weight, head)
-    assert len(summary.changed) == 2
-    v = torch.cat([net.fc1.weight, net.fc1.bias[:, None]], dim=1)
-    assert bool((v.max(dim=1).values > 0).all())
-
-
 def test_rai_lowers_born_dead_rate() -> None:
     rates = {}
     for width, depth in ((2, 10), (3, 20), (4, 30)):
@@ -370,3 +344,233 @@ def test_recycle_refuses_mismatched_unit_axes() -> None:
     model = ConvThenLinear()
     summary = recycle(model, {"act": torch.tensor([True, False, False])})
     assert summary.units == {} and "last dim" in summary.skipped[0]
+
+
+# --------------------------------------------------------------------------------------
+# Links by one probe forward (models torch.fx cannot trace)
+# --------------------------------------------------------------------------------------
+
+
+def _same_links(model: nn.Module, batch: object) -> None:
+    """The probe forward's links equal torch.fx's on a traceable model (site by site)."""
+    traced, probed = links_of(model), links_of(model, batch)
+    assert list(traced) == list(probed)
+    for site, a in traced.items():
+        b = probed[site]
+        assert (a.producer, a.norm, sorted(a.consumers)) == (
+            b.producer,
+            b.norm,
+            sorted(b.consumers),
+        )
+        assert (a.producer_problem is None) == (b.producer_problem is None), site
+        assert (a.consumer_problem is None) == (b.consumer_problem is None), site
+
+
+def test_probe_links_equal_traced_links() -> None:
+    from models import all_models
+
+    _same_links(_bias_killed_mlp(), _data()[0])
+    _same_links(_cnn(), torch.randn(2, 3, 8, 8))
+    for model in all_models():
+        _same_links(model, model.make_batches(n=1)[0])
+
+
+class _Untraceable(nn.Module):
+    """fc1 -> relu -> dropout -> fc2, behind data-dependent control flow; dict input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.drop, self.fc2 = nn.Linear(4, 6), nn.Dropout(0.5), nn.Linear(6, 2)
+
+    def forward(self, input_ids: Tensor, scale: Tensor) -> Tensor:
+        if float(scale.sum()) > -1e9:  # torch.fx cannot trace this
+            input_ids = input_ids * scale
+        return self.fc2(self.drop(F.relu(self.fc1(input_ids))))
+
+
+def test_remedies_on_an_untraceable_model_with_dict_batches() -> None:
+    torch.manual_seed(0)
+    net = _Untraceable()
+    with torch.no_grad():
+        net.fc1.bias[[1, 4]] = -1000.0
+    batch = {"input_ids": torch.randn(32, 4), "scale": torch.ones(1)}
+    report = scan(net, [batch])
+    assert report.dead_units(":relu") == [1, 4]
+    with pytest.raises(ValueError, match="example_inputs="):
+        recycle(net, report)
+    with pytest.raises(ValueError, match="example_inputs="):
+        init_bias_(net, 0.01)
+    links = links_of(net, batch)
+    assert (links[":relu"].producer, links[":relu"].consumers) == ("fc1", [("fc2", "linear")])
+    net.eval()
+    before = net(**batch).detach()
+    summary = recycle(net, report, data=[batch])
+    assert summary.units == {":relu": [1, 4]}
+    assert summary.max_output_change == 0.0
+    assert float((net(**batch).detach() - before).abs().max()) <= 1e-6
+    assert scan(net, [batch]).dead_units(":relu") == []
+    summary = init_bias_(net, 0.5, units={":relu": [2]}, example_inputs=batch)
+    assert summary.changed == ["fc1.bias: 1 of 6 values set to 0.5"]
+    assert float(net.fc1.bias.detach()[2]) == 0.5
+
+
+def test_probe_sees_a_residual_and_the_output() -> None:
+    class Res(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.act = nn.ReLU()
+            self.out = nn.Linear(4, 2)
+            self.last = nn.ReLU()
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.last(self.out(x + self.act(self.fc(x))))
+
+    links = links_of(Res(), torch.randn(3, 4))
+    assert "add()" in str(links["act"].consumer_problem)
+    assert "model's output" in str(links["last"].consumer_problem)
+    assert links["last"].producer == "out" and links["last"].producer_problem is None
+
+
+# --------------------------------------------------------------------------------------
+# recycle: dead units only by default, outputs exact; dormant with tau=; validation
+# --------------------------------------------------------------------------------------
+
+
+def _mlp_dead_and_dormant() -> nn.Sequential:
+    """relu1: units 1, 4 dead (bias -1000); unit 6 alive but dormant (weights * 1e-3)."""
+    net = _bias_killed_mlp()
+    with torch.no_grad():
+        net.fc1.weight[6] *= 1e-3
+        net.fc1.bias[6] = 1e-3
+    return net
+
+
+def test_recycle_default_is_dead_units_only_outputs_exact() -> None:
+    net = _mlp_dead_and_dormant()
+    x, _ = _data()
+    report = scan(net, x)
+    assert report.dead_units("relu1") == KILLED and 6 in report.dormant_units("relu1")
+    before = net(x).detach()
+    summary = recycle(net, report, data=x)
+    assert summary.units == {"relu1": KILLED}
+    assert float((net(x).detach() - before).abs().max()) <= 1e-6
+    assert summary.max_output_change is not None and summary.max_output_change <= 1e-6
+    assert summary.still_dead == {}
+
+
+def test_recycle_tau_recycles_dormant_units_and_measures_the_change() -> None:
+    net = _mlp_dead_and_dormant()
+    x, _ = _data()
+    report = scan(net, x)
+    before = net(x).detach()
+    summary = recycle(net, report, tau=0.1, data=x)
+    assert 6 in summary.units["relu1"] and set(KILLED) <= set(summary.units["relu1"])
+    change = float((net(x).detach() - before).abs().max())
+    assert change > 0  # unit 6 was active: its contribution is gone
+    assert summary.max_output_change == pytest.approx(change, rel=1e-6)
+    with pytest.raises(ValueError, match="tau"):
+        recycle(net, report, tau=float("nan"))
+
+
+def test_recycle_lists_units_still_dead_in_a_fresh_scan() -> None:
+    net = _bias_killed_mlp()
+    x = torch.zeros(8, 8)  # z = b: a recycled unit (b = 0) stays at z = 0, dead
+    with torch.no_grad():
+        net.fc1.bias.fill_(1.0)
+        net.fc1.bias[KILLED] = -1000.0
+    report = scan(net, x)
+    assert report.dead_units("relu1") == KILLED
+    summary = recycle(net, report, data=x)
+    assert summary.still_dead["relu1"] == KILLED
+    fresh = scan(net, x)
+    for site, idx in summary.units.items():
+        expected = sorted(set(idx) & set(fresh.dead_units(site)))
+        assert summary.still_dead.get(site, []) == expected
+    assert "still dead in a fresh scan: relu1: [1, 4]" in str(summary)
+
+
+def test_recycle_refuses_a_foreign_optimizer_or_report() -> None:
+    net = _bias_killed_mlp()
+    x, _ = _data()
+    report = scan(net, x)
+    other = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="holds none of the model's parameters"):
+        recycle(net, report, torch.optim.SGD(other.parameters(), lr=0.1))
+    cnn_report = scan(_cnn(), torch.randn(4, 3, 8, 8))
+    with pytest.raises(ValueError, match="another model"):
+        recycle(net, {"conv_site": torch.ones(3, dtype=torch.bool)})
+    wide = _bias_killed_mlp()
+    wide.fc1, wide.fc2 = nn.Linear(8, 20), nn.Linear(20, 12)
+    with torch.no_grad():
+        wide.fc1.bias[:] = -1000.0
+    with pytest.raises(ValueError, match=r"20 units at 'relu1' but 'fc1' has 16"):
+        recycle(net, scan(wide, x))
+    with pytest.raises(ValueError, match="another model"):
+        recycle(net, cnn_report)
+    with pytest.raises(ValueError, match=r"unit 16 of 'relu1' is out of range"):
+        recycle(net, {"relu1": [16]})
+
+
+# --------------------------------------------------------------------------------------
+# init_bias_: only the given units; bad values
+# --------------------------------------------------------------------------------------
+
+
+def test_init_bias_units_touches_only_those() -> None:
+    net = _bias_killed_mlp()
+    x, _ = _data()
+    bias = net.fc1.bias.detach().clone()
+    summary = init_bias_(net, 0.01, units=scan(net, x))
+    changed = (net.fc1.bias.detach() != bias).nonzero().flatten().tolist()
+    assert changed == KILLED and summary.units == {"relu1": KILLED}
+    assert torch.allclose(net.fc1.bias[KILLED], torch.full((2,), 0.01))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        with pytest.raises(ValueError, match="finite"):
+            init_bias_(net, bad)
+
+
+# --------------------------------------------------------------------------------------
+# swap_activations: function attributes, what is left is reported
+# --------------------------------------------------------------------------------------
+
+
+def test_swap_in_a_transformer_encoder_layer() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16)
+
+    def layer(act: object) -> nn.TransformerEncoderLayer:
+        torch.manual_seed(1)
+        return nn.TransformerEncoderLayer(
+            16, 2, dim_feedforward=32, activation=act, batch_first=True, dropout=0.0
+        ).eval()
+
+    model = layer("relu")
+    summary = swap_activations(model, "leaky_relu(0.2)", example_inputs=x)
+    assert summary.changed == ["activation: function relu() -> module (leaky_relu(slope=0.2))"]
+    assert [s for s in summary.skipped if "still" in s] == []
+    oracle = layer(nn.LeakyReLU(0.2))  # same weights (same seed), the activation given
+    with torch.no_grad():
+        assert torch.allclose(model(x), oracle(x), atol=1e-6)
+    same = layer("relu")
+    with torch.no_grad():
+        y = same(x)
+        swap_activations(same, "relu")
+        assert torch.allclose(same(x), y, atol=1e-6)
+
+
+def test_swap_reports_calls_it_could_not_change() -> None:
+    class Hidden(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+            self.fns = [torch.relu]  # out of reach of every rule
+
+        def forward(self, x: Tensor) -> Tensor:
+            if x.sum() > -1e9:  # untraceable
+                x = self.fns[0](self.fc(x))
+            return x
+
+    summary = swap_activations(Hidden(), "elu", example_inputs=torch.randn(2, 3))
+    assert summary.changed == []
+    assert any(s.startswith(":relu: relu is still called") for s in summary.skipped)

@@ -781,6 +781,7 @@ class _Call:
     outputs: list[Key] = field(default_factory=list)
     done: int = -1  # when it returned
     flatten: bool = False  # (N, C, *) -> (N, C * rest)
+    leaf: bool = True  # a module without children (functions: always)
 
     def describe(self) -> str:
         if self.kind == "module":
@@ -798,9 +799,9 @@ class _LinkMode(TorchFunctionMode):
     ) -> Any:
         kwargs = kwargs or {}
         name = str(getattr(func, "__name__", func))
-        if name in _METADATA:
-            return func(*args, **kwargs)
         probe = self.probe
+        if name in _METADATA or probe.in_leaf():
+            return func(*args, **kwargs)
         given = [t for a in (*args, *kwargs.values()) for t in _tensors(a)]
         call = _Call(probe.tick(), "function", name, func, [tensor_key(t) for t in given])
         probe.enter(call)
@@ -822,8 +823,10 @@ class LinkProbe:
     tensors they read and return (:func:`tensor_key`: memory, shape, strides), keeping those
     tensors alive so that identities are not reused. :meth:`on_site` is a capture callback
     (``deadrelu.capture.attach(model, probe.on_site)``): it marks each activation call.
-    A tensor is *used* by a call that reads it from outside the module that received it
-    (``F.linear`` inside the ``nn.Linear`` that got ``x`` is the Linear's use, not another).
+    The calls recorded are those of *leaf* modules (no children: ``nn.Linear``,
+    ``nn.ReLU``...; the torch functions they call inside are theirs) and the torch
+    functions called by container modules' forwards (``x + residual``, ``F.relu``);
+    containers themselves are transparent, as in a ``torch.fx`` graph.
 
     :meth:`links` then applies the rules of :func:`link_sites` to what happened: the
     producer is the Linear / Conv whose output reaches the activation through Dropout /
@@ -854,26 +857,35 @@ class LinkProbe:
         self._seq += 1
         return self._seq
 
+    def in_leaf(self) -> bool:
+        """Whether a leaf module's forward is running (its inner calls are its own)."""
+        return bool(self._stack) and self._stack[-1].leaf
+
     def enter(self, call: _Call) -> None:
-        """Record ``call``'s uses of its inputs (those its enclosing module did not get)."""
-        parent = set(self._stack[-1].inputs) if self._stack else set()
-        for k in dict.fromkeys(call.inputs):
-            if k not in parent:
+        """Record ``call``'s uses of its inputs (a container uses nothing itself)."""
+        if call.leaf:
+            for k in dict.fromkeys(call.inputs):
                 self._uses.setdefault(k, []).append(call)
 
     def leave(self, call: _Call, made: list[Tensor]) -> None:
         call.done = self.tick()
         call.outputs = [tensor_key(t) for t in made]
-        for t, k in zip(made, call.outputs, strict=True):
-            self._made.setdefault(k, []).append(call)
-            self._keep.append(t)
+        self._keep.extend(made)
+        if call.leaf:
+            for k in call.outputs:
+                self._made.setdefault(k, []).append(call)
 
     def _pre(self, path: str) -> Callable[..., None]:
         def hook(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            if self.in_leaf():
+                return  # a module called inside a leaf module's forward is the leaf's
             with torch._C.DisableTorchFunction():
                 given = [t for a in (*args, *kwargs.values()) for t in _tensors(a)]
                 self._keep.extend(given)
                 call = _Call(self.tick(), "module", path, m, [tensor_key(t) for t in given])
+                call.leaf = next(iter(m.children()), None) is None
+                if isinstance(m, nn.Flatten) and call.inputs:
+                    call.flatten = m.start_dim == 1 and m.end_dim == -1
                 self.enter(call)
                 self._calls_of[path] = self._calls_of.get(path, 0) + 1
                 self._stack.append(call)
@@ -882,13 +894,12 @@ class LinkProbe:
 
     def _post(self) -> Callable[..., None]:
         def hook(m: nn.Module, args: Any, out: Any) -> None:
+            if not self._stack or all(c.target is not m for c in self._stack):
+                return
             with torch._C.DisableTorchFunction():
-                while self._stack:
+                call = self._stack.pop()
+                while call.target is not m:
                     call = self._stack.pop()
-                    if call.target is m:
-                        break
-                else:
-                    return
                 made = _tensors(out)
                 self.leave(call, made)
                 if not self._stack:
@@ -948,7 +959,7 @@ class LinkProbe:
                 lk.producer_problem = lk.consumer_problem = "the activation call was not seen"
                 out[name] = lk
                 continue
-            if zk not in self._made:  # capture copied z before an in-place call
+            if ok in call.inputs:  # in place: capture handed over a copy of z
                 zk = ok
             self._probe_back(lk, zk, call)
             self._probe_forward(lk, ok, call)
@@ -1014,6 +1025,11 @@ class LinkProbe:
         self, u: _Call, k: Key, flat: bool, lk: SiteLinks, stack: list[tuple[Key, _Call, bool]]
     ) -> str | None:
         nxt = u.outputs[0] if u.outputs else None
+        if u.flatten and nxt:
+            if flat:
+                return f"it is flattened twice ({u.describe()})"
+            stack.append((nxt, u, True))
+            return None
         if u.kind == "module":
             m = u.target
             if isinstance(m, nn.Linear) or (isinstance(m, _AFFINE) and m.groups == 1 and not flat):
@@ -1029,11 +1045,6 @@ class LinkProbe:
                 stack.append((nxt, u, flat))
                 return None
             return f"its output reaches {u.describe()}"
-        if u.flatten and nxt:
-            if flat:
-                return f"it is flattened twice ({u.describe()})"
-            stack.append((nxt, u, True))
-            return None
         if nxt and (_passes(u) or u.name in _GATE_NAMES):
             stack.append((nxt, u, flat))
             return None

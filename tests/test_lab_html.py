@@ -364,6 +364,28 @@ def test_page_height_width_and_label_columns_at_1400px(cfg: LabConfig, tmp_path:
         assert attrs["data-squeezed-cells"] == "0", attrs
         if limit is not None:
             assert int(attrs["data-page-height"]) < limit, attrs
+    # negative control: the same checks see a squeezed label column and a too-wide block
+    bad = page.read_text(encoding="utf-8").replace(
+        "<main>",
+        '<main><table><tr><th style="width:4px;max-width:4px;white-space:normal;'
+        'overflow-wrap:anywhere">squeezedlabel</th></tr></table>'
+        '<div style="width:3000px">wide</div>',
+        1,
+    )
+    bad_page = cfg.out / "bad.html"
+    bad_page.write_text(bad, encoding="utf-8")
+    dom = _chromium(
+        exe,
+        tmp_path,
+        "--window-size=1400,1000",
+        "--virtual-time-budget=10000",
+        "--dump-dom",
+        bad_page.resolve().as_uri(),
+    )
+    tag = re.search(r"<body[^>]*>", dom.stdout)
+    assert tag is not None
+    attrs = dict(re.findall(r'(data-[a-z-]+)="([^"]*)"', tag.group(0)))
+    assert attrs["data-squeezed-cells"] == "1" and int(attrs["data-too-wide"]) >= 1, attrs
     shot = tmp_path / "shot1400.png"
     run = _chromium(
         exe, tmp_path, "--window-size=1400,2400", f"--screenshot={shot}", page.resolve().as_uri()

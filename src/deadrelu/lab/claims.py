@@ -160,7 +160,10 @@ class ClaimPart:
     @property
     def provenance(self) -> str:
         """``"E7: quick, 5 seeds"`` (and ``", timing-based"``)."""
-        bits = [b for b in (self.preset, f"{self.n_seeds} seeds" if self.n_seeds else "") if b]
+        seeds = (
+            "" if not self.n_seeds else ("1 run" if self.n_seeds == 1 else f"{self.n_seeds} seeds")
+        )
+        bits = [b for b in (self.preset, seeds) if b]
         if self.source == "timings":
             bits.append("timing-based")
         return f"{self.experiment}" + (f" ({', '.join(bits)})" if bits else "")

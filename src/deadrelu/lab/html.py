@@ -21,7 +21,8 @@ The inline script writes on ``<body>`` once the page has loaded: ``data-images-l
 ``data-claims-visible="yes"`` (the table is in the first screen), ``data-page-height``
 (pixels, with the collapsed sections as they are), ``data-too-wide`` (elements wider
 than the viewport outside a scroll box; 0 when the page never scrolls sideways) and
-``data-squeezed-cells`` (table cells squeezed into a column narrower than a word), so a
+``data-squeezed-cells`` (table cells whose text breaks inside a word: more lines than
+words, a label column squeezed to a letter per line), so a
 headless browser can check them. Opened as ``index.html#all`` the page expands every
 collapsed section first. The page carries no date: the same results give the same
 bytes.
@@ -89,7 +90,7 @@ details summary{cursor:pointer;color:#333;font-weight:600}
 """
 
 #: Runs on load: counts decoded images and claims-table rows, measures the page.
-_SCRIPT = """
+_SCRIPT = r"""
 window.addEventListener('load', function () {
   var b = document.body;
   if (location.hash === '#all') {
@@ -118,14 +119,23 @@ window.addEventListener('load', function () {
   var sw = document.documentElement.scrollWidth > vw + 1 ? 1 : 0;
   b.setAttribute('data-too-wide', String(wide.length + sw));
   b.setAttribute('data-too-wide-list', wide.slice(0, 5).join(' '));
-  var squeezed = 0;
+  var squeezed = [];
   Array.prototype.forEach.call(document.querySelectorAll('th, td'), function (c) {
-    var q = c.getBoundingClientRect();
-    if (q.width > 0 && q.width < 48 && q.height > 4 * q.width && c.textContent.length > 3) {
-      squeezed += 1;
-    }
+    Array.prototype.forEach.call(c.childNodes, function (n) {
+      var text = n.nodeType === 3 ? n.textContent.trim() : '';
+      if (text.length < 4) { return; }
+      var range = document.createRange();
+      range.selectNodeContents(n);
+      var tops = {};
+      Array.prototype.forEach.call(range.getClientRects(), function (q) {
+        if (q.width > 0) { tops[Math.round(q.top)] = 1; }
+      });
+      var lines = Object.keys(tops).length, words = text.split(/\s+/).length;
+      if (lines > words) { squeezed.push(text.slice(0, 20)); }
+    });
   });
-  b.setAttribute('data-squeezed-cells', String(squeezed));
+  b.setAttribute('data-squeezed-cells', String(squeezed.length));
+  b.setAttribute('data-squeezed-list', squeezed.slice(0, 5).join(' | '));
 });
 """
 
@@ -284,7 +294,8 @@ def _claim_verdicts(r: Mapping[str, Any]) -> str:
             extra += f' <span class="badge fragile">fragile {stab.get("share", 0):.0%}</span>'
         if rec.get("source") == "timings":
             extra += ' <span class="badge timing">timing-based</span>'
-        seeds = f", {rec['n_seeds']} seeds" if rec.get("n_seeds") else ""
+        n = rec.get("n_seeds")
+        seeds = "" if not n else (", 1 run" if n == 1 else f", {n} seeds")
         parts.append(
             f'<div class="claimv"><p><b>{_e(cid)}</b> {_badge(str(rec.get("verdict", "n/a")))}'
             f"{extra} {_e(rec.get('summary', ''))}</p>"

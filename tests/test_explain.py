@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from deadrelu.advice import suggest
 from deadrelu.certify import Box
 from deadrelu.explain import UpdateTracker, cause_of, explain
 from deadrelu.monitor import Monitor
-from deadrelu.advice import suggest
 from deadrelu.scan import scan
 from models import DeadChannelCNN, DeadMLP, FirstLayerNegativeWeights
 
@@ -39,7 +39,13 @@ def test_bias_killed_units_are_labelled_bias() -> None:
     assert u.wx_max is not None and 0 < u.wx_max <= 1.0  # |w.x| <= 1 by construction
     assert u.z_max == pytest.approx(-1000.0 + u.wx_max)
     assert u.margin == -u.z_max
-    assert expl.by_cause() == {"bias": 3, "weights": 0, "both": 0, "unknown": 0, "active_in_eval": 0}
+    assert expl.by_cause() == {
+        "bias": 3,
+        "weights": 0,
+        "both": 0,
+        "unknown": 0,
+        "active_in_eval": 0,
+    }
 
 
 def test_weights_and_both_by_construction() -> None:
@@ -214,3 +220,64 @@ def test_suggest_from_a_monitor() -> None:
     lines = suggest(mon, model=net, data=x)
     n_dead = sum(len(idx) for idx in mon.all_units().values())
     assert lines[0].startswith(f"{n_dead} of 64 units are dead")
+
+
+class _DictModel(nn.Module):
+    """Hugging Face style: ``model(**{"input_ids": ..., "attention_mask": ...})``, and not
+    traceable by torch.fx (data-dependent control flow)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2)
+        with torch.no_grad():
+            self.fc1.weight[[0, 3]] = self.fc1.weight[[0, 3]].abs()  # w.x > 0 for x > 0
+            self.fc1.bias[[0, 3]] = -1000.0  # dead by construction, cause "bias"
+            self.fc1.weight[5] = -self.fc1.weight[5].abs()  # w.x <= 0 for x >= 0
+            self.fc1.bias[5] = 0.0  # cause "weights"
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        if bool(attention_mask.any()):
+            input_ids = input_ids * attention_mask
+        return self.fc2(self.act(self.fc1(input_ids)))
+
+
+def test_dict_batches_of_an_untraceable_model_get_causes() -> None:
+    torch.manual_seed(0)
+    model = _DictModel()
+    g = torch.Generator().manual_seed(0)
+    data = [
+        {"input_ids": torch.rand(16, 4, generator=g), "attention_mask": torch.ones(16, 4)}
+        for _ in range(2)
+    ]
+    report = scan(model, data)
+    assert report.dead_units("act") == [0, 3, 5]
+    expl = explain(model, report, data)
+    assert expl.causes("act") == {0: "bias", 3: "bias", 5: "weights"}
+    assert {expl.unit("act", u).producer for u in (0, 3, 5)} == {"fc1"}
+    # without data the model cannot be linked: the causes are unknown, and the note says why
+    blind = explain(model, report)
+    assert set(blind.causes("act").values()) == {"unknown"}
+    assert "example_inputs" in blind.notes[0]
+
+
+def test_units_dead_only_in_train_mode_batchnorm_are_active_in_eval() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(4, 3), nn.BatchNorm1d(3, momentum=0.0), nn.ReLU(), nn.Linear(3, 1)
+    )
+    with torch.no_grad():
+        net[1].bias[1] = -10.0  # train mode: (x - mean) / std - 10 < 0 on a batch of 32
+        net[1].bias[2] = -1e4  # dead in both modes
+    x = 100 * torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+    net.train()
+    with Monitor(net, every=1, window=2, threshold=None, training_only=False) as mon:
+        for _ in range(3):
+            net(x)
+            mon.step()
+    assert mon.dead_units("2") == [1, 2]
+    # eval mode: running mean 0, var 1 (momentum 0): z = W x + b - 10 > 0 somewhere
+    z_eval = (net[0](x) + net[1].bias - net[1].running_mean).detach()[:, 1]
+    assert float(z_eval.max()) > 0
+    expl = explain(net, mon, x)
+    assert expl.causes("2") == {1: "active_in_eval", 2: "bias"}
+    assert "active in eval mode" in expl.unit("2", 1).note

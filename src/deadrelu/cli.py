@@ -29,8 +29,15 @@ DEFAULT_OUT = Path("report")
 def _subcommands() -> list[Callable[[Any], argparse.ArgumentParser]]:
     """The ``add_<name>_parser`` functions, in the order ``--help`` lists them."""
     from deadrelu.lab.command import add_lab_parser
+    from deadrelu.scan_command import add_certify_parser, add_explain_parser, add_scan_parser
 
-    return [add_activations_parser, add_lab_parser]
+    return [
+        add_scan_parser,
+        add_explain_parser,
+        add_certify_parser,
+        add_activations_parser,
+        add_lab_parser,
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:

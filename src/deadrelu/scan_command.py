@@ -1,0 +1,509 @@
+"""``deadrelu scan``, ``deadrelu explain`` and ``deadrelu certify``: a model named by a spec.
+
+``deadrelu scan MODEL [--data DATA] [--batches N] [--batch-size B] [--json PATH]
+[--html PATH] [--fail-on EXPR] ...`` builds the model and its data with
+:mod:`deadrelu.sources`, runs :func:`deadrelu.scan.scan`, prints the per-site table and
+writes the report's JSON / HTML. ``--fail-on`` gates CI: the exit status is 1 when a
+condition holds, e.g. ``dead>5%`` (over all units), ``dormant>0`` (count),
+``layer4.1.relu:dead>10%`` (one site; ``fnmatch`` patterns such as ``layer4.*:dead>0``
+match several), several joined by commas. Exit status: 0 fine, 1 a ``--fail-on``
+condition holds, 2 a bad spec, option or file.
+
+The sub-commands are wired into :mod:`deadrelu.cli` by :func:`add_scan_parser`,
+:func:`add_explain_parser` and :func:`add_certify_parser`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import re
+import sys
+import textwrap
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "FailOn",
+    "add_certify_parser",
+    "add_explain_parser",
+    "add_scan_parser",
+    "parse_fail_on",
+    "run_certify",
+    "run_explain",
+    "run_scan",
+]
+
+_FAIL_ON = re.compile(
+    r"^\s*(?:(?P<site>.+):)?(?P<kind>[a-z_]+)\s*(?P<op>>=|>)\s*(?P<num>\d+(?:\.\d+)?)\s*"
+    r"(?P<pct>%)?\s*$"
+)
+_FAIL_ON_FORMS = (
+    "KIND>N (a count of units), KIND>N% (a percentage), optionally SITE: in front (one site or "
+    "an fnmatch pattern), >= also accepted, several joined by commas; KIND is one of "
+)
+
+
+@dataclass(frozen=True)
+class FailOn:
+    """One ``--fail-on`` condition: ``[site:]kind (>|>=) value[%]``."""
+
+    text: str
+    kind: str
+    op: str
+    value: float
+    percent: bool
+    site: str | None = None
+
+    def check(self, report: Any) -> list[str]:
+        """The messages of the places where the condition holds (empty: it does not).
+
+        Raises:
+            ValueError: the site names no site of ``report``.
+        """
+        if self.site is None:
+            places = [("all sites", report.count(self.kind), report.total_units)]
+        else:
+            names = [n for n in report.stats if n == self.site] or [
+                n for n in report.stats if fnmatch.fnmatchcase(n, self.site)
+            ]
+            if not names:
+                raise ValueError(
+                    f"--fail-on {self.text!r}: no site {self.site!r} in the report; sites: "
+                    f"{', '.join(report.stats)}"
+                )
+            places = [(n, len(report.units(self.kind, n)), report.stats[n].units) for n in names]
+        out = []
+        for where, count, units in places:
+            measured = 100.0 * count / units if self.percent and units else float(count)
+            hit = measured >= self.value if self.op == ">=" else measured > self.value
+            if hit:
+                unit = "%" if self.percent else ""
+                out.append(
+                    f"{self.text}: {where} has {count}/{units} {self.kind} units "
+                    f"({100.0 * count / max(units, 1):.2f} %), {measured:g}{unit} "
+                    f"{self.op} {self.value:g}{unit}"
+                )
+        return out
+
+
+def parse_fail_on(text: str) -> list[FailOn]:
+    """Parse ``--fail-on`` text (comma-separated conditions).
+
+    Raises:
+        ValueError: a condition is malformed or names an unknown class (the message gives
+            the accepted forms).
+    """
+    from deadrelu.classify import CLASS_NAMES
+
+    out = []
+    for part in (p.strip() for p in text.split(",")):
+        m = _FAIL_ON.match(part)
+        if not m or m["kind"] not in CLASS_NAMES:
+            raise ValueError(
+                f"--fail-on {part!r} is not a condition; accepted: {_FAIL_ON_FORMS}"
+                f"{', '.join(CLASS_NAMES)} (e.g. 'dead>5%', 'dormant>0', 'layer4.*:dead>=10%')"
+            )
+        value = float(m["num"])
+        if m["pct"] and value > 100:
+            raise ValueError(f"--fail-on {part!r}: a percentage is at most 100")
+        out.append(FailOn(part, m["kind"], m["op"], value, bool(m["pct"]), m["site"]))
+    return out
+
+
+# ------------------------------------------------------------------ shared options
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from deadrelu.sources import MODEL_FORMS
+
+    p.add_argument("model", metavar="MODEL", help=f"the model: {MODEL_FORMS}")
+    p.add_argument(
+        "--weights",
+        metavar="PATH",
+        default=None,
+        help="a state dict (.pt/.pth/.bin/.ckpt read weights-only, or .safetensors) to load "
+        "into MODEL (zoo models are random init without it)",
+    )
+    p.add_argument(
+        "--arch",
+        metavar="SPEC",
+        default=None,
+        help="the architecture a checkpoint file's weights go into, e.g. torchvision:resnet18",
+    )
+    p.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow a checkpoint that holds a pickled model (unpickling runs code from the "
+        "file: only for files you trust)",
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="model and input dtype (default: float32)",
+    )
+
+
+def _add_data_args(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    from deadrelu.sources import DATA_FORMS
+
+    p.add_argument(
+        "--data",
+        metavar="DATA",
+        default=None,
+        required=required,
+        help=f"the inputs: {DATA_FORMS} (default: random, the model's expected input)",
+    )
+    p.add_argument(
+        "--batches", type=int, default=8, metavar="N", help="batches to run (default: 8)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=16, metavar="B", help="samples per batch (default: 16)"
+    )
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        default=128,
+        metavar="N",
+        help="tokens per sequence for text and random token ids (default: 128)",
+    )
+
+
+def _add_scan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--unit-dim",
+        action="append",
+        default=None,
+        metavar="DIM|SITE=DIM",
+        help="the unit axis: one int for every site, or SITE=DIM (fnmatch pattern allowed), "
+        "repeatable (default: channels for convolutions, last dim otherwise)",
+    )
+    p.add_argument(
+        "--detail",
+        choices=("counts", "range", "full"),
+        default="range",
+        help="statistics to gather: counts (dead, dormant, rarely active), range (also z "
+        "min/max; default), full (also mean and variance)",
+    )
+    p.add_argument(
+        "--tau",
+        type=float,
+        default=None,
+        help="ReDo dormancy threshold (default: the library's, 0.1)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _unit_dim(values: Sequence[str] | None) -> Any:
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        return int(values[0])
+    out: dict[str, int] = {}
+    for v in values:
+        site, sep, dim = v.rpartition("=")
+        if not sep or not site:
+            raise ValueError(f"--unit-dim {v!r}: give one int, or SITE=DIM (repeatable)")
+        out[site] = int(dim)
+    return out
+
+
+def _err(command: str, message: Any) -> int:
+    from rich.console import Console
+
+    text = " ".join(str(message).split())
+    Console(stderr=True, soft_wrap=True).print(
+        f"deadrelu {command}: {text}", style="red", markup=False, highlight=False
+    )
+    return 2
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Iterable[Any]]:
+    import torch
+
+    from deadrelu.sources import load_data, load_model
+
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
+    loaded = load_model(
+        args.model,
+        weights=args.weights,
+        arch=args.arch,
+        trust_pickle=args.trust_pickle,
+        device=args.device,
+        dtype=dtype,
+    )
+    data = load_data(
+        args.data,
+        loaded,
+        batches=args.batches,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+    )
+    return loaded, data
+
+
+_USER_ERRORS = (ValueError, ImportError, OSError, KeyError, TypeError)
+
+
+def _scan(args: argparse.Namespace, loaded: Any, data: Iterable[Any], detail: str) -> Any:
+    from deadrelu import classify
+    from deadrelu.scan import scan
+
+    progress = not args.no_progress and sys.stderr.isatty()
+    return scan(
+        loaded.model,
+        data,
+        max_batches=args.batches,
+        unit_dim=_unit_dim(args.unit_dim),
+        tau=classify.DORMANT_TAU if args.tau is None else args.tau,
+        progress=progress,
+        detail=detail,  # type: ignore[arg-type]
+    )
+
+
+def _print_table(report: Any) -> None:
+    from rich.console import Console
+
+    console = Console(width=None if sys.stdout.isatty() else 160)
+    console.print(report.table(width=console.width))  # full site names (wrapped if long)
+
+
+# ------------------------------------------------------------------ deadrelu scan
+
+
+def add_scan_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``deadrelu scan``: dead units of a model named by a spec, with a CI gate."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "scan",
+        help="find the dead, dormant, rarely active units of a model (zoo name, HF "
+        "directory, factory or checkpoint); JSON, HTML and a CI gate",
+        description=textwrap.fill(
+            "Build MODEL, run it over DATA in eval mode and print one row per activation "
+            "site: units, dead, dormant, rarely active, saturated, non-finite. --json and "
+            "--html write the report; --fail-on sets exit status 1 when a condition holds "
+            "(for CI). Exit status 2: a bad spec, option or file.",
+            width=80,
+        ),
+        epilog=(
+            "examples:  deadrelu scan torchvision:resnet18 --data random:3x64x64\n"
+            "           deadrelu scan ckpt.pt --arch torchvision:resnet18 --fail-on 'dead>5%'\n"
+            "           deadrelu scan hf:./my-model --data corpus.txt --seq-len 64 --json r.json\n"
+            "           deadrelu scan mypkg.models:build --data val_images/ --html scan.html"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_model_args(p)
+    _add_data_args(p)
+    _add_scan_args(p)
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the JSON")
+    p.add_argument(
+        "--html", type=Path, default=None, metavar="PATH", help="write the HTML scan report"
+    )
+    p.add_argument(
+        "--explain",
+        action="store_true",
+        help="also explain each dead unit (causes in the output and the HTML report)",
+    )
+    p.add_argument(
+        "--fail-on",
+        default=None,
+        metavar="EXPR",
+        help="exit 1 when a condition holds: 'dead>5%%', 'dormant>0', "
+        "'layer4.*:dead>=10%%', several joined by commas",
+    )
+    p.add_argument("--quiet", action="store_true", help="no table, only failures and errors")
+    p.set_defaults(func=run_scan)
+    return p
+
+
+def run_scan(args: argparse.Namespace) -> int:
+    """Handler of ``deadrelu scan``; returns the exit status (0, 1: --fail-on, 2: error)."""
+    try:
+        gates = parse_fail_on(args.fail_on) if args.fail_on else []
+        loaded, data = _load(args)
+        data = list(data) if args.explain else data
+        report = _scan(args, loaded, data, args.detail)
+        report.meta["model_spec"] = args.model
+        report.meta["data_spec"] = args.data or "random"
+        failures = [msg for g in gates for msg in g.check(report)]
+        explanation = None
+        if args.explain:
+            from deadrelu.explain import explain
+
+            explanation = explain(loaded.model, report, data=data)
+    except _USER_ERRORS as exc:
+        return _err("scan", exc)
+    from rich.console import Console
+
+    if not args.quiet:
+        _print_table(report)
+        if explanation is not None:
+            print(str(explanation))
+    try:
+        if args.json is not None:
+            report.to_json(args.json)
+        if args.html is not None:
+            from deadrelu.scan_html import write_html
+
+            write_html(
+                report, args.html, explanation=explanation, title=f"deadrelu scan: {args.model}"
+            )
+    except OSError as exc:
+        return _err("scan", exc)
+    err = Console(stderr=True, soft_wrap=True)
+    for msg in failures:
+        err.print(f"deadrelu scan: fail-on {msg}", style="red", markup=False, highlight=False)
+    return 1 if failures else 0
+
+
+# ------------------------------------------------------------------ deadrelu explain
+
+
+def add_explain_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``deadrelu explain``: the cause of each dead unit of a model named by a spec."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "explain",
+        help="scan a model and give the cause of each dead unit (bias, weights, input range)",
+        description=textwrap.fill(
+            "Scan MODEL over DATA (as deadrelu scan does) and explain every dead unit: its "
+            "largest pre-activation z_max, its effective bias, and the cause label.",
+            width=80,
+        ),
+        epilog="example:  deadrelu explain ckpt.pt --arch torchvision:resnet18 --data random",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_model_args(p)
+    _add_data_args(p)
+    _add_scan_args(p)
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the JSON")
+    p.set_defaults(func=run_explain)
+    return p
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    """Handler of ``deadrelu explain``; returns the exit status (0, 2: error)."""
+    from deadrelu.explain import explain
+
+    try:
+        loaded, data = _load(args)
+        data = list(data)
+        detail = "full" if args.detail == "full" else "range"
+        report = _scan(args, loaded, data, detail)
+        expl = explain(loaded.model, report, data=None)
+    except _USER_ERRORS as exc:
+        return _err("explain", exc)
+    print(str(expl))
+    if args.json is not None:
+        try:
+            args.json.write_text(json.dumps(expl.to_dict(), indent=1) + "\n", encoding="utf-8")
+        except OSError as exc:
+            return _err("explain", exc)
+    return 0
+
+
+# ------------------------------------------------------------------ deadrelu certify
+
+
+def add_certify_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``deadrelu certify``: units dead for every input in a box."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "certify",
+        help="prove units dead for every input in a box (interval / symbolic bounds)",
+        description=textwrap.fill(
+            "Bound every pre-activation of MODEL over an input box and list the units whose "
+            "upper bound is below 0: dead for any input in the box, not only on data. "
+            "--box data takes the per-feature min and max of DATA; --box LO,HI a constant "
+            "box of the model's input shape (or --input-shape).",
+            width=80,
+        ),
+        epilog=(
+            "examples:  deadrelu certify mypkg.models:mlp --box=-1,1 --input-shape 784\n"
+            "           deadrelu certify ckpt.pt --arch mypkg.models:mlp --box data --data x.pt"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_model_args(p)
+    _add_data_args(p)
+    p.add_argument(
+        "--box",
+        required=True,
+        metavar="data|LO,HI",
+        help="the input domain: 'data' (per-feature range of --data) or LO,HI (constant; "
+        "write --box=-1,1 when LO is negative)",
+    )
+    p.add_argument(
+        "--input-shape",
+        default=None,
+        metavar="CxHxW",
+        help="one sample's shape for --box LO,HI when the model does not declare it",
+    )
+    p.add_argument(
+        "--method",
+        choices=("symbolic", "ibp"),
+        default="symbolic",
+        help="bounds: symbolic (tighter; default) or ibp (interval, cheaper)",
+    )
+    p.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the JSON")
+    p.set_defaults(func=run_certify)
+    return p
+
+
+def _box(args: argparse.Namespace, loaded: Any) -> Any:
+    from deadrelu.certify import Box
+    from deadrelu.sources import SpecError, input_tensors, load_data
+
+    if args.box == "data":
+        data = load_data(
+            args.data, loaded, batches=args.batches, batch_size=args.batch_size, seq_len=1
+        )
+        return Box.from_data(list(input_tensors(data)))
+    lo_text, sep, hi_text = args.box.partition(",")
+    try:
+        lo, hi = float(lo_text), float(hi_text)
+    except ValueError:
+        lo = hi = float("nan")
+    if not sep or lo != lo or hi != hi:
+        raise SpecError(f"--box {args.box!r}: give 'data' or 'LO,HI' (two numbers, e.g. -1,1)")
+    if args.input_shape:
+        shape = tuple(int(s) for s in args.input_shape.lower().split("x"))
+    elif loaded.input_shape:
+        shape = tuple(loaded.input_shape)
+    else:
+        raise SpecError(
+            f"--box {args.box!r}: the input shape of {args.model!r} is not known; pass "
+            "--input-shape (e.g. 3x32x32 or 784)"
+        )
+    return Box.from_bounds(shape, lo, hi)
+
+
+def run_certify(args: argparse.Namespace) -> int:
+    """Handler of ``deadrelu certify``; returns the exit status (0, 2: error)."""
+    from deadrelu.certify import certify
+    from deadrelu.sources import load_model
+
+    try:
+        loaded = load_model(
+            args.model,
+            weights=args.weights,
+            arch=args.arch,
+            trust_pickle=args.trust_pickle,
+            device=args.device,
+        )
+        box = _box(args, loaded)
+        cert = certify(loaded.model, box, method=args.method)
+    except _USER_ERRORS as exc:
+        return _err("certify", exc)
+    print(cert.summary())
+    for note in cert.notes:
+        print(f"note: {note}")
+    if args.json is not None:
+        try:
+            args.json.write_text(json.dumps(cert.to_dict(), indent=1) + "\n", encoding="utf-8")
+        except OSError as exc:
+            return _err("certify", exc)
+    return 0

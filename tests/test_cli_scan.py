@@ -1,0 +1,279 @@
+"""``deadrelu scan / explain / certify`` on models named by a spec, with dead units by construction.
+
+Ground truth: in the ResNet-18 checkpoint every convolution weight is 0 and every
+BatchNorm bias +1 (eval-mode BN with fresh running statistics is then z = bias at every
+position), except the biases set to -1000: exactly those units are dead, whatever the
+input. The tiny OPT has fc1 biases +10 (|w . x| is far below 10 at init) except the ones
+set to -1000. ``tests/models.py`` gives the MLPs (bias -1000 = dead, the others bounded
+alive on [-1, 1]).
+
+The CLI runs in-process (``main(argv)``) for speed; one test runs the installed script.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from deadrelu.cli import main
+from deadrelu.zoo import import_torchvision
+from models import DeadMLP
+
+RESNET_DEAD = {"relu": [1, 5], "layer2.0.relu": [0, 7, 100]}
+OPT_DEAD = {
+    "model.decoder.layers.0.activation_fn": [2, 9],
+    "model.decoder.layers.1.activation_fn": [0],
+}
+
+
+def _dead_from_json(path: Path) -> dict[str, list[int]]:
+    data = json.loads(path.read_text())
+    return {s["name"]: s["units"]["dead"] for s in data["sites"] if s["units"]["dead"]}
+
+
+@pytest.fixture(scope="module")
+def resnet_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tv = import_torchvision()
+    sd = tv.models.resnet18().state_dict()
+    for name, t in sd.items():
+        if name.endswith(".weight") and t.dim() == 4:
+            t.zero_()
+        if name.endswith(".bias") and (
+            ".bn" in name or name.startswith("bn") or "downsample.1" in name
+        ):
+            t.fill_(1.0)
+    for site, units in RESNET_DEAD.items():
+        bn = "bn1.bias" if site == "relu" else site.replace(".relu", ".bn1.bias")
+        sd[bn][units] = -1000.0
+    path = tmp_path_factory.mktemp("resnet") / "killed.pt"
+    torch.save(sd, path)
+    return path
+
+
+def test_resnet18_checkpoint_reports_exactly_the_killed_units(
+    resnet_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out.json"
+    argv = ["scan", "torchvision:resnet18", "--weights", str(resnet_ckpt)]
+    argv += ["--data", "random:3x64x64", "--batches", "1", "--batch-size", "2"]
+    assert main([*argv, "--json", str(out)]) == 0
+    assert _dead_from_json(out) == RESNET_DEAD
+    printed = capsys.readouterr().out
+    assert "layer2.0.relu" in printed and "layer4.1.relu#1" in printed  # full names
+
+    assert main([*argv, "--fail-on", "dead>0"]) == 1
+    err = capsys.readouterr().err
+    assert "dead>0" in err and "5/3904" in err
+    assert main([*argv, "--fail-on", "dead>50%"]) == 0
+    # per site: 3/128 = 2.3 % in layer2.0.relu; 2/64 = 3.1 % in the stem
+    assert main([*argv, "--fail-on", "layer2.0.relu:dead>2%"]) == 1
+    assert main([*argv, "--fail-on", "layer2.0.relu:dead>3%"]) == 0
+    assert main([*argv, "--fail-on", "layer3.*:dead>0,dormant>=6"]) == 0  # 5 dormant
+    assert main([*argv, "--fail-on", "dormant>=5"]) == 1
+
+
+def test_weights_only_checkpoint_as_the_model_with_arch(resnet_ckpt: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.json"
+    argv = ["scan", str(resnet_ckpt), "--arch", "torchvision:resnet18", "--data", "random:3x32x32"]
+    assert main([*argv, "--batches", "1", "--batch-size", "1", "--json", str(out)]) == 0
+    assert _dead_from_json(out) == RESNET_DEAD
+
+
+def test_checkpoint_without_arch_says_to_pass_it(
+    resnet_ckpt: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["scan", str(resnet_ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert "--arch" in err and err.count("\n") == 1
+
+
+def test_pickled_full_model_is_refused_without_trust_pickle(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "full.pt"
+    torch.save(DeadMLP(), path)
+    argv = ["scan", str(path), "--data", "random:8", "--batches", "1"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--trust-pickle" in err and "runs code" in err and err.count("\n") == 1
+    out = tmp_path / "out.json"
+    assert main([*argv, "--trust-pickle", "--json", str(out)]) == 0
+    assert _dead_from_json(out) == DeadMLP().expected_dead
+
+
+def test_fail_on_bad_expression_and_unknown_site(capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["scan", "models:DeadMLP", "--data", "random:8", "--batches", "1"]
+    assert main([*base, "--fail-on", "deadish>5"]) == 2
+    err = capsys.readouterr().err
+    assert "'deadish>5'" in err and "KIND>N%" in err and "dormant" in err
+    assert main([*base, "--fail-on", "nope:dead>0"]) == 2
+    assert "no site 'nope'" in capsys.readouterr().err
+    assert main([*base, "--fail-on", "relu1:dead>=2"]) == 1  # units 1 and 4
+    assert main([*base, "--fail-on", "relu1:dead>2"]) == 0
+
+
+def test_bad_model_spec_is_one_line_naming_the_forms(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["scan", "resnet18"]) == 2
+    err = capsys.readouterr().err
+    assert "'resnet18'" in err and "torchvision:NAME" in err and "hf:DIR" in err
+    assert err.count("\n") == 1
+    assert main(["scan", "models:DeadMLP", "--data", "random:3xfoo"]) == 2
+    assert "random:3x224x224" in capsys.readouterr().err
+
+
+def test_missing_optional_package_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "timm", None)
+    assert main(["scan", "timm:convnext_atto"]) == 2
+    assert "deadrelu[zoo]" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- Hugging Face
+
+
+def _tiny_tokenizer(transformers: object) -> object:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    lines = ["the cat sat on the mat", "a dog ran in the park", "dead units never fire"]
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.train_from_iterator(lines, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]"]))
+    return transformers.PreTrainedTokenizerFast(  # type: ignore[attr-defined]
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]"
+    )
+
+
+@pytest.fixture(scope="module")
+def opt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import_torchvision()
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.OPTConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=2,
+        ffn_dim=32,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        word_embed_proj_dim=16,
+    )
+    model = transformers.OPTForCausalLM(cfg)
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.decoder.layers):
+            layer.fc1.bias.fill_(10.0)
+            layer.fc1.bias[OPT_DEAD[f"model.decoder.layers.{i}.activation_fn"]] = -1000.0
+    d = tmp_path_factory.mktemp("hf") / "opt"
+    model.save_pretrained(d)
+    _tiny_tokenizer(transformers).save_pretrained(d)  # type: ignore[attr-defined]
+    return d
+
+
+def test_hf_directory_with_a_text_file(opt_dir: Path, tmp_path: Path) -> None:
+    text = tmp_path / "corpus.txt"
+    text.write_text("the cat sat on the mat and a dog ran in the park\n" * 8)
+    out = tmp_path / "out.json"
+    argv = ["scan", f"hf:{opt_dir}", "--data", str(text), "--seq-len", "8"]
+    assert main([*argv, "--batch-size", "2", "--batches", "2", "--json", str(out)]) == 0
+    assert _dead_from_json(out) == OPT_DEAD
+    data = json.loads(out.read_text())
+    assert data["meta"]["batches"] == 2
+    # random token ids (no --data) need no tokenizer and find the same units
+    assert (
+        main(["scan", f"hf:{opt_dir}", "--seq-len", "8", "--batches", "1", "--json", str(out)]) == 0
+    )
+    assert _dead_from_json(out) == OPT_DEAD
+
+
+def test_hf_directory_without_tokenizer_gives_a_clear_error(
+    opt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in opt_dir.iterdir():
+        if not f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, bare / f.name)
+    text = tmp_path / "corpus.txt"
+    text.write_text("the cat sat\n")
+    assert main(["scan", f"hf:{bare}", "--data", str(text)]) == 2
+    err = capsys.readouterr().err
+    assert "has no tokenizer" in err and "save_pretrained" in err
+
+
+def test_hf_spec_that_is_not_a_model_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["scan", f"hf:{tmp_path}"]) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- explain, certify
+
+
+def test_explain_gives_a_cause_per_dead_unit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "expl.json"
+    argv = ["explain", "models:DeadMLP", "--data", "random:8", "--batches", "2", "--json", str(out)]
+    assert main(argv) == 0
+    units = {(u["site"], u["unit"]) for u in json.loads(out.read_text())["units"]}
+    assert units == {("relu1", 1), ("relu1", 4), ("relu2", 7)}
+    assert "3 dead unit(s)" in capsys.readouterr().out
+
+
+def test_certify_box_bounds_and_data(tmp_path: Path) -> None:
+    out = tmp_path / "cert.json"
+    argv = ["certify", "models:DeadMLP", "--box=-1,1", "--input-shape", "8", "--json", str(out)]
+    assert main(argv) == 0
+    sites = json.loads(out.read_text())["sites"]
+    assert {k: v["certified_dead"] for k, v in sites.items()} == DeadMLP().expected_dead
+    x = torch.rand(64, 8) * 2 - 1
+    np = pytest.importorskip("numpy")
+    np.save(tmp_path / "x.npy", x.numpy())
+    argv = ["certify", "models:DeadMLP", "--box", "data", "--data", str(tmp_path / "x.npy")]
+    assert main([*argv, "--json", str(out)]) == 0
+    cert = json.loads(out.read_text())
+    assert cert["box"]["lower"]["shape"] == [8]
+    assert {k: v["certified_dead"] for k, v in cert["sites"].items()} == DeadMLP().expected_dead
+
+
+def test_certify_bad_box(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["certify", "models:DeadMLP", "--box", "1"]) == 2
+    assert "LO,HI" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- the installed script
+
+
+def test_installed_script_imports_a_factory_from_the_working_directory(tmp_path: Path) -> None:
+    (tmp_path / "mynet.py").write_text(
+        textwrap.dedent(
+            """
+            import torch
+            from torch import nn
+
+            def build():
+                fc = nn.Linear(4, 6)
+                with torch.no_grad():
+                    fc.weight.zero_()
+                    fc.bias.copy_(torch.tensor([1.0, -1000.0, 1.0, 1.0, -1000.0, 1.0]))
+                return nn.Sequential(fc, nn.ReLU())
+            """
+        )
+    )
+    script = Path(sys.executable).parent / "deadrelu"
+    cmd = [str(script) if script.exists() else "deadrelu", "scan", "mynet:build"]
+    cmd += ["--data", "random:4", "--batches", "1", "--fail-on", "dead>=2", "--json", "r.json"]
+    env = {**os.environ, "COLUMNS": "200"}
+    run = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 1, run.stderr
+    assert "dead>=2" in run.stderr
+    assert _dead_from_json(tmp_path / "r.json") == {"1": [1, 4]}

@@ -23,7 +23,6 @@ from deadrelu.lab.core import (
 from deadrelu.lab.experiments import (
     e1_learning_rate,
     e2_bias,
-    e3_irreversibility,
     e4_remedies,
     e5_leaky_slope,
 )
@@ -84,7 +83,6 @@ def test_rounded_and_ci_dict() -> None:
 MODULES = {
     "E1": e1_learning_rate,
     "E2": e2_bias,
-    "E3": e3_irreversibility,
     "E4": e4_remedies,
     "E5": e5_leaky_slope,
 }
@@ -178,19 +176,6 @@ def test_e2_rules() -> None:
     assert v == {"C4": "supported", "C7": "supported"}
     v, _ = e2_bias.verdicts(_e2_numbers(False))
     assert v == {"C4": "not supported", "C7": "not supported"}
-
-
-def test_e3_rules_and_revival_ground_truth() -> None:
-    # unit 0: dead at eval 1, alive at 2 -> revived; unit 1: always dead; unit 2: dead from
-    # eval 2 on; unit 3: dead only at the last evaluation (not counted)
-    masks = torch.tensor([[0, 1, 0, 0], [1, 1, 0, 0], [0, 1, 1, 0], [0, 1, 1, 1]], dtype=torch.bool)
-    assert e3_irreversibility.revival(masks) == (3, 1)
-    never = {"results": {"relu": {"revived_fraction": [ZEROS, [0.0, 0.01, 0.0, 0.0, 0.0]]}}}
-    assert e3_irreversibility.verdicts(never)[0] == "supported"
-    often = {"results": {"relu": {"revived_fraction": [CLEAR_HIGH, [0.5, 0.6, 0.4, 0.5, 0.55]]}}}
-    assert e3_irreversibility.verdicts(often)[0] == "not supported"
-    none = {"results": {"relu": {"revived_fraction": [[None] * 5, [None] * 5]}}}
-    assert e3_irreversibility.verdicts(none)[0] == "n/a"
 
 
 def _e4_numbers(effect: bool) -> dict[str, Any]:

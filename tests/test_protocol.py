@@ -104,3 +104,8 @@ def test_html_escapes_names() -> None:
     site = Site("blk<b>", act, -1, "module", "blk")
     page = Report({"blk<b>": stats}, {"blk<b>": site})._repr_html_()
     assert "blk&lt;b&gt;" in page and "blk<b>" not in page
+
+
+def _statically_results(r: Report, m: Monitor, c: Certificate, e: Explanation) -> list[Result]:
+    """mypy checks that the four classes satisfy the protocol (``mypy tests/test_protocol.py``)."""
+    return [r, m, c, e]

@@ -116,3 +116,14 @@ def test_module_entry_point(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "deadrelu.cli", "activations", "relu", "--json", "--no-png"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=tmp_path)
     assert json.loads(out.stdout)["activations"][0]["name"] == "relu"
+
+
+def test_lab_markdown_prints_the_claims_table_of_a_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    results = Path(__file__).resolve().parents[1] / "docs" / "lab" / "results.json"
+    assert main(["lab", "--markdown", str(results)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| claim | the notes say | verdict | key number | from |"
+    assert lines[2].startswith("| C1 | a dead unit outputs 0 for any input |")
+    assert main(["lab", "--markdown", str(results.with_name("missing.json"))]) == 2

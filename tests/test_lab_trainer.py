@@ -183,6 +183,15 @@ def test_cnn_module_returns_the_trained_member(data: Dataset) -> None:
     assert acc.item() == pytest.approx(res.test_acc[1, -1].item(), abs=1e-9)
 
 
+def test_eval_at_adds_evaluation_steps(data: Dataset) -> None:
+    cfg = _cfg(steps=10, eval_every=5, eval_at=(3, 99))
+    assert cfg.eval_steps() == [0, 3, 5, 10]
+    member = Member(seed=0, lr=0.1, bias_kick=-1000.0, kick_step=4)
+    res = train_batched([member], cfg, data)
+    # the kick at step 4 kills every unit: alive at step 3 (before), dead at 5 (after)
+    assert res.dead_frac[0, 1].max() < 1.0 and (res.dead_frac[0, 2] == 1.0).all()
+
+
 def test_unknown_optimizer_and_arch_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown optimizer"):
         TrainConfig(widths=WIDTHS, steps=1, optimizer="rmsprop")

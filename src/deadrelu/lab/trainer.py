@@ -294,6 +294,8 @@ class TrainConfig:
             activation slopes (as the optimizers' ``weight_decay``).
         arch: ``"mlp"`` or ``"cnn"`` (see the module docstring).
         kernel_size: the CNN's convolution width.
+        eval_at: extra evaluation steps (e.g. the step before a kick), besides every
+            ``eval_every``-th; steps outside ``[0, steps]`` are ignored.
     """
 
     widths: tuple[int, ...]
@@ -306,6 +308,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     arch: str = "mlp"
     kernel_size: int = 5
+    eval_at: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -318,15 +321,16 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
     def eval_steps(self) -> list[int]:
-        """The steps at which the members are evaluated: 0, eval_every, ..., steps."""
+        """The steps at which the members are evaluated: 0, eval_every, ..., steps, and the
+        ``eval_at`` steps, sorted."""
         if self.steps < 0 or self.eval_every < 1:
             raise ValueError(
                 f"need steps >= 0 and eval_every >= 1, got {self.steps}, {self.eval_every}"
             )
-        out = list(range(0, self.steps + 1, self.eval_every))
-        if out[-1] != self.steps:
-            out.append(self.steps)
-        return out
+        out = set(range(0, self.steps + 1, self.eval_every))
+        out.add(self.steps)
+        out.update(s for s in self.eval_at if 0 <= s <= self.steps)
+        return sorted(out)
 
 
 @dataclass

@@ -103,7 +103,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deadrelu import activations
 from deadrelu.capture import Site
 from deadrelu.monitoring import (
     NEVER,
@@ -116,8 +115,9 @@ from deadrelu.monitoring import (
     SiteWindow,
     ZeroGradCheck,
     ZeroGradProbe,
+    checkpoint,
 )
-from deadrelu.report import Report, html_table, tensor_from_json, tensor_to_json
+from deadrelu.report import Report, html_table
 from deadrelu.scan import require_materialised
 from deadrelu.stats import Detail, UnitStats, all_reduce_many, detail_level
 
@@ -556,7 +556,7 @@ class Monitor:
             "schema": MONITOR_SCHEMA,
             "settings": settings,
             "dead": self.all_units("dead"),
-            "state": _jsonify(self.state_dict()),
+            "state": checkpoint.jsonify(self.state_dict()),
         }
 
     @classmethod
@@ -569,27 +569,19 @@ class Monitor:
                 "Monitor.to_dict()?"
             )
         mon = cls(model, **{**data["settings"], **overrides})
-        mon.load_state_dict(_unjsonify(data["state"]))
+        mon.load_state_dict(checkpoint.unjsonify(data["state"]))
         return mon
 
     # ---------------------------------------------------------------- checkpoints
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: settings, step counter, per-site state, history."""
-        sites: dict[str, Any] = {}
-        for name, w in self._sites.items():
-            entry = w.state_dict()
-            last = self._grad.grad_last.get(name)
-            if last is not None:
-                entry["grad_last"] = last.detach().cpu().clone()
-            meta = self._site_meta.get(name)
-            if meta is not None:
-                entry["site"] = {
-                    "activation": str(meta.activation),
-                    "kind": meta.kind,
-                    "module": meta.module,
-                }
-            sites[name] = entry
+        sites = {
+            name: checkpoint.site_entry(
+                w, self._grad.grad_last.get(name), self._site_meta.get(name)
+            )
+            for name, w in self._sites.items()
+        }
         producers = self._grad.producers
         return {
             "version": _STATE_VERSION,
@@ -627,7 +619,7 @@ class Monitor:
                 f"this Monitor has every={self.every}, window={self.window}: build it with "
                 "the same settings"
             )
-        self._check_sites(state["sites"])
+        checkpoint.check_sites(self.model, state["sites"], self._sites)
         self._sampler.set_step(int(state["step"]))
         self._panes.start = int(state["pane_start"])
         self._history = History.from_state(state["history"])
@@ -641,7 +633,7 @@ class Monitor:
         self._pending = {}
         for name, entry in state["sites"].items():
             cur = old.get(name)
-            meta = self._site_meta.get(name) or _saved_site(name, entry)
+            meta = self._site_meta.get(name) or checkpoint.saved_site(name, entry)
             if meta is None:  # a version-1 state: restored when the site is first called
                 self._pending[name] = dict(entry)
                 continue
@@ -658,69 +650,6 @@ class Monitor:
         w.load_state_dict(entry)
         if "grad_last" in entry:
             self._grad.restore(w.name, entry["grad_last"], w)
-
-    def _check_sites(self, saved: Mapping[str, Any]) -> None:
-        """Raise, naming them, on saved sites that cannot belong to this model."""
-        modules = dict(self.model.named_modules())
-        missing = [n for n in saved if _site_module(n) not in modules]
-        if missing:
-            raise ValueError(
-                f"the saved Monitor state has sites {missing} whose modules this model "
-                f"({type(self.model).__name__}) does not have: it was saved from another "
-                "model; load it into the same architecture"
-            )
-        wrong = [
-            f"{n!r}: saved {int(e['last_active'].shape[0])}, model {self._sites[n].units}"
-            for n, e in saved.items()
-            if n in self._sites and int(e["last_active"].shape[0]) != self._sites[n].units
-        ]
-        if wrong:
-            raise ValueError(
-                f"the saved Monitor state has other unit counts than this model "
-                f"({'; '.join(wrong)}): load it into the same architecture"
-            )
-
-
-# --------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------
-
-
-def _jsonify(obj: Any) -> Any:
-    """Tensors anywhere in dicts/lists -> ``{"tensor": tensor_to_json(t)}``."""
-    if isinstance(obj, Tensor):
-        return {"tensor": tensor_to_json(obj)}
-    if isinstance(obj, Mapping):
-        return {k: _jsonify(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonify(v) for v in obj]
-    return obj
-
-
-def _unjsonify(obj: Any) -> Any:
-    """Inverse of :func:`_jsonify`."""
-    if isinstance(obj, Mapping):
-        if set(obj) == {"tensor"}:
-            return tensor_from_json(obj["tensor"])
-        return {k: _unjsonify(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_unjsonify(v) for v in obj]
-    return obj
-
-
-def _site_module(name: str) -> str:
-    """The module path a site name lives in: ``"blk.mlp:gelu#1"`` -> ``"blk.mlp"``."""
-    return name.split("#", 1)[0].split(":", 1)[0]
-
-
-def _saved_site(name: str, entry: Mapping[str, Any]) -> Site | None:
-    """The :class:`Site` saved with a site's state (None in version-1 states)."""
-    meta = entry.get("site")
-    if meta is None:
-        return None
-    act = activations.get(meta["activation"])
-    assert act is not None
-    return Site(name, act, int(entry["unit_dim"]), meta["kind"], meta["module"])
 
 
 def _unwrap(model: nn.Module) -> nn.Module:

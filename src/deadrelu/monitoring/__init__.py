@@ -8,6 +8,7 @@
 ``history``        :class:`History` (dead fraction per site and sampled step)
 ``zero_grad``      :class:`ZeroGradProbe` (producers, gradient hooks, the C2 check)
 ``alerts``         :class:`Alerts` (threshold crossings and blind spots, once each)
+``checkpoint``     a state's entries, JSON form, and the up-front check against a model
 =================  ==================================================================
 
 The Monitor coordinates them: the capture callback feeds the sites' step buffers, and

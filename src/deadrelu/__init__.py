@@ -9,7 +9,7 @@ The public API is flat::
         ...
     dr.explain(model, report, data=loader)   # why each unit died
     dr.certify(model, dr.Box.from_data(x))   # dead for *every* input in a box
-    dr.recycle(model, report, optimizer)     # ReDo: revive dormant units
+    dr.recycle(model, report, optimizer)     # ReDo: re-initialise dead units, same outputs
 
 The lab (``deadrelu.lab``) is imported on demand, not here.
 """

@@ -461,6 +461,13 @@ class Monitor:
         """Save the history as a PNG (see :meth:`History.plot`)."""
         return self._history.plot(path)
 
+    def to_html(self, path: str | Path, *, explanation: Any = None) -> Path:
+        """Write the HTML scan report of :meth:`report`, with the history, to ``path``
+        (see :mod:`deadrelu.scan_html`)."""
+        from deadrelu.scan_html import write_html
+
+        return write_html(self, path, explanation=explanation)
+
     def statistics(self) -> dict[str, UnitStats]:
         """``{site: UnitStats}`` over the last one to two windows (copies, on CPU)."""
         return {name: self._sites[name].statistics() for name in self.sites}

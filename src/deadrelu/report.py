@@ -456,6 +456,13 @@ class Report:
             Path(path).write_text(text + "\n", encoding="utf-8")
         return text
 
+    def to_html(self, path: str | Path, *, explanation: Any = None) -> Path:
+        """Write the self-contained HTML scan report to ``path`` (see
+        :mod:`deadrelu.scan_html`; ``explanation``: an Explanation to show the causes)."""
+        from deadrelu.scan_html import write_html
+
+        return write_html(self, path, explanation=explanation)
+
     @classmethod
     def from_dict(
         cls, data: Mapping[str, Any], *, tau: float | None = None, source: str = "the data"

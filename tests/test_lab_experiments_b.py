@@ -140,6 +140,7 @@ def test_e8_and_e9_run_in_the_new_shape_at_tiny_size(tmp_path: Path) -> None:
         for f in r.figures:
             assert (cfg.out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert r.claim_verdicts["C11"]["source"] == "timings"
+    assert r.claim_verdicts["C11"]["axis"] == "rounds"  # E9 resamples timing rounds
     assert "seconds_per_element" in r.timings and "seconds_per_element" not in r.numbers
 
 

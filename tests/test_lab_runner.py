@@ -262,9 +262,29 @@ def test_live_checks_find_the_dead_units_and_match_autograd(tmp_path: Path) -> N
 
     assert len(rows) == len(names())
     assert rows["relu"][2] == rows["relu"][3] == 0.0 and rows["relu"][4] == 0.0
-    exact = all(r[4] <= 1e-12 and r[2] == r[3] for r in rows.values())
-    assert l14.claim_verdicts["C14"]["verdict"] == ("supported" if exact else "not supported")
+    assert l14.claim_verdicts["C14"]["verdict"] == "supported"
     assert run_experiment(core.REGISTRY["L13"], cfg).claim_verdicts["C13"]["verdict"] == "n/a"
+
+
+@pytest.mark.parametrize(
+    ("f0", "auto0", "err", "verdict"),
+    [
+        (0.25, 0.25, 1e-15, "supported"),  # exact
+        (1 / 6, 0.1666666716337204, 4.97e-9, "supported"),  # torch's float32 constant 1/6
+        (0.25, 0.25, 1e-3, "not supported"),  # a wrong formula somewhere on the grid
+        (0.0, 1.0, 0.0, "not supported"),  # a wrong convention at z = 0
+    ],
+)
+def test_derivative_check_on_constructed_rows(
+    f0: float, auto0: float, err: float, verdict: str
+) -> None:
+    from deadrelu.lab.experiments import live_checks
+
+    rows = [["relu", "f", 0.0, 0.0, 0.0], ["x", "f", f0, auto0, err]]
+    sweep = Sweep({"table": {"columns": [], "rows": rows}}, n_seeds=1)
+    cv = live_checks.DERIVATIVES.judge(sweep, None).claims["C14"]
+    assert cv.verdict == verdict
+    assert cv.evidence["status"]["relu"] == "exact"
 
 
 # --------------------------------------------------------------------------------------

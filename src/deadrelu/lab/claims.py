@@ -152,6 +152,7 @@ class ClaimPart:
     source: str = "numbers"
     preset: str = ""
     n_seeds: int | None = None
+    axis: str = "seeds"
     stability: float | None = None
     resamples: int = 0
     fragile: bool = False
@@ -160,9 +161,8 @@ class ClaimPart:
     @property
     def provenance(self) -> str:
         """``"E7: quick, 5 seeds"`` (and ``", timing-based"``)."""
-        seeds = (
-            "" if not self.n_seeds else ("1 run" if self.n_seeds == 1 else f"{self.n_seeds} seeds")
-        )
+        n = self.n_seeds
+        seeds = "" if not n else ("1 run" if n == 1 else f"{n} {self.axis}")
         bits = [b for b in (self.preset, seeds) if b]
         if self.source == "timings":
             bits.append("timing-based")
@@ -251,6 +251,7 @@ def _part(exp: Mapping[str, Any], cid: str, timing: Mapping[str, Any] | None) ->
         source=str(rec.get("source", "numbers")),
         preset=str(rec.get("preset", "")),
         n_seeds=rec.get("n_seeds"),
+        axis=str(rec.get("axis") or "seeds"),
         stability=stab.get("share"),
         resamples=int(stab.get("resamples", 0) or 0),
         fragile=bool(stab.get("fragile", False)),

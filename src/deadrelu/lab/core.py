@@ -254,11 +254,14 @@ class Sweep:
             ``judge`` can resample seeds.
         n_seeds: length of the seed axis in ``numbers`` (the bootstrap resamples it).
         timings: wall-clock numbers (not reproducible), kept out of ``results.json``.
+        axis: what one step of the resampled axis is, in words (``"seeds"``; E9's are
+            timing ``"rounds"``), for the claims table's "from" column.
     """
 
     numbers: dict[str, Any]
     n_seeds: int
     timings: dict[str, Any] = field(default_factory=dict)
+    axis: str = "seeds"
 
 
 @dataclass

@@ -295,7 +295,7 @@ def _claim_verdicts(r: Mapping[str, Any]) -> str:
         if rec.get("source") == "timings":
             extra += ' <span class="badge timing">timing-based</span>'
         n = rec.get("n_seeds")
-        seeds = "" if not n else (", 1 run" if n == 1 else f", {n} seeds")
+        seeds = "" if not n else (", 1 run" if n == 1 else f", {n} {rec.get('axis') or 'seeds'}")
         parts.append(
             f'<div class="claimv"><p><b>{_e(cid)}</b> {_badge(str(rec.get("verdict", "n/a")))}'
             f"{extra} {_e(rec.get('summary', ''))}</p>"

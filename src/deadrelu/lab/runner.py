@@ -221,7 +221,7 @@ def _format_method(method: str, numbers: Mapping[str, Any]) -> str:
 
 
 def _claim_record(
-    cv: ClaimVerdict, exp: Experiment, cfg: LabConfig, n_seeds: int, stab: dict[str, Any] | None
+    cv: ClaimVerdict, exp: Experiment, cfg: LabConfig, sweep: Sweep, stab: dict[str, Any] | None
 ) -> dict[str, Any]:
     return {
         "verdict": cv.verdict,
@@ -231,7 +231,8 @@ def _claim_record(
         "stability": stab,
         "source": exp.verdict_source,
         "preset": cfg.preset,
-        "n_seeds": n_seeds,
+        "n_seeds": sweep.n_seeds,
+        "axis": sweep.axis,
     }
 
 
@@ -267,7 +268,7 @@ def _result_from(
         cv = judgement.claims.get(c)
         if cv is None:
             cv = ClaimVerdict("n/a", "the judge gave no verdict for this claim", "no verdict")
-        records[c] = _claim_record(cv, exp, cfg, sweep.n_seeds, stab.get(c))
+        records[c] = _claim_record(cv, exp, cfg, sweep, stab.get(c))
     verdicts = [r["verdict"] for r in records.values()]
 
     def joined(key: str, sep: str) -> str:

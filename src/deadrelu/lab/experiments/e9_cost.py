@@ -124,7 +124,7 @@ def sweep(cfg: LabConfig) -> Sweep:
         "seconds_per_element": per_elem,
         "threads": torch.get_num_threads(),
     }
-    return Sweep(numbers=numbers, n_seeds=rounds, timings=timings)
+    return Sweep(numbers=numbers, n_seeds=rounds, timings=timings, axis="rounds")
 
 
 def _ratios(sweep: Sweep, rounds: SeedIndex) -> dict[str, list[float]]:

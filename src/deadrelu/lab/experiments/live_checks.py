@@ -175,22 +175,56 @@ def _derivative_sweep(cfg: LabConfig) -> Sweep:
     return Sweep(numbers={"table": {"columns": columns, "rows": rows}}, n_seeds=1)
 
 
+#: Exact match: the formula and autograd agree to float64 rounding.
+EXACT = 1e-12
+#: Some of torch's float64 backward kernels use float32 constants (hardsigmoid's 1/6 is
+#: 0.16666667163...): a relative difference within float32 rounding is that, not an error.
+FLOAT32_REL = 2.0**-23
+
+
+def _within(diff: float, reference: float) -> str:
+    if diff <= EXACT:
+        return "exact"
+    if diff <= FLOAT32_REL * max(abs(reference), 1e-300) * 2:
+        return "float32 constant"
+    return "differs"
+
+
 def _derivative_judge(sweep: Sweep, seeds: SeedIndex) -> Judgement:
     rows = sweep.numbers["table"]["rows"]
     worst = max(r[4] for r in rows)
-    zero_match = all(r[2] == r[3] for r in rows)
-    ok = worst <= 1e-12 and zero_match
+    status = {}
+    for name, _formula, f0, auto0, err in rows:
+        # err is max |formula - autograd| over the grid; compare it with |f'| <= max(1, |f0|)
+        grid = _within(err, max(1.0, abs(f0)))
+        zero = "exact" if f0 == auto0 else _within(abs(f0 - auto0), auto0)
+        if "differs" in (grid, zero):
+            status[name] = "differs"
+        else:
+            status[name] = "float32 constant" if "float32 constant" in (grid, zero) else "exact"
+    differs = sorted(k for k, v in status.items() if v == "differs")
+    loose = sorted(k for k, v in status.items() if v == "float32 constant")
+    ok = not differs
+    note = (
+        f"; {', '.join(loose)}: torch's float64 backward uses a float32 constant, so autograd "
+        "differs from the exact formula by float32 rounding"
+        if loose
+        else ""
+    )
     return Judgement(
         {
             "C14": ClaimVerdict(
                 "supported" if ok else "not supported",
                 (
-                    "supported if max |formula - autograd| <= 1e-12 for every activation and "
-                    f"f'(0) matches exactly; measured max {worst:.3g}, f'(0) all equal: "
-                    f"{zero_match}"
+                    f"supported if, for every activation, formula and autograd agree to "
+                    f"{EXACT:g} on the grid and at z = 0, or within float32 rounding "
+                    f"(relative {2 * FLOAT32_REL:.3g}) where torch's kernel uses a float32 "
+                    f"constant; measured max |diff| {worst:.3g}; differing: {differs or 'none'}"
+                    f"{note}"
                 ),
-                f"{len(rows)} activations, max |formula - autograd| = {worst:.2g}",
-                {"max_abs_diff": worst, "f0_all_equal": zero_match, "n": len(rows)},
+                f"{len(rows)} activations, max |formula - autograd| = {worst:.2g}"
+                + (f" ({', '.join(loose)}: torch uses a float32 constant)" if loose else ""),
+                {"max_abs_diff": worst, "status": status, "n": len(rows)},
             )
         }
     )

@@ -51,7 +51,17 @@ from deadrelu import activations, classify
 from deadrelu.capture import Site
 from deadrelu.stats import UnitStats
 
-__all__ = ["CLASSES", "SCHEMA", "LayerSummary", "Report", "Result", "html_table", "plot_history"]
+__all__ = [
+    "CLASSES",
+    "SCHEMA",
+    "LayerSummary",
+    "Report",
+    "Result",
+    "html_table",
+    "plot_history",
+    "tensor_from_json",
+    "tensor_to_json",
+]
 
 SCHEMA = "deadrelu.report/1"
 #: The unit classes a report knows, in display order (:data:`deadrelu.classify.UNIT_CLASSES`).

@@ -533,3 +533,22 @@ def test_dead_units_of_an_unknown_site() -> None:
         _train(model, mon, 1)
     with pytest.raises(KeyError, match="relu1"):
         mon.dead_units("relu9")
+
+
+def test_nan_units_are_said_to_count_as_dead() -> None:
+    model = DeadMLP().eval()
+    with torch.no_grad():
+        model.fc1.weight[2] = float("nan")  # relu1 unit 2 is NaN, and so is all of relu2
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with Monitor(model, every=1, window=4, training_only=False) as mon:
+            for x in model.make_batches(3):
+                model(x)
+                mon.step()
+    msgs = [str(w.message) for w in caught if issubclass(w.category, MonitorWarning)]
+    nan_msgs = [m for m in msgs if "NaN/inf" in m]
+    assert len(nan_msgs) == 2  # once per site, not once per step
+    assert "1 units of 'relu1'" in nan_msgs[0] and "count as dead" in nan_msgs[0]
+    assert "12 units of 'relu2'" in nan_msgs[1]
+    assert mon.dead_units("relu1") == [1, 2, 4]
+    assert mon.report().nonfinite_units("relu1") == [2]

@@ -356,8 +356,9 @@ class Monitor:
         for w in windows:
             counts.extend(w.record(t, self.window))
         host = torch.stack(counts).tolist()  # the one host sync of a sampled step
-        dead = dict(zip(names, host[0::2], strict=True))
-        self._alerts.unseen(t, [n for n, seen in zip(names, host[1::2], strict=True) if not seen])
+        dead = dict(zip(names, host[0::3], strict=True))
+        self._alerts.unseen(t, [n for n, seen in zip(names, host[1::3], strict=True) if not seen])
+        self._alerts.nonfinite(t, {n: k for n, k in zip(names, host[2::3], strict=True) if k})
         self._history.record(t, dead)
         self._alerts.crossings(t, dead, self._sites)
 

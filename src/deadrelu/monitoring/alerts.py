@@ -4,7 +4,9 @@
   fell below);
 * a sampled step saw no activation call at all (a model compiled before the Monitor was
   attached, or run in eval mode with ``training_only``);
-* a known site was not called on a sampled step (a branch not taken, hooks gone).
+* a known site was not called on a sampled step (a branch not taken, hooks gone);
+* units saw NaN/inf on a sampled step (such units are never active, so they count as dead
+  over the window: the warning says so).
 
 Each is a :class:`MonitorWarning`; the threshold crossing is also logged.
 """
@@ -37,6 +39,7 @@ class Alerts:
         self.warned: set[str] = set()  # sites above the threshold (part of the state)
         self._blind = False
         self._unseen: set[str] = set()
+        self._nonfinite: set[str] = set()
 
     def blind(self) -> None:
         """A sampled step saw no activation call."""
@@ -63,6 +66,21 @@ class Alerts:
                 f"step {t}: site {name!r} was not called during this sampled step, so its "
                 "units are not judged on it (a branch not taken, or a compiled model that "
                 "no longer runs the hooks: attach the Monitor before torch.compile)",
+                MonitorWarning,
+                stacklevel=4,
+            )
+
+    def nonfinite(self, t: int, counts: Mapping[str, int]) -> None:
+        """``{site: units}`` that saw NaN/inf on the sampled step ``t``."""
+        for name, count in counts.items():
+            if name in self._nonfinite:
+                continue
+            self._nonfinite.add(name)
+            warnings.warn(
+                f"step {t}: {count} units of {name!r} saw NaN/inf pre-activations or "
+                "outputs; their z is never > 0 (NaN > 0 is false), so they count as dead "
+                "over the window: check the inputs, weights and loss for NaN/inf "
+                "(mon.report().nonfinite_units(site) lists them)",
                 MonitorWarning,
                 stacklevel=4,
             )

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deadrelu.classify import dead_mask
+from deadrelu.classify import dead_mask, nonfinite_mask
 from deadrelu.stats import Level, UnitStats
 
 __all__ = ["NEVER", "Panes", "SiteWindow"]
@@ -113,9 +113,11 @@ class SiteWindow:
         old.reset()
         self.pane = old
 
-    def record(self, t: int, window: int) -> tuple[Tensor, Tensor]:
+    def record(self, t: int, window: int) -> tuple[Tensor, Tensor, Tensor]:
         """Fold the counted step ``t`` into the state. Returns (the dead count, whether
-        the site was called), two 0-dim int64 tensors (no host sync here)."""
+        the site was called, the units that saw NaN/inf on this step), three 0-dim int64
+        tensors (no host sync here)."""
+        nonfinite = nonfinite_mask(self.step).sum()
         if self.first_step == NEVER:
             self.first_step = t
         seen = self.step.positions > 0
@@ -126,7 +128,7 @@ class SiteWindow:
         self.was_dead = dead
         self.pane.merge(self.step)
         self.step.reset()
-        return dead.sum(), seen.to(torch.int64)
+        return dead.sum(), seen.to(torch.int64), nonfinite
 
     def statistics(self) -> UnitStats:
         """The two panes merged, a copy on the CPU."""

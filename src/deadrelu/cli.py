@@ -204,7 +204,9 @@ def run_activations(args: argparse.Namespace) -> int:
         print(json.dumps({"activations": rows, "png": str(png) if png else None}, indent=2))
         return 0
     table = Table(title="The ReLU family", show_lines=False)
-    for column in ("name", "formula", "defaults", "f'(0)", "zero gradient", "saturates"):
+    widest = max((len(row["name"]) for row in rows), default=4)
+    table.add_column("name", no_wrap=True, min_width=widest)  # names are never cut
+    for column in ("formula", "defaults", "f'(0)", "zero gradient", "saturates"):
         table.add_column(column, overflow="fold")
     for row in rows:
         defaults = ", ".join(f"{k}={_fmt(v)}" for k, v in row["defaults"].items()) or "-"

@@ -257,7 +257,7 @@ def test_dict_batches_of_an_untraceable_model_get_causes() -> None:
     # without data the model cannot be linked: the causes are unknown, and the note says why
     blind = explain(model, report)
     assert set(blind.causes("act").values()) == {"unknown"}
-    assert "example_inputs" in blind.notes[0]
+    assert "pass data=" in blind.notes[0]
 
 
 def test_units_dead_only_in_train_mode_batchnorm_are_active_in_eval() -> None:

@@ -469,8 +469,11 @@ def explain(
     links: dict[str, SiteLinks] = {}
     try:
         links = links_of(model, first_batch(data) if data is not None else None, remedy="explain")
-    except ValueError as exc:
-        expl.notes.append(f"causes unknown: {exc}")
+    except ValueError:
+        expl.notes.append(
+            f"causes unknown: {type(model).__name__} cannot be traced with torch.fx; pass "
+            "data= (its first batch links the layers by one probe forward)"
+        )
     if (
         data is None
         and (monitor is not None or report.meta.get("mode") == "keep")

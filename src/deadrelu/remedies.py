@@ -30,6 +30,7 @@ model's output) has no complete set of consumers: :func:`recycle` skips it and s
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import fnmatch
 import inspect
@@ -432,8 +433,6 @@ def _functional_calls_by_source(
     model: nn.Module, pick: Callable[[str, Activation], bool], new_act: Activation
 ) -> list[str]:
     """``file:line: code`` of every functional activation call in the model's forwards."""
-    import ast
-
     fn_names: dict[str, ActivationSpec] = {}
     for name in names():
         act = get(name)
@@ -736,7 +735,7 @@ def recycle(
     if optimizer is not None:
         _check_optimizer(model, optimizer)
     masks = _unit_masks(source, "recycle", tau)
-    batch = example_inputs if example_inputs is not None else None
+    batch = example_inputs
     if batch is None and data is not None:
         batch = first_batch(data)
     links = links_of(model, batch, remedy="recycle")

@@ -1,303 +1,411 @@
-"""E2 (C4, C7): initial bias and one large negative update -> dead ReLU units.
+"""E2 (C4): a large negative bias, at init or after one large update -> dead ReLU units.
 
 The notes: a large negative bias, e.g. after one large update that drives b far below 0,
-kills units (C4); initialising biases to a small positive value such as 0.01 prevents it
-(C7). Three sweeps of ReLU MLPs, same seeds (same weights and minibatch order) in every
-arm:
+kills units (C4). Two sweeps of ReLU MLPs, same seeds (same weights and minibatch order)
+in every arm:
 
 * **bias at init**: every hidden bias set to a value from large negative to positive,
-  trained at a moderate learning rate; dead fraction at init and after training;
+  trained at a moderate learning rate; dead fraction per layer at init and after training;
 * **one large update**: at one step, every hidden bias moved by a negative amount (the
   effect of one large gradient step on the biases), then training goes on; dead fraction
-  just after the update and at the end;
-* **small positive bias under a high learning rate**: bias 0 vs 0.01 vs larger, at the
-  learning rate that kills units in E1: does 0.01 prevent dying where dying happens?
+  per layer one step **before** the update (the evaluation at ``kick_step - 1``), just
+  after it, and at the end.
 
-Dead = never active on any training input (``deadrelu.classify.dead_mask``), pooled over
-the hidden units.
+Each unit dead at the end is attributed to its bias, its weights or both by
+``deadrelu.explain.explain`` (the code users get), run on the member's trained module
+(``TrainResult.module``) with a scan of the training set: ``"bias"`` = the weights alone
+would activate it on some input, the negative bias keeps it off; ``"weights"`` = w . x <= 0
+on every input with b >= 0; ``"both"``.
+
+Dead = never active on any training input (``deadrelu.classify.dead_mask``). C7 (bias 0.01)
+is tested by E12 in deep narrow nets, where it can matter.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
+from deadrelu.explain import explain
 from deadrelu.lab.core import (
-    ExperimentResult,
+    ClaimVerdict,
+    Experiment,
+    Judgement,
     LabConfig,
-    Verdict,
-    ci_dict,
-    experiment,
+    SeedIndex,
+    Sweep,
     new_figure,
+    register,
     rounded,
     save_figure,
 )
-from deadrelu.lab.data import load
+from deadrelu.lab.data import Dataset, load
+from deadrelu.lab.experiments._common import acc_ci, fmt_ci, frac_ci, interval, pick
 from deadrelu.lab.trainer import Member, TrainConfig, TrainResult, train_batched
-from deadrelu.lab.verdicts import combine, compare_detail
+from deadrelu.lab.verdicts import Verdict, combine, paired_proportion_diff_ci, pooled_proportion_ci
+from deadrelu.scan import scan
 
 #: Moderate learning rate (does not kill units by itself in E1).
 BASE_LR = 0.1
-#: High learning rate (kills units in E1).
-HIGH_LR = 2.0
 #: Minimum increase of the dead fraction (absolute) for "kills units".
 MIN_KILL_EFFECT = 0.05
-#: Minimum decrease of the dead fraction (absolute) for "0.01 prevents dying".
-MIN_PREVENT_EFFECT = 0.01
+#: Causes of death from ``deadrelu.explain`` that the bias alone suffices for.
+BIAS_CAUSES = ("bias", "both")
+#: Cause labels counted per layer.
+CAUSES = ("bias", "weights", "both", "unknown", "active_in_eval")
 
 
-def _per_seed(res: TrainResult, values: list[float], n_seeds: int, t: int) -> list[list[Any]]:
-    """Split ``res.pooled`` at eval ``t`` into one list per setting (non-diverged only)."""
-    dead = res.pooled("dead_frac", t).tolist()
-    div = res.diverged.tolist()
-    return [
-        [rounded(float(dead[i * n_seeds + k])) for k in range(n_seeds) if not div[i * n_seeds + k]]
-        for i in range(len(values))
-    ]
+def _dead_layers(res: TrainResult, i: int, t: int) -> list[Any] | None:
+    if bool(res.diverged[i]):
+        return None
+    return [rounded(v) for v in res.dead_frac[i, t].tolist()]
 
 
-def sweep(cfg: LabConfig) -> dict[str, Any]:
-    """Run the three sweeps; return per-seed dead fractions and accuracies."""
+def _causes(res: TrainResult, i: int, data: Dataset, probe: int | None) -> list[dict[str, int]]:
+    """Per hidden layer, how many dead units ``deadrelu.explain`` attributes to each cause
+    (member ``i``'s trained module, a scan of the probe set)."""
+    n_layers = len(res.widths) - 2
+    out = [dict.fromkeys(CAUSES, 0) for _ in range(n_layers)]
+    if bool(res.diverged[i]) or float(res.dead_frac[i, -1].sum()) == 0.0:
+        return out
+    x = data.x_train if probe is None else data.x_train[:probe]
+    model = res.module(i)
+    report = scan(model, x)
+    expl = explain(model, report, data=x)
+    counts = Counter((u.site, u.cause) for u in expl.units)
+    for li in range(n_layers):
+        for c in CAUSES:
+            out[li][c] = int(counts.get((f"acts.{li}", c), 0))
+    return out
+
+
+def sweep(cfg: LabConfig) -> Sweep:
+    """Run the two sweeps; per-seed dead fractions per layer, accuracies, causes."""
     data = load(cfg.dataset, 0).to(cfg.device)
     hidden = cfg.size(tiny=16, quick=64, full=100)
     steps = cfg.size(tiny=30, quick=300, full=1500)
     kick_step = steps // 3
     n = cfg.n_seeds
-    seeds = list(range(n))
     widths = (data.n_features, hidden, hidden, data.n_classes)
     biases = cfg.size(
-        tiny=[-3.0, 0.0, 0.01],
-        quick=[-3.0, -2.0, -1.0, -0.5, -0.1, 0.0, 0.01, 0.1, 0.5],
-        full=[-5.0, -3.0, -2.0, -1.0, -0.5, -0.25, -0.1, 0.0, 0.01, 0.05, 0.1, 0.5, 1.0],
+        tiny=[-3.0, 0.0],
+        quick=[-3.0, -2.0, -1.0, -0.5, -0.1, 0.0, 0.1, 0.5],
+        full=[-5.0, -3.0, -2.0, -1.0, -0.5, -0.25, -0.1, 0.0, 0.05, 0.1, 0.5, 1.0],
     )
     kicks = cfg.size(
         tiny=[0.0, -5.0],
         quick=[0.0, -0.5, -1.0, -2.0, -4.0],
         full=[0.0, -0.25, -0.5, -1.0, -2.0, -4.0, -8.0],
     )
-    high_biases = cfg.size(tiny=[0.0, 0.01], quick=[0.0, 0.01, 0.1], full=[0.0, 0.01, 0.1, 0.5])
     probe = cfg.size(tiny=500, quick=None, full=None)
     batch = cfg.size(tiny=50, quick=100, full=100)
-    tc = TrainConfig(widths, steps, batch, eval_every=kick_step, probe_limit=probe)
-    # kick_step is an evaluation step: evaluations are at 0, kick_step, 2 kick_step, ...
-    kick_eval = tc.eval_steps().index(kick_step)
+    tc = TrainConfig(
+        widths, steps, batch, eval_every=kick_step, probe_limit=probe, eval_at=(kick_step - 1,)
+    )
+    t_before, t_after = tc.eval_steps().index(kick_step - 1), tc.eval_steps().index(kick_step)
 
     res_b = train_batched(
-        [Member(seed=s, lr=BASE_LR, bias_init=b) for b in biases for s in seeds], tc, data
+        [Member(seed=s, lr=BASE_LR, bias_init=b) for b in biases for s in range(n)], tc, data
     )
     res_k = train_batched(
         [
             Member(seed=s, lr=BASE_LR, bias_kick=k, kick_step=kick_step)
             for k in kicks
-            for s in seeds
+            for s in range(n)
         ],
         tc,
         data,
     )
-    res_h = train_batched(
-        [Member(seed=s, lr=HIGH_LR, bias_init=b) for b in high_biases for s in seeds], tc, data
-    )
 
-    def acc(res: TrainResult, i: int) -> list[Any]:
-        return [rounded(float(a)) for a in res.test_acc[i * n : (i + 1) * n, -1]]
+    def rows(res: TrainResult, i: int) -> list[int]:
+        return list(range(i * n, (i + 1) * n))
 
-    return {
-        "widths": widths,
-        "steps": steps,
-        "kick_step": kick_step,
-        "seeds": n,
-        "base_lr": BASE_LR,
-        "high_lr": HIGH_LR,
-        "bias_init": {
-            "values": biases,
-            "dead_at_init": _per_seed(res_b, biases, n, 0),
-            "dead_after": _per_seed(res_b, biases, n, -1),
-            "acc": [acc(res_b, i) for i in range(len(biases))],
-        },
-        "bias_kick": {
-            "values": kicks,
-            "dead_before": _per_seed(res_k, kicks, n, kick_eval - 1),
-            "dead_after_kick": _per_seed(res_k, kicks, n, kick_eval),
-            "dead_end": _per_seed(res_k, kicks, n, -1),
-            "acc": [acc(res_k, i) for i in range(len(kicks))],
-        },
-        "high_lr_bias": {
-            "values": high_biases,
-            "dead_at_init": _per_seed(res_h, high_biases, n, 0),
-            "dead_after": _per_seed(res_h, high_biases, n, -1),
-            "diverged": [
-                int(res_h.diverged[i * n : (i + 1) * n].sum()) for i in range(len(high_biases))
-            ],
-            "acc": [acc(res_h, i) for i in range(len(high_biases))],
-        },
+    bias_init = {
+        str(b): {
+            "dead_init": [_dead_layers(res_b, j, 0) for j in rows(res_b, i)],
+            "dead_end": [_dead_layers(res_b, j, -1) for j in rows(res_b, i)],
+            "acc": [rounded(float(res_b.test_acc[j, -1])) for j in rows(res_b, i)],
+            "diverged": [bool(res_b.diverged[j]) for j in rows(res_b, i)],
+            "causes": [_causes(res_b, j, data, probe) for j in rows(res_b, i)] if b < 0 else None,
+        }
+        for i, b in enumerate(biases)
     }
-
-
-def verdicts(numbers: dict[str, Any]) -> tuple[dict[str, Verdict], dict[str, Any]]:
-    """C4 and C7 from :func:`sweep`'s numbers.
-
-    * C4 = combine of two ``verdicts.compare`` (paired over seeds, higher is "as
-      claimed", min effect MIN_KILL_EFFECT): dead fraction after training with the most
-      negative initial bias vs bias 0; dead fraction at the end with the largest negative
-      update vs none.
-    * C7: at the high learning rate, dead fraction after training with bias 0 minus with
-      bias 0.01 (paired); supported if its CI is above 0 and it is >= MIN_PREVENT_EFFECT,
-      not supported if the CI lies below MIN_PREVENT_EFFECT (e.g. no effect), else mixed.
-    """
-    detail: dict[str, Any] = {}
-    b = numbers["bias_init"]
-    zero = b["values"].index(0.0)
-    neg = b["values"].index(min(b["values"]))
-    c4a = compare_detail(
-        b["dead_after"][neg],
-        b["dead_after"][zero],
-        min_effect=MIN_KILL_EFFECT,
-        higher_is_better=True,
-        paired=len(b["dead_after"][neg]) == len(b["dead_after"][zero]),
+    bias_kick = {
+        str(k): {
+            "dead_before": [_dead_layers(res_k, j, t_before) for j in rows(res_k, i)],
+            "dead_after_kick": [_dead_layers(res_k, j, t_after) for j in rows(res_k, i)],
+            "dead_end": [_dead_layers(res_k, j, -1) for j in rows(res_k, i)],
+            "acc": [rounded(float(res_k.test_acc[j, -1])) for j in rows(res_k, i)],
+            "diverged": [bool(res_k.diverged[j]) for j in rows(res_k, i)],
+            "causes": [_causes(res_k, j, data, probe) for j in rows(res_k, i)] if k < 0 else None,
+        }
+        for i, k in enumerate(kicks)
+    }
+    return Sweep(
+        numbers={
+            "widths": list(widths),
+            "steps": steps,
+            "kick_step": kick_step,
+            "n_seeds": n,
+            "n_test": int(data.y_test.shape[0]),
+            "base_lr": BASE_LR,
+            "biases": biases,
+            "kicks": kicks,
+            "bias_init": bias_init,
+            "bias_kick": bias_kick,
+        },
+        n_seeds=n,
     )
-    detail["C4_bias_init"] = {"bias": b["values"][neg], **c4a.to_dict()}
-    k = numbers["bias_kick"]
-    none = k["values"].index(0.0)
-    big = k["values"].index(min(k["values"]))
-    c4b = compare_detail(
-        k["dead_end"][big],
-        k["dead_end"][none],
-        min_effect=MIN_KILL_EFFECT,
-        higher_is_better=True,
-        paired=len(k["dead_end"][big]) == len(k["dead_end"][none]),
-    )
-    detail["C4_update"] = {"kick": k["values"][big], **c4b.to_dict()}
-    h = numbers["high_lr_bias"]
-    z, p = h["values"].index(0.0), h["values"].index(0.01)
-    a, bb = h["dead_after"][z], h["dead_after"][p]
-    c7: Verdict
-    if not a or not bb:
-        c7 = "n/a"
-        detail["C7"] = {"reason": "every run diverged"}
-    else:
-        cmp = compare_detail(
-            a,
-            bb,
-            min_effect=MIN_PREVENT_EFFECT,
-            higher_is_better=True,
-            paired=len(a) == len(bb),
+
+
+def _kill_part(
+    dead_a: list[Any], dead_b: list[Any], units: list[int], seeds: SeedIndex
+) -> dict[str, Any]:
+    """Per layer, paired increase of the dead fraction from ``dead_b`` to ``dead_a``
+    (per-seed per-layer lists); Bonferroni over layers; supported if some layer's
+    interval is above 0 with increase >= MIN_KILL_EFFECT, not supported if every layer's
+    lies below MIN_KILL_EFFECT."""
+    a, b = pick(dead_a, seeds), pick(dead_b, seeds)
+    pairs = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+    if not pairs:
+        return {"verdict": "n/a", "reason": "every run diverged"}
+    level = 1.0 - 0.05 / len(units)
+    layers = []
+    verdicts: list[Verdict] = []
+    for li, h in enumerate(units):
+        eff, lo, hi = paired_proportion_diff_ci(
+            [round(x[li] * h) for x, _ in pairs],
+            [round(y[li] * h) for _, y in pairs],
+            h,
+            confidence=level,
         )
-        c7 = cmp.verdict
-        detail["C7"] = {"lr": numbers["high_lr"], **cmp.to_dict()}
-    return {"C4": combine([c4a.verdict, c4b.verdict]), "C7": c7}, detail
+        v: Verdict = (
+            "supported"
+            if lo > 0 and eff >= MIN_KILL_EFFECT
+            else "not supported"
+            if hi < MIN_KILL_EFFECT
+            else "mixed"
+        )
+        verdicts.append(v)
+        layers.append(
+            {
+                "layer": li + 1,
+                "dead": frac_ci([x[li] for x, _ in pairs], h),
+                "dead_reference": frac_ci([y[li] for _, y in pairs], h),
+                "increase": interval(eff, lo, hi),
+                "verdict": v,
+            }
+        )
+    verdict: Verdict = (
+        "supported"
+        if "supported" in verdicts
+        else "not supported"
+        if all(v == "not supported" for v in verdicts)
+        else "mixed"
+    )
+    return {"confidence": rounded(level), "layers": layers, "verdict": verdict}
 
 
-def _figure(cfg: LabConfig, numbers: dict[str, Any]) -> str:
-    fig, axes = new_figure(ncols=3, width=4.0)
-    b = numbers["bias_init"]
-    ax = axes[0, 0]
-    xs = list(range(len(b["values"])))
-    for key, label in (("dead_at_init", "at init"), ("dead_after", "after training")):
-        means = [ci_dict(v)["mean"] if v else None for v in b[key]]
-        ax.plot(xs, means, marker="o", label=label)
-    ax.set_xticks(xs, [f"{v:g}" for v in b["values"]], fontsize=8)
-    ax.set_xlabel("initial hidden bias (not to scale)")
-    ax.set_ylabel("dead fraction (ReLU)")
-    ax.set_title(f"bias at init, lr {numbers['base_lr']}")
-    ax.legend()
-    k = numbers["bias_kick"]
-    ax = axes[0, 1]
-    xs = [-v for v in k["values"]]
-    for key, label in (
-        ("dead_before", "before the update"),
-        ("dead_after_kick", "just after"),
-        ("dead_end", "end of training"),
+def _cause_split(causes: list[Any], seeds: SeedIndex, n_layers: int) -> dict[str, Any]:
+    """Per layer and over all layers: dead units per cause, and the pooled share of dead
+    units the bias alone kills (bias or both) with its interval."""
+    chosen = [c for c in pick(causes, seeds) if c is not None]
+    out: dict[str, Any] = {"layers": []}
+    for li in [*range(n_layers), None]:
+        per_seed = [
+            {c: sum(lay[c] for lay in seed) if li is None else seed[li][c] for c in CAUSES}
+            for seed in chosen
+        ]
+        totals = {c: sum(s[c] for s in per_seed) for c in CAUSES}
+        k = [sum(s[c] for c in BIAS_CAUSES) for s in per_seed]
+        n = [sum(s.values()) for s in per_seed]
+        kept = [(ki, ni) for ki, ni in zip(k, n, strict=True) if ni > 0]
+        entry: dict[str, Any] = {"counts": totals}
+        if kept:
+            p, lo, hi = pooled_proportion_ci([x for x, _ in kept], [y for _, y in kept])
+            entry["bias_share"] = interval(p, lo, hi)
+        else:
+            entry["bias_share"] = {"mean": None, "lo": None, "hi": None}
+        if li is None:
+            out["all"] = entry
+        else:
+            out["layers"].append({"layer": li + 1, **entry})
+    return out
+
+
+def judge(sw: Sweep, seeds: SeedIndex) -> Judgement:
+    """C4 on the seeds ``seeds`` (None: all). Three parts, each per layer:
+
+    * (a) dead fraction after training with the most negative initial bias vs bias 0;
+    * (b) dead fraction at the end with the largest negative update vs none;
+      for (a) and (b) :func:`_kill_part` (paired, Bonferroni over layers);
+    * (c) attribution: of the units dead at the end of (b)'s largest update, the pooled
+      share ``deadrelu.explain`` attributes to the bias alone (cause bias or both):
+      supported if its interval lies above 1/2, not supported if below, else mixed.
+
+    C4 = combine(a, b, c).
+    """
+    nb = sw.numbers
+    units = nb["widths"][1:-1]
+    bi, bk = nb["bias_init"], nb["bias_kick"]
+    neg, big = str(min(nb["biases"])), str(min(nb["kicks"]))
+    part_a = _kill_part(bi[neg]["dead_end"], bi["0.0"]["dead_end"], units, seeds)
+    part_b = _kill_part(bk[big]["dead_end"], bk["0.0"]["dead_end"], units, seeds)
+    split = _cause_split(bk[big]["causes"], seeds, len(units))
+    share = split["all"]["bias_share"]
+    part_c: Verdict = (
+        "n/a"
+        if share["mean"] is None
+        else "supported"
+        if share["lo"] > 0.5
+        else "not supported"
+        if share["hi"] < 0.5
+        else "mixed"
+    )
+    derived: dict[str, Any] = {"bias_init": {}, "bias_kick": {}, "causes": {}}
+    n_test = nb["n_test"]
+    for name, table, keys in (
+        ("bias_init", bi, ("dead_init", "dead_end")),
+        ("bias_kick", bk, ("dead_before", "dead_after_kick", "dead_end")),
     ):
-        means = [ci_dict(v)["mean"] if v else None for v in k[key]]
-        ax.plot(xs, means, marker="o", label=label)
-    ax.set_xlabel("size of one negative bias update")
-    ax.set_title(f"one large update at step {numbers['kick_step']}")
-    ax.legend()
-    h = numbers["high_lr_bias"]
+        for v, row in table.items():
+            entry: dict[str, Any] = {
+                "diverged": sum(pick(row["diverged"], seeds)),
+                "acc": acc_ci(pick(row["acc"], seeds), n_test),
+            }
+            for key in keys:
+                vals = pick(row[key], seeds)
+                entry[key] = [
+                    frac_ci([x[li] if x else None for x in vals], h) for li, h in enumerate(units)
+                ]
+            derived[name][v] = entry
+            if row["causes"] is not None:
+                derived["causes"][f"{name} {v}"] = _cause_split(row["causes"], seeds, len(units))
+
+    def layers_text(part: dict[str, Any]) -> str:
+        if "layers" not in part:
+            return "n/a"
+        return ", ".join(f"layer {L['layer']} {fmt_ci(L['dead'])}" for L in part["layers"])
+
+    def split_text(s: dict[str, Any]) -> str:
+        c = s["all"]["counts"]
+        return (
+            f"{c['bias']} bias / {c['weights']} weights / {c['both']} both"
+            + (f" / {c['unknown']} unknown" if c["unknown"] else "")
+            + f" (bias alone suffices: {fmt_ci(s['all']['bias_share'])})"
+        )
+
+    zero_end = derived["bias_init"]["0.0"]["dead_end"]
+    summary = (
+        f"dead after training: bias {neg}: {layers_text(part_a)}; one update of {big} at step "
+        f"{nb['kick_step']}: {layers_text(part_b)} (bias 0, no update: "
+        + ", ".join(f"layer {i + 1} {fmt_ci(c)}" for i, c in enumerate(zero_end))
+        + f"); dead units after the update by cause (deadrelu.explain): {split_text(split)}"
+    )
+    claims = {
+        "C4": ClaimVerdict(
+            verdict=combine([part_a["verdict"], part_b["verdict"], part_c]),
+            rule=(
+                "(a) most negative initial bias vs 0 and (b) largest negative update vs none: "
+                "per hidden layer, paired increase of the dead fraction after training "
+                "(paired t on per-seed differences, Newcombe when they are all equal), CI at "
+                "95 % / layers; a part is supported if some layer's CI lo > 0 with increase "
+                f">= {MIN_KILL_EFFECT}, not supported if every layer's CI hi < "
+                f"{MIN_KILL_EFFECT}, else mixed. (c) of the units dead after (b)'s update, "
+                "the share deadrelu.explain attributes to the bias alone (bias or both; "
+                "pooled Wilson with design effect): supported if CI lo > 0.5, not supported "
+                "if CI hi < 0.5. C4 = combine(a, b, c)."
+            ),
+            summary=summary,
+            evidence={
+                "init": part_a,
+                "update": part_b,
+                "attribution": split,
+                "attribution_verdict": part_c,
+            },
+        )
+    }
+    return Judgement(claims=claims, derived=derived)
+
+
+def figure(cfg: LabConfig, sw: Sweep, jd: Judgement) -> list[str]:
+    """Dead fraction per layer against the initial bias and the update size; causes."""
+    nb = sw.numbers
+    n_layers = len(nb["widths"]) - 2
+    fig, axes = new_figure(ncols=3, width=4.4)
+
+    def curve(ax: Any, table: dict[str, Any], values: list[float], key: str, label: str) -> None:
+        xs = list(range(len(values)))
+        for li in range(n_layers):
+            cis = [table[str(v)][key][li] for v in values]
+            ms = [c["mean"] for c in cis]
+            lo = [c["mean"] - c["lo"] if c["mean"] is not None else 0 for c in cis]
+            hi = [c["hi"] - c["mean"] if c["mean"] is not None else 0 for c in cis]
+            ax.errorbar(
+                xs, ms, yerr=[lo, hi], marker="o", capsize=2, label=f"{label}, layer {li + 1}"
+            )
+        ax.set_xticks(xs, [f"{v:g}" for v in values], fontsize=8)
+
+    ax = axes[0, 0]
+    curve(ax, jd.derived["bias_init"], nb["biases"], "dead_init", "at init")
+    curve(ax, jd.derived["bias_init"], nb["biases"], "dead_end", "after training")
+    ax.set_xlabel("initial hidden bias (not to scale)")
+    ax.set_ylabel("dead fraction (95 % CI)")
+    ax.set_title(f"bias at init, lr {nb['base_lr']}", fontsize=9)
+    ax = axes[0, 1]
+    curve(ax, jd.derived["bias_kick"], nb["kicks"], "dead_before", "step before")
+    curve(ax, jd.derived["bias_kick"], nb["kicks"], "dead_end", "end")
+    ax.set_xlabel("one update of every hidden bias")
+    ax.set_title(f"one large update at step {nb['kick_step']}", fontsize=9)
     ax = axes[0, 2]
-    cis = [ci_dict(v) if v else None for v in h["dead_after"]]
-    labels = [str(v) for v in h["values"]]
-    means = [c["mean"] if c and c["mean"] is not None else 0.0 for c in cis]
-    ax.bar(labels, means, color="tab:red", alpha=0.7)
-    for i, c in enumerate(cis):
-        if c and c["lo"] is not None and c["hi"] is not None:
-            ax.plot([i, i], [c["lo"], c["hi"]], color="black")
-    ax.set_xlabel("initial hidden bias")
-    ax.set_title(f"dead after training, lr {numbers['high_lr']}")
+    labels, bottoms = [], None
+    rows = [(k, v) for k, v in jd.derived["causes"].items()]
+    for j, cause in enumerate(("bias", "both", "weights", "unknown")):
+        vals = [sum(L["counts"][cause] for L in v["layers"]) for _, v in rows]
+        ax.bar(range(len(rows)), vals, bottom=bottoms, label=cause)
+        bottoms = vals if bottoms is None else [a + b for a, b in zip(bottoms, vals, strict=True)]
+        del j
+    labels = [k.replace("bias_init", "init").replace("bias_kick", "update") for k, _ in rows]
+    ax.set_xticks(range(len(rows)), labels, rotation=60, fontsize=7)
+    ax.set_ylabel("dead units (all seeds)")
+    ax.set_title("cause of death (deadrelu.explain)", fontsize=9)
     for a in axes[0]:
         a.grid(alpha=0.3)
+        a.legend(fontsize=6)
     fig.tight_layout()
-    return save_figure(fig, cfg, "e2_bias")
+    return [save_figure(fig, cfg, "e2_bias")]
 
 
-@experiment("E2", ("C4", "C7"), "Negative bias, one large update, bias 0.01")
-def run(cfg: LabConfig) -> ExperimentResult:
-    """Bias sweeps; apply the C4/C7 rules."""
-    numbers = sweep(cfg)
-    claim_verdicts, detail = verdicts(numbers)
-    numbers["claim_verdicts"] = claim_verdicts
-    numbers["verdict_detail"] = detail
-    b, k, h = numbers["bias_init"], numbers["bias_kick"], numbers["high_lr_bias"]
-
-    def pct(v: list[Any]) -> str:
-        m = ci_dict(v)["mean"] if v else None
-        return f"{100 * m:.1f} %" if m is not None else "n/a"
-
-    neg = b["values"].index(min(b["values"]))
-    big = k["values"].index(min(k["values"]))
-    numbers["claim_summaries"] = {
-        "C4": (
-            f"dead after training: bias {b['values'][neg]} -> {pct(b['dead_after'][neg])}, "
-            f"one update of {k['values'][big]} -> {pct(k['dead_end'][big])} (bias 0, no "
-            f"update: {pct(b['dead_after'][b['values'].index(0.0)])})"
-        ),
-        "C7": (
-            f"at lr {numbers['high_lr']}: dead with bias 0 "
-            f"{pct(h['dead_after'][h['values'].index(0.0)])}, with 0.01 "
-            f"{pct(h['dead_after'][h['values'].index(0.01)])}"
-        ),
-    }
-    summary = (
-        f"{numbers['claim_summaries']['C4']} (C4 {claim_verdicts['C4']}); "
-        f"{numbers['claim_summaries']['C7']} (C7 {claim_verdicts['C7']})"
-    )
-    return ExperimentResult(
+EXPERIMENT = register(
+    Experiment(
         id="E2",
-        claims=("C4", "C7"),
-        title="Negative bias, one large update, bias 0.01",
+        claims=("C4",),
+        title="Negative bias and one large update",
         question=(
             "Does a large negative bias, at init or after one large update, kill ReLU units "
-            "(C4)? Does initialising biases to 0.01 prevent dying (C7)?"
+            "(C4), in which layer, and is the bias or are the weights what keeps them dead?"
         ),
         method=(
-            f"ReLU MLP {numbers['widths']} on {cfg.dataset}, plain SGD, "
-            f"{numbers['steps']} steps, He init, {numbers['seeds']} seeds (paired: the "
-            f"same weights and minibatches in every arm). (a) every hidden bias set to "
-            f"{b['values']} at init, lr {numbers['base_lr']}; (b) at step "
-            f"{numbers['kick_step']} every hidden bias moved by {k['values']}, lr "
-            f"{numbers['base_lr']}; (c) bias {h['values']} at lr {numbers['high_lr']}. Dead = "
-            "never active on any training input (deadrelu.classify.dead_mask)."
+            "ReLU MLP {widths} on MNIST-1D, plain SGD lr {base_lr}, {steps} steps, He init, "
+            "{n_seeds} seeds (paired: the same weights and minibatches in every arm). (a) "
+            "every hidden bias set to {biases} at init; (b) at step {kick_step} every hidden "
+            "bias moved by {kicks}; dead fraction per layer at init / one step before the "
+            "update / just after / at the end. Each unit dead at the end of a negative arm is "
+            "attributed by deadrelu.explain.explain on the member's trained module (scan of "
+            "the training set): bias, weights or both. Dead = never active on any training "
+            "input (classify.dead_mask)."
         ),
-        numbers=numbers,
-        verdict=combine(claim_verdicts.values()),
-        verdict_rule=(
-            "C4: paired difference of the dead fraction after training (most negative bias "
-            "vs 0; largest negative update vs none), 95 % t CI; each part supported if CI lo "
-            f"> 0 and effect >= {MIN_KILL_EFFECT}, not supported if CI hi < "
-            f"{MIN_KILL_EFFECT}, else mixed; C4 = all parts supported -> supported, all not "
-            "-> not supported, else mixed. C7: at the high lr, dead fraction with bias 0 "
-            "minus with bias 0.01, paired 95 % CI; supported if CI lo > 0 and effect >= "
-            f"{MIN_PREVENT_EFFECT}, not supported if CI hi < {MIN_PREVENT_EFFECT}, else "
-            "mixed. Overall: combine(C4, C7)."
-        ),
-        summary=summary,
-        figures=[_figure(cfg, numbers)],
-        caveats=[
+        sweep=sweep,
+        judge=judge,
+        figure=figure,
+        caveats=(
             "The 'large update' is applied directly to every hidden bias (a controlled "
             "stand-in for one large gradient step); a real large step also moves the "
             "weights.",
-            "Attribution of each dead unit to its bias or its weights is not done here "
-            "(see deadrelu.explain for single models).",
-            "With He init and standardised inputs almost no unit is dead at init with bias "
-            "0, so 0.01 has little to prevent at init; part (c) tests it where units die.",
-        ],
+            "'Bias' means the weights alone would activate the unit on some training input; "
+            "'both' means either alone keeps it off (explain's definitions).",
+            "C7 (bias 0.01) is no longer tested here: no unit is dead at init in this "
+            "setting, so 0.01 has nothing to prevent; E12 tests it where it can matter.",
+        ),
     )
+)

@@ -1,44 +1,57 @@
 """E6 (C10): PReLU against Leaky ReLU, same budget, several seeds; the learned slopes.
 
 The notes: "Parametric ReLU ... as Leaky ReLU but more flexible, performs better". We train
-the same MLPs (same seeds: same initial weights and minibatch order) with Leaky ReLU
-(slope 0.01, the notes' variant), with PReLU (one learned slope per hidden layer, He et
-al.'s initial value 0.25), and, as a control, with Leaky ReLU at PReLU's *initial* slope
-0.25: if PReLU beats Leaky(0.01) only as much as Leaky(0.25) does, the gain comes from the
-larger slope, not from learning it.
+the same MLPs (same seeds: same initial weights and minibatch order) with
+
+* Leaky ReLU (slope 0.01, the notes' variant);
+* **PReLU with one learned slope per hidden unit** (He et al. 2015's channel-wise form,
+  initial value 0.25, no weight decay on the slopes): the PReLU the verdict speaks of;
+* PReLU with one slope shared by the whole layer (the channel-shared form), a second row;
+* as a control, Leaky ReLU at PReLU's *initial* slope 0.25: if PReLU beats Leaky(0.01)
+  only as much as Leaky(0.25) does, the gain comes from the larger slope, not from
+  learning it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from deadrelu.lab.core import ExperimentResult, LabConfig, experiment, new_figure, save_figure
+from deadrelu.lab.core import (
+    ClaimVerdict,
+    Experiment,
+    Judgement,
+    LabConfig,
+    SeedIndex,
+    Sweep,
+    new_figure,
+    register,
+    rounded,
+    save_figure,
+)
 from deadrelu.lab.data import load
+from deadrelu.lab.experiments._common import acc_ci, fmt_ci, frac_ci, pick
 from deadrelu.lab.trainer import Member, TrainConfig, train_batched
-from deadrelu.lab.verdicts import compare_detail, mean_ci
+from deadrelu.lab.verdicts import compare_detail
 
 #: Minimum accuracy gain (absolute) for "performs better".
 MIN_EFFECT = 0.01
-
-_VARIANTS = {
-    "leaky_relu(0.01)": "leaky_relu(slope=0.01)",
-    "prelu (init 0.25)": "prelu(init=0.25)",
-    "leaky_relu(0.25)": "leaky_relu(slope=0.25)",
+#: Learning rate (plain SGD).
+LR = 0.1
+#: Arms: label -> (activation, PReLU slopes). The first PReLU arm is the verdict's.
+ARMS: dict[str, tuple[str, str]] = {
+    "leaky_relu(0.01)": ("leaky_relu(slope=0.01)", "per_unit"),
+    "prelu, per unit (init 0.25)": ("prelu(init=0.25)", "per_unit"),
+    "prelu, shared (init 0.25)": ("prelu(init=0.25)", "shared"),
+    "leaky_relu(0.25)": ("leaky_relu(slope=0.25)", "per_unit"),
 }
+LEAKY, MAIN, SHARED, CONTROL = list(ARMS)
 
 
-def _ci(xs: list[float]) -> dict[str, float]:
-    m, lo, hi = mean_ci(xs)
-    return {"mean": m, "lo": lo, "hi": hi}
-
-
-@experiment("E6", ("C10",), "PReLU vs Leaky ReLU")
-def run(cfg: LabConfig) -> ExperimentResult:
-    """Train the three variants on the same seeds; compare final test accuracy."""
+def sweep(cfg: LabConfig) -> Sweep:
+    """Train every arm on the same seeds; per-seed accuracy, dead fractions and slopes."""
     data = load(cfg.dataset, 0).to(cfg.device)
     hidden = cfg.size(tiny=16, quick=100, full=100)
     steps = cfg.size(tiny=30, quick=1000, full=3000)
-    lr = 0.1
     tc = TrainConfig(
         widths=(data.n_features, hidden, hidden, data.n_classes),
         steps=steps,
@@ -46,55 +59,175 @@ def run(cfg: LabConfig) -> ExperimentResult:
         eval_every=max(steps // 4, 1),
         probe_limit=cfg.size(tiny=200, quick=1000, full=None),
     )
-    seeds = list(range(cfg.n_seeds))
-    acc: dict[str, list[float]] = {}
-    curves: dict[str, list[list[float]]] = {}
-    slopes: list[list[float]] = []  # (seeds, layers) learned PReLU slopes
-    dead: dict[str, list[float]] = {}
-    for label, act in _VARIANTS.items():
-        res = train_batched([Member(seed=s, lr=lr, activation=act) for s in seeds], tc, data)
-        acc[label] = [float(a) for a in res.test_acc[:, -1]]
-        curves[label] = res.test_acc.mean(dim=0).tolist()
-        dead[label] = [float(d) for d in res.dead_frac[:, -1, :].mean(dim=1)]
-        if label.startswith("prelu"):
-            n_layers = len(tc.widths) - 2
-            slopes = [
-                [float(res.state[f"acts.{li}.weight"][i].mean()) for li in range(n_layers)]
-                for i in range(len(seeds))
-            ]
-
-    main = compare_detail(
-        acc["prelu (init 0.25)"],
-        acc["leaky_relu(0.01)"],
-        min_effect=MIN_EFFECT,
-        higher_is_better=True,
-        paired=True,
-    )
-    control = compare_detail(
-        acc["prelu (init 0.25)"],
-        acc["leaky_relu(0.25)"],
-        min_effect=MIN_EFFECT,
-        higher_is_better=True,
-        paired=True,
-    )
+    n = cfg.n_seeds
     n_layers = len(tc.widths) - 2
-    slope_ci = [_ci([s[li] for s in slopes]) for li in range(n_layers)]
+    arms: dict[str, Any] = {}
+    for label, (act, slopes) in ARMS.items():
+        res = train_batched(
+            [Member(seed=s, lr=LR, activation=act, slopes=slopes) for s in range(n)], tc, data
+        )
+        arm: dict[str, Any] = {
+            "acc": [rounded(float(a)) for a in res.test_acc[:, -1]],
+            "acc_curve": [[rounded(float(a)) for a in row] for row in res.test_acc],
+            "diverged": [bool(d) for d in res.diverged],
+            "never_active": [[rounded(v) for v in res.dead_frac[i, -1].tolist()] for i in range(n)],
+        }
+        if act.startswith("prelu"):
+            # [seed][layer][unit] (one value per layer for the shared form)
+            arm["learned_slopes"] = [
+                [[rounded(v, 4) for v in res.slopes(li)[i].tolist()] for li in range(n_layers)]
+                for i in range(n)
+            ]
+        arms[label] = arm
+    return Sweep(
+        numbers={
+            "widths": list(tc.widths),
+            "steps": steps,
+            "lr": LR,
+            "batch_size": tc.batch_size,
+            "n_seeds": n,
+            "n_test": int(data.y_test.shape[0]),
+            "eval_steps": tc.eval_steps(),
+            "arms": arms,
+        },
+        n_seeds=n,
+    )
 
-    # Figure: accuracy per seed and mean CI; learned slopes per layer.
-    fig, axes = new_figure(ncols=2, width=5.2, height=3.8)
+
+def slope_summary(slopes: list[list[list[float]]]) -> list[dict[str, Any]]:
+    """Per layer, over the seeds and units of ``slopes[seed][layer][unit]``: mean, min, max,
+    share of negative slopes and the number of slopes."""
+    out = []
+    for li in range(len(slopes[0])):
+        vals = [float(v) for seed in slopes for v in seed[li]]
+        out.append(
+            {
+                "layer": li + 1,
+                "mean": rounded(sum(vals) / len(vals)),
+                "min": rounded(min(vals)),
+                "max": rounded(max(vals)),
+                "negative": rounded(sum(v < 0 for v in vals) / len(vals)),
+                "count": len(vals),
+            }
+        )
+    return out
+
+
+def judge(sw: Sweep, seeds: SeedIndex) -> Judgement:
+    """C10 on the seeds ``seeds`` (None: all): accuracy(PReLU per unit) - accuracy(Leaky
+    0.01), paired t with the test set's resolution (``verdicts.compare_detail``), min
+    effect MIN_EFFECT. The shared-slope PReLU and the Leaky(0.25) control are compared the
+    same way and reported."""
+    nb = sw.numbers
+    arms = nb["arms"]
+    n_test = nb["n_test"]
+    res = 1.0 / n_test
+
+    def acc(label: str) -> list[float]:
+        return [float(a) for a in pick(arms[label]["acc"], seeds)]
+
+    def cmp(a: str, b: str) -> Any:
+        return compare_detail(
+            acc(a),
+            acc(b),
+            min_effect=MIN_EFFECT,
+            higher_is_better=True,
+            paired=True,
+            resolution=res,
+        )
+
+    main, shared, control = cmp(MAIN, LEAKY), cmp(SHARED, LEAKY), cmp(MAIN, CONTROL)
+    units = nb["widths"][1:-1]
+    derived: dict[str, Any] = {
+        label: {
+            "acc": acc_ci(pick(a["acc"], seeds), n_test),
+            "diverged": sum(pick(a["diverged"], seeds)),
+            "never_active": [
+                frac_ci([x[li] for x in pick(a["never_active"], seeds)], h)
+                for li, h in enumerate(units)
+            ],
+            **(
+                {"learned_slopes": slope_summary(pick(a["learned_slopes"], seeds))}
+                if "learned_slopes" in a
+                else {}
+            ),
+        }
+        for label, a in arms.items()
+    }
+
+    def diff(c: Any) -> str:
+        return fmt_ci({"mean": c.effect, "lo": c.lo, "hi": c.hi}, pct=False, signed=True)
+
+    def slopes(label: str) -> str:
+        return ", ".join(
+            f"L{s['layer']} mean {s['mean']:.3g} [{s['min']:.3g}, {s['max']:.3g}]"
+            for s in derived[label]["learned_slopes"]
+        )
+
+    summary = (
+        f"PReLU (one slope per unit) - Leaky(0.01) = {diff(main)} accuracy; shared-slope "
+        f"PReLU - Leaky(0.01) = {diff(shared)}; per-unit PReLU - Leaky(0.25) = {diff(control)}; "
+        f"learned per-unit slopes {slopes(MAIN)}; shared {slopes(SHARED)}"
+    )
+    claims = {
+        "C10": ClaimVerdict(
+            verdict=main.verdict,
+            rule=(
+                "'PReLU performs better' is tested for PReLU with one learned slope per "
+                "hidden unit (He et al. 2015, init 0.25, no weight decay): accuracy(PReLU per "
+                f"unit) - accuracy(Leaky 0.01) >= {MIN_EFFECT}; {main.rule} (resolution "
+                "1/n_test). The shared-slope PReLU is a second row, not part of the verdict."
+            ),
+            summary=summary,
+            evidence={
+                "prelu_per_unit_minus_leaky001": main.to_dict(),
+                "prelu_shared_minus_leaky001": shared.to_dict(),
+                "prelu_per_unit_minus_leaky025": control.to_dict(),
+                "shared_verdict": shared.verdict,
+            },
+        )
+    }
+    return Judgement(claims=claims, derived=derived)
+
+
+def figure(cfg: LabConfig, sw: Sweep, jd: Judgement) -> list[str]:
+    """Accuracy per seed with its interval per arm; learned slopes per layer."""
+    nb = sw.numbers
+    fig, axes = new_figure(ncols=2, width=5.4, height=3.8)
     ax = axes[0][0]
-    for j, xs in enumerate(acc.values()):
-        m, lo, hi = mean_ci(xs)
+    labels = list(nb["arms"])
+    for j, label in enumerate(labels):
+        xs = [float(a) for a in nb["arms"][label]["acc"]]
+        c = jd.derived[label]["acc"]
         ax.scatter([j] * len(xs), xs, s=14, alpha=0.6)
-        if len(xs) > 1:
-            ax.errorbar([j + 0.15], [m], yerr=[[m - lo], [hi - m]], fmt="o", color="k", capsize=4)
-    ax.set_xticks(range(len(acc)))
-    ax.set_xticklabels(list(acc), rotation=12, fontsize=8)
+        if c["lo"] is not None and c["hi"] is not None:
+            ax.errorbar(
+                [j + 0.15],
+                [c["mean"]],
+                yerr=[[c["mean"] - c["lo"]], [c["hi"] - c["mean"]]],
+                fmt="o",
+                color="k",
+                capsize=4,
+            )
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels([lb.replace(" (init 0.25)", "") for lb in labels], rotation=15, fontsize=7)
     ax.set_ylabel("final test accuracy")
     ax.set_title("accuracy per seed, mean and 95 % CI", fontsize=9)
     ax = axes[0][1]
-    for i, s in enumerate(slopes):
-        ax.plot(range(1, n_layers + 1), s, "o-", alpha=0.6, label=f"seed {i}" if i < 5 else None)
+    n_layers = len(nb["widths"]) - 2
+    for label, marker in ((MAIN, "o"), (SHARED, "s")):
+        per_seed = nb["arms"][label]["learned_slopes"]
+        for li in range(n_layers):
+            vals = [v for seed in per_seed for v in seed[li]]
+            jitter = [li + 1 + (0.12 if label == SHARED else -0.12)] * len(vals)
+            ax.scatter(
+                jitter,
+                vals,
+                s=6 if label == MAIN else 20,
+                alpha=0.4,
+                marker=marker,
+                label=(label.replace(" (init 0.25)", "") if li == 0 else None),
+            )
     ax.axhline(0.25, ls="--", color="gray", lw=1)
     ax.axhline(0.01, ls=":", color="gray", lw=1)
     ax.set_xticks(range(1, n_layers + 1))
@@ -103,60 +236,38 @@ def run(cfg: LabConfig) -> ExperimentResult:
     ax.set_title("learned slopes (dashed: init 0.25, dotted: 0.01)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    figure = save_figure(fig, cfg, "e6_prelu_vs_leaky.png")
+    return [save_figure(fig, cfg, "e6_prelu_vs_leaky")]
 
-    d = main.effect
-    numbers: dict[str, Any] = {
-        "setting": {
-            "dataset": cfg.dataset,
-            "widths": list(tc.widths),
-            "steps": steps,
-            "lr": lr,
-            "batch_size": tc.batch_size,
-            "seeds": seeds,
-            "optimizer": "SGD",
-        },
-        "final_test_acc": acc,
-        "final_test_acc_ci": {k: _ci(v) for k, v in acc.items()},
-        "mean_test_acc_curve": {"steps": tc.eval_steps(), **curves},
-        "dead_fraction_final": dead,
-        "learned_slopes": {"per_seed": slopes, "per_layer_ci": slope_ci},
-        "prelu_minus_leaky001": main.to_dict(),
-        "prelu_minus_leaky025": control.to_dict(),
-    }
-    slope_text = ", ".join(f"L{li + 1} {c['mean']:.3g}" for li, c in enumerate(slope_ci))
-    caveats = [
-        "Small MLPs on a small dataset with plain SGD and a fixed budget; PReLU was proposed "
-        "for deep CNNs on ImageNet (He et al. 2015), where the gain was about 1 point top-1.",
-        "PReLU's slopes are trained without weight decay (He et al. also excluded them).",
-        f"Control: PReLU vs Leaky ReLU at PReLU's initial slope 0.25: effect "
-        f"{control.effect:+.4f} ({control.verdict}); separates 'learning the slope' from "
-        "'a larger slope'.",
-        "Pairing by seed: both variants start from identical weights and see the same batches.",
-    ]
-    return ExperimentResult(
+
+EXPERIMENT = register(
+    Experiment(
         id="E6",
         claims=("C10",),
         title="PReLU vs Leaky ReLU",
         question=(
-            "Does PReLU (learned negative slope) reach a higher test accuracy than Leaky ReLU "
-            "(slope 0.01) with the same budget, and what slopes does it learn?"
+            "Does PReLU with one learned slope per unit (He et al. 2015) reach a higher test "
+            "accuracy than Leaky ReLU (slope 0.01) with the same budget, and what slopes does "
+            "it learn? (The shared-slope form as a second row.)"
         ),
         method=(
-            f"MLP {list(tc.widths)} on {cfg.dataset}, SGD lr {lr}, {steps} steps of batch "
-            f"{tc.batch_size}, {len(seeds)} seeds; each seed gives the same initial weights and "
-            "batches to Leaky ReLU (0.01), PReLU (one slope per layer, init 0.25) and Leaky "
-            "ReLU (0.25). Final test accuracy, paired differences with 95 % t-intervals; the "
-            "learned slopes per layer."
+            "MLP {widths} on MNIST-1D, SGD lr {lr}, {steps} steps of batch {batch_size}, "
+            "{n_seeds} seeds; each seed gives the same initial weights and batches to Leaky "
+            "ReLU (0.01), PReLU with one slope per hidden unit (init 0.25, slopes never "
+            "weight-decayed), PReLU with one slope per layer, and Leaky ReLU (0.25). Final "
+            "test accuracy, paired differences with 95 % t intervals (resolution 1/n_test); "
+            "the learned slopes per layer."
         ),
-        numbers=numbers,
-        verdict=main.verdict,
-        verdict_rule=f"'PReLU performs better' means accuracy(PReLU) - accuracy(Leaky 0.01) "
-        f">= {MIN_EFFECT}: {main.rule}",
-        summary=(
-            f"PReLU - Leaky(0.01) = {d:+.4f} acc [{main.lo:+.4f}, {main.hi:+.4f}]; learned "
-            f"slopes {slope_text}"
+        sweep=sweep,
+        judge=judge,
+        figure=figure,
+        caveats=(
+            "Small MLPs on a small dataset with plain SGD and a fixed budget; PReLU was "
+            "proposed for deep CNNs on ImageNet (He et al. 2015), where the gain was about 1 "
+            "point top-1.",
+            "There is no weight decay at all in this setting; PReLU's slopes are excluded "
+            "from it by the trainer, as He et al. did.",
+            "Control: PReLU vs Leaky ReLU at PReLU's initial slope 0.25 separates 'learning "
+            "the slope' from 'a larger slope'.",
         ),
-        figures=[figure],
-        caveats=caveats,
     )
+)

@@ -586,3 +586,22 @@ def test_unit_dim_naming_no_site_is_an_error(bad: object) -> None:
     # names and patterns that can be sites are accepted
     for good in ({"1": -1}, {"1#1": -1}, {"*": -1}, {"0:relu": -1}, {":relu": -1}):
         dr.scan(model, torch.randn(2, 3), unit_dim=good)
+
+
+def test_monitor_warns_once_and_reports_unrecognised() -> None:
+    import warnings
+
+    import deadrelu as dr
+    from deadrelu.capture import UnrecognisedActivationWarning
+
+    model = _Zoo()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with dr.Monitor(model, every=1, window=4, training_only=False) as mon:
+            for _ in range(3):
+                model(torch.randn(5, 4))
+                mon.step()
+    ours = [w for w in caught if issubclass(w.category, UnrecognisedActivationWarning)]
+    assert len(ours) == 1 and "'act1' (_TanhGELUActivation)" in str(ours[0].message)
+    expected = {"act1": "_TanhGELUActivation", "squash": "_Squash"}
+    assert mon.report().meta["unrecognised"] == expected

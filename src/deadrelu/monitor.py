@@ -492,6 +492,7 @@ class Monitor:
             "steps": [start, self._last_step()],
             "sampled_steps": len([t for t in self._history.steps if t >= start]),
             "dead": f"inactive on every sampled step of the last {self.window} steps",
+            "unrecognised": self._hooks.unrecognised,
         }
         given = {n: {"dead": m.cpu()} for n, m in self._dead_masks().items() if m is not None}
         return Report(stats, sites, meta=meta, given=given)

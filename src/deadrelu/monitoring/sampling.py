@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deadrelu.capture import CaptureCallback, Site, UnitDim, attach
+from deadrelu.capture import CaptureCallback, Site, UnitDim, attach, warn_unrecognised
 
 __all__ = ["HOOK_MODES", "CaptureHooks", "Sampler"]
 
@@ -91,6 +91,15 @@ class CaptureHooks:
         self._unit_dim = unit_dim
         self._functional = functional
         self._handle: Any = None
+        self._unrecognised: dict[str, str] = {}  # already warned about
+
+    @property
+    def unrecognised(self) -> dict[str, str]:
+        """``{module path: class name}`` of the activation-like modules deadrelu does not
+        know that ran while the hooks were registered (see
+        :attr:`deadrelu.capture.CaptureHandle.unrecognised`)."""
+        live = self._handle.unrecognised if self._handle is not None else {}
+        return {**self._unrecognised, **live}
 
     @property
     def registered(self) -> bool:
@@ -113,6 +122,10 @@ class CaptureHooks:
     def unregister(self) -> None:
         """Remove the hooks (idempotent)."""
         if self._handle is not None:
+            found = self._handle.unrecognised
+            new = {p: c for p, c in found.items() if p not in self._unrecognised}
+            self._unrecognised.update(new)
+            warn_unrecognised(new, stacklevel=4)  # once per module, for the Monitor's user
             self._handle.remove()
             self._handle = None
 

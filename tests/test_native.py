@@ -67,14 +67,14 @@ def test_native_equals_eager_on_every_layout(how: str, detail: str) -> None:
         got, want = _pair(units, detail)
         out = torch.nn.functional.elu(z)
         for _ in range(2):
-            for s, fused in ((got, None), (want, False)):
+            for s, asked in ((got, "native"), (want, "eager")):
                 if how == "relu":
-                    kernel = s.update(z, torch.relu(z), dim, fused=fused, relu=True)
+                    ran = s.update(z, torch.relu(z), dim, kernel=asked, relu=True)
                 elif how == "out":
-                    kernel = s.update(z, out, dim, fused=fused)
+                    ran = s.update(z, out, dim, kernel=asked)
                 else:
-                    kernel = s.update_z(z, dim, fused=fused, relu=how == "relu_z")
-                assert kernel == ("native" if fused is None else "eager"), name
+                    ran = s.update_z(z, dim, kernel=asked, relu=how == "relu_z")
+                assert ran == asked, name
         _assert_same(got, want)
         if how == "z_only":
             assert not got.abs_sum.any(), name
@@ -116,13 +116,11 @@ def test_nonfinite_values_follow_torch(bad: str, detail: str) -> None:
         finite = torch.randn(z.shape, generator=g)
         for relu in (True, False):
             got, want = _pair(units, detail)
-            for s, fused in ((got, None), (want, False)):
+            for s, asked in ((got, "native"), (want, "eager")):
                 o = torch.relu(z) if relu else out
-                assert s.update(z, o, dim, fused=fused, relu=relu) == (
-                    "native" if fused is None else "eager"
-                )
+                assert s.update(z, o, dim, kernel=asked, relu=relu) == (asked)
                 o = torch.relu(finite) if relu else torch.nn.functional.gelu(finite)
-                s.update(finite, o, dim, fused=fused, relu=relu)
+                s.update(finite, o, dim, kernel=asked, relu=relu)
             _assert_same(got, want)
             counts = {"nan": 1, "inf": 2, "-inf": 1, "mixed": 4, "out_nan": 0}
             expected_bad = counts.get(bad, z.numel())
@@ -148,7 +146,7 @@ def test_threads_do_not_change_the_counts(detail: str) -> None:
             for n in (1, 2, 3):
                 torch.set_num_threads(n)
                 s = UnitStats.empty(z.shape[dim], detail=detail)  # type: ignore[arg-type]
-                assert s.update_z(z, dim, relu=True) == "native"
+                assert s.update_z(z, dim, kernel="native", relu=True) == "native"
                 results.append(s)
             for s in results[1:]:
                 _assert_same(s, results[0])
@@ -162,7 +160,7 @@ def test_dead_units_by_construction() -> None:
     z = torch.randn(8, 6, 50)
     z[:, [1, 4]] -= 1000.0
     s = UnitStats.empty(6, detail="range")
-    assert s.update_z(z, 1, relu=True) == "native"
+    assert s.update_z(z, 1, kernel="native", relu=True) == "native"
     assert (s.active == 0).nonzero().flatten().tolist() == [1, 4]
     assert (s.z_max[[1, 4]] < -990).all() and (s.abs_sum[[1, 4]] == 0).all()
     assert ((s.active[[0, 2, 3, 5]] > 100) & (s.active[[0, 2, 3, 5]] < 300)).all()
@@ -172,16 +170,24 @@ def test_what_the_kernel_does_not_take() -> None:
     """bf16, float64, the "counts" level (three cheap passes), float32 accumulators, a
     non-float32 shift and a disabled kernel go to the torch paths."""
     z = torch.randn(4, 3, 8)
-    assert UnitStats.empty(3, detail="range").update_z(z.bfloat16(), 1, relu=True) == "eager"
-    assert UnitStats.empty(3, detail="range").update_z(z.double(), 1, relu=True) == "eager"
-    assert UnitStats.empty(3, detail="full").update_z(z, 1, relu=True) == "native"
-    assert UnitStats.empty(3, detail="counts").update_z(z, 1, relu=True) == "eager"
+    assert (
+        UnitStats.empty(3, detail="range").update_z(z.bfloat16(), 1, kernel="native", relu=True)
+        == "eager"
+    )
+    assert (
+        UnitStats.empty(3, detail="range").update_z(z.double(), 1, kernel="native", relu=True)
+        == "eager"
+    )
+    assert UnitStats.empty(3, detail="full").update_z(z, 1, kernel="native", relu=True) == "native"
+    assert UnitStats.empty(3, detail="counts").update_z(z, 1, kernel="native", relu=True) == "eager"
     previous = native.set_enabled(False)
     try:
-        assert UnitStats.empty(3, detail="range").update_z(z, 1, relu=True) == "eager"
+        assert (
+            UnitStats.empty(3, detail="range").update_z(z, 1, kernel="native", relu=True) == "eager"
+        )
     finally:
         native.set_enabled(previous)
-    assert UnitStats.empty(3, detail="range").update_z(z, 1, relu=True) == "native"
+    assert UnitStats.empty(3, detail="range").update_z(z, 1, kernel="native", relu=True) == "native"
     st = UnitStats.empty(3, detail="range")
     good = (st.positions, st.active, st.abs_sum, st.z_max, st.z_min, st.nonfinite)
     assert native.applies(z, None, good) and native.applies(z, z, good)
@@ -215,7 +221,7 @@ def test_full_moments_of_a_far_mean() -> None:
     batches = [1e4 + torch.randn(40, 3, 77, generator=g) * scale[:, None] for _ in range(3)]
     s = UnitStats.empty(3, detail="full")
     for z in batches:
-        assert s.update_z(z, 1) == "native"
+        assert s.update_z(z, 1, kernel="native") == "native"
     data = torch.cat(batches).double().transpose(0, 1).reshape(3, -1)
     torch.testing.assert_close(s.z_mean, data.mean(1), rtol=1e-9, atol=0)
     torch.testing.assert_close(s.z_var, data.var(1, correction=0), rtol=1e-3, atol=0)
@@ -233,8 +239,8 @@ def test_a_failing_compiler_leaves_the_torch_paths(
     assert not list(tmp_path.rglob("*.so"))
     z = torch.randn(4, 3, 70)
     got, want = _pair(3)
-    assert got.update_z(z, 1, relu=True) == "eager"
-    want.update_z(z, 1, relu=True, fused=False)
+    assert got.update_z(z, 1, kernel="native", relu=True) == "eager"
+    want.update_z(z, 1, relu=True, kernel="eager")
     _assert_same(got, want)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -34,24 +35,20 @@ def test_reported_units_are_exactly_the_killed_ones(model: nn.Module) -> None:
 
 
 @pytest.mark.skipif(not hasattr(torch, "compile"), reason="needs torch.compile")
-@pytest.mark.parametrize("with_native", [True, False], ids=["native", "compiled"])
+@pytest.mark.parametrize("kernel", ["native", "compiled"])
 @pytest.mark.parametrize("model", all_models(), ids=lambda m: type(m).__name__)
-def test_fused_scan_equals_eager_scan(
-    model: nn.Module, with_native: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The fused kernels (ReLU from z, in-place ReLU in the pre-hook, other activations from
-    |out|), native or compiled, give the eager statistics: the same classes exactly, sums
-    to float32 order; meta names the kernels that ran."""
-    if with_native and not native.available():
+def test_fused_scan_equals_eager_scan(model: nn.Module, kernel: Any) -> None:
+    """The one-pass kernels (ReLU from z, in-place ReLU in the pre-hook, other activations
+    from |out|), native or compiled, give the eager statistics: the same classes exactly,
+    sums to float32 order; meta names the kernels that ran."""
+    if kernel == "native" and not native.available():
         pytest.skip("no C++ compiler for the native kernel")
-    monkeypatch.setitem(native._STATE, "enabled", with_native)
     batches = model.make_batches()  # type: ignore[operator]
     for detail in ("range", "full"):
-        eager = scan(model, batches, detail=detail, fused=False)
-        fused = scan(model, batches, detail=detail, fused=True)
-        assert fused.meta["fused_from_batch"] == 1 and eager.meta["fused_from_batch"] is None
-        assert eager.meta["kernels"] == ["eager"]
-        assert fused.meta["kernels"] == ["native" if with_native else "compiled"]
+        eager = scan(model, batches, detail=detail, kernel="eager")
+        fused = scan(model, batches, detail=detail, kernel=kernel)
+        assert eager.meta["kernels"]["ran"] == ["eager"]
+        assert fused.meta["kernels"]["ran"] == [kernel]
         _assert_same_findings(fused, eager, model.expected_dead)
 
 
@@ -86,9 +83,9 @@ def test_fused_falls_back_to_eager_when_compiling_fails(monkeypatch: pytest.Monk
     m = DeadChannelCNN()
     batches = m.make_batches(2)
     with pytest.warns(RuntimeWarning, match="could not be compiled"):
-        fused = scan(m, batches, fused=True)
-    eager = scan(m, batches, fused=False)
-    assert fused.meta["fused_from_batch"] is None and fused.meta["kernels"] == ["eager"]
+        fused = scan(m, batches, kernel="compiled")
+    eager = scan(m, batches, kernel="eager")
+    assert fused.meta["fused_from_batch"] is None and fused.meta["kernels"]["ran"] == ["eager"]
     assert fused.all_units("dead") == m.expected_dead
     for site, st in eager.stats.items():
         for name in st.REDUCE:
@@ -97,15 +94,18 @@ def test_fused_falls_back_to_eager_when_compiling_fails(monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize("model", all_models(), ids=lambda m: type(m).__name__)
 def test_default_scan_takes_the_native_kernel(model: nn.Module) -> None:
-    """scan's defaults (detail "range", fused=None) reduce float32 CPU activations with the
-    native kernel from the first batch, compile nothing, and find exactly the killed
-    units, with the statistics of the eager scan."""
-    if not native.available():
-        pytest.skip("no C++ compiler for the native kernel")
+    """scan's defaults (detail "range", kernel "auto") reduce float32 CPU activations with
+    the kernel it measures fastest here (native, eager, or compiled where an earlier test
+    compiled it), compile nothing new, and find exactly the killed units, with the
+    statistics of the eager scan."""
     batches = model.make_batches()  # type: ignore[operator]
     default = scan(model, batches)
-    eager = scan(model, batches, fused=False)
-    assert default.meta["kernels"] == ["native"] and default.meta["fused_from_batch"] is None
+    eager = scan(model, batches, kernel="eager")
+    ran = set(default.meta["kernels"]["ran"])
+    assert ran <= {"native", "eager", "compiled"} and ran == set(
+        scan(model, batches).meta["kernels"]["ran"]
+    )
+    assert default.meta["fused_from_batch"] is None
     _assert_same_findings(default, eager, model.expected_dead)
 
 
@@ -406,7 +406,7 @@ def test_channels_last_model_scans_like_contiguous() -> None:
     ref = scan(m, batches)
     m_cl = m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     cl_batches = [x.contiguous(memory_format=torch.channels_last) for x in batches]
-    for fused in (False, True):
-        got = scan(m_cl, cl_batches, fused=fused)
+    for kernel in ("eager", "native", "compiled", "auto"):
+        got = scan(m_cl, cl_batches, kernel=kernel)  # type: ignore[arg-type]
         assert ref.all_units("dead") == m.expected_dead
         _assert_same_findings(got, ref, m.expected_dead)

@@ -47,7 +47,16 @@ from deadrelu.capture import (
     warn_unrecognised,
 )
 from deadrelu.report import Report
-from deadrelu.stats import Detail, UnitStats, detail_level, fused_available, release_scratch
+from deadrelu.stats import (
+    KERNEL_CHOICES,
+    Detail,
+    KernelChoice,
+    KernelTrial,
+    UnitStats,
+    detail_level,
+    fused_available,
+    release_scratch,
+)
 
 __all__ = ["Batch", "scan"]
 
@@ -55,12 +64,13 @@ log = logging.getLogger(__name__)
 
 Batch = Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 
-#: ``fused=None`` switches to the ``torch.compile``-d kernel (for the activations the native
-#: CPU kernel does not take: GPU, bf16...) when the rest of the scan is
-#: projected (first batch's time x batches left) to take at least this long. Measured on a
-#: 2-core CPU: compiling costs ~2.5 s per process (~10 s the first time on a machine,
-#: before inductor's disk cache is warm) and the compiled kernel then saves ~4-6 % of the
-#: scan's time at detail "range" (~10-13 % at "full"), so shorter scans are faster eager.
+#: ``kernel="auto"`` lets the ``torch.compile``-d kernel compete (be compiled, then timed
+#: against the others) after the first batch when the rest of the scan is projected
+#: (first batch's time x batches left) to take at least this long; before that, and for
+#: shorter scans, it competes only where it is already compiled in the process. Measured
+#: on a 2-core CPU: compiling costs ~2.5 s per process (~10 s the first time on a machine,
+#: before inductor's disk cache is warm) and the compiled kernel then saved ~4-6 % of the
+#: scan's time at detail "range" (~10-13 % at "full") against eager.
 AUTO_FUSED_SECONDS = 100.0
 
 
@@ -164,8 +174,9 @@ def _length(data: Any, max_batches: int | None) -> int | None:
 
 
 def auto_fused(first_batch_s: float, batches_left: int | None, device: torch.device) -> bool:
-    """Whether ``scan(fused=None)`` switches to the fused kernel after its first batch: the
-    kernel can run on ``device`` and the rest of the scan is projected to take at least
+    """Whether ``scan(kernel="auto")`` lets the compiled kernel compete (compiling it) after
+    its first batch: the kernel can run on ``device`` and the rest of the scan is projected
+    to take at least
     :data:`AUTO_FUSED_SECONDS` (``first_batch_s`` x ``batches_left``; unknown length: no)."""
     if batches_left is None or not fused_available(device):
         return False
@@ -192,6 +203,7 @@ def scan(
     keep_mode: bool = False,
     functional: bool = True,
     detail: Detail = "range",
+    kernel: KernelChoice = "auto",
     fused: bool | None = None,
 ) -> Report:
     """Run ``model`` over ``data`` and report its dead, dormant, ... units per call site.
@@ -211,25 +223,32 @@ def scan(
             the z extrema and non-finite counts that ``saturated``, ``nonfinite`` and
             :func:`deadrelu.explain.explain` need), "full" (or ``True``: also the z mean and
             variance; about 1.5x the statistics' cost of "range").
-        fused: which kernels reduce the activations (see :meth:`UnitStats.update`; all
-            give the same statistics up to float summation order). ``None`` (default):
-            float32 CPU activations at detail "range" or "full" by the native kernel
-            (:mod:`deadrelu.native`: one pass, compiled in about 0.7 s once per
-            machine) from the first batch, the others by eager torch ops, switching to
-            a ``torch.compile``-d kernel after the first batch when the rest of the scan
-            is projected to take at least :data:`AUTO_FUSED_SECONDS` (needs a known
-            length: ``len(data)`` or ``max_batches``; compiling costs about 2.5 s per
-            process, 10 s the first time on a machine). ``True``: native, else
-            compiled, from the first batch. ``False``: eager torch ops only.
+        kernel: which kernels reduce the activations (:meth:`UnitStats.update`; all
+            give the same statistics up to float summation order, counts and extrema
+            exactly). ``"auto"`` (default): per kind of activation, the fastest of those
+            that apply, measured in this process on its first batch
+            (:func:`deadrelu.stats.choose_kernel`): eager torch ops, the native CPU kernel
+            (:mod:`deadrelu.native`, float32, "range"/"full"), and the
+            ``torch.compile``-d kernel where it is already compiled in this process or,
+            from the second batch on, when the rest of the scan is projected to take at
+            least :data:`AUTO_FUSED_SECONDS` (needs a known length: ``len(data)`` or
+            ``max_batches``; compiling costs about 2.5 s per process, 10 s the first
+            time on a machine). ``"eager"``, ``"native"``, ``"compiled"``: that kernel
+            where it applies, else eager.
+        fused: deprecated (a DeprecationWarning): ``False`` is ``kernel="eager"``,
+            ``True`` ``kernel="auto"`` with compiling allowed from the first batch.
 
     Returns:
         A :class:`~deadrelu.report.Report`; ``report.meta`` holds ``batches`` (forwards
         run), ``skipped_empty``, ``mode``, ``fused_from_batch`` (the first batch, counted
-        from 1, on which ``fused=True`` was in effect; None if none, also when compiling
-        failed and the scan fell back to eager) and ``kernels`` (the sorted names of the
-        :data:`~deadrelu.stats.Kernel` s that reduced activations: "native", "compiled",
-        "eager") and ``unrecognised`` (``{module path: class name}`` of the modules that
-        look like activations deadrelu does not know, which were not measured: see
+        from 1, from which ``"auto"`` could compile the compiled kernel; None if none,
+        also when compiling failed), ``kernels``: ``{"ran": sorted names of the
+        :data:`~deadrelu.stats.Kernel` s that reduced activations ("native", "compiled",
+        "eager"), "sites": {site: the names for that site}, "trials": [``"auto"``'s
+        choices (:meth:`deadrelu.stats.KernelTrial.to_dict`: the kind of batch, the
+        candidates, the median seconds per batch of each, the kernel chosen) with the
+        "sites" they served]}``, and ``unrecognised`` (``{module path: class name}`` of
+        the modules that look like activations deadrelu does not know, which were not measured: see
         :attr:`deadrelu.capture.CaptureHandle.unrecognised`; also one
         :class:`~deadrelu.capture.UnrecognisedActivationWarning` naming them and the fix).
 
@@ -265,42 +284,49 @@ def scan(
             s = stats[site.name] = UnitStats.empty(_units(z, site.unit_dim), z.device, detail=level)
         return s
 
-    use_fused = fused is True
-    kernels: set[str] = set()
-
-    def kernel_choice() -> bool | None:
-        # UnitStats.update's fused: True (native, else compiled), None (native, else
-        # eager) until the auto rule switches, False (eager torch ops only)
-        return True if use_fused else None if fused is None else False
+    if fused is not None:
+        warnings.warn(
+            "scan(fused=...) is deprecated: pass kernel='eager' (fused=False) or leave "
+            "kernel='auto' (fused=True allowed compiling from the first batch)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        kernel = "auto" if fused else "eager"
+    if kernel not in KERNEL_CHOICES:
+        raise ValueError(f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
+    use_fused = fused is True  # "auto" may compile (from the first batch)
+    ran_by: dict[str, set[str]] = {}
 
     def collect(site: Site, z: Tensor, out: Tensor) -> None:
         if z.numel() == 0:
             return
         spec = site.activation.spec
-        kernel = stats_for(site, z).update(
+        ran = stats_for(site, z).update(
             z,
             out,
             site.unit_dim,
-            fused=kernel_choice(),
+            kernel=kernel,
+            allow_compile=use_fused,
             out_nonnegative=spec.nonnegative,
             relu=spec.name == "relu",
         )
-        kernels.add(kernel or "eager")
+        ran_by.setdefault(site.name, set()).add(ran or "eager")
 
     def abs_from_z(site: Site) -> bool:
-        # an in-place ReLU on a path that sums relu(z) in its one pass over z (native at
-        # "range"/"full", compiled): its abs_sum comes from z in the pre-hook, the post-hook
-        # adds nothing (eagerly that would be a pass more than summing the output)
-        native_likely = fused is None and level != "counts"
-        return (use_fused or native_likely) and site.activation.spec.name == "relu"
+        # an in-place ReLU where a one-pass kernel may run (it sums relu(z) from z at no
+        # extra pass): its abs_sum comes from z in the pre-hook, the post-hook adds nothing
+        # (eagerly one pass more than summing the output; "auto" times eager so too)
+        return kernel != "eager" and level != "counts" and site.activation.spec.name == "relu"
 
     def collect_z(site: Site, z: Tensor) -> None:
         # in-place activation modules: z before it is overwritten, without a copy
         if z.numel() == 0:
             return
         s = stats_for(site, z)
-        kernel = s.update_z(z, site.unit_dim, fused=kernel_choice(), relu=abs_from_z(site))
-        kernels.add(kernel or "eager")
+        ran = s.update_z(
+            z, site.unit_dim, kernel=kernel, allow_compile=use_fused, relu=abs_from_z(site)
+        )
+        ran_by.setdefault(site.name, set()).add(ran or "eager")
 
     def collect_out(site: Site, out: Tensor) -> None:
         s = stats.get(site.name)
@@ -310,7 +336,7 @@ def scan(
     flags = [(m, m.training) for m in model.modules()]
     seen = ran = skipped = 0
     fused_from: int | None = 1 if use_fused else None
-    length = _length(data, max_batches) if fused is None else None
+    length = _length(data, max_batches) if kernel == "auto" and not use_fused else None
     sites: dict[str, Site] = {}
     unrecognised: dict[str, str] = {}
     try:
@@ -340,13 +366,13 @@ def scan(
                         raise ValueError(
                             _no_activation_message(model, functional, handle.unrecognised)
                         )
-                    if ran == 1 and fused is None and length is not None:
+                    if ran == 1 and length is not None:
                         if target.type == "cuda":  # once: time the work, not the launches
                             torch.cuda.synchronize(target)
                         left = length - 1
                         if auto_fused(time.perf_counter() - start, left, target):
                             use_fused, fused_from = True, 2
-                            log.info("scan: %d batches left, switching to the fused kernel", left)
+                            log.info("scan: %d batches left, the compiled kernel may compete", left)
                     if max_batches is not None and ran >= max_batches:
                         break
             sites = dict(handle.sites)
@@ -374,7 +400,7 @@ def scan(
         "mode": "keep" if keep_mode else "eval",
         "model": type(model).__name__,
         "fused_from_batch": fused_from,
-        "kernels": sorted(kernels),
+        "kernels": _kernels_meta(ran_by, stats),
         "unrecognised": unrecognised,
     }
     warn_unrecognised(unrecognised)
@@ -400,6 +426,19 @@ def _warn_nonfinite(report: Report) -> None:
         RuntimeWarning,
         stacklevel=3,
     )
+
+
+def _kernels_meta(ran_by: Mapping[str, set[str]], stats: Mapping[str, UnitStats]) -> dict[str, Any]:
+    """``report.meta["kernels"]``: what ran, overall and per site, and ``"auto"``'s trials."""
+    trials: dict[tuple[Any, ...], tuple[KernelTrial, list[str]]] = {}
+    for site, s in stats.items():
+        for trial in s.kernel_trials:
+            trials.setdefault(trial.kind, (trial, []))[1].append(site)
+    return {
+        "ran": sorted(set().union(*ran_by.values())),
+        "sites": {site: sorted(names) for site, names in ran_by.items()},
+        "trials": [{**t.to_dict(), "sites": sites} for t, sites in trials.values()],
+    }
 
 
 def _no_activation_message(

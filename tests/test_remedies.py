@@ -574,3 +574,30 @@ def test_swap_reports_calls_it_could_not_change() -> None:
     summary = swap_activations(Hidden(), "elu", example_inputs=torch.randn(2, 3))
     assert summary.changed == []
     assert any(s.startswith(":relu: relu is still called") for s in summary.skipped)
+
+
+def test_recycle_skips_units_dead_only_under_train_mode_batchnorm() -> None:
+    from deadrelu.monitor import Monitor
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(4, 3), nn.BatchNorm1d(3, momentum=0.0), nn.ReLU(), nn.Linear(3, 1)
+    )
+    with torch.no_grad():
+        net[1].bias[1] = -10.0  # train mode: (x - mean) / std - 10 < 0 on a batch of 32
+        net[1].bias[2] = -1e4  # dead in both modes
+    x = 100 * torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+    net.train()
+    with Monitor(net, every=1, window=2, threshold=None, training_only=False) as mon:
+        for _ in range(3):
+            net(x)
+            mon.step()
+    assert mon.dead_units("2") == [1, 2]
+    net.eval()
+    before = net(x).detach()
+    summary = recycle(net, mon, data=x)
+    assert summary.units == {"2": [2]}
+    assert any(
+        s.startswith("2: unit(s) [1] dead in the source but active") for s in summary.skipped
+    )
+    assert float((net(x).detach() - before).abs().max()) <= 1e-6

@@ -715,9 +715,13 @@ def recycle(
             parameters.
         tau: recycle dormant units with this ReDo threshold instead of dead ones.
         data: batches (as :func:`deadrelu.scan.scan` takes): the first links the layers
-            by a probe forward and measures ``summary.max_output_change`` (eval mode);
-            all of it is scanned afterwards and recycled units still dead are listed in
-            ``summary.still_dead``.
+            by a probe forward and measures ``summary.max_output_change`` (eval mode).
+            All of it is scanned in eval mode before (dead units of a Report or Monitor
+            that are active there, e.g. dead only under a Monitor's training-mode
+            BatchNorm statistics, are not recycled and are listed in ``skipped``) and
+            after (recycled units still dead are listed in ``summary.still_dead``).
+            Without ``data`` the outputs are unchanged on the data the source measured,
+            in the mode it measured in.
         example_inputs: one batch for the probe forward and the output check, when
             ``data`` is not given (a model ``torch.fx`` cannot trace needs one of them).
         generator: random generator for the new weights (default: torch's global one).
@@ -742,6 +746,8 @@ def recycle(
     _check_sites("recycle", masks, links)
     before = _eval_outputs(model, batch) if batch is not None else None
     summary = RemedySummary("recycle", model=model)
+    if data is not None and tau is None and not isinstance(source, Mapping):
+        masks = _dead_in_eval(model, data, masks, summary)
     touched: list[tuple[Tensor, str, Tensor]] = []  # (param, "rows"|"cols", indices)
     for site, mask in masks.items():
         if not _any(mask):
@@ -778,6 +784,31 @@ def recycle(
                 if still:
                     summary.still_dead[site] = still
     return summary
+
+
+def _dead_in_eval(
+    model: nn.Module, data: Any, masks: dict[str, Tensor], summary: RemedySummary
+) -> dict[str, Tensor]:
+    """Keep the units that a scan of ``data`` in eval mode also finds dead; list the rest
+    (dead in a Monitor's training-mode statistics, active with BatchNorm's running ones)."""
+    now = scan(model, data)
+    out: dict[str, Tensor] = {}
+    for site, mask in masks.items():
+        if site not in now.stats or mask.dtype != torch.bool:
+            out[site] = mask
+            continue
+        dead = now.masks(site)["dead"]
+        if dead.numel() != mask.numel():
+            out[site] = mask  # the size check names the mismatch later
+            continue
+        active = torch.nonzero(mask & ~dead).flatten().tolist()
+        if active:
+            summary.skipped.append(
+                f"{site}: unit(s) {active} dead in the source but active in an eval-mode scan "
+                "of data= (BatchNorm running statistics): not recycled"
+            )
+        out[site] = mask & dead
+    return out
 
 
 def _recycle_site(

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import torch
@@ -140,7 +140,9 @@ def oracle_on(model: nn.Module, axis: Axis) -> Iterator[Oracle]:
     for path, module in model.named_modules():
         is_act = isinstance(module, ORACLE_MODULES)
 
-        def pre(m: nn.Module, args: tuple[Any, ...], path: str = path, is_act: bool = is_act):
+        def pre(
+            m: nn.Module, args: tuple[Any, ...], path: str = path, is_act: bool = is_act
+        ) -> None:
             if not oracle.stack:
                 oracle.repeats.clear()
             oracle.stack.append(path)
@@ -187,13 +189,13 @@ class Case:
 
 def _kill_bias(layer: nn.Module, units: list[int], value: float = -1000.0) -> None:
     with torch.no_grad():
-        layer.bias[units] = value  # type: ignore[index]
+        cast(Tensor, layer.bias)[units] = value
 
 
 def _zero_rows(layer: nn.Module, units: list[int]) -> None:
     """A bias-free layer: weight rows of zeros give z = 0 exactly, never z > 0."""
     with torch.no_grad():
-        layer.weight[units] = 0.0  # type: ignore[index]
+        cast(Tensor, layer.weight)[units] = 0.0
 
 
 def check(case: Case) -> dr.Report:

@@ -363,8 +363,8 @@ def figure(cfg: LabConfig, sw: Sweep, jd: Judgement) -> list[str]:
     ax.set_ylabel("P(born dead)")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(
-        f"lines: theory; dots: Monte Carlo ({n} nets), Wilson 95 %; dashed: RAI, dotted: He "
-        f"with symmetric biases ({n_other} nets)",
+        f"lines: theory; dots: Monte Carlo ({n} nets), Wilson 95 %\n"
+        f"dashed: RAI, dotted: He with symmetric biases ({n_other} nets)",
         fontsize=9,
     )
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))

@@ -254,8 +254,8 @@ def sweep(cfg: LabConfig) -> Sweep:
     """Every arm through the same task sequence, on the same seeds."""
     data = load(cfg.dataset, 0).to(cfg.device)
     hidden = cfg.size(tiny=16, quick=64, full=100)
-    tasks = cfg.size(tiny=3, quick=8, full=25)
-    steps_per_task = cfg.size(tiny=20, quick=150, full=400)
+    tasks = cfg.size(tiny=3, quick=8, full=20)
+    steps_per_task = cfg.size(tiny=20, quick=150, full=300)
     seeds = list(range(cfg.n_seeds))
     tc = TrainConfig(
         widths=(data.n_features, hidden, hidden, data.n_classes),
@@ -370,9 +370,14 @@ def judge(sw: Sweep, seeds: SeedIndex = None) -> Judgement:
         for k in arms
     }
     g, glo, ghi = grow
+    layers_txt = ", ".join(
+        f"L{layer + 1} {100 * per_layer['relu'][0][layer]:.1f} -> "
+        f"{100 * per_layer['relu'][-1][layer]:.1f} %"
+        for layer in range(len(per_layer["relu"][0]))
+    )
     c5_summary = (
         f"ReLU dead {100 * dead_first['relu']:.1f} % after task 1 -> "
-        f"{100 * dead_last['relu']:.1f} % after task {tasks} ({100 * g:+.1f} points "
+        f"{100 * dead_last['relu']:.1f} % after task {tasks} ({layers_txt}; {100 * g:+.1f} points "
         f"[{100 * glo:+.1f}, {100 * ghi:+.1f}]); Leaky {100 * dead_last['leaky_relu']:.1f} %, "
         f"ReDo {100 * dead_last['relu + ReDo']:.1f} %, CBP {100 * dead_last['relu + CBP']:.1f} %"
     )

@@ -218,7 +218,7 @@ def sweep(cfg: LabConfig) -> Sweep:
     """Train every arm on the same seeds with per-unit tracking and weight snapshots."""
     data = load(cfg.dataset, 0).to(cfg.device)
     hidden = cfg.size(tiny=16, quick=64, full=100)
-    steps = cfg.size(tiny=30, quick=240, full=1500)
+    steps = cfg.size(tiny=30, quick=240, full=800)
     every = cfg.size(tiny=5, quick=20, full=25)
     seeds = list(range(cfg.n_seeds))
     out: dict[str, Any] = {
@@ -393,6 +393,11 @@ def figure(cfg: LabConfig, sw: Sweep, jd: Judgement) -> list[str]:
             hi_err.append((s.get("hi") or 0.0) - m if s["verdict"] != "n/a" else 0.0)
             colors.append(f"C{j}")
     ax.bar(range(len(labels)), means, yerr=[lo_err, hi_err], capsize=2, color=colors)
+    for x, per in enumerate(
+        s for layers in jd.derived["revival"].values() for s in layers.values()
+    ):
+        if per["verdict"] == "n/a":
+            ax.text(x, 0.01, "no dead\nunit", ha="center", va="bottom", fontsize=6)
     ax.set_xticks(range(len(labels)), labels, fontsize=5)
     ax.axhline(MAX_REVIVAL, color="grey", ls=":", lw=1)
     ax.set_ylabel("fraction of dead units that came back")

@@ -107,10 +107,10 @@ def sweep(cfg: LabConfig) -> Sweep:
     """Monte Carlo counts per init, width, seed and depth; the theory curve per width."""
     widths = cfg.size(tiny=(2, 4), quick=(2, 3, 4, 5, 8), full=(2, 3, 4, 5, 8, 16))
     depth = cfg.size(tiny=12, quick=50, full=100)
-    nets = cfg.size(tiny=100, quick=400, full=2000)
+    nets = cfg.size(tiny=100, quick=400, full=1000)
     # He is the curve compared with the theory: more nets (cheap: 1 s in quick)
-    he_nets = cfg.size(tiny=300, quick=2000, full=10000)
-    inputs = cfg.size(tiny=16, quick=32, full=64)
+    he_nets = cfg.size(tiny=300, quick=2000, full=4000)
+    inputs = cfg.size(tiny=16, quick=32, full=32)
     seeds = list(range(cfg.n_seeds))
     counts: dict[str, dict[str, list[list[int]]]] = {init: {} for init in INITS}
     for init in INITS:

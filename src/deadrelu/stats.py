@@ -81,29 +81,42 @@ becomes inf for that unit, but the position is not counted as non-finite.)
 
 from __future__ import annotations
 
+import logging
 import math
+import statistics
 import threading
+import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor
 
 from deadrelu import native
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "DETAIL_LEVELS",
+    "KERNEL_CHOICES",
     "Detail",
     "Kernel",
+    "KernelChoice",
+    "KernelTrial",
     "Level",
     "UnitStats",
     "accumulator_dtype",
     "all_reduce_many",
+    "choose_kernel",
     "detail_level",
     "fused_available",
+    "kernel_trials",
     "release_scratch",
+    "reset_kernel_choices",
     "scratch",
+    "set_timer",
 ]
 
 #: What a :class:`UnitStats` updates, cheapest first: "counts" (positions, active,
@@ -526,6 +539,224 @@ def _disable_fused(exc: BaseException) -> None:
     )
 
 
+# ---------------------------------------------------------------------- kernel choice
+
+#: What :meth:`UnitStats.update` may be asked to run (``kernel=``): "auto" measures.
+KERNEL_CHOICES: tuple[str, ...] = ("auto", "eager", "native", "compiled")
+KernelChoice = Literal["auto", "eager", "native", "compiled"]
+#: Timed runs of each candidate after its warm-up run, when "auto" chooses (median kept).
+TRIAL_REPEATS = 3
+
+_ORDERS: dict[str, tuple[str, ...]] = {
+    "auto": ("auto",),
+    "eager": ("eager",),
+    "native": ("native", "eager"),
+    "compiled": ("compiled", "eager"),
+}
+
+
+def _kernel_order(kernel: str, fused: bool | None) -> tuple[str, ...]:
+    """The kernels :meth:`UnitStats._update` tries in turn for ``kernel`` (or the
+    deprecated ``fused``: False eager, True native else compiled)."""
+    if fused is not None:
+        warnings.warn(
+            "UnitStats.update(fused=...) is deprecated: pass kernel='eager' (fused=False) "
+            "or kernel='native' / 'compiled' / 'auto'",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return ("native", "compiled", "eager") if fused else ("eager",)
+    order = _ORDERS.get(kernel)
+    if order is None:
+        raise ValueError(f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
+    return order
+
+
+class _Batch(NamedTuple):
+    """One batch as the kernels take it: ``(A, U, B)`` views, the "full" shift, flags."""
+
+    z3: Tensor
+    out3: Tensor | None
+    shift: Tensor | None
+    out_nonnegative: bool
+    relu: bool
+
+
+_TIMER: list[Callable[[], float]] = [time.perf_counter]
+
+
+def set_timer(timer: Callable[[], float] | None) -> Callable[[], float]:
+    """Use ``timer`` (a clock in seconds, like :func:`time.perf_counter`, the default;
+    None restores it) for the trials of ``kernel="auto"``; returns the previous one.
+    For tests: a fake clock makes the choice deterministic."""
+    previous = _TIMER[0]
+    _TIMER[0] = timer or time.perf_counter
+    return previous
+
+
+@dataclass(frozen=True)
+class KernelTrial:
+    """What ``kernel="auto"`` chose for one kind of batch, and why.
+
+    ``kind``: the batch's units, position class (``positions <= 2**k`` per unit), dtype,
+    device, layout ("rows": units before contiguous positions, "units_last": ``(N, L, U)``
+    or a ``channels_last`` map, "strided": copied first), level, mode ("relu": the sum of
+    relu(z); "out": of |out|; "z": none), ``out_nonnegative``. ``candidates``: the kernels
+    that applied; ``times_s``: the median seconds per batch of each that ran (empty when
+    only one applied: nothing was timed); ``kernel``: the fastest.
+    """
+
+    kind: tuple[Any, ...]
+    kernel: str
+    candidates: tuple[str, ...]
+    times_s: Mapping[str, float]
+    compiled_considered: bool
+
+    _KIND_NAMES: ClassVar[tuple[str, ...]] = (
+        "units",
+        "positions_class",
+        "dtype",
+        "device",
+        "layout",
+        "level",
+        "mode",
+        "out_nonnegative",
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``kind`` fields by name, ``kernel``, ``candidates``, ``times_s``."""
+        return {
+            **dict(zip(self._KIND_NAMES, self.kind, strict=True)),
+            "kernel": self.kernel,
+            "candidates": list(self.candidates),
+            "times_s": dict(self.times_s),
+        }
+
+
+#: ``kernel="auto"``'s choices in this process, by kind of batch.
+_CHOICES: dict[tuple[Any, ...], KernelTrial] = {}
+#: (level, mode, dtype, device type, units last) the compiled kernel already ran for.
+_COMPILED_READY: set[tuple[Any, ...]] = set()
+
+
+def kernel_trials() -> list[KernelTrial]:
+    """Every choice ``kernel="auto"`` made in this process, oldest first."""
+    return list(_CHOICES.values())
+
+
+def reset_kernel_choices() -> None:
+    """Forget ``kernel="auto"``'s choices (the next batch of each kind is timed again)."""
+    _CHOICES.clear()
+
+
+def _mode(batch: _Batch) -> str:
+    return "relu" if batch.relu else "out" if batch.out3 is not None else "z"
+
+
+def _compiled_key(level: str, batch: _Batch) -> tuple[Any, ...]:
+    """What the compiled kernel's guards tell apart (shapes are dynamic)."""
+    z3 = batch.z3
+    return (level, _mode(batch), z3.dtype, z3.device.type, z3.shape[2] == 1)
+
+
+def _applies(stats: UnitStats, name: str, batch: _Batch, compile_ok: bool) -> bool:
+    """Whether kernel ``name`` may take ``batch`` (static checks; a run can still fail)."""
+    z3 = batch.z3
+    if name == "eager":
+        return True
+    if stats.detail == "counts":
+        return False
+    if name == "native":
+        return stats._native_applies(z3, batch.out3, batch.shift, batch.relu)
+    return (
+        compile_ok and fused_available(z3.device) and z3.numel() // z3.shape[1] < _FLOAT_COUNT_EXACT
+    )
+
+
+def choose_kernel(stats: UnitStats, batch: _Batch, layout: str, allow_compile: bool) -> str:
+    """The kernel ``kernel="auto"`` runs ``batch`` with: the fastest, by measurement, of
+    those that apply, chosen once per kind of batch in this process (:class:`KernelTrial`).
+
+    Rule: "eager" always applies; "native" where :mod:`deadrelu.native` takes the batch
+    (float32 CPU, detail "range"/"full", a C++ compiler); "compiled" (detail "range"/
+    "full", fewer than 2**24 positions per unit) only where it already ran in this
+    process for this level, mode, dtype, device and layout class, or ``allow_compile``
+    (compiling costs seconds). A kind chosen without "compiled" is timed again once
+    "compiled" becomes allowed. With one candidate nothing is timed. Otherwise each
+    candidate runs once untimed (a warm-up that also compiles; one that raises or does
+    not apply is dropped), then :data:`TRIAL_REPEATS` timed runs each, interleaved in
+    rotating order, all into throwaway accumulators; the smallest median wins (ties: the
+    earlier in eager, native, compiled). ``batch`` itself is then reduced once, by the
+    winner, into ``stats``. Inside ``torch.compile`` tracing: "eager", untimed.
+    """
+    if stats.detail == "counts" or torch.compiler.is_compiling():
+        return "eager"
+    z3 = batch.z3
+    n_b = z3.numel() // z3.shape[1]
+    kind = (
+        z3.shape[1],
+        n_b.bit_length(),
+        str(z3.dtype).removeprefix("torch."),
+        str(z3.device),
+        layout,
+        stats.detail,
+        _mode(batch),
+        batch.out_nonnegative,
+    )
+    compile_ok = allow_compile or _compiled_key(stats.detail, batch) in _COMPILED_READY
+    choice = _CHOICES.get(kind)
+    if choice is None or (compile_ok and not choice.compiled_considered):
+        candidates = [
+            n for n in ("eager", "native", "compiled") if _applies(stats, n, batch, compile_ok)
+        ]
+        choice = _trial(stats, batch, kind, candidates, compile_ok)
+        _CHOICES[kind] = choice
+    stats._trials[kind] = choice
+    return choice.kernel
+
+
+def _trial(
+    stats: UnitStats,
+    batch: _Batch,
+    kind: tuple[Any, ...],
+    candidates: list[str],
+    compile_ok: bool,
+) -> KernelTrial:
+    """Time ``candidates`` on ``batch`` into throwaway accumulators (:func:`choose_kernel`)."""
+    considered = compile_ok and "compiled" in candidates
+    if len(candidates) == 1:
+        return KernelTrial(kind, candidates[0], tuple(candidates), {}, considered)
+    device = batch.z3.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else None
+    scratch_stats = {
+        name: UnitStats.empty(stats.units, device, detail=stats.detail, dtype=stats.abs_sum.dtype)
+        for name in candidates
+    }
+    alive: list[str] = []
+    for name in candidates:  # warm-up (compiles), and does it run at all?
+        try:
+            if scratch_stats[name]._run(name, batch):
+                alive.append(name)
+        except Exception as exc:  # a kernel that fails is never chosen
+            log.info("deadrelu: kernel %r failed on a %s batch (%r); not used", name, kind, exc)
+    timer = _TIMER[0]
+    times: dict[str, list[float]] = {name: [] for name in alive}
+    for r in range(TRIAL_REPEATS if len(alive) > 1 else 0):
+        k = r % len(alive)
+        for name in alive[k:] + alive[:k]:
+            if sync is not None:
+                sync(device)
+            start = timer()
+            scratch_stats[name]._run(name, batch)
+            if sync is not None:
+                sync(device)
+            times[name].append(timer() - start)
+    medians = {name: statistics.median(v) for name, v in times.items() if v}
+    winner = min(alive, key=lambda n: (medians.get(n, 0.0), candidates.index(n)), default="eager")
+    log.info("deadrelu: kernel %r for %s (median s per batch: %s)", winner, kind, medians)
+    return KernelTrial(kind, winner, tuple(candidates), medians, considered)
+
+
 @dataclass(eq=False)
 class UnitStats:
     """Per-unit accumulators for one call site; see the module docstring for the fields.
@@ -562,6 +793,14 @@ class UnitStats:
     def __post_init__(self) -> None:
         self.detail = detail_level(self.detail)
         self._compact()
+        #: ``kernel="auto"``'s choices for the kinds of batch these statistics saw.
+        self._trials: dict[tuple[Any, ...], KernelTrial] = {}
+
+    @property
+    def kernel_trials(self) -> list[KernelTrial]:
+        """:class:`KernelTrial` s of the kinds of batch that ``kernel="auto"`` reduced into
+        these statistics (empty for other kernels)."""
+        return list(self._trials.values())
 
     def _compact(self) -> None:
         """Hold the fields this level does not update as zero-stride views of their initial
@@ -646,6 +885,8 @@ class UnitStats:
         out: Tensor,
         unit_dim: int,
         *,
+        kernel: KernelChoice = "auto",
+        allow_compile: bool = False,
         fused: bool | None = None,
         out_nonnegative: bool = False,
         relu: bool = False,
@@ -659,38 +900,55 @@ class UnitStats:
                 a 0-d tensor is one unit seen once, a 1-d ``(U,)`` tensor one position.
             out: activation output, same shape as ``z``.
             unit_dim: the unit axis of ``z`` (negative counts from the end).
-            fused: which code reduces the batch (same results up to float summation
-                order):
+            kernel: which code reduces the batch (:data:`KERNEL_CHOICES`; all give the
+                same statistics up to float summation order: counts and extrema exactly):
 
-                * ``None`` (default): the native CPU kernel (:mod:`deadrelu.native`: detail
-                  "range" or "full", float32 on CPU; one pass, compiled in about 0.7 s once per
-                  machine) where it applies, else the eager torch ops;
-                * ``True``: the native kernel where it applies, else one
-                  ``torch.compile``-d kernel (a single read of ``z``, and of ``out`` unless
-                  ``relu``, instead of about ten eager ops; the first call in a process
-                  compiles for a few seconds, then the statistics cost 2-3x less; falls
-                  back to eager with one warning where compiling fails; not used inside a
-                  model that is itself being compiled, for batches of 2**24 or more
-                  positions per unit, or at the "counts" level: three cheap passes);
-                * ``False``: the eager torch ops only (the reference).
+                * ``"auto"`` (default): the fastest kernel that applies, measured in this
+                  process on the first batch of each kind (:func:`choose_kernel`);
+                * ``"eager"``: torch ops only (the reference);
+                * ``"native"``: the C++ kernel (:mod:`deadrelu.native`: detail "range" or
+                  "full", float32 on CPU; one pass) where it applies, else eager;
+                * ``"compiled"``: one ``torch.compile``-d kernel (a single read of ``z``,
+                  and of ``out`` unless ``relu``; the first call in a process compiles
+                  for seconds; falls back to eager with one warning where compiling fails;
+                  not used inside a model that is itself being compiled, for batches of
+                  2**24 or more positions per unit, or at the "counts" level) where it
+                  applies, else eager.
+            allow_compile: with ``kernel="auto"``, let the compiled kernel be a candidate
+                even where it is not yet compiled for this kind of batch in this process
+                (compiling costs seconds; :func:`deadrelu.scan.scan` allows it for scans
+                projected to take long).
+            fused: deprecated alias of ``kernel``: ``False`` is "eager", ``True`` the
+                native kernel where it applies else the compiled one (its old meaning),
+                ``None`` leaves ``kernel`` as given.
             out_nonnegative: the caller guarantees ``out >= 0`` (or NaN) everywhere, as for
                 ReLU and ReLU6: ``abs_sum`` is then summed from ``out`` without an ``abs``
-                pass (same result). Ignored by the fused path.
+                pass (same result). Ignored by the native and compiled kernels.
             relu: the caller guarantees ``out == relu(z)`` (implies ``out_nonnegative``):
-                the fused path then sums ``relu(z)`` from ``z`` and does not read ``out``.
+                the one-pass kernels then sum ``relu(z)`` from ``z`` and do not read
+                ``out``.
 
-        Reduces over every dim but ``unit_dim``. No host synchronisation. A tensor with no
-        elements is ignored (decided from its shape only).
+        Reduces over every dim but ``unit_dim``. No host synchronisation, except on the
+        batches ``"auto"`` times on a GPU (the first of each kind, per process). A tensor
+        with no elements is ignored (decided from its shape only).
         """
         if z.shape != out.shape:
             raise ValueError(
                 f"z and out must have the same shape, got {tuple(z.shape)} and "
                 f"{tuple(out.shape)}; pass the activation's input and output"
             )
-        return self._update(z, out, unit_dim, fused, out_nonnegative or relu, relu)
+        order = _kernel_order(kernel, fused)
+        return self._update(z, out, unit_dim, order, allow_compile, out_nonnegative or relu, relu)
 
     def update_z(
-        self, z: Tensor, unit_dim: int, *, fused: bool | None = None, relu: bool = False
+        self,
+        z: Tensor,
+        unit_dim: int,
+        *,
+        kernel: KernelChoice = "auto",
+        allow_compile: bool = False,
+        fused: bool | None = None,
+        relu: bool = False,
     ) -> Kernel | None:
         """Add one batch's pre-activation only: everything :meth:`update` adds but
         ``abs_sum``, which :meth:`add_output` adds from the output of the same call.
@@ -700,11 +958,12 @@ class UnitStats:
         output after it, instead of copying ``z``. ``update_z(z) + add_output(out)`` is
         :meth:`update` ``(z, out)``. With ``relu=True`` (the activation is ReLU) the
         ``abs_sum`` of ``relu(z)`` is added too, so that ``update_z(z, relu=True)`` alone is
-        :meth:`update` ``(z, relu(z))``: in the fused kernel at no extra pass, eagerly at
-        about one pass more than :meth:`add_output` would take. ``fused`` and the return
-        value as in :meth:`update`.
+        :meth:`update` ``(z, relu(z))``: in the one-pass kernels at no extra pass, eagerly
+        at about one pass more than :meth:`add_output` would take. ``kernel``,
+        ``allow_compile``, ``fused`` and the return value as in :meth:`update`.
         """
-        return self._update(z, None, unit_dim, fused, False, relu)
+        order = _kernel_order(kernel, fused)
+        return self._update(z, None, unit_dim, order, allow_compile, False, relu)
 
     def add_output(self, out: Tensor, unit_dim: int, *, out_nonnegative: bool = False) -> None:
         """Add the ``abs_sum`` of one call's output, whose ``z`` went to :meth:`update_z`.
@@ -738,77 +997,91 @@ class UnitStats:
         z: Tensor,
         out: Tensor | None,
         unit_dim: int,
-        fused: bool | None,
+        order: tuple[str, ...],
+        allow_compile: bool,
         out_nonnegative: bool,
         relu: bool,
     ) -> Kernel | None:
         """:meth:`update`; without ``out`` (:meth:`update_z`) ``abs_sum`` is skipped, or with
-        ``relu`` taken from ``relu(z)``. None for a batch with no elements."""
+        ``relu`` taken from ``relu(z)``. ``order``: the kernels to try, the first that
+        applies reduces the batch (``("auto",)``: :func:`choose_kernel`'s, then eager).
+        None for a batch with no elements."""
         if out is not None and z.dim() <= 1:
             out = out.reshape(1, -1)
         z, d = self._unit_axis(z, unit_dim, "z")
-        n_b = z.numel() // self.units
-        if n_b == 0:
+        if z.numel() == 0:
             return None
         z = z.detach()
         out = out.detach() if out is not None else None
-        work = _work_dtype(z.dtype)
-        level = self.detail
-        shift: Tensor | None = None
-        if level == "full":
-            # Moments are taken about a per-unit shift K (this batch's first position), so
-            # that s2 - s1**2 / n does not cancel: |mean - K| is of the order of the spread.
-            index = tuple(slice(None) if i == d else 0 for i in range(z.dim()))
-            shift = z[index].to(work).nan_to_num(0.0, 0.0, 0.0)  # (U,)
-
         units_last = _units_last(z, d)
         z3 = _as_aub(z, d, units_last)
         out3 = _as_aub(out, d, units_last) if out is not None else None
-        compiling = torch.compiler.is_compiling()
-        native_ok = fused is not False and level != "counts" and not compiling
-        if native_ok and self._native(z3, out3, shift, relu):
-            return "native"
-        parts: tuple[Tensor, ...] | None = None
-        merge: Callable[..., Any] | None = None
-        kernel: Kernel = "eager"
-        if fused and level != "counts" and n_b < _FLOAT_COUNT_EXACT and not compiling:
-            if level == "range" and self._fused_range(z3, out3, relu):
-                return "compiled"
-            if level == "full":
-                parts, merge = self._fused_full(z3, out3, shift, relu)
-                kernel = "eager" if parts is None else "compiled"
-        if parts is None:
+        shift: Tensor | None = None
+        if self.detail == "full":
+            # Moments are taken about a per-unit shift K (this batch's first position), so
+            # that s2 - s1**2 / n does not cancel: |mean - K| is of the order of the spread.
+            index = tuple(slice(None) if i == d else 0 for i in range(z.dim()))
+            shift = z[index].to(_work_dtype(z.dtype)).nan_to_num(0.0, 0.0, 0.0)  # (U,)
+        batch = _Batch(z3, out3, shift, out_nonnegative, relu)
+        if order == ("auto",):
+            layout = "units_last" if units_last else "rows" if z.is_contiguous() else "strided"
+            order = (choose_kernel(self, batch, layout, allow_compile), "eager")
+        for name in order:
+            if self._run(name, batch):
+                return name  # type: ignore[return-value]
+        raise AssertionError(f"no kernel reduced the batch (order {order})")  # pragma: no cover
+
+    def _run(self, name: str, batch: _Batch) -> bool:
+        """Reduce ``batch`` into these accumulators with kernel ``name``; False (and nothing
+        changed) where that kernel does not apply or is unavailable. "eager" always runs."""
+        z3, out3, shift, out_nonnegative, relu = batch
+        level = self.detail
+        n_b = z3.numel() // self.units
+        if name != "eager":
+            if level == "counts" or torch.compiler.is_compiling():
+                return False
+            if name == "native":
+                return self._native(z3, out3, shift, relu)
+            if n_b >= _FLOAT_COUNT_EXACT or not fused_available(z3.device):
+                return False
+            if level == "range":
+                ran = self._fused_range(z3, out3, relu)
+                if ran:
+                    _COMPILED_READY.add(_compiled_key(level, batch))
+                return ran
+            parts, merge = self._fused_full(z3, out3, shift, relu)
+            if parts is None:
+                return False
+            _COMPILED_READY.add(_compiled_key(level, batch))
+        else:
+            work = _work_dtype(z3.dtype)
             parts = _eager_reductions(z3, out3, shift, work, level, out_nonnegative, relu)
+            merge = None
         if level == "counts":
             _merge_counts(n_b, parts[0], parts[1], self.positions, self.active, self.abs_sum)
-            return kernel
+            return True
         nonfinite = _nonfinite(z3, parts[-2] - parts[-1])
         if nonfinite is not None:
             self.nonfinite.add_(nonfinite.to(torch.int64))
         counts = (self.positions, self.active, self.abs_sum)
         extrema = (self.z_max, self.z_min)
         if level == "range":
-            batch: tuple[Any, ...] = (n_b, *parts)
+            args: tuple[Any, ...] = (n_b, *parts)
             accumulators: tuple[Tensor, ...] = (*counts, *extrema)
         else:
-            batch = (n_b, shift, *parts)
+            args = (n_b, shift, *parts)
             accumulators = (*counts, self.z_sum, self.z_m2, *extrema)
         eager_merge = _merge_range if level == "range" else _merge_full
         try:
-            (merge or eager_merge)(*batch, *accumulators)
+            (merge or eager_merge)(*args, *accumulators)
         except Exception as exc:
             if merge is None:
                 raise
             _disable_fused(exc)  # the compiled merge mutates nothing when it fails
-            eager_merge(*batch, *accumulators)
-        return kernel
+            eager_merge(*args, *accumulators)
+        return True
 
-    def _native(self, z3: Tensor, out3: Tensor | None, shift: Tensor | None, relu: bool) -> bool:
-        """Detail "range" or "full" (with ``shift``) by the native CPU kernel
-        (:mod:`deadrelu.native`); False (and nothing changed) where it does not apply."""
-        mode = (
-            native.MODE_RELU if relu else native.MODE_OUT if out3 is not None else native.MODE_NONE
-        )
+    def _native_accumulators(self, shift: Tensor | None) -> tuple[Tensor, ...]:
         accumulators: tuple[Tensor, ...] = (
             self.positions,
             self.active,
@@ -817,9 +1090,24 @@ class UnitStats:
             self.z_min,
             self.nonfinite,
         )
-        if shift is not None:
-            accumulators += (self.z_sum, self.z_m2)
-            shift = shift.contiguous()
+        return accumulators + ((self.z_sum, self.z_m2) if shift is not None else ())
+
+    def _native_applies(
+        self, z3: Tensor, out3: Tensor | None, shift: Tensor | None, relu: bool
+    ) -> bool:
+        """Whether :mod:`deadrelu.native` takes this batch (see :func:`native.applies`)."""
+        out3 = out3 if out3 is not None and not relu else None
+        shift = shift.contiguous() if shift is not None else None
+        return native.applies(z3, out3, self._native_accumulators(shift), shift)
+
+    def _native(self, z3: Tensor, out3: Tensor | None, shift: Tensor | None, relu: bool) -> bool:
+        """Detail "range" or "full" (with ``shift``) by the native CPU kernel
+        (:mod:`deadrelu.native`); False (and nothing changed) where it does not apply."""
+        mode = (
+            native.MODE_RELU if relu else native.MODE_OUT if out3 is not None else native.MODE_NONE
+        )
+        shift = shift.contiguous() if shift is not None else None
+        accumulators = self._native_accumulators(shift)
         out3 = out3 if mode == native.MODE_OUT else None
         if not native.applies(z3, out3, accumulators, shift):
             return False

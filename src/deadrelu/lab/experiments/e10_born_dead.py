@@ -384,10 +384,12 @@ EXPERIMENT = register(
             "exact theory; and does RAI lower it?"
         ),
         method=(
-            "Monte Carlo: random nets per seed, widths {setting[widths]}, "
+            "Monte Carlo: {setting[nets_per_seed][he]} He nets ({setting[nets_per_seed][rai]} "
+            "for the other inits) per seed, seeds {setting[seeds]}, widths {setting[widths]}, "
             "{setting[max_depth]} hidden ReLU layers, input dim 1, a grid of inputs; a net of "
             "depth L is born dead when one of its first L hidden layers is 0 on every input "
-            "(deadrelu.born_dead.born_dead_rate). He init with zero biases (the verdicts' "
+            "(deadrelu.born_dead.born_dead_rate), {setting[inputs]} grid inputs. He init with "
+            "zero biases (the verdicts' "
             "symmetric reference), He with symmetric biases, and RAI. Theory for He with zero "
             "biases: deadrelu.born_dead.born_dead_probability, a Markov chain on the angle "
             "between the images of x = +1 and x = -1 whose one non-closed-form step is a "

@@ -496,8 +496,10 @@ class _CaptureMode(TorchFunctionMode):
         try:
             spec = self.specs.get(func)
             producer = self.producers.get(func) if spec is None else None
+            layout = self.state.hint is not None and func in LAYOUT_FUNCTIONS
         except TypeError:  # unhashable callable
             spec = producer = None
+            layout = False
         if spec is None:
             if producer is not None:
                 self.state.producer = producer
@@ -506,7 +508,7 @@ class _CaptureMode(TorchFunctionMode):
                     name = getattr(func, "__name__", "a layer function")
                     self.state.hint = axis_hint(out, producer, None, f"{name}()")
                 return out
-            if self.state.hint is not None and func in LAYOUT_FUNCTIONS:
+            if layout:
                 out = func(*args, **kwargs)
                 self.state.hint = follow(self.state.hint, func, args, kwargs, out)
                 return out
@@ -642,14 +644,28 @@ def _check_unit_dim(model: nn.Module, unit_dim: UnitDim) -> None:
         return
     paths = [p for p, _ in model.named_modules()]
     acts = activations.names()
-    candidates = [*paths, *acts, *(f"{p}:{a}" for p in paths for a in acts)]
+    known = {*paths, *acts}
+
+    def possible(key: str) -> bool:
+        base = re.sub(r"#\d+$", "", key)
+        path, colon, act = base.rpartition(":")
+        if colon:
+            return path in known and act in acts
+        return base in known
+
+    def matches(pattern: str) -> bool:
+        if any(fnmatch.fnmatchcase(c, pattern) for c in known):
+            return True
+        return ":" in pattern and any(
+            fnmatch.fnmatchcase(f"{p}:{a}", pattern) for p in paths for a in acts
+        )
+
     for key, dim in unit_dim.items():
         if isinstance(dim, bool) or not isinstance(dim, int):
             raise ValueError(f"unit_dim[{key!r}] must be an int, got {dim!r}")
         if not isinstance(key, str):
             raise ValueError(f"unit_dim keys must be site names or patterns, got {key!r}")
-        base = re.sub(r"#\d+$", "", key)
-        if base in candidates or any(fnmatch.fnmatchcase(c, key) for c in candidates):
+        if possible(key) or matches(key):
             continue
         raise ValueError(
             f"unit_dim names {key!r}, which is no call site of this "

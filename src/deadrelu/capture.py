@@ -44,10 +44,21 @@ with ``functional=True``, a functional producer such as ``F.conv2d`` or ``F.line
 * rank >= 3 with no known producer: dim 1 for rank >= 4 (images, volumes), dim -1 for
   rank 3 (sequences).
 
+The producer's own number of features refines this (:func:`deadrelu.graph.axis_hint`):
+its unit axis is followed through ``transpose`` / ``permute`` / ``movedim`` calls (seen by
+the torch-function mode), and where ``z`` is not that tensor itself (an elementwise op
+came between) the one axis of ``z`` with the producer's size is taken when the rule's axis
+has another size. So a LayerNorm over the channels of a conv map, applied channels-last
+and transposed back (wav2vec2, timm's ``LayerNorm2d``), still gives channels. Where
+several axes have that size and the rule's axis does not, the rule's axis is kept and a
+:class:`UnitAxisWarning` names the site and the ``unit_dim`` that settles it.
+
 Shape-preserving modules (dropout, identity, other activations) do not change the
 producer. ``attach(..., unit_dim=...)`` overrides the rule: an ``int`` for every site, or
 a mapping from site name or :mod:`fnmatch` pattern (``"features.*"``) to dim; the first
-matching key wins, exact names before patterns.
+matching key wins, exact names before patterns. A key that can name no call site of the
+model, or a dim out of range for the site's rank (checked at its first call), is a
+``ValueError`` naming the site.
 
 **Nothing skipped silently.** Modules that are probably activations deadrelu does not know
 are recorded in :attr:`CaptureHandle.unrecognised` (``{module path: class name}``): leaf

@@ -128,9 +128,11 @@ def test_nonfinite_values_follow_torch(bad: str, detail: str) -> None:
 
 
 @pytest.mark.parametrize("detail", DETAILS)
-def test_threads_do_not_change_the_counts(detail: str) -> None:
+def test_threads_do_not_change_the_counts(detail: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The split between threads (positions, or units when the per-thread partials would
     exceed 2**16: the wide cases with 2 and 3 threads) changes no count or extremum."""
+    monkeypatch.setattr(native, "GRAIN", 1)  # split even the small batches
+    assert native.threads(10) == torch.get_num_threads()
     threads = torch.get_num_threads()
     g = torch.Generator().manual_seed(13)
     try:
@@ -254,3 +256,12 @@ def test_the_cache_is_private(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     cache.chmod(0o777)
     other = native._cache_dir()
     assert other != cache and other.stat().st_mode & 0o077 == 0
+
+
+def test_small_batches_run_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fewer than GRAIN values per thread: fewer threads (never 0); never more than torch's."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert native.threads(0) == 1
+    assert native.threads(native.GRAIN - 1) == 1
+    assert native.threads(2 * native.GRAIN) == 2
+    assert native.threads(100 * native.GRAIN) == 4

@@ -7,7 +7,7 @@
 // moments by Chan's formula). The same results as the torch ops of
 // stats._eager_reductions + _merge_range / _merge_full up to float summation order.
 //
-// Speed: four independent vector accumulators per statistic (a single accumulator is a
+// Speed: 64 lanes of independent vector accumulators per statistic (a single accumulator is a
 // chain of dependent instructions, which is what limits the code torch.compile generates
 // here), and max/min are plain compares. NaN does not propagate through those, so the
 // units whose sum of z - K is not finite (a NaN or +-inf in them, or an overflow) are
@@ -24,8 +24,20 @@
 
 namespace {
 
-typedef float v16f __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
+// The vector width of the target: 16 lanes with AVX-512, 8 with AVX, 4 otherwise. Generic
+// vectors wider than the hardware's are not split cleanly: compiled for AVX2, 64-byte
+// vectors turned every compare and select into scalar code (about 10x slower than the
+// AVX-512 build, 2.5x slower than torch's eager ops on a conv map).
+#if defined(__AVX512F__)
+constexpr int kW = 16;
+#elif defined(__AVX__)
+constexpr int kW = 8;
+#else
+constexpr int kW = 4;
+#endif
+constexpr int kV = 64 / kW;  // vectors per step of 64 values
+typedef float vf __attribute__((vector_size(4 * kW)));
+typedef int32_t vi __attribute__((vector_size(4 * kW)));
 
 // One unit's batch partial: |out| (or relu) sum, sums of z - K and of its square, active
 // count, extrema.
@@ -37,8 +49,8 @@ struct Part {
 
 const Part kEmpty = {0.0, 0.0, 0.0, 0, -INFINITY, INFINITY};
 
-inline v16f load(const float* p) {
-    v16f v;
+inline vf load(const float* p) {
+    vf v;
     memcpy(&v, p, sizeof v);
     return v;
 }
@@ -52,41 +64,41 @@ inline void fold(Part* p, double abs_sum, double sum, double sum2, int64_t activ
     p->min = mn < p->min ? mn : p->min;
 }
 
-// Four independent vector accumulators per statistic, over 64 lanes.
+// kV independent vector accumulators per statistic, over 64 lanes in all.
 struct Lanes {
-    v16f abs_sum[4], sum[4], sum2[4], mx[4], mn[4];
-    v16i active[4];
+    vf abs_sum[kV], sum[kV], sum2[kV], mx[kV], mn[kV];
+    vi active[kV];
 
     Lanes() {
         reset_sums();
-        for (int j = 0; j < 4; j++) {
-            mx[j] = v16f{} - INFINITY;
-            mn[j] = v16f{} + INFINITY;
+        for (int j = 0; j < kV; j++) {
+            mx[j] = vf{} - INFINITY;
+            mn[j] = vf{} + INFINITY;
         }
     }
 
     void reset_sums() {
-        for (int j = 0; j < 4; j++) {
-            abs_sum[j] = sum[j] = sum2[j] = v16f{};
-            active[j] = v16i{};
+        for (int j = 0; j < kV; j++) {
+            abs_sum[j] = sum[j] = sum2[j] = vf{};
+            active[j] = vi{};
         }
     }
 
     // Add 64 consecutive values of z (and of |out| when OUT), one per lane; k: the shift of
     // each lane (MOM only).
     template <bool OUT, bool MOM>
-    void step(const float* z, const float* out, const v16f* k) {
-        const v16f zero = {};
-        const v16i abs_mask = v16i{} + 0x7fffffff;
-        for (int j = 0; j < 4; j++) {
-            v16f v = load(z + 16 * j);
-            v16i pos = v > zero;
+    void step(const float* z, const float* out, const vf* k) {
+        const vf zero = {};
+        const vi abs_mask = vi{} + 0x7fffffff;
+        for (int j = 0; j < kV; j++) {
+            vf v = load(z + kW * j);
+            vi pos = v > zero;
             active[j] -= pos;  // true is -1
             if (OUT)
-                abs_sum[j] += (v16f)((v16i)load(out + 16 * j) & abs_mask);
+                abs_sum[j] += (vf)((vi)load(out + kW * j) & abs_mask);
             else
-                abs_sum[j] += (v16f)((v16i)v & pos);
-            v16f d = MOM ? v - k[j] : v;
+                abs_sum[j] += (vf)((vi)v & pos);
+            vf d = MOM ? v - k[j] : v;
             sum[j] += d;
             if (MOM) sum2[j] += d * d;
             mx[j] = v > mx[j] ? v : mx[j];
@@ -105,16 +117,16 @@ struct Lanes {
 template <bool OUT, bool MOM>
 void row(const float* z, const float* out, int64_t n, float k, Part* p) {
     Lanes acc;
-    v16f kv[4];
-    for (int j = 0; j < 4; j++) kv[j] = v16f{} + k;
+    vf kv[kV];
+    for (int j = 0; j < kV; j++) kv[j] = vf{} + k;
     int64_t b = 0;
     for (; b + 64 <= n; b += 64) acc.step<OUT, MOM>(z + b, OUT ? out + b : nullptr, kv);
     double a = 0.0, s = 0.0, s2 = 0.0;
     int64_t c = 0;
     float hi = -INFINITY, lo = INFINITY;
     if (b > 0) {  // the lanes, in registers (rows shorter than 64 have only the tail below)
-        for (int j = 0; j < 4; j++) {
-            for (int l = 0; l < 16; l++) {
+        for (int j = 0; j < kV; j++) {
+            for (int l = 0; l < kW; l++) {
                 a += acc.abs_sum[j][l];
                 s += acc.sum[j][l];
                 s2 += acc.sum2[j][l];
@@ -136,7 +148,13 @@ void row(const float* z, const float* out, int64_t n, float k, Part* p) {
     fold(p, a, s, s2, c, hi, lo);
 }
 
-const int64_t kChunk = 256;  // positions between flushes of the float partials into double
+#ifndef DEADRELU_CHUNK
+#define DEADRELU_CHUNK 64
+#endif
+// Positions between flushes of the float partials into double (units last). 64 keeps the
+// float32 partial sums of "full" within about 1e-6 of pairwise summation; 256 was 3e-5 off
+// on one thread, at the same speed (benchmarks/native_profile.py, thread CPU time).
+const int64_t kChunk = DEADRELU_CHUNK;
 
 // Units last (B == 1), units [u0, u0 + 64) of positions [a0, a1), rows of `stride` values
 // (z, out and k point at unit u0): each lane is one unit, so the accumulators stay in
@@ -145,18 +163,18 @@ template <bool OUT, bool MOM>
 void column_block(const float* z, const float* out, const float* k, int64_t a0, int64_t a1, int64_t stride,
                   Part* parts) {
     Lanes acc;
-    v16f kv[4] = {};
+    vf kv[kV] = {};
     if (MOM)
-        for (int j = 0; j < 4; j++) kv[j] = load(k + 16 * j);
+        for (int j = 0; j < kV; j++) kv[j] = load(k + kW * j);
     for (int64_t a = a0; a < a1; a += kChunk) {
         int64_t end = a + kChunk < a1 ? a + kChunk : a1;
         for (int64_t i = a; i < end; i++) acc.step<OUT, MOM>(z + i * stride, OUT ? out + i * stride : nullptr, kv);
-        for (int j = 0; j < 4; j++)
-            for (int l = 0; l < 16; l++) acc.flush_sums(j, l, parts + 16 * j + l);
+        for (int j = 0; j < kV; j++)
+            for (int l = 0; l < kW; l++) acc.flush_sums(j, l, parts + kW * j + l);
         acc.reset_sums();
     }
-    for (int j = 0; j < 4; j++)
-        for (int l = 0; l < 16; l++) acc.flush_extrema(j, l, parts + 16 * j + l);
+    for (int j = 0; j < kV; j++)
+        for (int l = 0; l < kW; l++) acc.flush_extrema(j, l, parts + kW * j + l);
 }
 
 // Units last, the n < 64 units left over: per-unit arrays in buf (kTailFloats floats) that

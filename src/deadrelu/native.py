@@ -11,13 +11,19 @@ Why a hand-written kernel. On a 2-core CPU, in a scan of a conv net, the statist
 far more than one read of each activation:
 
 * the code ``torch.compile`` generates keeps one accumulator per reduction, a chain of
-  dependent instructions (NaN-propagating max/min the longest); this kernel keeps four
-  independent vector accumulators per reduction and recounts, with torch's NaN semantics,
-  only the units whose batch holds a NaN or an infinity (a second pass);
+  dependent instructions (NaN-propagating max/min the longest); this kernel keeps 64
+  lanes of independent vector accumulators per reduction, in vectors of the CPU's width
+  (AVX-512, AVX2 or SSE: wider generic vectors compiled for AVX2 became scalar code, 10x
+  slower), and recounts, with torch's NaN semantics, only the units whose batch holds a
+  NaN or an infinity (a second pass);
 * right after a convolution (which evicts the caches), calling a compiled function cost
   about 200 us per call (guards, wrappers, allocations), a ctypes call about 10 us.
 
-Measured in situ (``benchmarks/scan_throughput.py``): see the README.
+Measured in situ, one thread, CPU time (``benchmarks/native_profile.py``, AMD EPYC Zen 4):
+0.2-0.25x eager's time on a conv map, 0.25x on units-last activations; built for AVX2
+only, 0.25-0.3x. Whether it wins in a scan on a given machine is measured there:
+:meth:`deadrelu.stats.UnitStats.update` ``kernel="auto"`` times it against the others. It
+uses at most one thread per :data:`GRAIN` values of the batch.
 
 How. The C++ source is compiled at first use with ``$CXX`` (else ``g++``, ``c++`` or
 ``clang++``), ``-O3 -march=native -fopenmp``, linked against torch's own OpenMP runtime
@@ -44,7 +50,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["applies", "available", "set_enabled", "update"]
+__all__ = ["applies", "available", "set_enabled", "threads", "update"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,11 @@ SOURCE = Path(__file__).with_name("_stats.cpp")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 #: ``mode`` of the kernel: no |out| sum, the sum of relu(z), the sum of |out|.
 MODE_NONE, MODE_RELU, MODE_OUT = 0, 1, 2
+#: Values of ``z`` per thread below which fewer threads are used (one for a small batch),
+#: torch's own ``at::internal::GRAIN_SIZE``: a parallel region costs a wake-up of the
+#: pool's threads, and on a loaded machine a wait for a descheduled one (measured: 2
+#: threads took 30-40 ms wall where 1 took 0.45 ms, with 7 other processes on 2 cores).
+GRAIN = 32768
 
 _LOCK = threading.Lock()
 _STATE: dict[str, object] = {"enabled": True}
@@ -176,6 +187,12 @@ def applies(
     return available()
 
 
+def threads(numel: int) -> int:
+    """Threads for a batch of ``numel`` values: torch's count, at most one per
+    :data:`GRAIN` values."""
+    return max(1, min(torch.get_num_threads(), numel // GRAIN))
+
+
 def update(
     z3: Tensor,
     out3: Tensor | None,
@@ -210,7 +227,7 @@ def update(
         units,
         b_len,
         mode,
-        torch.get_num_threads(),
+        threads(z3.numel()),
         *(t.data_ptr() for t in accumulators[:6]),
         *(t.data_ptr() if t is not None else None for t in moments),
     )

@@ -23,19 +23,22 @@ Conventions of ``derivative`` (checked against autograd in ``tests/test_activati
   ``1/alpha`` to float32, so autograd is off by ~1e-7 relative there; ours is exact).
 * **kinks**: PyTorch's convention. ReLU'(0) = 0, LeakyReLU'(0) = slope, PReLU'(0) = a,
   ELU'(0) = alpha, SELU'(0) = lambda * alpha, CELU'(0) = 1, ReLU6'(0) = ReLU6'(6) = 0,
-  Softplus: sigmoid(beta z) up to ``beta z <= threshold``, 1 above.
+  Hardswish'(-3) = 0 and Hardswish'(3) = 1, Hardsigmoid' and Hardtanh' 0 at their limits,
+  ReLU²'(0) = 0, Softplus: sigmoid(beta z) up to ``beta z <= threshold``, 1 above.
 * **z = +-inf**: the limit of f'(z). Autograd agrees except where its formula evaluates
   ``inf * 0`` (GELU, SiLU, Mish at +-inf; tanh-GELU once ``z**3`` overflows): there it
   returns NaN and we return the limit (1 at +inf, 0 at -inf).
 * **z = NaN**: where PyTorch's backward picks a branch by a comparison that is the same in
-  every kernel (ReLU, Leaky ReLU, PReLU, RReLU: ``z > 0`` is False), we return that branch
-  (ReLU: 1, the others: their negative slope), as autograd does. Elsewhere we return NaN:
-  the smooth functions give NaN in autograd too, and for ELU, SELU, CELU and ReLU6
-  autograd's value at NaN depends on whether the element went through the vectorised or
-  the scalar kernel (position in the tensor, dtype), so there is no convention to match.
+  every kernel (ReLU, Leaky ReLU, PReLU, RReLU: ``z > 0`` is False; Hardsigmoid:
+  ``-3 < z < 3`` is False), we return that branch (ReLU: 1, Hardsigmoid: 0, the others:
+  their negative slope), as autograd does. Elsewhere we return NaN: the smooth functions
+  and ReLU² give NaN in autograd too, and for ELU, SELU, CELU, ReLU6, Hardtanh and
+  Hardswish autograd's value at NaN depends on whether the element went through the
+  vectorised or the scalar kernel (position in the tensor, dtype), so there is no
+  convention to match.
 
 Forward passes are torch's own kernels, so they inherit torch's values at the edges
-(e.g. GELU, SiLU and Mish give NaN at z = -inf).
+(e.g. GELU, SiLU, Mish, Hardswish and QuickGELU give NaN at z = -inf).
 """
 
 from __future__ import annotations

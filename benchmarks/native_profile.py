@@ -10,8 +10,8 @@ median and IQR seconds per call and its ratio to eager's median.
 Candidates:
 
 * ``eager``: :meth:`UnitStats.update` with ``kernel="eager"`` (the reference);
-* ``native``: the library's kernel as built (``-O3 -march=native``), threads =
-  ``torch.get_num_threads()``;
+* ``native``: the library's kernel as built (``-O3 -march=native``), threads as the
+  library chooses (:func:`deadrelu.native.threads`);
 * ``native_t1``: the same library, one thread;
 * one per extra build (``--flags``): the same source compiled with other flags into the
   temp dir, e.g. ``-mprefer-vector-width=256`` (AVX-512 code as 256-bit ops) or
@@ -117,24 +117,31 @@ CLOCKS: dict[str, Callable[[], float]] = {
 }
 
 
+def _candidates(
+    lib: ctypes.CDLL, libs: dict[str, ctypes.CDLL], s: UnitStats, dim: int
+) -> dict[str, Callable[[Tensor], Any]]:
+    """name -> a function reducing one activation into ``s``."""
+    threads = torch.get_num_threads()
+    candidates: dict[str, Callable[[Tensor], Any]] = {
+        "eager": lambda z: s.update(z, z, dim, kernel="eager", relu=True),
+        "native": lambda z: call(lib, s, z, dim, native.threads(z.numel())),
+        "native_t1": lambda z: call(lib, s, z, dim, 1),
+    }
+    for f, built in libs.items():
+        candidates[f"native[{f}]"] = lambda z, built=built: call(built, s, z, dim, threads)
+    return candidates
+
+
 def measure(rounds: int, flags: list[str], clock: Callable[[], float]) -> dict[str, Any]:
     """Median/IQR seconds of every candidate on every producer, interleaved."""
     assert native.available(), "no C++ compiler: nothing to profile"
     lib = native._STATE["lib"]
     assert isinstance(lib, ctypes.CDLL)
-    threads = torch.get_num_threads()
     libs = {f: build(f) for f in flags}
     results: dict[str, Any] = {}
     for name, (make, dim) in producers().items():
         units = make().shape[dim]
-        s = UnitStats.empty(units, detail="range")
-        candidates: dict[str, Callable[[Tensor], Any]] = {
-            "eager": lambda z: s.update(z, z, dim, kernel="eager", relu=True),
-            "native": lambda z: call(lib, s, z, dim, threads),
-            "native_t1": lambda z: call(lib, s, z, dim, 1),
-        }
-        for f, built in libs.items():
-            candidates[f"native[{f}]"] = lambda z, built=built: call(built, s, z, dim, threads)
+        candidates = _candidates(lib, libs, UnitStats.empty(units, detail="range"), dim)
         times: dict[str, list[float]] = {k: [] for k in candidates}
         produce: list[float] = []
         keys = list(candidates)

@@ -469,6 +469,13 @@ class Monitor:
 
         return write_html(self, path, explanation=explanation)
 
+    def log_to(self, writer: Any, step: int | None = None) -> dict[str, float]:
+        """Write per-site dead and dormant fractions and per-unit activity histograms to a
+        TensorBoard ``SummaryWriter`` (see :func:`deadrelu.integrations.tensorboard.log_to`)."""
+        from deadrelu.integrations.tensorboard import log_to
+
+        return log_to(self, writer, step)
+
     def statistics(self) -> dict[str, UnitStats]:
         """``{site: UnitStats}`` over the last one to two windows (copies, on CPU)."""
         return {name: self._sites[name].statistics() for name in self.sites}

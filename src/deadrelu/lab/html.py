@@ -211,17 +211,23 @@ def _records_table(records: Sequence[Mapping[str, Any]]) -> str:
             if k not in cols:
                 cols.append(k)
     head = "".join(f"<th>{_e(c)}</th>" for c in cols)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{_value(r.get(c), 3)}</td>" for c in cols) + "</tr>" for r in records
-    )
+
+    def cell(v: Any) -> str:
+        num = isinstance(v, (int, float)) and not isinstance(v, bool)
+        return f'<td class="num">{_value(v, 3)}</td>' if num else f"<td>{_value(v, 3)}</td>"
+
+    body = "".join("<tr>" + "".join(cell(r.get(c)) for c in cols) + "</tr>" for r in records)
     return f'<table class="nested"><tr>{head}</tr>{body}</table>'
 
 
 def _grid(columns: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
     head = "".join(f"<th>{_e(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{_e(_fmt(x))}</td>" for x in row) + "</tr>" for row in rows
-    )
+
+    def cell(x: Any) -> str:
+        num = isinstance(x, (int, float)) and not isinstance(x, bool)
+        return f'<td class="num">{_e(_fmt(x))}</td>' if num else f"<td>{_e(_fmt(x))}</td>"
+
+    body = "".join("<tr>" + "".join(cell(x) for x in row) + "</tr>" for row in rows)
     return _scroll(f"<table><tr>{head}</tr>{body}</table>")
 
 
@@ -329,8 +335,9 @@ def _experiment_section(r: Mapping[str, Any], out_dir: Path) -> str:
     if r.get("method"):
         parts.append(f'<p class="q"><b>Method.</b> {_e(r["method"])}</p>')
     numbers = dict(r.get("numbers") or {})
-    table = numbers.pop("table", None)
-    if isinstance(table, Mapping) and "columns" in table:
+    table = numbers.get("table")
+    if isinstance(table, Mapping) and "columns" in table:  # shown as it is, not repeated
+        del numbers["table"]
         parts.append(_grid(table["columns"], table.get("rows", ())))
     figures = list(r.get("figures", ()))
     parts.extend(_image(out_dir, f) for f in figures)

@@ -277,3 +277,31 @@ def test_installed_script_imports_a_factory_from_the_working_directory(tmp_path:
     assert run.returncode == 1, run.stderr
     assert "dead>=2" in run.stderr
     assert _dead_from_json(tmp_path / "r.json") == {"1": [1, 4]}
+
+
+# ---------------------------------------------------------------------- the README's commands
+
+
+def _readme_commands() -> list[str]:
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    start = text.index("## Use it from the command line")
+    section = text[start : text.index("\n## ", start + 1)]
+    blocks = re.findall(r"^```bash\n(.*?)^```", section, re.M | re.S)
+    return [line for b in blocks for line in b.splitlines() if line.startswith("deadrelu ")]
+
+
+def test_readme_commands_run_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shlex
+
+    commands = _readme_commands()
+    assert len(commands) >= 3
+    monkeypatch.chdir(tmp_path)
+    for line in commands:
+        assert main(shlex.split(line)[1:]) == 0, (line, capsys.readouterr().err)
+    assert json.loads((tmp_path / "scan.json").read_text())["summary"]["units"] == 3904
+    page = (tmp_path / "scan.html").read_text()
+    assert "layer4.1.relu#1" in page and 'id="causes"' in page

@@ -97,7 +97,7 @@ ACT_ARMS: dict[str, tuple[str, str, str]] = {
 VARIANTS = ("leaky_relu", "prelu", "elu", "selu")
 #: CNN arm: activations and the learning-rate grid per preset.
 CNN_ACTS = ("relu", "leaky_relu", "prelu", "elu")
-CNN_GRID = {"tiny": [1.0, 10.0], "quick": [1.0, 3.0, 10.0], "full": [0.3, 1.0, 3.0, 10.0]}
+CNN_GRID = {"tiny": [1.0, 10.0], "quick": [1.0, 10.0], "full": [0.3, 1.0, 3.0, 10.0]}
 #: Minimum reduction of the never-active fraction (absolute) for "the remedy works".
 MIN_EFFECT = 0.02
 #: Accuracy a remedy may lose (absolute) and still be "as accurate" (non-inferiority).

@@ -605,3 +605,30 @@ def test_monitor_warns_once_and_reports_unrecognised() -> None:
     assert len(ours) == 1 and "'act1' (_TanhGELUActivation)" in str(ours[0].message)
     expected = {"act1": "_TanhGELUActivation", "squash": "_Squash"}
     assert mon.report().meta["unrecognised"] == expected
+
+
+class _FunctionalTanh(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.fc3 = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.tanh(self.fc1(x))  # an activation outside the registry: listed
+        h = torch.sigmoid(2 * self.fc2(h)) * h  # not on a layer's output itself: not listed
+        return F.relu(self.fc3(h))
+
+
+def test_unknown_functions_on_layer_outputs_are_listed() -> None:
+    model = _FunctionalTanh()
+    with attach(model, lambda site, z, out: None) as handle:
+        model(torch.randn(3, 4))
+    assert handle.unrecognised == {":tanh": "tanh()"}
+    assert set(handle.sites) == {":relu"}
+    with attach(model, lambda site, z, out: None, functional=False) as handle:
+        model(torch.randn(3, 4))
+    assert handle.unrecognised == {}  # functions are seen by the torch-function mode only
+    from deadrelu.capture import unrecognised_message
+
+    assert "Only these are measured: relu, leaky_relu" in unrecognised_message(
+        handle.unrecognised or {":tanh": "tanh()"}
+    )

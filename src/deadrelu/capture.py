@@ -67,8 +67,11 @@ either have a class name that looks like an activation (``*ReLU*``, ``*ELU*``, `
 ``*Swish*``, ``*Mish*``, ``*Softplus*``, ``Hard*``, ``*Act*``: :data:`ACTIVATION_NAME`) or are
 parameter-free modules of an unknown class that take the output of a layer module (Linear,
 Conv, norm, ... by identity of the tensor) and return a new tensor of the same shape (an
-elementwise function between layers: ``nn.Tanh``, a custom activation). Unknown *functions*
-are not looked for (their cost would be on every torch call). :func:`warn_unrecognised`
+elementwise function between layers: ``nn.Tanh``, a custom activation). With
+``functional=True``, calls of elementwise nonlinearities outside the registry
+(``torch.tanh``, ``torch.sigmoid``, ``torch.sin``, ``F.softsign`` ...) on a layer's output
+are listed too, as ``"path:tanh"`` -> ``"tanh()"``; other unknown functions are not looked
+for (they cannot be told from arithmetic). :func:`warn_unrecognised`
 emits the one warning that :func:`deadrelu.scan.scan` gives, with the one-line fix
 (:func:`deadrelu.activations.register_module`).
 
@@ -95,6 +98,7 @@ from types import FrameType
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
@@ -152,15 +156,36 @@ class UnitAxisWarning(UserWarning):
 
 
 def unrecognised_message(found: Mapping[str, str]) -> str:
-    """The warning text for ``{module path: class name}`` (see :func:`warn_unrecognised`)."""
+    """The warning text for ``{module path or call: class or function}`` (see
+    :func:`warn_unrecognised`); a function call is ``"path:name"`` -> ``"name()"``."""
     listed = ", ".join(f"{path!r} ({cls})" for path, cls in found.items())
-    first = next(iter(found.values()))
-    return (
-        f"deadrelu did not measure {len(found)} module(s) that look like activations it does "
-        f"not recognise: {listed}. If one computes a known activation, declare its class "
-        f"once before scanning: deadrelu.register_module({first}, like='gelu_tanh') (like= "
-        f"any of: {', '.join(activations.names())}, e.g. 'leaky_relu(0.2)')"
+    classes = [c for c in found.values() if not c.endswith("()")]
+    fix = (
+        f"If one computes a known activation, declare its class once before scanning: "
+        f"deadrelu.register_module({classes[0]}, like='gelu_tanh') (like= any of: "
+        f"{', '.join(activations.names())}, e.g. 'leaky_relu(0.2)')"
+        if classes
+        else f"Only these are measured: {', '.join(activations.names())}"
     )
+    return (
+        f"deadrelu did not measure {len(found)} activation-like module(s) or call(s) it does "
+        f"not recognise: {listed}. {fix}"
+    )
+
+
+#: Elementwise functions outside the registry that are activations when applied to a
+#: layer's output (listed as unrecognised, not measured).
+_OTHER_NONLINEAR: frozenset[Any] = frozenset(
+    f
+    for owner, fn_names in (
+        (torch, ("tanh", "tanh_", "sigmoid", "sigmoid_", "sin", "erf")),
+        (Tensor, ("tanh", "tanh_", "sigmoid", "sigmoid_", "sin", "erf")),
+        (F, ("tanh", "sigmoid", "softsign", "logsigmoid", "tanhshrink", "softshrink")),
+        (F, ("hardshrink", "glu")),
+    )
+    for f in (getattr(owner, n, None) for n in fn_names)
+    if f is not None
+)
 
 
 def warn_unrecognised(found: Mapping[str, str], stacklevel: int = 3) -> None:
@@ -508,9 +533,10 @@ class _CaptureMode(TorchFunctionMode):
             spec = self.specs.get(func)
             producer = self.producers.get(func) if spec is None else None
             layout = self.state.hint is not None and func in LAYOUT_FUNCTIONS
+            other = func in _OTHER_NONLINEAR
         except TypeError:  # unhashable callable
             spec = producer = None
-            layout = False
+            layout = other = False
         if spec is None:
             if producer is not None:
                 self.state.producer = producer
@@ -523,6 +549,8 @@ class _CaptureMode(TorchFunctionMode):
                 out = func(*args, **kwargs)
                 self.state.hint = follow(self.state.hint, func, args, kwargs, out)
                 return out
+            if other and args and isinstance(args[0], Tensor):
+                self._note_other(func, args[0])
             return func(*args, **kwargs)
         state = self.state
         path, in_activation = state.enclosing()
@@ -539,6 +567,17 @@ class _CaptureMode(TorchFunctionMode):
         if isinstance(out, Tensor) and out.shape == z_in.shape:
             state.emit(site, z_in.detach(), out.detach())
         return out
+
+    def _note_other(self, func: Any, z: Tensor) -> None:
+        """An elementwise nonlinearity outside the registry (``torch.tanh`` ...) applied to
+        the output of a layer (module or function, by identity): listed as unrecognised."""
+        state = self.state
+        key = tensor_key(z)
+        if key == state.last_layer_out or (state.hint is not None and key == state.hint.key):
+            path, in_activation = state.enclosing()
+            if not in_activation:
+                name = getattr(func, "__name__", "function").rstrip("_")
+                state.unknown.setdefault(f"{path}:{name}", f"{name}()")
 
 
 class CaptureHandle:
@@ -562,7 +601,9 @@ class CaptureHandle:
         """``{module path: class name}`` of the modules called so far that look like
         activations deadrelu does not know (module docstring), in order of first call."""
         measured = {site.module for site in self._state.sites.values()}
-        return {p: c for p, c in self._state.unknown.items() if p not in measured}
+        found = {p: c for p, c in self._state.unknown.items() if p not in measured}
+        # a call inside a listed module (nn.Tanh's torch.tanh) is that module's
+        return {p: c for p, c in found.items() if ":" not in p or p.rpartition(":")[0] not in found}
 
     @property
     def active(self) -> bool:

@@ -585,7 +585,7 @@ def figure(cfg: LabConfig, sw: Sweep, jd: Judgement) -> list[str]:
     for row, sname in enumerate(panels):
         tab = jd.derived["cnn"] if sname == "cnn" else jd.derived["settings"][sname]["activations"]
         grid = nb["cnn"]["grid"] if sname == "cnn" else nb["settings"][sname]["grid"]
-        names = list(tab)
+        names = [a for a in ACT_ARMS if a in tab]  # relu first, whatever the JSON order
         for col, key in enumerate(("never_active_all", "acc")):
             ax = axes[row, col]
             for y, a in enumerate(names):
@@ -614,6 +614,8 @@ def figure(cfg: LabConfig, sw: Sweep, jd: Judgement) -> list[str]:
             ys = [tab[a]["diverged"][str(lr)]["mean"] for lr in grid]
             ax.plot(grid, ys, marker="o", label=a)
         ax.set_xscale("log")
+        ax.set_xticks(grid, [f"{g:g}" for g in grid])
+        ax.minorticks_off()
         ax.set_ylim(-0.05, 1.05)
         ax.set_xlabel("learning rate", fontsize=8)
         ax.set_ylabel("share of seeds diverged", fontsize=8)

@@ -85,6 +85,12 @@ def test_data_files_pt_dict_npy_and_loader_factory(
     sys.modules.pop("myloaders", None)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the message without CUDA")
+def test_cuda_without_cuda_is_a_clear_error() -> None:
+    with pytest.raises(SpecError, match="CUDA is not available"):
+        load_model("models:DeadMLP", device="cuda")
+
+
 def test_random_data_shape_and_dtype() -> None:
     loaded = load_model("models:DeadMLP", dtype=torch.bfloat16)
     batches = list(load_data("random:8", loaded, batches=2, batch_size=3))

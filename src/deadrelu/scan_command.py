@@ -194,7 +194,7 @@ def _add_scan_args(p: argparse.ArgumentParser) -> None:
         "--tau",
         type=float,
         default=None,
-        help="ReDo dormancy threshold (default: the library's, 0.1)",
+        help="ReDo dormancy threshold (default: deadrelu.classify.DORMANT_TAU)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -373,6 +373,12 @@ def load_model(
         SpecError: the spec, file or weights cannot be used (one line, names the forms).
         MissingExtraError: an optional package is missing (names the extra).
     """
+    target = torch.device(device)
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise SpecError(
+            f"device {str(device)!r} was asked for but CUDA is not available here (torch "
+            f"{torch.__version__}): use --device cpu or a CUDA build of torch"
+        )
     path = Path(spec)
     is_file = path.suffix in (*_CHECKPOINT_SUFFIXES, ".safetensors")
     if is_file:

@@ -124,3 +124,15 @@ def test_torchvision_spec_gives_input_shape_and_image_folder(tmp_path: Path) -> 
     assert len(batches) == 1
     x, y = batches[0]
     assert tuple(x.shape) == (2, 3, 224, 224) and y.tolist() == [0, 1]
+
+
+def test_timm_spec_scans_its_gelu_sites() -> None:
+    from deadrelu.zoo import import_torchvision
+
+    import_torchvision()  # before timm, which imports torchvision
+    pytest.importorskip("timm")
+    loaded = load_model("timm:convnext_atto")
+    assert loaded.source == "timm" and loaded.input_shape == (3, 224, 224)
+    report = scan(loaded.model, load_data("random:3x32x32", loaded, batches=1, batch_size=1))
+    assert "stages.0.blocks.0.mlp.act" in report.stats
+    assert {str(s.activation) for s in report.sites.values()} == {"gelu"}

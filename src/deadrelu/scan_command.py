@@ -229,6 +229,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, Iterable[Any]]:
     from deadrelu.sources import load_data, load_model
 
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
+    if args.model.startswith("hf:") and not sys.stderr.isatty():
+        _quiet_transformers()
     loaded = load_model(
         args.model,
         weights=args.weights,
@@ -245,6 +247,18 @@ def _load(args: argparse.Namespace) -> tuple[Any, Iterable[Any]]:
         seq_len=args.seq_len,
     )
     return loaded, data
+
+
+def _quiet_transformers() -> None:
+    """No "Loading weights" progress bar in logs (a terminal still shows it)."""
+    from deadrelu.sources import _torchvision_if_installed
+
+    _torchvision_if_installed()
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
 
 
 _USER_ERRORS = (ValueError, ImportError, OSError, KeyError, TypeError)

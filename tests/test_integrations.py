@@ -189,14 +189,7 @@ OPT_DEAD = {
 }
 
 
-def test_hf_trainer_logs_the_dead_sites_through_its_log(tmp_path: Path) -> None:
-    from deadrelu.zoo import import_torchvision
-
-    import_torchvision()
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("accelerate")
-    from deadrelu.integrations.hf import DeadUnitCallback
-
+def _tiny_opt(transformers: Any) -> Any:
     torch.manual_seed(0)
     cfg = transformers.OPTConfig(
         vocab_size=64,
@@ -206,29 +199,50 @@ def test_hf_trainer_logs_the_dead_sites_through_its_log(tmp_path: Path) -> None:
         num_attention_heads=2,
         max_position_embeddings=64,
         word_embed_proj_dim=16,
+        dropout=0.0,
+        attention_dropout=0.0,
     )
     model = transformers.OPTForCausalLM(cfg)
     with torch.no_grad():
         for i, layer in enumerate(model.model.decoder.layers):
             layer.fc1.bias.fill_(10.0)
             layer.fc1.bias[OPT_DEAD[f"model.decoder.layers.{i}.activation_fn"]] = -1000.0
-    ids = torch.randint(0, 64, (32, 8), generator=torch.Generator().manual_seed(0))
-    dataset = [{"input_ids": row, "labels": row} for row in ids]
+    return model
+
+
+def test_hf_trainer_logs_the_dead_sites_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
+    from deadrelu.zoo import import_torchvision
+
+    import_torchvision()
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from deadrelu.integrations.hf import STATE_FILE, DeadUnitCallback
+
+    row = torch.randint(0, 64, (8,), generator=torch.Generator().manual_seed(0))
+    dataset = [{"input_ids": row, "labels": row}] * 32  # same rows: any order, same training
     args = transformers.TrainingArguments(
-        output_dir=str(tmp_path),
+        output_dir=str(tmp_path / "out"),
         max_steps=8,
         per_device_train_batch_size=4,
         learning_rate=1e-3,
         logging_steps=1000,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=4,
         report_to=[],
         use_cpu=True,
         disable_tqdm=True,
     )
-    trainer = transformers.Trainer(model=model, args=args, train_dataset=dataset)
-    cb = DeadUnitCallback(trainer, every=2, window=4, report_path=tmp_path / "r.html")
-    trainer.add_callback(cb)
-    trainer.train()
+
+    def run(resume: str | None) -> Any:
+        trainer = transformers.Trainer(
+            model=_tiny_opt(transformers), args=args, train_dataset=dataset
+        )
+        cb = DeadUnitCallback(trainer, every=2, window=4, report_path=tmp_path / "r.html")
+        trainer.add_callback(cb)
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, cb
+
+    trainer, cb = run(None)
     logs = [h for h in trainer.state.log_history if any(k.startswith("deadrelu/") for k in h)]
     assert [h["step"] for h in logs] == [1, 3, 5, 7]  # counted steps 0, 2, 4, 6 end there
     for h in logs:
@@ -237,6 +251,14 @@ def test_hf_trainer_logs_the_dead_sites_through_its_log(tmp_path: Path) -> None:
     assert cb.report is not None
     assert {k: v for k, v in cb.report.all_units("dead").items() if v} == OPT_DEAD
     assert "model.decoder.layers.0.activation_fn" in (tmp_path / "r.html").read_text()
+    whole = cb.monitor.state_dict()  # type: ignore[union-attr]
+
+    half = tmp_path / "out" / "checkpoint-4"
+    assert (half / STATE_FILE).is_file()
+    _, resumed_cb = run(str(half))
+    resumed = resumed_cb.monitor.state_dict()  # type: ignore[union-attr]
+    assert resumed["step"] == whole["step"] == 8
+    _assert_same(resumed, whole)
 
 
 def test_metrics_names_and_totals_from_a_report() -> None:

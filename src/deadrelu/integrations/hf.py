@@ -18,6 +18,11 @@ fractions of :func:`deadrelu.integrations.metrics` logged **through the Trainer'
 at ``on_train_end`` (written to ``report_path``: ``.html`` or JSON); optional ReDo every
 ``recycle_every`` steps with the Trainer's optimizer.
 
+Checkpoints: :meth:`DeadUnitCallback.on_save` writes the Monitor's state into each
+checkpoint folder (``OUTPUT_DIR/checkpoint-STEP/deadrelu_monitor.json``) and a Trainer that
+resumes from ``checkpoint-STEP`` of its ``output_dir`` resumes the Monitor from it, so the
+resumed run ends with the Monitor state of an uninterrupted one.
+
 Without the ``trainer`` argument the metrics are added to the next log the Trainer writes
 itself (every ``logging_steps``), which the integrations that run before this callback
 miss: pass the Trainer.
@@ -26,6 +31,8 @@ miss: pass the Trainer.
 from __future__ import annotations
 
 import contextlib
+import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +50,14 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environm
         "deadrelu.integrations.hf needs transformers: pip install 'deadrelu[hf]'"
     ) from exc
 
-__all__ = ["DeadUnitCallback"]
+__all__ = ["STATE_FILE", "DeadUnitCallback"]
+
+#: The Monitor's state in each checkpoint folder (``checkpoint-STEP/``), as JSON.
+STATE_FILE = "deadrelu_monitor.json"
+
+
+def _state_file(args: Any, step: int) -> Path:
+    return Path(args.output_dir) / f"checkpoint-{step}" / STATE_FILE
 
 
 class DeadUnitCallback(TrainerCallback):
@@ -96,12 +110,32 @@ class DeadUnitCallback(TrainerCallback):
     def on_train_begin(
         self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any
     ) -> None:
-        """Attach a Monitor to the model."""
+        """Attach a Monitor to the model; when the Trainer resumes from a checkpoint, the
+        Monitor resumes from the state saved there (:meth:`on_save`)."""
         if model is None:
             raise ValueError("DeadUnitCallback: the Trainer passed no model to on_train_begin")
-        kwargs = {"threshold": None, **self.monitor_kwargs}
-        self.monitor = Monitor(model, every=self.every, window=self.window, **kwargs)
+        saved = _state_file(args, state.global_step) if state.global_step > 0 else None
+        if saved is not None and saved.is_file():
+            data = json.loads(saved.read_text(encoding="utf-8"))
+            self.monitor = Monitor.from_dict(data, model)
+        else:
+            if saved is not None:
+                warnings.warn(
+                    f"DeadUnitCallback: training resumes at step {state.global_step} but "
+                    f"{saved} does not exist; the Monitor starts afresh",
+                    stacklevel=2,
+                )
+            kwargs = {"threshold": None, **self.monitor_kwargs}
+            self.monitor = Monitor(model, every=self.every, window=self.window, **kwargs)
         self.monitor.attach()
+
+    def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        """Write the Monitor's state (JSON) into the checkpoint folder just saved."""
+        if self.monitor is None or not state.is_world_process_zero:
+            return
+        path = _state_file(args, state.global_step)
+        if path.parent.is_dir():
+            path.write_text(json.dumps(self.monitor.to_dict()), encoding="utf-8")
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         """Step the Monitor; log on counted steps; recycle every ``recycle_every`` steps."""

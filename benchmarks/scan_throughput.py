@@ -2,7 +2,7 @@
 
 Prints one JSON object. For each model, ``plain`` runs the model in eval mode under
 ``torch.no_grad()`` over a fixed list of batches; each scan condition runs
-``scan(model, batches, detail=..., fused=...)`` over the same list. Every scan run is
+``scan(model, batches, detail=..., kernel=...)`` over the same list. Every scan run is
 paired with a plain run right before or after it (alternating; conditions rotate between
 rounds), and each pair gives ``ratio = plain seconds / scan seconds``, i.e. scan
 throughput / plain throughput, so machine noise hits both alike. The reported number is
@@ -11,17 +11,19 @@ the median ratio over rounds.
 Conditions (``detail`` x kernel):
 
 * ``default``: ``scan(model, batches)`` as a user calls it: the default statistics
-  (``detail="range"``) by the native CPU kernel (``deadrelu.native``) from the first
-  batch: **target >= 0.9** (``meets_target``);
-* ``range_compiled``: the same statistics by the ``torch.compile``-d kernel (the native
-  one switched off), what ``fused=True`` runs where the native kernel does not apply;
-* ``range_eager``: the same statistics by eager torch ops (``fused=False``);
-* ``full_native`` / ``full_compiled`` / ``full_eager``: ``detail="full"`` (adds the z
-  mean and variance) by each kernel;
+  (``detail="range"``) by ``kernel="auto"`` (the fastest kernel measured in this process,
+  per kind of activation; the compiled kernel competes because the warm-up compiled it):
+  **target >= 0.9** (``meets_target``);
+* ``range_native`` / ``range_compiled`` / ``range_eager``: the same statistics by one
+  kernel (``kernel="native"``: the C++ one of ``deadrelu.native``, CPU float32 only;
+  ``"compiled"``: ``torch.compile``-d; ``"eager"``: torch ops);
+* ``full_auto`` / ``full_native`` / ``full_compiled`` / ``full_eager``: ``detail="full"``
+  (adds the z mean and variance) by each;
 * ``counts_eager``: ``detail="counts"`` (dead, dormant, rarely active only).
 
 The kernels are compiled during the untimed warm-up. The JSON also gives the kernels each
-condition ran (``report.meta["kernels"]``).
+condition ran and ``auto``'s trials (``report.meta["kernels"]``: candidates and their
+median seconds per batch).
 
 Models:
 
@@ -55,21 +57,21 @@ from torch import Tensor, nn
 
 import _stable_malloc as stable_malloc
 from _blocks import Block
-from deadrelu import native
-from deadrelu.report import Report
 from deadrelu.scan import scan
 
 TARGET = 0.9
 TARGET_CONDITION = "default"
-#: name -> (scan keyword arguments, native kernel allowed)
-CONDITIONS: dict[str, tuple[dict[str, Any], bool]] = {
-    "default": ({}, True),
-    "range_compiled": ({"detail": "range", "fused": True}, False),
-    "range_eager": ({"detail": "range", "fused": False}, True),
-    "full_native": ({"detail": "full"}, True),
-    "full_compiled": ({"detail": "full", "fused": True}, False),
-    "full_eager": ({"detail": "full", "fused": False}, True),
-    "counts_eager": ({"detail": "counts", "fused": False}, True),
+#: name -> scan keyword arguments
+CONDITIONS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "range_native": {"detail": "range", "kernel": "native"},
+    "range_compiled": {"detail": "range", "kernel": "compiled"},
+    "range_eager": {"detail": "range", "kernel": "eager"},
+    "full_auto": {"detail": "full"},
+    "full_native": {"detail": "full", "kernel": "native"},
+    "full_compiled": {"detail": "full", "kernel": "compiled"},
+    "full_eager": {"detail": "full", "kernel": "eager"},
+    "counts_eager": {"detail": "counts", "kernel": "eager"},
 }
 
 
@@ -111,38 +113,34 @@ def plain(model: nn.Module, batches: list[Tensor]) -> None:
             model(x)
 
 
-def scan_with(
-    model: nn.Module, batches: list[Tensor], kwargs: dict[str, Any], allow_native: bool
-) -> Report:
-    """``scan(model, batches, **kwargs)`` with the native kernel allowed or not."""
-    previous = native.set_enabled(allow_native)
-    try:
-        return scan(model, batches, **kwargs)
-    finally:
-        native.set_enabled(previous)
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    """Wall seconds of one call."""
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall seconds of one call (the device synchronised before and after)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 
-def bench(name: str, rounds: int, n_batches: int) -> dict[str, Any]:
+def bench(name: str, rounds: int, n_batches: int, device: torch.device) -> dict[str, Any]:
     """Median throughput ratios of every scan condition vs plain inference, one model."""
     build, shape = MODELS[name]
     torch.manual_seed(0)
-    model = build()
-    batches = [torch.randn(*shape) for _ in range(n_batches)]
+    model = build().to(device)
+    batches = [torch.randn(*shape, device=device) for _ in range(n_batches)]
     conditions: dict[str, Callable[[], Any]] = {"plain": lambda: plain(model, batches)}
-    for key, (kwargs, allow_native) in CONDITIONS.items():
-        conditions[key] = functools.partial(scan_with, model, batches, kwargs, allow_native)
+    for key, kwargs in CONDITIONS.items():
+        if device.type != "cpu" and kwargs.get("kernel") == "native":
+            continue  # the native kernel is CPU-only
+        conditions[key] = functools.partial(scan, model, batches, **kwargs)
     kernels = {}
-    for key, fn in conditions.items():  # warm-up (compiles the kernels)
-        result = fn()
-        if key != "plain":
-            kernels[key] = result.meta["kernels"]
+    for key in ["range_compiled", "full_compiled", *conditions]:  # warm-up: compiles first
+        if key in conditions and key not in kernels:
+            result = conditions[key]()
+            if key != "plain":
+                kernels[key] = result.meta["kernels"]
     # Each scan run is paired with a plain run right before or after it (alternating), so
     # that both see the same machine state; the ratio of a pair is one sample.
     samples: dict[str, list[float]] = {k: [] for k in conditions if k != "plain"}
@@ -151,17 +149,23 @@ def bench(name: str, rounds: int, n_batches: int) -> dict[str, Any]:
     for r in range(rounds):
         for i, key in enumerate(keys[r % len(keys) :] + keys[: r % len(keys)]):
             if (r + i) % 2 == 0:
-                p, t = timed(conditions["plain"]), timed(conditions[key])
+                p, t = timed(conditions["plain"], device), timed(conditions[key], device)
             else:
-                t, p = timed(conditions[key]), timed(conditions["plain"])
+                t, p = timed(conditions[key], device), timed(conditions["plain"], device)
             samples[key].append(p / t)
             plain_s.append(p)
     ratios = {k: statistics.median(v) for k, v in samples.items()}
+    iqrs = {
+        k: (lambda q: q[2] - q[0])(statistics.quantiles(v, n=4, method="inclusive"))
+        for k, v in samples.items()
+        if len(v) >= 2
+    }
     return {
         "batches": n_batches,
         "batch_shape": list(shape),
         "plain_s_median": statistics.median(plain_s),
         "ratios": ratios,
+        "ratio_iqrs": iqrs,
         "kernels": kernels,
         "meets_target": ratios[TARGET_CONDITION] >= TARGET,
     }
@@ -174,6 +178,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
         "--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS)
     )
@@ -187,7 +192,10 @@ def main() -> None:
     unknown = sorted(set(names) - set(MODELS))
     if unknown:
         parser.error(f"unknown models {unknown}; choose from {list(MODELS)}")
-    results = {name: bench(name, rounds, n_batches) for name in names}
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but torch.cuda.is_available() is False")
+    results = {name: bench(name, rounds, n_batches, device) for name in names}
     print(
         json.dumps(
             {
@@ -199,6 +207,7 @@ def main() -> None:
                 "rounds": rounds,
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
+                "device": str(device),
                 "machine": platform.machine(),
                 "malloc": malloc,
                 "results": results,

@@ -224,6 +224,7 @@ def test_auto_scan_equals_eager_scan(
     assert auto.meta["kernels"]["ran"] == [expected]
     trials = auto.meta["kernels"]["trials"]
     assert trials and all(t["kernel"] == expected for t in trials)
+    assert {t["layout"] for t in trials} == {layout}
     assert sorted(site for t in trials for site in t["sites"]) == sorted(auto.stats)
     for site, want in eager.stats.items():
         got = auto.stats[site]

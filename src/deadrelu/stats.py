@@ -599,8 +599,9 @@ class KernelTrial:
     """What ``kernel="auto"`` chose for one kind of batch, and why.
 
     ``kind``: the batch's units, position class (``positions <= 2**k`` per unit), dtype,
-    device, layout ("rows": units before contiguous positions, "units_last": ``(N, L, U)``
-    or a ``channels_last`` map, "strided": copied first), level, mode ("relu": the sum of
+    device, layout ("channels_first": units before contiguous positions, ``(N, C, H, W)``;
+    "units_last": ``(N, L, U)``; "channels_last": a ``channels_last`` map, reduced as
+    units last; "strided": other strides, copied first), level, mode ("relu": the sum of
     relu(z); "out": of |out|; "z": none), ``out_nonnegative``. ``candidates``: the kernels
     that applied; ``times_s``: the median seconds per batch of each that ran (empty when
     only one applied: nothing was timed); ``kernel``: the fastest.
@@ -1024,7 +1025,15 @@ class UnitStats:
             shift = z[index].to(_work_dtype(z.dtype)).nan_to_num(0.0, 0.0, 0.0)  # (U,)
         batch = _Batch(z3, out3, shift, out_nonnegative, relu)
         if order == ("auto",):
-            layout = "units_last" if units_last else "rows" if z.is_contiguous() else "strided"
+            layout = (
+                "channels_last"
+                if units_last
+                else "units_last"
+                if z3.shape[2] == 1
+                else "channels_first"
+                if z.is_contiguous()
+                else "strided"
+            )
             order = (choose_kernel(self, batch, layout, allow_compile), "eager")
         for name in order:
             if self._run(name, batch):

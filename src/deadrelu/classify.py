@@ -6,7 +6,9 @@ project uses one definition of each word.
 
 * **dead** (the notes, C1): never active (pre-activation z > 0) on any position seen. For
   ReLU the output is then exactly 0 everywhere and da/dz = 0, so no gradient reaches the
-  unit's weights (C2).
+  unit's weights (C2). Hardswish and hardsigmoid die only below their kink at z = -3
+  (:func:`dies_below_kink`): for them dead also needs every output exactly 0
+  (:func:`alive_evidence`).
 * **dormant** (ReDo: Sokar, Agarwal, Castro, Evci, "The Dormant Neuron Phenomenon in Deep
   Reinforcement Learning", ICML 2023, eq. 1): score s_i = E|h_i| / ((1/U) sum_j E|h_j|),
   dormant if s_i <= tau. The paper's default is tau = 0 for reporting "completely
@@ -47,8 +49,10 @@ __all__ = [
     "UNIT_CLASSES",
     "Thresholds",
     "UnitClass",
+    "alive_evidence",
     "classify_units",
     "dead_mask",
+    "dies_below_kink",
     "dormant_mask",
     "dormant_scores",
     "get_class",
@@ -66,6 +70,28 @@ _GRID = 65
 def dead_mask(active_count: Tensor) -> Tensor:
     """``(U,)`` counts of positions with z > 0 -> ``(U,)`` bool, True where never active."""
     return active_count == 0
+
+
+def dies_below_kink(activation: Activation) -> bool:
+    """Whether ``activation`` dies only below a negative kink (``dead_below < 0``:
+    hardswish and hardsigmoid, 0 with zero gradient for z <= -3): between the kink and 0
+    it still has a non-zero output and gradient, so "never z > 0" does not make it dead."""
+    below = activation.dead_below
+    return below is not None and below < 0
+
+
+def alive_evidence(active_count: Tensor, abs_sum: Tensor, activation: Activation) -> Tensor:
+    """``(U,)`` bool: the statistics show the unit alive. ``active_count``: positions with
+    z > 0; ``abs_sum``: sum of |output|, both ``(U,)``.
+
+    For ReLU and its kin: z > 0 somewhere (the notes' definition). For an activation that
+    dies only below a negative kink (:func:`dies_below_kink`) also a non-zero output
+    somewhere: a hardswish unit with -3 < z < 0 is not dead.
+    """
+    alive = active_count > 0
+    if dies_below_kink(activation):
+        alive = alive | (abs_sum != 0)
+    return alive
 
 
 def dormant_scores(mean_abs: Tensor) -> Tensor:
@@ -209,7 +235,9 @@ def _dormant(s: UnitStats, act: Activation, th: Thresholds) -> Tensor:
 
 #: Every unit class, in display order.
 UNIT_CLASSES: tuple[UnitClass, ...] = (
-    UnitClass("dead", "dead", "counts", None, lambda s, a, th: dead_mask(s.active)),
+    UnitClass(
+        "dead", "dead", "counts", None, lambda s, a, th: ~alive_evidence(s.active, s.abs_sum, a)
+    ),
     UnitClass("dormant", "dormant (τ={tau})", "counts", "tau", _dormant),
     UnitClass(
         "rarely_active",

@@ -304,7 +304,7 @@ class Monitor:
     def _new_site(self, site: Site, z: Tensor) -> SiteWindow:
         d = site.unit_dim % max(z.dim(), 1) if z.dim() > 1 else 0
         units = int(z.shape[d]) if z.dim() >= 1 else 1
-        win = SiteWindow(site.name, site.unit_dim, units, z.device, self.detail)
+        win = SiteWindow(site.name, site.unit_dim, units, z.device, self.detail, site.activation)
         pending = self._pending.pop(site.name, None)
         if pending is not None:
             self._restore_site(win, pending)
@@ -655,7 +655,7 @@ class Monitor:
                 continue
             units = int(entry["last_active"].shape[0])
             device = cur.device if cur is not None else torch.device("cpu")
-            w = SiteWindow(name, entry["unit_dim"], units, device, self.detail)
+            w = SiteWindow(name, entry["unit_dim"], units, device, self.detail, meta.activation)
             self._restore_site(w, entry)
             self._sites[name] = w
             self._site_meta[name] = meta

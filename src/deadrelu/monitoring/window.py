@@ -2,7 +2,8 @@
 
 For one call site with ``U`` units (all tensors ``(U,)`` on the activation's device):
 
-* ``last_active``: the last sampled step on which the unit was active (z > 0 somewhere),
+* ``last_active``: the last sampled step on which the unit was active (z > 0 somewhere;
+  for hardswish/hardsigmoid also a non-zero output: :func:`~deadrelu.classify.alive_evidence`),
   -1 if never; ``last_seen``: the last sampled step on which the site was called. A unit
   is **dead over the window** at step ``t`` when ``last_active < start`` and
   ``last_seen >= start``, ``start = max(first_step, t - window + 1)``: classify's
@@ -22,7 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deadrelu.classify import dead_mask, nonfinite_mask
+from deadrelu.activations import Activation
+from deadrelu.classify import alive_evidence, dead_mask, nonfinite_mask
 from deadrelu.stats import Level, UnitStats
 
 __all__ = ["NEVER", "Panes", "SiteWindow"]
@@ -54,9 +56,16 @@ class SiteWindow:
     """Everything the Monitor keeps for one site's units; see the module docstring."""
 
     def __init__(
-        self, name: str, unit_dim: int, units: int, device: torch.device, detail: Level
+        self,
+        name: str,
+        unit_dim: int,
+        units: int,
+        device: torch.device,
+        detail: Level,
+        activation: Activation | None = None,
     ) -> None:
         self.name = name
+        self.activation = activation
         self.unit_dim = unit_dim
         self.units = units
         self.detail = detail
@@ -122,7 +131,12 @@ class SiteWindow:
             self.first_step = t
         seen = self.step.positions > 0
         self.last_seen = torch.where(seen, t, self.last_seen)
-        self.last_active = torch.where(self.step.active > 0, t, self.last_active)
+        alive = (
+            self.step.active > 0
+            if self.activation is None
+            else alive_evidence(self.step.active, self.step.abs_sum, self.activation)
+        )
+        self.last_active = torch.where(alive, t, self.last_active)
         dead = self.dead(t, window)
         self.revived_at = torch.where(self.was_dead & ~dead, t, self.revived_at)
         self.was_dead = dead

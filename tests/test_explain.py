@@ -281,3 +281,4 @@ def test_units_dead_only_in_train_mode_batchnorm_are_active_in_eval() -> None:
     expl = explain(net, mon, x)
     assert expl.causes("2") == {1: "active_in_eval", 2: "bias"}
     assert "active in eval mode" in expl.unit("2", 1).note
+    assert expl.dead_units("2") == [2]  # the unit active in eval mode is not dead

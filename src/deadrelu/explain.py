@@ -169,10 +169,13 @@ class Explanation:
         return list(dict.fromkeys(names))
 
     def dead_units(self, site: str) -> list[int]:
-        """Sorted indices of the explained dead units of ``site``."""
+        """Sorted indices of the explained dead units of ``site`` (a unit found active in
+        the eval-mode re-check, cause ``"active_in_eval"``, is not dead)."""
         if site not in self.sites:
             raise KeyError(f"no site {site!r} in this explanation; sites: {self.sites}")
-        return sorted(u.unit for u in self.units if u.site == site)
+        return sorted(
+            u.unit for u in self.units if u.site == site and u.cause != "active_in_eval"
+        )
 
     def __repr__(self) -> str:
         causes = {k: v for k, v in self.by_cause().items() if v}

@@ -173,9 +173,7 @@ class Explanation:
         the eval-mode re-check, cause ``"active_in_eval"``, is not dead)."""
         if site not in self.sites:
             raise KeyError(f"no site {site!r} in this explanation; sites: {self.sites}")
-        return sorted(
-            u.unit for u in self.units if u.site == site and u.cause != "active_in_eval"
-        )
+        return sorted(u.unit for u in self.units if u.site == site and u.cause != "active_in_eval")
 
     def __repr__(self) -> str:
         causes = {k: v for k, v in self.by_cause().items() if v}

@@ -133,7 +133,7 @@ def sweep(cfg: LabConfig) -> Sweep:
             "inits": {
                 "he": "N(0, 2/fan_in) weights, zero biases",
                 "he_bias": "N(0, 2/fan_in) weights and biases",
-                "rai": "deadrelu.remedies.rai_sample (Beta(2, 1) asymmetric entry)",
+                "rai": "deadrelu.init.rai_sample (Beta(2, 1) asymmetric entry)",
             },
             "monte_carlo": "deadrelu.born_dead.born_dead_rate",
             "theory": "deadrelu.born_dead.born_dead_probability (grid 64, 2^14 Sobol points)",
@@ -411,7 +411,7 @@ EXPERIMENT = register(
             "the issue's independent reference values at depth 10 (width 3: 0.628, 5: 0.153, "
             "8: 0.010); the theory gives 0.631, 0.152, 0.010 (0.628 is 0.003 below, within the "
             "error of a Monte Carlo of about 10^4 nets).",
-            "RAI from deadrelu.remedies.rai_sample; its sigma and asymmetric distribution "
+            "RAI from deadrelu.init.rai_sample; its sigma and asymmetric distribution "
             "(Beta(2, 1)) follow that implementation.",
         ),
     )

@@ -162,13 +162,26 @@ def _assert_same(a: Any, b: Any, path: str = "") -> None:
         assert a == b or (a != a and b != b), f"{path}: {a!r} != {b!r}"
 
 
-def test_lightning_recycle_every_uses_the_trainers_optimizer() -> None:
+def test_lightning_recycle_every_and_unit_histograms(tmp_path: Path) -> None:
     L, LitMLP = _lit()
+    pytest.importorskip("tensorboard")
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     from deadrelu.integrations.lightning import DeadUnitMonitor
 
     module = LitMLP()
-    cb = DeadUnitMonitor(every=1, window=2, recycle_every=4)
-    _trainer(L, 4, [cb]).fit(module, _loader())
+    cb = DeadUnitMonitor(every=1, window=2, recycle_every=4, log_units=True)
+    logger = TensorBoardLogger(str(tmp_path), name="tb", version=0)
+    _trainer(L, 4, [cb], logger).fit(module, _loader())
+    acc = EventAccumulator(str(tmp_path / "tb" / "version_0"), size_guidance={"histograms": 0})
+    acc.Reload()
+    hists = acc.Histograms("deadrelu/active_fraction/net.relu1")
+    assert [h.step for h in hists] == [0, 1, 2, 3]  # every counted step, before the ReDo
+    assert (hists[0].histogram_value.num, hists[0].histogram_value.min) == (16, 0.0)
+    dead = acc.Scalars("deadrelu/dead_fraction/net.relu2")  # from pl_module.log
+    assert [e.step for e in dead] == [0, 1, 2, 3]
+    assert all(math.isclose(e.value, 1 / 12, rel_tol=1e-6) for e in dead)
     # the 3 dead units are recycled: fresh incoming weights, bias 0, outgoing weights 0
     assert cb.recycled == [(4, 3)]
     net = module.net

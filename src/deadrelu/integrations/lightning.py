@@ -173,7 +173,8 @@ class DeadUnitMonitor(Callback):
         for logger in getattr(trainer, "loggers", []):
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_histogram"):
-                log_to(mon, experiment, trainer.global_step, prefix=self.prefix, dormant=False)
+                # the scalars went through pl_module.log; step None: the counted step
+                log_to(mon, experiment, None, prefix=self.prefix, scalars=False)
 
     def _recycle(self, trainer: Any, pl_module: Any, batch: Any) -> None:
         from deadrelu.remedies import recycle

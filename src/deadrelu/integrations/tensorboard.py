@@ -39,6 +39,7 @@ def log_to(
     prefix: str = "deadrelu",
     histograms: bool = True,
     dormant: bool = True,
+    scalars: bool = True,
 ) -> dict[str, float]:
     """Write the dead-unit scalars (and per-unit histograms) of ``source`` to ``writer``.
 
@@ -50,16 +51,19 @@ def log_to(
         prefix: the first part of every tag.
         histograms: also one histogram per site of the units' active fraction ``(U,)``.
         dormant: also the dormant fractions.
+        scalars: write the scalars (False: only the histograms, for a logger that gets
+            the scalars another way).
 
     Returns:
-        The scalars written, ``{tag: value}``.
+        The scalars, ``{tag: value}`` (written when ``scalars``).
     """
     report = source if hasattr(source, "layers") else source.report()
     if step is None:
         step = max(int(getattr(source, "step_count", 1)) - 1, 0)
     values = metrics(report, prefix=prefix, dormant=dormant)
-    for tag, value in values.items():
-        writer.add_scalar(tag, value, step)
+    if scalars:
+        for tag, value in values.items():
+            writer.add_scalar(tag, value, step)
     if histograms:
         for name, stats in report.stats.items():
             if stats.positions > 0:

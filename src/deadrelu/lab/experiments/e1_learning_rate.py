@@ -90,7 +90,7 @@ def sweep(cfg: LabConfig) -> Sweep:
     """Train every activation at every learning rate (MLP), and ReLU at every rate (CNN)."""
     data = load(cfg.dataset, 0).to(cfg.device)
     hidden = cfg.size(tiny=16, quick=64, full=100)
-    steps = cfg.size(tiny=30, quick=300, full=2000)
+    steps = cfg.size(tiny=30, quick=300, full=1000)
     lrs = cfg.size(
         tiny=[0.03, 3.0],
         quick=[0.01, 0.03, 0.1, 0.3, 1.0, 2.0],
@@ -105,8 +105,8 @@ def sweep(cfg: LabConfig) -> Sweep:
         eval_every=steps,
         probe_limit=probe,
     )
-    channels = cfg.size(tiny=4, quick=8, full=16)
-    cnn_steps = cfg.size(tiny=20, quick=200, full=1000)
+    channels = cfg.size(tiny=4, quick=8, full=8)
+    cnn_steps = cfg.size(tiny=20, quick=200, full=500)
     cnn_lrs = cfg.size(
         tiny=[0.1, 10.0], quick=[0.1, 0.3, 1.0, 3.0, 10.0], full=[0.1, 0.3, 1.0, 3.0, 6.0, 10.0]
     )

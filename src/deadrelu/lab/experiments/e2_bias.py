@@ -83,7 +83,7 @@ def sweep(cfg: LabConfig) -> Sweep:
     """Run the two sweeps; per-seed dead fractions per layer, accuracies, causes."""
     data = load(cfg.dataset, 0).to(cfg.device)
     hidden = cfg.size(tiny=16, quick=64, full=100)
-    steps = cfg.size(tiny=30, quick=300, full=1500)
+    steps = cfg.size(tiny=30, quick=300, full=600)
     kick_step = steps // 3
     n = cfg.n_seeds
     widths = (data.n_features, hidden, hidden, data.n_classes)

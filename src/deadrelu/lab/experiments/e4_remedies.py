@@ -97,7 +97,7 @@ ACT_ARMS: dict[str, tuple[str, str, str]] = {
 VARIANTS = ("leaky_relu", "prelu", "elu", "selu")
 #: CNN arm: activations and the learning-rate grid per preset.
 CNN_ACTS = ("relu", "leaky_relu", "prelu", "elu")
-CNN_GRID = {"tiny": [1.0, 10.0], "quick": [1.0, 10.0], "full": [0.3, 1.0, 3.0, 10.0]}
+CNN_GRID = {"tiny": [1.0, 10.0], "quick": [1.0, 10.0], "full": [1.0, 3.0, 10.0]}
 #: Minimum reduction of the never-active fraction (absolute) for "the remedy works".
 MIN_EFFECT = 0.02
 #: Accuracy a remedy may lose (absolute) and still be "as accurate" (non-inferiority).
@@ -243,7 +243,7 @@ def sweep(cfg: LabConfig) -> Sweep:
     """Per setting: every activation over the rate grid, and the ReLU remedies; the CNN."""
     data = load(cfg.dataset, 0).to(cfg.device)
     hidden = cfg.size(tiny=16, quick=64, full=100)
-    steps = cfg.size(tiny=30, quick=300, full=1500)
+    steps = cfg.size(tiny=30, quick=300, full=600)
     n = cfg.n_seeds
     probe = cfg.size(tiny=500, quick=None, full=None)
     tc = TrainConfig(
@@ -268,8 +268,8 @@ def sweep(cfg: LabConfig) -> Sweep:
             "activations": _act_sweep(data, tc, ACT_ARMS, grid, n, st["kick"]),
             "remedies": remedies,
         }
-    channels = cfg.size(tiny=4, quick=8, full=16)
-    cnn_steps = cfg.size(tiny=20, quick=200, full=1000)
+    channels = cfg.size(tiny=4, quick=8, full=8)
+    cnn_steps = cfg.size(tiny=20, quick=200, full=400)
     cnn_tc = TrainConfig(
         widths=(data.n_features, channels, channels, data.n_classes),
         steps=cnn_steps,

@@ -64,8 +64,8 @@ def sweep(cfg: LabConfig) -> Sweep:
     """Train every slope at every rate on the same seeds in one call; per-seed numbers."""
     data = load(cfg.dataset, 0).to(cfg.device)
     hidden = cfg.size(tiny=16, quick=64, full=100)
-    steps = cfg.size(tiny=30, quick=300, full=1500)
-    every = cfg.size(tiny=10, quick=30, full=50)
+    steps = cfg.size(tiny=30, quick=300, full=600)
+    every = cfg.size(tiny=10, quick=30, full=40)
     tc = TrainConfig(
         widths=(data.n_features, hidden, hidden, data.n_classes),
         steps=steps,

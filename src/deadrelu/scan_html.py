@@ -255,7 +255,10 @@ def render_html(
         raise TypeError(
             f"the HTML scan report needs a Report or a Monitor, got {type(source).__name__}"
         )
-    model = report.meta.get("model_spec") or report.meta.get("model") or "model"
+    model = report.meta.get("model_spec") or report.meta.get("model")
+    if not model and monitor is not None:
+        model = type(monitor.model).__name__
+    model = model or "model"
     title = title or f"deadrelu scan: {model}"
     s = report.summary()
     th = report.thresholds
@@ -268,8 +271,8 @@ def render_html(
             f"{th.tau:g}; rarely active: active on fewer than "
             f"{100 * th.rarely_fraction:g} % of positions."
             + (
-                f" From a Monitor: dead over the last {monitor.window} steps, counting every "
-                f"{monitor.every}-th step."
+                f" From a Monitor: dead over the last {monitor.window} steps, counting "
+                + ("every step." if monitor.every == 1 else f"every {monitor.every}th step.")
                 if monitor is not None
                 else ""
             )

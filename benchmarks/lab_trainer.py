@@ -42,14 +42,22 @@ def train_flops(widths: tuple[int, ...], batch: int) -> float:
     return fwd + wgrad + xgrad
 
 
-def dense_gflops(n: int = 1024, reps: int = 10) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def dense_gflops(n: int = 1024, reps: int = 10, device: torch.device | None = None) -> float:
     """Best-of-``reps`` GFLOP/s of an ``n x n x n`` float32 matmul."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    device = device or torch.device("cpu")
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(reps):
+        _sync(device)
         t = time.perf_counter()
         torch.mm(a, b)
+        _sync(device)
         best = min(best, time.perf_counter() - t)
     return 2.0 * n**3 / best / 1e9
 
@@ -62,13 +70,24 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="intra-op threads (0: torch's default)"
     )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but torch.cuda.is_available() is False")
 
     full = load("mnist1d", 0)
     # evaluation (at the first and last step only) on 200 test rows: the timing is training
-    data = Dataset(full.name, full.x_train, full.y_train, full.x_test[:200], full.y_test[:200], 10)
+    data = Dataset(
+        full.name,
+        full.x_train.to(dev),
+        full.y_train.to(dev),
+        full.x_test[:200].to(dev),
+        full.y_test[:200].to(dev),
+        10,
+    )
     members = [Member(seed=s, lr=0.05) for s in range(args.members)]
     cfg = TrainConfig(
         widths=WIDTHS,
@@ -81,14 +100,17 @@ def main() -> None:
     train_batched(members[:4], warm, data)
     train_sequential(members[:2], warm, data)
 
-    dense = dense_gflops()
+    dense = dense_gflops(device=dev)
+    _sync(dev)
     t = time.perf_counter()
     train_batched(members, cfg, data)
+    _sync(dev)
     batched_s = time.perf_counter() - t
     t = time.perf_counter()
     train_sequential(members, cfg, data)
+    _sync(dev)
     sequential_s = time.perf_counter() - t
-    dense = max(dense, dense_gflops())
+    dense = max(dense, dense_gflops(device=dev))
 
     flops = train_flops(WIDTHS, args.batch) * args.members * args.steps
     achieved = flops / batched_s / 1e9
@@ -112,6 +134,7 @@ def main() -> None:
                 "target_fraction_of_dense": 0.5,
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
+                "device": str(dev),
                 "machine": platform.machine(),
             }
         )

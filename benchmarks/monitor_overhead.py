@@ -124,7 +124,10 @@ class Runner:
             naive_hooks(model)
 
     def run(self, steps: int, clock: Callable[[], float] = time.perf_counter) -> float:
-        """Seconds for ``steps`` training steps, on ``clock``."""
+        """Seconds for ``steps`` training steps, on ``clock`` (a GPU synchronised)."""
+        cuda = self.x.device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.x.device)
         start = clock()
         for _ in range(steps):
             loss = F.cross_entropy(self.model(self.x), self.y)
@@ -133,6 +136,8 @@ class Runner:
             self.opt.zero_grad(set_to_none=True)
             if self.monitor is not None:
                 self.monitor.step()
+        if cuda:
+            torch.cuda.synchronize(self.x.device)
         return clock() - start
 
 
@@ -142,9 +147,12 @@ def bench_model(
     rounds: int,
     steps: int,
     clock: Callable[[], float] = time.perf_counter,
+    device: torch.device | None = None,
 ) -> dict[str, Any]:
     torch.manual_seed(0)
     base, x, y = MODELS[name]()
+    device = device or torch.device("cpu")
+    base, x, y = base.to(device), x.to(device), y.to(device)
     runners = {c: Runner(copy.deepcopy(base), x, y, c) for c in conditions}
     for r in runners.values():  # warm-up: allocator, first sampled step, lazy site state
         r.run(steps)
@@ -187,9 +195,13 @@ def main() -> None:
         help="wall: time.perf_counter (default); cpu: this process's CPU time "
         "(time.process_time), steadier on a shared machine, best with --threads 1",
     )
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     stable_malloc.add_argument(parser)
     args = parser.parse_args()
     malloc = stable_malloc.ensure(args.default_malloc)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but torch.cuda.is_available() is False")
     if args.quick:
         args.rounds, args.steps = 3, 10
     if args.threads:
@@ -197,7 +209,7 @@ def main() -> None:
     conditions = ["plain", "monitor", "monitor_always", "naive"]
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     results = {
-        name: bench_model(name, conditions, args.rounds, args.steps, clock)
+        name: bench_model(name, conditions, args.rounds, args.steps, clock, device)
         for name in args.models.split(",")
     }
     print(
@@ -207,6 +219,7 @@ def main() -> None:
                 "torch": torch.__version__,
                 "machine": platform.machine(),
                 "threads": torch.get_num_threads(),
+                "device": str(device),
                 "rounds": args.rounds,
                 "steps_per_block": args.steps,
                 "clock": args.clock,

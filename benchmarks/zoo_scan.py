@@ -14,6 +14,8 @@ The JSON gives each condition's median ratio and its IQR over rounds:
   >= 0.9 (``meets_target``), aim 0.95;
 * ``scan_eager``: the same statistics by eager torch ops (``kernel="eager"``);
 * ``scan_counts``: ``detail="counts"`` (dead, dormant, rarely active only);
+* ``scan_compiled`` (with ``--with-compiled``): ``kernel="compiled"`` (``torch.compile``;
+  Triton on a GPU), compiled during the warm-up, before the default's trials;
 * ``naive_hook``: what a user writes, a forward hook ``acc += (out > 0).sum(dims)`` per
   activation module (``nn.ReLU``, ``nn.GELU``... by class);
 * ``torchdiag``: ``torchdiag.check_dead_neurons(model, batch)`` per batch (its own
@@ -203,7 +205,13 @@ def _to(batch: Batch, device: torch.device) -> Batch:
 
 
 def bench_scan(
-    name: str, rounds: int, n_batches: int, batch: int, size: int, device: torch.device
+    name: str,
+    rounds: int,
+    n_batches: int,
+    batch: int,
+    size: int,
+    device: torch.device,
+    compiled: bool = False,
 ) -> dict[str, Any]:
     """Median (IQR) throughput ratios of every condition against plain inference."""
     torch.manual_seed(0)
@@ -216,12 +224,16 @@ def bench_scan(
         "scan_counts": lambda: scan(model, batches, detail="counts"),
         "naive_hook": lambda: naive_hook(model, batches),
     }
+    if compiled:
+        conditions["scan_compiled"] = lambda: scan(model, batches, kernel="compiled")
     if _has_torchdiag():
         conditions["torchdiag"] = lambda: torchdiag_check(model, batches)
     run_plain = lambda: plain(model, batches)  # noqa: E731
+    if compiled:  # compile first, so that auto's trials (next) let it compete
+        conditions["scan_compiled"]()
     default = conditions["scan_default"]()  # warm-up: auto's trials, builds
     for key, fn in conditions.items():
-        if key != "scan_default":
+        if key not in ("scan_default", "scan_compiled"):
             fn()
     run_plain()
     samples: dict[str, list[float]] = {k: [] for k in conditions}
@@ -325,6 +337,12 @@ def main() -> None:
         "--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS)
     )
     parser.add_argument("--no-monitor", action="store_true", help="skip the training part")
+    parser.add_argument(
+        "--with-compiled",
+        action="store_true",
+        help="also scan_compiled (kernel='compiled', torch.compile / Triton; compiled in the "
+        "warm-up, so that the default's auto trials let it compete)",
+    )
     stable_malloc.add_argument(parser)
     args = parser.parse_args()
     malloc = stable_malloc.ensure(args.default_malloc)
@@ -348,7 +366,9 @@ def main() -> None:
         model_size = 224 if name.startswith("vit") and not args.quick else size
         if name == "opt_tiny":
             model_size = 32 if args.quick else 128
-        results[name] = bench_scan(name, rounds, n_batches, batch, model_size, device)
+        results[name] = bench_scan(
+            name, rounds, n_batches, batch, model_size, device, args.with_compiled
+        )
     monitor = (
         None
         if args.no_monitor

@@ -50,24 +50,37 @@ fields a batch updates; the others keep their initial values.
 * ``"full"`` (or ``True``): also ``z_sum``, ``z_m2``: the mean and variance of the
   pre-activation.
 
-**Cost.** Eager path: each batch is viewed as ``(A, U, B)`` (A the dims before the unit
-dim, B those after it) and every reduction runs over B first, into small ``(A, U)``
-partials, then over A: contiguous passes that torch vectorises. About 3 passes over the
-activation for "counts" (one of them writing), 5 for "range", 8 for "full" (two writing),
-one fewer each when ``out`` is known to be non-negative (ReLU:
-``update(..., out_nonnegative=True)``), in one scratch tensor of the activation's size
-(:func:`scratch`: on CPU one buffer per thread, kept between calls and freed by
-:func:`release_scratch`). Native path (``update(..., fused=None)``, the default, and
-``fused=True``; "range" and "full", float32 on CPU): :mod:`deadrelu.native`'s C++ kernel
-reads ``z`` once (and ``out``, unless ``relu=True``: it sums ``relu(z)`` from ``z``) and
-merges the batch, in one ctypes call. Compiled path (``fused=True`` where the native kernel does not
-apply, "range" and "full"): one ``torch.compile``-d kernel reads ``z`` once (and ``out``
-unless ``relu``) and, for "range", also merges the batch into the accumulators; for "full"
-a second compiled kernel does the ``(U,)`` merge (one kernel is slower there when units
-are last). On a 2-core CPU it costs 2-4x less than eager, after compiling for about 2.5 s
-once per process (10 s the first time on a machine: :func:`fused_available`; falls back to
-eager with one warning where compiling fails); the native kernel costs less again
-(scan throughput in the README).
+**Kernels** (``update(..., kernel=...)``, :data:`KERNEL_CHOICES`; the same statistics up
+to float summation order, counts and extrema exactly):
+
+* ``"eager"``, the reference: each batch is viewed as ``(A, U, B)`` (A the dims before the
+  unit dim, B those after it) and every reduction runs over B first, into small ``(A, U)``
+  partials, then over A: contiguous passes that torch vectorises. About 3 passes over the
+  activation for "counts" (one of them writing), 5 for "range", 8 for "full" (two
+  writing), one fewer each when ``out`` is known to be non-negative (ReLU:
+  ``update(..., out_nonnegative=True)``), in one scratch tensor of the activation's size
+  (:func:`scratch`: on CPU one buffer per thread, kept between calls and freed by
+  :func:`release_scratch`). Measured per layout (``benchmarks/eager_passes.py``): the
+  active count as ``gt`` into a float buffer plus a sum beats a sum of bools (1.25-1.7x)
+  and ``count_nonzero`` (2-3x); ``amax`` plus ``amin`` beat ``aminmax`` (6-11x, torch
+  2.13 CPU); the non-finite pass is skipped on CPU when the extrema are finite.
+* ``"native"`` ("range" and "full", float32 on CPU): :mod:`deadrelu.native`'s C++ kernel
+  reads ``z`` once (and ``out``, unless ``relu=True``: it sums ``relu(z)`` from ``z``) and
+  merges the batch, in one ctypes call.
+* ``"compiled"`` ("range" and "full"): one ``torch.compile``-d kernel reads ``z`` once
+  (and ``out`` unless ``relu``) and, for "range", also merges the batch into the
+  accumulators; for "full" a second compiled kernel does the ``(U,)`` merge. Compiling
+  takes about 2.5 s once per process (10 s the first time on a machine:
+  :func:`fused_available`; falls back to eager with one warning where compiling fails).
+* ``"auto"`` (the default): the fastest of those that apply, measured where it runs
+  (:func:`choose_kernel`): on the first batch of each kind (units, position class, dtype,
+  device, layout, level, mode) every candidate is timed into throwaway accumulators and
+  the fastest is kept for the process (:func:`kernel_trials`; the timer is
+  :func:`set_timer`'s). "compiled" is a candidate only where it already ran in this
+  process or the caller allows compiling (``allow_compile``; :func:`deadrelu.scan.scan`
+  does for scans projected to take long). Which kernel wins depends on the machine: in
+  situ on a 2-core AMD EPYC (Zen 4), one thread, the native kernel took 0.2-0.25x the
+  eager time (``benchmarks/native_profile.py``).
 
 Non-finite pre-activations are counted in ``nonfinite`` and otherwise propagate: they make
 ``z_sum``/``z_m2``/extrema (and ``abs_sum`` for the output) NaN or inf for that unit, which

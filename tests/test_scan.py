@@ -129,7 +129,7 @@ def test_auto_fused_in_scan(monkeypatch: pytest.MonkeyPatch) -> None:
     scan_module = importlib.import_module("deadrelu.scan")  # the package exports scan()
     m = DeadMLP()
     batches = m.make_batches(3)
-    eager = scan(m, batches, fused=False)
+    eager = scan(m, batches, kernel="eager")
     monkeypatch.setattr(scan_module, "AUTO_FUSED_SECONDS", 0.0)
     auto = scan(m, batches)
     assert auto.meta["fused_from_batch"] == 2

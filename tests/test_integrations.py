@@ -282,3 +282,33 @@ def test_metrics_names_and_totals_from_a_report() -> None:
         "x/dead_fraction/relu2": 1 / 12,
         "x/dead_fraction": 3 / 28,
     }
+
+
+def test_hf_recycle_every_resets_the_dead_units(tmp_path: Path) -> None:
+    from deadrelu.zoo import import_torchvision
+
+    import_torchvision()
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from deadrelu.integrations.hf import DeadUnitCallback
+
+    model = _tiny_opt(transformers)
+    row = torch.randint(0, 64, (8,), generator=torch.Generator().manual_seed(0))
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=[{"input_ids": row, "labels": row}] * 8
+    )
+    trainer.add_callback(DeadUnitCallback(trainer, every=1, window=2, recycle_every=2))
+    trainer.train()
+    for i, layer in enumerate(model.model.decoder.layers):
+        units = OPT_DEAD[f"model.decoder.layers.{i}.activation_fn"]
+        assert torch.equal(layer.fc1.bias.detach()[units], torch.zeros(len(units)))  # was -1000
+        assert torch.equal(layer.fc2.weight.detach()[:, units], torch.zeros(16, len(units)))

@@ -9,12 +9,13 @@ The inline script (:data:`CHECK_SCRIPT`) writes on ``<body>`` once the page has 
 for a headless browser to read from the DOM: ``data-images-loaded="N/M"`` (images decoded
 / images), ``data-tables-visible="N/M"`` (tables with a non-zero box / tables),
 ``data-too-wide`` (elements wider than the viewport outside a scroll box, plus 1 when the
-page scrolls sideways; 0 is right), ``data-too-wide-list`` (the first few) and
-``data-page-height``. Opened as ``page.html#all`` the page first expands every collapsed
-``<details>`` section.
+page scrolls sideways; 0 is right), ``data-too-wide-list`` (the first few),
+``data-squeezed-cells`` (table cells whose text breaks inside a word: more lines than
+words, a label column squeezed to a letter per line) and ``data-page-height``. Opened as
+``page.html#all`` the page first expands every collapsed ``<details>`` section.
 
-The lab report (:mod:`deadrelu.lab.html`) predates this module and keeps its own copy of
-the same style; the scan report (:mod:`deadrelu.scan_html`) uses this one.
+The lab report (:mod:`deadrelu.lab.html`) and the scan report (:mod:`deadrelu.scan_html`)
+both build on it, each adding a few rules of its own (``page(css=..., script=...)``).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ details summary{cursor:pointer;color:#333;font-weight:600}
 .note{color:#666;font-size:.9em}
 """
 
-CHECK_SCRIPT = """
+CHECK_SCRIPT = r"""
 window.addEventListener('load', function () {
   var b = document.body;
   if (location.hash === '#all') {
@@ -96,6 +97,23 @@ window.addEventListener('load', function () {
   var sw = document.documentElement.scrollWidth > vw + 1 ? 1 : 0;
   b.setAttribute('data-too-wide', String(wide.length + sw));
   b.setAttribute('data-too-wide-list', wide.slice(0, 5).join(' '));
+  var squeezed = [];
+  Array.prototype.forEach.call(document.querySelectorAll('th, td'), function (c) {
+    Array.prototype.forEach.call(c.childNodes, function (n) {
+      var text = n.nodeType === 3 ? n.textContent.trim() : '';
+      if (text.length < 4) { return; }
+      var range = document.createRange();
+      range.selectNodeContents(n);
+      var tops = {};
+      Array.prototype.forEach.call(range.getClientRects(), function (q) {
+        if (q.width > 0) { tops[Math.round(q.top)] = 1; }
+      });
+      var lines = Object.keys(tops).length, words = text.split(/\s+/).length;
+      if (lines > words) { squeezed.push(text.slice(0, 20)); }
+    });
+  });
+  b.setAttribute('data-squeezed-cells', String(squeezed.length));
+  b.setAttribute('data-squeezed-list', squeezed.slice(0, 5).join(' | '));
 });
 """
 
@@ -107,9 +125,11 @@ def esc(x: Any) -> str:
 
 def fmt(x: Any, digits: int = 4) -> str:
     """A number for a table cell: ints as is, floats to ``digits`` significant digits,
-    non-finite as ``nan``/``inf``/``-inf``, None as ``-``."""
+    non-finite as ``nan``/``inf``/``-inf``, None as ``-``, booleans as yes/no."""
     if x is None:
         return "-"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
     if isinstance(x, float):
         if not math.isfinite(x):
             return "nan" if math.isnan(x) else ("inf" if x > 0 else "-inf")
@@ -166,9 +186,10 @@ def collapsed(title: str, inner: str, *, open_: bool = False) -> str:
     return f"<details{' open' if open_ else ''}><summary>{esc(title)}</summary>{inner}</details>"
 
 
-def page(title: str, body: str, *, css: str = "") -> str:
+def page(title: str, body: str, *, css: str = "", script: str = "") -> str:
     """The whole document: head with the shared style (plus ``css``), ``body`` inside
-    ``<main>``, the check script at the end. Deterministic: no date, no random ids."""
+    ``<main>``, the check script (plus ``script``) at the end. Deterministic: no date, no
+    random ids."""
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">\n'
@@ -176,5 +197,5 @@ def page(title: str, body: str, *, css: str = "") -> str:
         f"<title>{esc(title)}</title><style>{BASE_CSS}{css}</style></head>\n"
         '<body data-images-loaded="pending"><main>\n'
         f"{body}\n"
-        f"</main><script>{CHECK_SCRIPT}</script></body></html>\n"
+        f"</main><script>{CHECK_SCRIPT}{script}</script></body></html>\n"
     )

@@ -16,29 +16,25 @@ order:
 Layout for a reader: every table sits in its own horizontally scrolling box, so a wide
 table never widens the page; label columns never wrap inside a word.
 
-The inline script writes on ``<body>`` once the page has loaded: ``data-images-loaded="N/M"``
-(images decoded / images), ``data-claims-rows`` (rows of the claims table),
-``data-claims-visible="yes"`` (the table is in the first screen), ``data-page-height``
-(pixels, with the collapsed sections as they are), ``data-too-wide`` (elements wider
-than the viewport outside a scroll box; 0 when the page never scrolls sideways) and
-``data-squeezed-cells`` (table cells whose text breaks inside a word: more lines than
-words, a label column squeezed to a letter per line), so a
-headless browser can check them. Opened as ``index.html#all`` the page expands every
-collapsed section first. The page carries no date: the same results give the same
-bytes.
+Style, figure checks and the self-check script come from :mod:`deadrelu.htmlkit` (shared
+with the scan report): once the page has loaded it writes on ``<body>`` the attributes a
+headless browser checks (images decoded, page height, elements too wide, squeezed cells),
+and this module's script adds ``data-claims-rows`` (rows of the claims table) and
+``data-claims-visible="yes"`` (the table is in the first screen). Opened as
+``index.html#all`` the page expands every collapsed section first. The page carries no
+date: the same results give the same bytes.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import json
-import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from deadrelu.htmlkit import collapsed, esc, fmt, page, scroll
 from deadrelu.lab.claims import CLAIMS, ClaimRow, claim_rows
 
 __all__ = ["render_html", "write_html"]
@@ -50,20 +46,9 @@ _BADGE_CLASS = {
     "n/a": "na",
 }
 
+#: The lab's own rules, on top of :data:`deadrelu.htmlkit.BASE_CSS`.
 _CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;
- background:#fafafa;color:#1d1d1f;line-height:1.45}
-main{max-width:1180px;margin:0 auto;padding:24px 28px 60px;box-sizing:border-box}
-h1{font-size:1.7em;margin:.2em 0 .1em}h2{margin-top:1.8em;border-bottom:2px solid #ddd;
- padding-bottom:.2em}h3{margin:1.1em 0 .4em}
-.sub{color:#555;margin-top:0}
-p,li,h2,h3,summary,figcaption{overflow-wrap:anywhere}
-.scroll{max-width:100%;overflow-x:auto;margin:.4em 0 1em}
-table{border-collapse:collapse;font-size:.92em;background:#fff}
-th,td{border:1px solid #d5d5d5;padding:4px 8px;text-align:left;vertical-align:top}
-td{overflow-wrap:break-word;max-width:46em}
-th{background:#f0f0f3;white-space:nowrap}
-td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
+td.num{text-align:left}
 #claims-table td{max-width:34em}
 #claims-table td.claim,#claims-table td.verdict{white-space:nowrap}
 #claims-table .note{display:block;color:#666;font-size:.85em;margin-top:2px}
@@ -76,87 +61,26 @@ table.nested{margin:0;font-size:.95em}
 section.exp{background:#fff;border:1px solid #e2e2e2;border-radius:8px;
  padding:2px 22px 10px;margin:18px 0}
 section.exp h2{margin-top:.6em}p.q{margin:.4em 0}
-figure{margin:10px 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{color:#666;font-size:.85em}
 .rule{background:#f6f6f9;border-left:4px solid #999;padding:4px 10px;font-size:.86em;
  margin:.3em 0;overflow-wrap:anywhere}
 .claimv{margin:.4em 0 .8em}.claimv p{margin:.3em 0}
 .caveats{font-size:.92em;margin:.3em 0}.caveats li{margin:.15em 0}
-code,pre{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.9em}
-code{white-space:pre-wrap;overflow-wrap:anywhere}
-details{margin:.5em 0}
-details summary{cursor:pointer;color:#333;font-weight:600}
 .missing{color:#c0392b;font-weight:600}
 """
 
-#: Runs on load: counts decoded images and claims-table rows, measures the page.
+#: Runs on load, after :data:`deadrelu.htmlkit.CHECK_SCRIPT`: counts the claims table's
+#: rows and whether it is in the first screen.
 _SCRIPT = r"""
 window.addEventListener('load', function () {
   var b = document.body;
-  if (location.hash === '#all') {
-    Array.prototype.forEach.call(document.querySelectorAll('details'), function (d) {
-      d.open = true;
-    });
-  }
-  var imgs = Array.prototype.slice.call(document.images);
-  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
-  b.setAttribute('data-images-loaded', ok + '/' + imgs.length);
   var rows = document.querySelectorAll('#claims-table tbody tr').length;
   b.setAttribute('data-claims-rows', String(rows));
   var t = document.getElementById('claims-table');
   var r = t ? t.getBoundingClientRect() : null;
   var seen = r !== null && r.height > 0 && r.top < window.innerHeight;
   b.setAttribute('data-claims-visible', seen ? 'yes' : 'no');
-  b.setAttribute('data-page-height', String(document.documentElement.scrollHeight));
-  var vw = document.documentElement.clientWidth, wide = [];
-  Array.prototype.forEach.call(document.querySelectorAll('body *'), function (e) {
-    if (e.closest('.scroll') && !e.classList.contains('scroll')) { return; }
-    var q = e.getBoundingClientRect();
-    if (q.width > 0 && (q.right > vw + 1 || q.width > vw + 1)) {
-      wide.push(e.tagName.toLowerCase() + (e.id ? '#' + e.id : ''));
-    }
-  });
-  var sw = document.documentElement.scrollWidth > vw + 1 ? 1 : 0;
-  b.setAttribute('data-too-wide', String(wide.length + sw));
-  b.setAttribute('data-too-wide-list', wide.slice(0, 5).join(' '));
-  var squeezed = [];
-  Array.prototype.forEach.call(document.querySelectorAll('th, td'), function (c) {
-    Array.prototype.forEach.call(c.childNodes, function (n) {
-      var text = n.nodeType === 3 ? n.textContent.trim() : '';
-      if (text.length < 4) { return; }
-      var range = document.createRange();
-      range.selectNodeContents(n);
-      var tops = {};
-      Array.prototype.forEach.call(range.getClientRects(), function (q) {
-        if (q.width > 0) { tops[Math.round(q.top)] = 1; }
-      });
-      var lines = Object.keys(tops).length, words = text.split(/\s+/).length;
-      if (lines > words) { squeezed.push(text.slice(0, 20)); }
-    });
-  });
-  b.setAttribute('data-squeezed-cells', String(squeezed.length));
-  b.setAttribute('data-squeezed-list', squeezed.slice(0, 5).join(' | '));
 });
 """
-
-
-def _e(x: Any) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def _fmt(x: Any) -> str:
-    """A scalar as short text: floats to 4 significant digits."""
-    if x is None:
-        return "–"
-    if isinstance(x, bool):
-        return "yes" if x else "no"
-    if isinstance(x, float):
-        if math.isnan(x):
-            return "nan"
-        if math.isinf(x):
-            return "inf" if x > 0 else "-inf"
-        return f"{x:.4g}"
-    return str(x)
 
 
 def _is_scalar(x: Any) -> bool:
@@ -165,33 +89,29 @@ def _is_scalar(x: Any) -> bool:
 
 def _badge(verdict: str, extra: str = "") -> str:
     cls = _BADGE_CLASS.get(verdict, "na")
-    return f'<span class="badge {cls}"{extra}>{_e(verdict)}</span>'
-
-
-def _scroll(inner: str) -> str:
-    return f'<div class="scroll">{inner}</div>'
+    return f'<span class="badge {cls}"{extra}>{esc(verdict)}</span>'
 
 
 def _value(v: Any, depth: int = 0) -> str:
     """HTML for one value of a numbers dict (nested dicts/lists become nested tables)."""
     if _is_scalar(v):
-        return _e(_fmt(v))
+        return esc(fmt(v))
     if isinstance(v, Mapping):
         if depth >= 3:
-            return f"<code>{_e(json.dumps(v, sort_keys=True, default=str)[:600])}</code>"
+            return f"<code>{esc(json.dumps(v, sort_keys=True, default=str)[:600])}</code>"
         return _dict_table(v, depth + 1, nested=True)
     if isinstance(v, Sequence):
         items = list(v)
         if all(_is_scalar(i) for i in items):
-            shown = ", ".join(_fmt(i) for i in items[:16])
+            shown = ", ".join(fmt(i) for i in items[:16])
             more = f", … ({len(items)} items)" if len(items) > 16 else ""
-            return f"<code>[{_e(shown)}{_e(more)}]</code>"
+            return f"<code>[{esc(shown)}{esc(more)}]</code>"
         if items and all(isinstance(i, Mapping) for i in items) and depth < 3:
             return _records_table(items)
         text = json.dumps(items, default=str)
         more = f" … ({len(text)} characters)" if len(text) > 400 else ""
-        return f"<code>{_e(text[:400])}{_e(more)}</code>"
-    return _e(v)
+        return f"<code>{esc(text[:400])}{esc(more)}</code>"
+    return esc(v)
 
 
 def _dict_table(d: Mapping[str, Any], depth: int = 0, nested: bool = False) -> str:
@@ -199,9 +119,9 @@ def _dict_table(d: Mapping[str, Any], depth: int = 0, nested: bool = False) -> s
     rows = []
     for k, v in d.items():
         td = ' class="num"' if _is_scalar(v) else ""
-        rows.append(f"<tr><th>{_e(k)}</th><td{td}>{_value(v, depth)}</td></tr>")
+        rows.append(f"<tr><th>{esc(k)}</th><td{td}>{_value(v, depth)}</td></tr>")
     table = f"<table{cls}>{''.join(rows)}</table>"
-    return table if nested else _scroll(table)
+    return table if nested else scroll(table)
 
 
 def _records_table(records: Sequence[Mapping[str, Any]]) -> str:
@@ -210,7 +130,7 @@ def _records_table(records: Sequence[Mapping[str, Any]]) -> str:
         for k in r:
             if k not in cols:
                 cols.append(k)
-    head = "".join(f"<th>{_e(c)}</th>" for c in cols)
+    head = "".join(f"<th>{esc(c)}</th>" for c in cols)
 
     def cell(v: Any) -> str:
         num = isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -221,14 +141,14 @@ def _records_table(records: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _grid(columns: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
-    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
 
     def cell(x: Any) -> str:
         num = isinstance(x, (int, float)) and not isinstance(x, bool)
-        return f'<td class="num">{_e(_fmt(x))}</td>' if num else f"<td>{_e(_fmt(x))}</td>"
+        return f'<td class="num">{esc(fmt(x))}</td>' if num else f"<td>{esc(fmt(x))}</td>"
 
     body = "".join("<tr>" + "".join(cell(x) for x in row) + "</tr>" for row in rows)
-    return _scroll(f"<table><tr>{head}</tr>{body}</table>")
+    return scroll(f"<table><tr>{head}</tr>{body}</table>")
 
 
 def _image(out_dir: Path, rel: str) -> str:
@@ -238,10 +158,10 @@ def _image(out_dir: Path, rel: str) -> str:
             f"figure {rel!r} not found under {out_dir}; the report shows a placeholder",
             stacklevel=3,
         )
-        return f'<p class="missing">figure {_e(rel)} is missing</p>'
+        return f'<p class="missing">figure {esc(rel)} is missing</p>'
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return (
-        f'<figure><img alt="{_e(rel)}" title="{_e(Path(rel).name)}" '
+        f'<figure><img alt="{esc(rel)}" title="{esc(Path(rel).name)}" '
         f'src="data:image/png;base64,{data}"></figure>'
     )
 
@@ -265,20 +185,21 @@ def _claims_table(rows: Sequence[ClaimRow]) -> str:
             badge += ' <span class="badge timing">timing-based</span>'
         if row.rule:
             notes.append(f"combined: {row.rule}")
-        note = "".join(f'<span class="note">{_e(n)}</span>' for n in notes)
+        note = "".join(f'<span class="note">{esc(n)}</span>' for n in notes)
         links = ", ".join(
-            f'<a href="#{_e(p.experiment.lower())}">{_e(p.provenance)}</a>' for p in row.parts
+            f'<a href="#{esc(p.experiment.lower())}">{esc(p.provenance)}</a>' for p in row.parts
         )
         summaries = (
-            _e(row.parts[0].summary)
+            esc(row.parts[0].summary)
             if len(row.parts) == 1
-            else "<br>".join(f"<b>{_e(p.experiment)}</b>: {_e(p.summary)}" for p in row.parts)
+            else "<br>".join(f"<b>{esc(p.experiment)}</b>: {esc(p.summary)}" for p in row.parts)
         )
         body.append(
-            f'<tr><td class="claim">{_e(row.claim)}</td><td title="{_e(full)}">{_e(row.text)}</td>'
+            f'<tr><td class="claim">{esc(row.claim)}</td>'
+            f'<td title="{esc(full)}">{esc(row.text)}</td>'
             f'<td class="verdict">{badge}</td><td>{summaries}{note}</td><td>{links}</td></tr>'
         )
-    return _scroll(
+    return scroll(
         '<table id="claims-table"><thead><tr><th>claim</th><th>the notes say</th>'
         "<th>verdict</th><th>key number</th><th>from</th></tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table>"
@@ -289,8 +210,8 @@ def _claim_verdicts(r: Mapping[str, Any]) -> str:
     records = r.get("claim_verdicts") or {}
     if not records:
         return (
-            f"<p>{_badge(str(r.get('verdict', 'n/a')))} {_e(r.get('summary', ''))}</p>"
-            f'<p class="rule"><b>Rule:</b> {_e(r.get("verdict_rule", ""))}</p>'
+            f"<p>{_badge(str(r.get('verdict', 'n/a')))} {esc(r.get('summary', ''))}</p>"
+            f'<p class="rule"><b>Rule:</b> {esc(r.get("verdict_rule", ""))}</p>'
         )
     parts = []
     for cid, rec in records.items():
@@ -303,11 +224,11 @@ def _claim_verdicts(r: Mapping[str, Any]) -> str:
         n = rec.get("n_seeds")
         seeds = "" if not n else (", 1 run" if n == 1 else f", {n} {rec.get('axis') or 'seeds'}")
         parts.append(
-            f'<div class="claimv"><p><b>{_e(cid)}</b> {_badge(str(rec.get("verdict", "n/a")))}'
-            f"{extra} {_e(rec.get('summary', ''))}</p>"
-            f'<p class="rule"><b>Rule:</b> {_e(rec.get("rule", ""))}<br><b>Stability:</b> '
-            f"{_e(_stability_text(stab))}<br><b>From:</b> preset {_e(rec.get('preset', ''))}"
-            f"{_e(seeds)}"
+            f'<div class="claimv"><p><b>{esc(cid)}</b> {_badge(str(rec.get("verdict", "n/a")))}'
+            f"{extra} {esc(rec.get('summary', ''))}</p>"
+            f'<p class="rule"><b>Rule:</b> {esc(rec.get("rule", ""))}<br><b>Stability:</b> '
+            f"{esc(_stability_text(stab))}<br><b>From:</b> preset {esc(rec.get('preset', ''))}"
+            f"{esc(seeds)}"
             + (
                 "; measured from wall-clock timings, not in results.json (see timings.json)"
                 if rec.get("source") == "timings"
@@ -318,22 +239,18 @@ def _claim_verdicts(r: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
-def _collapsed(title: str, inner: str) -> str:
-    return f"<details><summary>{_e(title)}</summary>{inner}</details>"
-
-
 def _experiment_section(r: Mapping[str, Any], out_dir: Path) -> str:
     rid = str(r["id"])
     parts = [
-        f'<section class="exp" id="{_e(rid.lower())}">',
-        f"<h2>{_e(rid)} · {_e(r.get('title', ''))} "
-        f"<small>({_e(', '.join(r.get('claims', ())))})</small> "
+        f'<section class="exp" id="{esc(rid.lower())}">',
+        f"<h2>{esc(rid)} · {esc(r.get('title', ''))} "
+        f"<small>({esc(', '.join(r.get('claims', ())))})</small> "
         f"{_badge(str(r.get('verdict', 'n/a')))}</h2>",
     ]
     if r.get("question"):
-        parts.append(f'<p class="q"><b>Question.</b> {_e(r["question"])}</p>')
+        parts.append(f'<p class="q"><b>Question.</b> {esc(r["question"])}</p>')
     if r.get("method"):
-        parts.append(f'<p class="q"><b>Method.</b> {_e(r["method"])}</p>')
+        parts.append(f'<p class="q"><b>Method.</b> {esc(r["method"])}</p>')
     numbers = dict(r.get("numbers") or {})
     table = numbers.get("table")
     if isinstance(table, Mapping) and "columns" in table:  # shown as it is, not repeated
@@ -345,17 +262,17 @@ def _experiment_section(r: Mapping[str, Any], out_dir: Path) -> str:
     parts.append(_claim_verdicts(r))
     caveats = list(r.get("caveats", ()))
     if caveats:
-        items = "".join(f"<li>{_e(c)}</li>" for c in caveats)
+        items = "".join(f"<li>{esc(c)}</li>" for c in caveats)
         parts.append(f'<h3>Caveats</h3><ul class="caveats">{items}</ul>')
     derived = r.get("derived") or {}
     if derived:
-        parts.append(_collapsed("derived numbers (intervals, summaries)", _dict_table(derived)))
+        parts.append(collapsed("derived numbers (intervals, summaries)", _dict_table(derived)))
     if numbers:
-        parts.append(_collapsed("all raw numbers (reproducible)", _dict_table(numbers)))
+        parts.append(collapsed("all raw numbers (reproducible)", _dict_table(numbers)))
     timings = r.get("timings") or {}
     if timings:
         parts.append(
-            _collapsed(
+            collapsed(
                 "timings (wall clock: not reproducible, kept out of results.json)",
                 _dict_table(timings),
             )
@@ -387,15 +304,10 @@ def render_html(
     out = Path(out_dir)
     presets = sorted({str(r.get("preset")) for r in results if r.get("preset")})
     parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head>",
-        '<body data-images-loaded="pending"><main>',
-        f"<h1>{_e(title)}</h1>",
+        f"<h1>{esc(title)}</h1>",
         '<p class="sub">Each claim of the lecture notes on dying ReLUs, tested by a run of '
         "this lab with fixed seeds"
-        + (f" (preset {_e(', '.join(presets))})" if presets else "")
+        + (f" (preset {esc(', '.join(presets))})" if presets else "")
         + ". Verdicts come from effect sizes with 95 % intervals by the rule printed in each "
         "section; a verdict that fewer than 90 % of bootstrap resamples of the seeds "
         "reproduce is marked <i>fragile</i>.</p>",
@@ -412,9 +324,8 @@ def render_html(
         parts.extend(_experiment_section(r, out) for r in exps)
     if meta:
         parts.append('<h2 id="run">The run</h2>')
-        parts.append(_collapsed("configuration and versions", _dict_table(meta)))
-    parts.append(f"</main><script>{_SCRIPT}</script></body></html>")
-    return "\n".join(parts) + "\n"
+        parts.append(collapsed("configuration and versions", _dict_table(meta)))
+    return page(title, "\n".join(parts), css=_CSS, script=_SCRIPT)
 
 
 def write_html(

@@ -69,6 +69,7 @@ __all__ = [
     "compare",
     "compare_detail",
     "compare_to_many",
+    "decide",
     "holm",
     "mean_ci",
     "paired_diff_ci",
@@ -464,7 +465,10 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}" if math.isfinite(x) else ("+inf" if x > 0 else "-inf")
 
 
-def _compare_verdict(d: float, lo: float, hi: float, min_effect: float) -> Verdict:
+def decide(d: float, lo: float, hi: float, min_effect: float) -> Verdict:
+    """:func:`compare`'s rule on a given effect ``d`` and interval ``[lo, hi]``:
+    supported if ``lo > 0`` and ``d >= min_effect``, not supported if ``hi < min_effect``,
+    else mixed."""
     if lo > 0 and d >= min_effect:
         return "supported"
     if hi < min_effect:
@@ -496,7 +500,7 @@ def compare_detail(
     d, lo, hi = _diff_ci(a, b, paired, confidence, resolution)
     if not higher_is_better:
         d, lo, hi = -d, -hi, -lo
-    verdict = _compare_verdict(d, lo, hi, min_effect)
+    verdict = decide(d, lo, hi, min_effect)
     direction = "higher" if higher_is_better else "lower"
     rule = (
         f"effect = A - B in the claimed direction ({direction} is better) = {_fmt(d)}, "

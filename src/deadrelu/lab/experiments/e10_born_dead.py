@@ -40,9 +40,11 @@ from deadrelu.lab.core import (
     rounded,
     save_figure,
 )
+from deadrelu.lab.experiments._common import seed_axis
 from deadrelu.lab.verdicts import (
     Verdict,
     combine,
+    decide,
     paired_proportion_diff_ci,
     proportion_ci,
 )
@@ -71,15 +73,6 @@ AGREE_TOL = 0.04
 #: Reference values at depth 10 from an independent computation (issue 10), by width.
 REFERENCE_DEPTH10: dict[int, float] = {3: 0.628, 5: 0.153, 8: 0.010}
 CONFIDENCE = 0.95
-
-
-def _decide(d: float, lo: float, hi: float, min_effect: float) -> Verdict:
-    """``verdicts.compare``'s rule on a given interval."""
-    if lo > 0 and d >= min_effect:
-        return "supported"
-    if hi < min_effect:
-        return "not supported"
-    return "mixed"
 
 
 # --------------------------------------------------------------------------------------
@@ -160,7 +153,7 @@ def judge(sw: Sweep, seeds: SeedIndex = None) -> Judgement:
     """C15 from the pooled counts of the chosen seeds (see the rule in the verdict)."""
     num = sw.numbers
     st = num["setting"]
-    idx = list(range(sw.n_seeds)) if seeds is None else list(seeds)
+    idx = seed_axis(sw.n_seeds, seeds)
     n = len(idx) * int(st["nets_per_seed"]["he"])
     n_other = len(idx) * int(st["nets_per_seed"]["rai"])
     depth = int(st["max_depth"])
@@ -215,7 +208,7 @@ def judge(sw: Sweep, seeds: SeedIndex = None) -> Judgement:
     # nets (being dead is monotone in depth), so its Wilson interval is the paired one.
     k_one = _pooled(counts["he"][narrow], idx, 1)
     g, g_lo, g_hi = proportion_ci(k_deep - k_one, n)
-    grows = _decide(g, g_lo, g_hi, MIN_DEPTH_EFFECT)
+    grows = decide(g, g_lo, g_hi, MIN_DEPTH_EFFECT)
     # (4) RAI lowers it: He - RAI at depth DEEP: per-seed differences of the rates (paired
     # t over seeds; Newcombe when every seed gives the same difference).
     k_rai = _pooled(counts["rai"][narrow], idx, deep)
@@ -224,7 +217,7 @@ def judge(sw: Sweep, seeds: SeedIndex = None) -> Judgement:
     per_he = [counts["he"][narrow][s][deep - 1] * n_rai / n_he for s in idx]
     per_rai = [counts["rai"][narrow][s][deep - 1] for s in idx]
     r, r_lo, r_hi = paired_proportion_diff_ci(per_he, per_rai, n_rai)
-    rai = _decide(r, r_lo, r_hi, MIN_RAI_EFFECT)
+    rai = decide(r, r_lo, r_hi, MIN_RAI_EFFECT)
     verdict = combine([agree, exists, grows, rai])
 
     per_width = {

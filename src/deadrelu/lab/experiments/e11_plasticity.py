@@ -54,11 +54,12 @@ from deadrelu.lab.core import (
     save_figure,
 )
 from deadrelu.lab.data import Dataset, load
+from deadrelu.lab.experiments._common import seed_axis
 from deadrelu.lab.trainer import Member, TrainConfig, build_member
 from deadrelu.lab.verdicts import (
-    Verdict,
     combine,
     compare_detail,
+    decide,
     paired_proportion_diff_ci,
 )
 
@@ -305,20 +306,12 @@ def _late_acc(arm: dict[str, Any], idx: Sequence[int], tasks: int) -> list[float
     return [sum(arm["test_acc"][s][-late:]) / late for s in idx]
 
 
-def _decide(d: float, lo: float, hi: float, min_effect: float) -> Verdict:
-    if lo > 0 and d >= min_effect:
-        return "supported"
-    if hi < min_effect:
-        return "not supported"
-    return "mixed"
-
-
 def judge(sw: Sweep, seeds: SeedIndex = None) -> Judgement:
     """C5: ReLU's dead fraction grows over the tasks. C16: ReDo keeps ReLU learning (late
     accuracy higher, fewer dead units) -- CBP and Leaky ReLU shown alongside."""
     num = sw.numbers
     st = num["setting"]
-    idx = list(range(sw.n_seeds)) if seeds is None else list(seeds)
+    idx = seed_axis(sw.n_seeds, seeds)
     tasks = int(st["tasks"])
     units = sum(int(w) for w in st["widths"][1:-1])
     arms = num["arms"]
@@ -328,7 +321,7 @@ def judge(sw: Sweep, seeds: SeedIndex = None) -> Judgement:
 
     # C5: accumulation for plain ReLU, last task minus first, paired by seed.
     grow = paired_proportion_diff_ci(dead_total("relu", -1), dead_total("relu", 0), units)
-    c5 = _decide(*grow, MIN_ACCUMULATION)
+    c5 = decide(*grow, MIN_ACCUMULATION)
 
     # C16: ReDo vs plain ReLU: late accuracy, and dead units at the last task.
     acc = {name: _late_acc(arm, idx, tasks) for name, arm in arms.items()}
@@ -341,7 +334,7 @@ def judge(sw: Sweep, seeds: SeedIndex = None) -> Judgement:
         resolution=1e-3,
     )
     fewer = paired_proportion_diff_ci(dead_total("relu", -1), dead_total("relu + ReDo", -1), units)
-    redo_dead = _decide(*fewer, MIN_ACCUMULATION)
+    redo_dead = decide(*fewer, MIN_ACCUMULATION)
     c16 = combine([redo_acc.verdict, redo_dead])
     others = {
         name: compare_detail(

@@ -35,10 +35,12 @@ from deadrelu.lab.core import (
     save_figure,
 )
 from deadrelu.lab.data import load
+from deadrelu.lab.experiments._common import seed_axis
 from deadrelu.lab.trainer import Member, TrainConfig, train_batched
 from deadrelu.lab.verdicts import (
     Verdict,
     combine,
+    decide,
     paired_proportion_diff_ci,
     pooled_proportion_ci,
     seeds_for_paired_difference,
@@ -146,7 +148,7 @@ def sweep(cfg: LabConfig) -> Sweep:
 def judge(sw: Sweep, seeds: SeedIndex = None) -> Judgement:
     """C7: (a) born dead at init, every width; (b) dead fraction after high-lr training."""
     num = sw.numbers
-    idx = list(range(sw.n_seeds)) if seeds is None else list(seeds)
+    idx = seed_axis(sw.n_seeds, seeds)
     bd = num["born_dead"]
     born_idx = idx
     nets = int(bd["nets_per_seed"])
@@ -160,7 +162,7 @@ def judge(sw: Sweep, seeds: SeedIndex = None) -> Judgement:
         k1 = [bd["counts"][notes][w][s] for s in born_idx]
         kl = [bd["counts"][large][w][s] for s in born_idx]
         d, lo, hi = paired_proportion_diff_ci(k0, k1, nets)
-        v = _decide(d, lo, hi, MIN_BORN_EFFECT)
+        v = decide(d, lo, hi, MIN_BORN_EFFECT)
         born_parts.append(v)
         born_rows[w] = {
             "p_bias0": rounded(sum(k0) / (nets * len(k0))),
@@ -208,7 +210,7 @@ def judge(sw: Sweep, seeds: SeedIndex = None) -> Judgement:
         k0 = [sum(arms[zero]["dead_final"][s]) for s in ok]
         k1 = [sum(arms[notes]["dead_final"][s]) for s in ok]
         pooled_cmp = paired_proportion_diff_ci(k0, k1, total)
-        train_v = _decide(*pooled_cmp, MIN_DEAD_EFFECT)
+        train_v = decide(*pooled_cmp, MIN_DEAD_EFFECT)
     verdict = combine([born_v, train_v])
 
     w0 = str(bd["widths"][0])
@@ -251,15 +253,6 @@ def judge(sw: Sweep, seeds: SeedIndex = None) -> Judgement:
         claims={"C7": ClaimVerdict(verdict, rule, summary, evidence)},
         derived={"born_dead_by_width": born_rows, "dead_per_layer": per_layer},
     )
-
-
-def _decide(d: float, lo: float, hi: float, min_effect: float) -> Verdict:
-    """``verdicts.compare``'s rule on a given interval."""
-    if lo > 0 and d >= min_effect:
-        return "supported"
-    if hi < min_effect:
-        return "not supported"
-    return "mixed"
 
 
 def figure(cfg: LabConfig, sw: Sweep, jd: Judgement) -> list[str]:

@@ -45,6 +45,7 @@ from deadrelu.lab.core import (
     save_figure,
 )
 from deadrelu.lab.data import Dataset, load
+from deadrelu.lab.experiments._common import seed_axis
 from deadrelu.lab.trainer import (
     MLP,
     Member,
@@ -283,7 +284,7 @@ def _layer_stats(arm: dict[str, Any], idx: Sequence[int], layer: int) -> dict[st
 def judge(sw: Sweep, seeds: SeedIndex = None) -> Judgement:
     """C5 for every ReLU arm and hidden layer (Leaky ReLU shown, not judged)."""
     num = sw.numbers
-    idx = list(range(sw.n_seeds)) if seeds is None else list(seeds)
+    idx = seed_axis(sw.n_seeds, seeds)
     n_layers = len(num["widths"]) - 2
     stats: dict[str, dict[str, Any]] = {}
     parts: list[Verdict] = []

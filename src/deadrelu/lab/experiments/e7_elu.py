@@ -36,6 +36,7 @@ from deadrelu.lab.core import (
     save_figure,
 )
 from deadrelu.lab.data import load
+from deadrelu.lab.experiments._common import seed_axis
 from deadrelu.lab.trainer import Member, TrainConfig, train_batched
 from deadrelu.lab.verdicts import Comparison, Verdict, combine, compare_detail, mean_ci
 
@@ -189,7 +190,7 @@ def _differentiable(num: dict[str, Any], alpha: float) -> bool:
 def judge(sw: Sweep, seeds: SeedIndex = None) -> Judgement:
     """C11 headline at alpha 0.2, alpha 1 as the second row (see the rule)."""
     num = sw.numbers
-    idx = list(range(sw.n_seeds)) if seeds is None else list(seeds)
+    idx = seed_axis(sw.n_seeds, seeds)
     rows: dict[str, dict[str, Any]] = {}
     verdicts: dict[str, Verdict] = {}
     for a in ALPHAS:

@@ -19,7 +19,6 @@ from deadrelu.lab.claims import claim_rows, markdown_table
 from deadrelu.lab.core import (
     ClaimVerdict,
     Experiment,
-    ExperimentResult,
     Judgement,
     LabConfig,
     SeedIndex,
@@ -28,6 +27,7 @@ from deadrelu.lab.core import (
 from deadrelu.lab.runner import (
     SCHEMA,
     claims_table,
+    failed,
     known_ids,
     markdown_from_results,
     resolve_only,
@@ -44,11 +44,9 @@ def registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Experiment]]
     """A registry the test may add to; the real one is restored afterwards."""
     known_ids()  # imports (registers) the real experiments first
     monkeypatch.setattr(core, "REGISTRY", dict(core.REGISTRY))
-    monkeypatch.setattr(core, "EXPERIMENTS", dict(core.EXPERIMENTS))
     import deadrelu.lab.runner as runner
 
     monkeypatch.setattr(runner, "REGISTRY", core.REGISTRY)
-    monkeypatch.setattr(runner, "EXPERIMENTS", core.EXPERIMENTS)
     yield core.REGISTRY
 
 
@@ -150,18 +148,8 @@ def test_undeclared_claim_and_failing_figure(tmp_path: Path, registry: dict[str,
 # --------------------------------------------------------------------------------------
 
 
-def _old_style(cfg: LabConfig) -> ExperimentResult:
-    return ExperimentResult(
-        id="E92",
-        claims=("C4", "C7"),
-        title="old",
-        question="q",
-        method="m",
-        numbers={"claim_verdicts": {"C4": "supported"}, "claim_summaries": {"C4": "c4 num"}},
-        verdict="mixed",
-        verdict_rule="old rule",
-        summary="old summary",
-    )
+def _failing_sweep(cfg: LabConfig) -> Sweep:
+    raise RuntimeError("boom in the sweep")
 
 
 def test_run_writes_reproducible_results_and_keeps_timings_apart(
@@ -171,7 +159,9 @@ def test_run_writes_reproducible_results_and_keeps_timings_apart(
     core.register(
         _experiment("E91", _const_judge("not supported", "E91 time"), verdict_source="timings")
     )
-    core.experiment("E92", ("C4", "C7"), "old")(_old_style)
+    core.register(
+        _experiment("E92", _const_judge("supported"), claims=("C4", "C7"), sweep=_failing_sweep)
+    )
     outs = []
     for name in ("a", "b"):
         cfg = LabConfig(preset="tiny", out=tmp_path / name)
@@ -190,14 +180,11 @@ def test_run_writes_reproducible_results_and_keeps_timings_apart(
     timing = json.loads((outs[0] / "timings.json").read_text())["experiments"]
     assert timing["E91"]["claim_verdicts"]["C11"]["verdict"] == "not supported"
     assert timing["E90"]["timings"]["zz_marker_s"] == 1.5
-    # the old-style experiment: per-claim verdicts through the adapter, preset recorded
-    old = exps["E92"]["claim_verdicts"]
-    assert (old["C4"]["verdict"], old["C4"]["summary"]) == ("supported", "c4 num")
-    assert (old["C7"]["verdict"], old["C7"]["preset"], old["C7"]["stability"]) == (
-        "mixed",
-        "tiny",
-        None,
-    )
+    # a failing experiment: the run goes on; each of its claims is n/a with the error
+    bad = exps["E92"]["claim_verdicts"]
+    assert bad["C4"]["verdict"] == bad["C7"]["verdict"] == "n/a"
+    assert "boom in the sweep" in bad["C4"]["summary"] and bad["C7"]["preset"] == "tiny"
+    assert failed(results)[0].id == "E92"
     # one row per claim; C11 combines E90 (supported) and E91 (timing-based)
     ordered = [exps[i] for i in doc["order"]]
     rows = {r.claim: r for r in claim_rows(ordered, timing)}

@@ -7,10 +7,6 @@ checks (ids ``L1``, ``L13``, ``L14``) are experiments of the same shape. Experim
 live in ``deadrelu/lab/experiments/``; importing ``deadrelu.lab.experiments`` registers
 them all.
 
-Old style (until every experiment is converted): a function ``run(cfg) -> ExperimentResult``
-registered with the :func:`experiment` decorator in :data:`EXPERIMENTS`; the runner still
-runs those, without bootstrap stability.
-
 Reproducibility: ``ExperimentResult.numbers`` holds only numbers that a rerun with the same
 config reproduces exactly; wall-clock measurements go in ``ExperimentResult.timings``, which
 :meth:`ExperimentResult.to_dict` keeps under its own key so a report writer can leave it out
@@ -27,13 +23,11 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 __all__ = [
-    "EXPERIMENTS",
     "PRESETS",
     "REGISTRY",
     "ClaimVerdict",
     "Experiment",
     "ExperimentResult",
-    "ExperimentSpec",
     "Judgement",
     "LabConfig",
     "SeedIndex",
@@ -43,7 +37,6 @@ __all__ = [
     "annotate",
     "bars",
     "ci_dict",
-    "experiment",
     "new_figure",
     "register",
     "rounded",
@@ -186,22 +179,6 @@ class ExperimentResult:
         return d
 
 
-RunFn = Callable[[LabConfig], ExperimentResult]
-
-
-@dataclass(frozen=True)
-class ExperimentSpec:
-    """A registered experiment: id, claims, title and its ``run(cfg)`` function."""
-
-    id: str
-    claims: tuple[str, ...]
-    title: str
-    run: RunFn
-
-
-#: Registered experiments by id, ordered E1, E2, ..., E10 (see :func:`experiment`).
-EXPERIMENTS: dict[str, ExperimentSpec] = {}
-
 _ID = re.compile(r"^([EL])(\d+)$")
 
 
@@ -213,26 +190,6 @@ def _order(exp_id: str) -> tuple[int, int]:
             f"experiment id must look like 'E7' (or 'L1' for a live check), got {exp_id!r}"
         )
     return (0 if m.group(1) == "L" else 1, int(m.group(2)))
-
-
-def experiment(id: str, claims: tuple[str, ...], title: str) -> Callable[[RunFn], RunFn]:
-    """Decorator registering ``run(cfg) -> ExperimentResult`` as experiment ``id``.
-
-    ``EXPERIMENTS`` stays sorted by number whatever the import order. Registering an id twice
-    raises ``ValueError``.
-    """
-    _order(id)
-
-    def register(fn: RunFn) -> RunFn:
-        if id in EXPERIMENTS and EXPERIMENTS[id].run is not fn:
-            raise ValueError(f"experiment {id} is already registered")
-        EXPERIMENTS[id] = ExperimentSpec(id, tuple(claims), title, fn)
-        ordered = sorted(EXPERIMENTS.items(), key=lambda kv: _order(kv[0]))
-        EXPERIMENTS.clear()
-        EXPERIMENTS.update(ordered)
-        return fn
-
-    return register
 
 
 # --------------------------------------------------------------------------------------

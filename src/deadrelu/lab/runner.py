@@ -1,8 +1,7 @@
 """Run the lab: every registered experiment and live check, ``results.json``, ``index.html``.
 
 :func:`run_lab` runs the experiments of :data:`deadrelu.lab.core.REGISTRY` (the live checks
-``L1``, ``L13``, ``L14`` first, then ``E1``, ``E2``, ...) and, until every experiment is
-converted, the old-style ones of :data:`deadrelu.lab.core.EXPERIMENTS`. For an
+``L1``, ``L13``, ``L14`` first, then ``E1``, ``E2``, ...). For each
 :class:`~deadrelu.lab.core.Experiment` it calls ``sweep(cfg)`` once, ``judge(sweep, None)``
 for the verdicts, ``judge(sweep, idx)`` on :attr:`~deadrelu.lab.core.Experiment.resamples`
 bootstrap resamples of the seeds (fixed generator seed :data:`BOOTSTRAP_SEED`, so the
@@ -51,7 +50,6 @@ import torch
 
 from deadrelu.lab.claims import ClaimRow, claim_rows, markdown_table
 from deadrelu.lab.core import (
-    EXPERIMENTS,
     REGISTRY,
     ClaimVerdict,
     Experiment,
@@ -135,12 +133,9 @@ def _load_experiments() -> None:
 
 
 def known_ids() -> list[str]:
-    """Every runnable id, in run order: live checks, then experiments (the new-shape
-    :data:`REGISTRY` and, for ids it lacks, the old-style :data:`EXPERIMENTS`)."""
-    from deadrelu.lab.core import _order
-
+    """Every runnable id of :data:`REGISTRY`, in run order: live checks, then experiments."""
     _load_experiments()
-    return sorted(set(REGISTRY) | set(EXPERIMENTS), key=_order)
+    return list(REGISTRY)
 
 
 def resolve_only(only: str | Iterable[str] | None) -> list[str]:
@@ -162,12 +157,6 @@ def resolve_only(only: str | Iterable[str] | None) -> list[str]:
             f"unknown experiment id(s) {', '.join(unknown)}; known: {', '.join(known)}"
         )
     return [k for k in known if k in wanted]
-
-
-def _title(exp_id: str) -> str:
-    if exp_id in REGISTRY:
-        return REGISTRY[exp_id].title
-    return EXPERIMENTS[exp_id].title
 
 
 def check_device(device: str) -> None:
@@ -331,33 +320,24 @@ def run_experiment(exp: Experiment, cfg: LabConfig) -> ExperimentResult:
     return _result_from(exp, cfg, sweep, judgement, stab, figures, caveats)
 
 
-def _legacy_records(r: ExperimentResult, cfg: LabConfig) -> dict[str, dict[str, Any]]:
-    """Per-claim records for an old-style result (no stability: it was not resampled)."""
-    per_verdict = r.numbers.get("claim_verdicts") or {}
-    per_summary = r.numbers.get("claim_summaries") or {}
-    source = "timings" if r.numbers.get("verdict_source") == "timings" else "numbers"
-    return {
-        c: {
-            "verdict": per_verdict.get(c, r.verdict),
-            "rule": r.verdict_rule,
-            "summary": per_summary.get(c, r.summary),
-            "evidence": {},
-            "stability": None,
-            "source": source,
-            "preset": cfg.preset,
-            "n_seeds": cfg.n_seeds,
-        }
-        for c in r.claims
-    }
-
-
-def _failed_result(exp_id: str, exc: BaseException) -> ExperimentResult:
-    claims = REGISTRY[exp_id].claims if exp_id in REGISTRY else EXPERIMENTS[exp_id].claims
+def _failed_result(exp_id: str, exc: BaseException, cfg: LabConfig) -> ExperimentResult:
+    """The result of an experiment that raised: no verdict, the error on every claim."""
+    exp = REGISTRY[exp_id]
     msg = f"{type(exc).__name__}: {exc}"
+    record: dict[str, Any] = {
+        "verdict": "n/a",
+        "rule": "the experiment failed; no verdict",
+        "summary": f"FAILED: {msg}"[:200],
+        "evidence": {},
+        "stability": None,
+        "source": "numbers",
+        "preset": cfg.preset,
+        "n_seeds": cfg.n_seeds,
+    }
     return ExperimentResult(
         id=exp_id,
-        claims=tuple(claims),
-        title=_title(exp_id),
+        claims=tuple(exp.claims),
+        title=exp.title,
         question="",
         method="",
         numbers={_ERROR_KEY: msg},
@@ -365,6 +345,7 @@ def _failed_result(exp_id: str, exc: BaseException) -> ExperimentResult:
         verdict_rule="the experiment failed; no verdict",
         summary=f"FAILED: {msg}"[:200],
         caveats=[traceback.format_exc(limit=6)],
+        claim_verdicts={c: dict(record) for c in exp.claims},
     )
 
 
@@ -376,18 +357,10 @@ def failed(results: Sequence[ExperimentResult]) -> list[ExperimentResult]:
 def _run_one(exp_id: str, cfg: LabConfig) -> tuple[ExperimentResult, float]:
     t0 = time.perf_counter()
     try:
-        if exp_id in REGISTRY:
-            result = run_experiment(REGISTRY[exp_id], cfg)
-        else:
-            with _deterministic(cfg):
-                result = EXPERIMENTS[exp_id].run(cfg)
-            result.preset = result.preset or cfg.preset
-            result.n_seeds = result.n_seeds if result.n_seeds is not None else cfg.n_seeds
+        result = run_experiment(REGISTRY[exp_id], cfg)
     except Exception as exc:  # recorded, the run goes on
         log.exception("experiment %s failed", exp_id)
-        result = _failed_result(exp_id, exc)
-    if not result.claim_verdicts:
-        result.claim_verdicts = _legacy_records(result, cfg)
+        result = _failed_result(exp_id, exc, cfg)
     return result, time.perf_counter() - t0
 
 
@@ -543,7 +516,7 @@ def run_lab(
 
         def report(exp_id: str, result: ExperimentResult | None, seconds: float) -> None:
             if result is None:
-                bar.update(task, description=f"{exp_id} {_title(exp_id)}")
+                bar.update(task, description=f"{exp_id} {REGISTRY[exp_id].title}")
             else:
                 bar.console.print(_line(result, seconds))
                 bar.advance(task)

@@ -8,6 +8,7 @@ choice here is decided by the test, not by the machine.
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -225,6 +226,7 @@ def test_auto_scan_equals_eager_scan(
     trials = auto.meta["kernels"]["trials"]
     assert trials and all(t["kernel"] == expected for t in trials)
     assert {t["layout"] for t in trials} == {layout}
+    assert json.loads(json.dumps(auto.meta["kernels"])) == auto.meta["kernels"]  # JSON-ready
     assert sorted(site for t in trials for site in t["sites"]) == sorted(auto.stats)
     for site, want in eager.stats.items():
         got = auto.stats[site]

@@ -224,7 +224,7 @@ def judge(sw: Sweep, seeds: SeedIndex = None) -> Judgement:
         f"born dead (width {w0}, depth {bd['depth']}): {born_rows[w0]['p_bias0']:.2f} with bias "
         f"0 vs {born_rows[w0]['p_bias0.01']:.2f} with 0.01; after training at lr {tr['lr']}: "
         f"dead {layer_txt} (bias 0 vs 0.01), difference {100 * d:+.1f} points "
-        f"[{100 * lo:+.1f}, {100 * hi:+.1f}] ({len(ok)} seeds, preset {num['preset']})"
+        f"[{100 * lo:+.1f}, {100 * hi:+.1f}] over {len(ok)} non-diverged seeds"
     )
     rule = (
         f"(a) at init, input dim 1, depth {bd['depth']}, each width {bd['widths']}: P(born dead) "

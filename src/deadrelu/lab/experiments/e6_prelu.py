@@ -160,7 +160,7 @@ def judge(sw: Sweep, seeds: SeedIndex) -> Judgement:
 
     def slopes(label: str) -> str:
         return ", ".join(
-            f"L{s['layer']} mean {s['mean']:.3g} [{s['min']:.3g}, {s['max']:.3g}]"
+            f"L{s['layer']} mean {s['mean']:.3g} (range {s['min']:.3g} to {s['max']:.3g})"
             for s in derived[label]["learned_slopes"]
         )
 

@@ -96,10 +96,52 @@ def test_auto_picks_the_fastest_by_injected_timings(
 
 
 @needs_native
-def test_auto_ties_go_to_eager(monkeypatch: pytest.MonkeyPatch) -> None:
-    _install(monkeypatch, {"eager": 1.0, "native": 1.0})
+@pytest.mark.parametrize(
+    ("costs", "chosen"),
+    [
+        ({"eager": 1.0, "native": 1.0}, "eager"),  # a tie: the simpler kernel
+        ({"eager": 1.0, "native": 0.95}, "eager"),  # within TRIAL_MARGIN (10 %)
+        ({"eager": 1.0, "native": 0.85}, "native"),
+        ({"eager": 1.0, "native": 0.5, "compiled": 0.48}, "native"),
+        ({"eager": 1.0, "native": 0.5, "compiled": 0.4}, "compiled"),
+        ({"eager": 1.0, "native": 0.95, "compiled": 0.85}, "compiled"),
+    ],
+)
+def test_auto_needs_a_margin_to_leave_the_simpler_kernel(
+    costs: dict[str, float], chosen: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Candidates in the order eager, native, compiled: a later one is chosen only when
+    it is at least TRIAL_MARGIN faster than the choice so far."""
+    _install(monkeypatch, {"compiled": 9.0, **costs})
     z, out = _batch()
-    assert UnitStats.empty(6, detail="full").update(z, out, 1) == "eager"
+    s = UnitStats.empty(6, detail="full")
+    assert s.update(z, out, 1, allow_compile="compiled" in costs) == chosen
+
+
+def test_auto_keeps_each_candidates_fastest_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Preemption only adds time: a kernel's time is its fastest timed run, so one slow
+    run of the faster kernel does not hand the choice to the slower one."""
+    clock = _install(monkeypatch, {"eager": 1.0, "native": 0.2})
+    original = clock.__call__
+    native_reads = [0]
+
+    def spiky() -> float:  # the first timed native run is preempted for 50 s
+        t = original()
+        if clock.current == "native":
+            native_reads[0] += 1
+            if native_reads[0] == 2:  # the end of its first timed run
+                clock.now += 50.0
+                return clock.now
+        return t
+
+    set_timer(spiky)
+    if not native.available():
+        pytest.skip("no C++ compiler for the native kernel")
+    z, out = _batch()
+    s = UnitStats.empty(6, detail="range")
+    assert s.update(z, out, 1, relu=True) == "native"
+    assert native_reads[0] == 2 * TRIAL_REPEATS  # the spike happened
+    assert s.kernel_trials[0].times_s["native"] == pytest.approx(0.2)
 
 
 def test_a_failing_kernel_is_never_chosen(monkeypatch: pytest.MonkeyPatch) -> None:

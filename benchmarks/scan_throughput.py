@@ -23,7 +23,7 @@ Conditions (``detail`` x kernel):
 
 The kernels are compiled during the untimed warm-up. The JSON also gives the kernels each
 condition ran and ``auto``'s trials (``report.meta["kernels"]``: candidates and their
-median seconds per batch).
+best seconds per batch of each).
 
 Models:
 

@@ -246,7 +246,7 @@ def scan(
         :data:`~deadrelu.stats.Kernel` s that reduced activations ("native", "compiled",
         "eager"), "sites": {site: the names for that site}, "trials": [``"auto"``'s
         choices (:meth:`deadrelu.stats.KernelTrial.to_dict`: the kind of batch, the
-        candidates, the median seconds per batch of each, the kernel chosen) with the
+        candidates, the best seconds per batch of each, the kernel chosen) with the
         "sites" they served]}``, and ``unrecognised`` (``{module path: class name}`` of
         the modules that look like activations deadrelu does not know, which were not measured: see
         :attr:`deadrelu.capture.CaptureHandle.unrecognised`; also one

@@ -88,6 +88,7 @@ def _vision(name: str) -> Callable[[int, int], tuple[nn.Module, Callable[[], Bat
 
 def _opt(batch: int, size: int) -> tuple[nn.Module, Callable[[], Batch]]:
     """A tiny OPT (random init) over ``batch`` sequences of ``size`` tokens."""
+    import_torchvision()  # transformers imports torchvision, whose C ops need this on CPU
     from transformers import OPTConfig, OPTForCausalLM
 
     config = OPTConfig(

@@ -552,3 +552,19 @@ def test_nan_units_are_said_to_count_as_dead() -> None:
     assert "12 units of 'relu2'" in nan_msgs[1]
     assert mon.dead_units("relu1") == [1, 2, 4]
     assert mon.report().nonfinite_units("relu1") == [2]
+
+
+def test_report_twice_counts_each_position_once() -> None:
+    """Monitor.report() merges the window's panes into a copy: asking twice gives the same
+    positions, the number of rows seen on the sampled steps."""
+    net = DeadMLP()
+    batches = net.make_batches(4)
+    with Monitor(net, every=1, window=8) as mon:
+        for x in batches:
+            net(x)
+            mon.step()
+    first = mon.report().sites
+    again = mon.report()
+    rows = sum(int(x.shape[0]) for x in batches)
+    for name in first:
+        assert int(again.stats[name].positions) == rows, name

@@ -495,3 +495,14 @@ def test_untracked_fields_take_no_memory_and_stay_initial() -> None:
     assert torch.isinf(counts.z_min).all() and counts.nbytes == sizes["full"]
     full.load_state_dict(UnitStats.empty(units, detail="range").state_dict())  # full -> range
     assert full.detail == "range" and full.nbytes == sizes["range"]
+
+
+def test_to_same_device_is_a_copy() -> None:
+    """``to`` promises a copy: merging into it must not change the original (a shared
+    tensor made every Monitor.report() on CPU add the previous pane into the live one)."""
+    s = UnitStats.empty(3, "cpu", detail="range")
+    s.update(torch.tensor([[1.0, -1.0, 2.0]]), torch.tensor([[1.0, 0.0, 2.0]]), 1)
+    t = s.to("cpu")
+    t.merge(s)
+    assert int(s.positions) == 1 and s.active.tolist() == [1, 0, 1]
+    assert int(t.positions) == 2 and t.active.tolist() == [2, 0, 2]

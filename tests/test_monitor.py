@@ -555,16 +555,21 @@ def test_nan_units_are_said_to_count_as_dead() -> None:
 
 
 def test_report_twice_counts_each_position_once() -> None:
-    """Monitor.report() merges the window's panes into a copy: asking twice gives the same
-    positions, the number of rows seen on the sampled steps."""
+    """Monitor.report() merges the window's panes into a copy: reporting in the middle of
+    training changes nothing, and the final report counts the rows seen on the sampled steps
+    it covers once each."""
     net = DeadMLP()
-    batches = net.make_batches(4)
-    with Monitor(net, every=1, window=8) as mon:
-        for x in batches:
+    batches = net.make_batches(6)
+    with Monitor(net, every=1, window=2) as mon:
+        for i, x in enumerate(batches):
             net(x)
             mon.step()
-    first = mon.report().sites
-    again = mon.report()
-    rows = sum(int(x.shape[0]) for x in batches)
-    for name in first:
-        assert int(again.stats[name].positions) == rows, name
+            mon.report()  # every step: must not feed the panes
+            if i == 2:
+                mon.report()
+    report = mon.report()
+    covered = report.meta["sampled_steps"]  # the panes: one to two windows of steps
+    assert 2 <= covered <= 4
+    rows = sum(int(x.shape[0]) for x in batches[-covered:])
+    for name in report.sites:
+        assert int(report.stats[name].positions) == rows, name

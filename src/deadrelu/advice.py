@@ -24,11 +24,11 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from deadrelu.batches import first_batch
 from deadrelu.explain import Explanation, explain
 from deadrelu.init import rai_init_
 from deadrelu.remedies import (
     RemedySummary,
-    first_batch,
     init_bias_,
     recycle,
     swap_activations,

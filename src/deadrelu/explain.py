@@ -62,9 +62,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from deadrelu.batches import first_batch
 from deadrelu.certify import certify
 from deadrelu.graph import SiteLinks
-from deadrelu.remedies import first_batch, links_of
+from deadrelu.remedies import links_of
 from deadrelu.report import html_table
 from deadrelu.scan import scan
 

@@ -103,6 +103,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from deadrelu.batches import require_materialised
 from deadrelu.capture import Site
 from deadrelu.monitoring import (
     NEVER,
@@ -118,7 +119,6 @@ from deadrelu.monitoring import (
     checkpoint,
 )
 from deadrelu.report import Report, html_table
-from deadrelu.scan import require_materialised
 from deadrelu.stats import Detail, UnitStats, all_reduce_many, detail_level
 
 __all__ = [

@@ -51,15 +51,15 @@ from deadrelu.activations import (
     names,
     spec_for_function,
 )
+from deadrelu.batches import first_batch, run_batch
 from deadrelu.capture import attach
 from deadrelu.classify import dormant_mask
 from deadrelu.graph import LinkProbe, SiteLinks, get_or_none, link_sites, site_names, trace
-from deadrelu.scan import _batches, _split, _to, scan
+from deadrelu.scan import scan
 
 __all__ = [
     "RemedySummary",
     "Where",
-    "first_batch",
     "init_bias_",
     "links_of",
     "recycle",
@@ -128,20 +128,6 @@ class RemedySummary:
 # --------------------------------------------------------------------------------------
 
 
-def first_batch(data: Any) -> Any:
-    """The first batch of ``data`` (anything :func:`deadrelu.scan.scan` takes): one batch,
-    as ``example_inputs=`` takes it."""
-    for batch in _batches(data, 1):
-        return batch
-    raise ValueError("data holds no batch")
-
-
-def _device(model: nn.Module) -> torch.device:
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
 @contextlib.contextmanager
 def _in_eval(model: nn.Module) -> Iterator[None]:
     """Eval mode and ``torch.no_grad()`` inside; every module's mode restored after."""
@@ -153,13 +139,6 @@ def _in_eval(model: nn.Module) -> Iterator[None]:
     finally:
         for m, mode in modes.items():
             m.training = mode
-
-
-def _run(model: nn.Module, batch: Any) -> Any:
-    """``model(*args, **kwargs)`` for one batch (a tensor, ``(x, y)``, or a dict)."""
-    args, kwargs, _ = _split(batch)
-    device = _device(model)
-    return model(*_to(args, device), **_to(kwargs, device))
 
 
 def links_of(
@@ -189,7 +168,7 @@ def links_of(
                 f"model(**batch)). Tracing said: {exc.__cause__ or exc}"
             ) from exc
     with _in_eval(model), LinkProbe(model) as probe, attach(model, probe.on_site):
-        _run(model, example_inputs)
+        run_batch(model, example_inputs)
     return probe.links()
 
 
@@ -421,7 +400,7 @@ def _check_swapped(
             left.setdefault(site.name, site.activation)
 
     with attach(model, on_site), torch.no_grad():
-        _run(model, example_inputs)
+        run_batch(model, example_inputs)
     for site, act in left.items():
         summary.skipped.append(
             f"{site}: {act} is still called after the swap (a call no rule could change: "
@@ -659,7 +638,7 @@ def _outputs(out: Any) -> list[Tensor]:
 def _eval_outputs(model: nn.Module, batch: Any) -> list[Tensor]:
     """The model's outputs on ``batch`` in eval mode (modes restored), detached copies."""
     with _in_eval(model):
-        return [t.detach().clone() for t in _outputs(_run(model, batch))]
+        return [t.detach().clone() for t in _outputs(run_batch(model, batch))]
 
 
 def _check_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:

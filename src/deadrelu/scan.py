@@ -8,26 +8,15 @@ off, BatchNorm on running statistics: the network as it is used), or left as it 
 ``keep_mode=True``; either way every module's ``training`` flag is restored afterwards and
 every hook is removed, also when forward raises.
 
-Batches may be:
-
-* a ``Tensor``: ``model(x)``;
-* a ``tuple`` or ``list`` (``(inputs, targets)``, what a ``DataLoader`` yields): the first
-  item is the input (a tensor, or a dict of keyword arguments);
-* a ``dict`` (Hugging Face style): ``model(**batch)``.
-
-``data`` is any iterable of batches (a ``DataLoader``, a list, a generator), a single
-``Tensor`` or ``dict`` (one batch), a single ``tuple`` whose first item is a tensor or
-dict (one ``(inputs, targets)`` batch: ``scan(model, (x, y))``; a *list* is always a
-sequence of batches), or a callable: called once with no argument, it
-returns either an iterable of batches or one batch; in the second case it is called again
-for each batch, and ``max_batches`` is required. Tensors in a batch are moved to
-``device`` (default: the device of the model's first parameter or buffer, else CPU); the
-model itself is not moved. A batch whose input has size 0 in its first dim is skipped.
+``data`` and its batches are read by the rules of :mod:`deadrelu.batches` (a tensor, an
+``(inputs, targets)`` tuple, a dict of keyword arguments; any iterable of them, one batch,
+or a callable). Tensors in a batch are moved to ``device`` (default: the device of the
+model's first parameter or buffer, else CPU); the model itself is not moved. A batch whose
+input has size 0 in its first dim is skipped.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 import warnings
@@ -38,6 +27,15 @@ import torch
 from torch import Tensor, nn
 
 from deadrelu import classify
+from deadrelu.batches import (
+    Batch,
+    count_batches,
+    iter_batches,
+    model_device,
+    require_materialised,
+    split_batch,
+    to_device,
+)
 from deadrelu.capture import (
     Site,
     UnitDim,
@@ -62,7 +60,6 @@ __all__ = ["Batch", "scan"]
 
 log = logging.getLogger(__name__)
 
-Batch = Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 
 #: ``kernel="auto"`` lets the ``torch.compile``-d kernel compete (be compiled, then timed
 #: against the others) after the first batch when the rest of the scan is projected
@@ -72,105 +69,6 @@ Batch = Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 #: before inductor's disk cache is warm) and the compiled kernel then saved ~4-6 % of the
 #: scan's time at detail "range" (~10-13 % at "full") against eager.
 AUTO_FUSED_SECONDS = 100.0
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in itertools.chain(model.parameters(), model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def _is_single_batch(obj: Any) -> bool:
-    if isinstance(obj, (Tensor, Mapping)):
-        return True
-    return isinstance(obj, (tuple, list)) and bool(obj) and isinstance(obj[0], (Tensor, Mapping))
-
-
-def require_materialised(model: nn.Module) -> None:
-    """Raise ValueError if ``model`` has parameters or buffers on the meta device (no data)."""
-    meta = [
-        n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta
-    ]
-    if meta:
-        raise ValueError(
-            f"the model ({type(model).__name__}) has {len(meta)} tensors on the meta device "
-            f"(e.g. {meta[0]!r}): they hold no values, so no unit can be measured. "
-            "Materialise it first: model.to_empty(device='cpu') then initialise or load "
-            "the weights (e.g. model.load_state_dict(...))"
-        )
-
-
-def _batches(data: Any, max_batches: int | None) -> Iterator[Any]:
-    if isinstance(data, (Tensor, Mapping)) or (
-        isinstance(data, tuple) and data and isinstance(data[0], (Tensor, Mapping))
-    ):
-        yield data  # one batch, e.g. an (x, y) tuple
-        return
-    if callable(data) and not isinstance(data, Iterable):
-        first = data()
-        if _is_single_batch(first):
-            if max_batches is None:
-                raise ValueError(
-                    "data is a callable that returns one batch per call: pass max_batches "
-                    "to say how many calls to make"
-                )
-            yield first
-            for _ in range(max_batches - 1):
-                yield data()
-            return
-        data = first
-    if not isinstance(data, Iterable):
-        raise TypeError(
-            f"cannot iterate over data of type {type(data).__name__}: pass a DataLoader, a "
-            f"list or generator of batches, a tensor, or a callable returning batches"
-        )
-    yield from data
-
-
-def _to(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.to(device, non_blocking=True)
-    if isinstance(obj, Mapping):
-        return {k: _to(v, device) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_to(v, device) for v in obj)
-    return obj
-
-
-def _unsupported(batch: Any) -> TypeError:
-    return TypeError(
-        f"unsupported batch of type {type(batch).__name__}: each batch must be a Tensor "
-        f"(model(x)), a tuple/list whose first item is the input tensor or a dict of "
-        f"keyword arguments (model(x) / model(**kw)), or a dict (model(**batch)); wrap "
-        f"other data in a generator that yields one of these"
-    )
-
-
-def _split(batch: Any) -> tuple[tuple[Any, ...], dict[str, Any], Tensor | None]:
-    """batch -> (args, kwargs, the tensor whose first dim is the batch size)."""
-    if isinstance(batch, (tuple, list)):
-        if not batch:
-            raise _unsupported(batch)
-        batch = batch[0]
-    if isinstance(batch, Tensor):
-        return (batch,), {}, batch
-    if isinstance(batch, Mapping):
-        kwargs = dict(batch)
-        lead = next((v for v in kwargs.values() if isinstance(v, Tensor) and v.dim()), None)
-        return (), kwargs, lead
-    raise _unsupported(batch)
-
-
-def _length(data: Any, max_batches: int | None) -> int | None:
-    """Number of batches the scan will run at most, when known (``len(data)``,
-    ``max_batches``), else None."""
-    try:
-        n: int | None = len(data) if not isinstance(data, (Tensor, Mapping)) else 1
-    except TypeError:
-        n = None
-    if max_batches is not None:
-        n = max_batches if n is None else min(n, max_batches)
-    return n
 
 
 def auto_fused(first_batch_s: float, batches_left: int | None, device: torch.device) -> bool:
@@ -269,11 +167,11 @@ def scan(
     classify.Thresholds(tau=tau)  # ValueError naming tau (nan, negative) before any work
     require_materialised(model)
     level = detail_level(detail)
-    model_device = _model_device(model)
-    target = torch.device(device) if device is not None else model_device
-    if target.type != model_device.type:
+    on = model_device(model)
+    target = torch.device(device) if device is not None else on
+    if target.type != on.type:
         raise ValueError(
-            f"the model is on {model_device} but device={target} was asked for the batches: "
+            f"the model is on {on} but device={target} was asked for the batches: "
             f"move the model first (model.to({str(target)!r})) or leave device=None"
         )
     stats: dict[str, UnitStats] = {}
@@ -336,13 +234,13 @@ def scan(
     flags = [(m, m.training) for m in model.modules()]
     seen = ran = skipped = 0
     fused_from: int | None = 1 if use_fused else None
-    length = _length(data, max_batches) if kernel == "auto" and not use_fused else None
+    length = count_batches(data, max_batches) if kernel == "auto" and not use_fused else None
     sites: dict[str, Site] = {}
     unrecognised: dict[str, str] = {}
     try:
         if not keep_mode:
             model.eval()
-        batches = _batches(data, max_batches)
+        batches = iter_batches(data, max_batches)
         if progress:
             batches = _progress(batches, max_batches if max_batches is not None else data)
         with attach(
@@ -355,12 +253,12 @@ def scan(
             with torch.no_grad():
                 for batch in batches:
                     seen += 1
-                    args, kwargs, lead = _split(batch)
+                    args, kwargs, lead = split_batch(batch)
                     if lead is not None and lead.dim() > 0 and lead.shape[0] == 0:
                         skipped += 1
                         continue
                     start = time.perf_counter()
-                    model(*_to(args, target), **_to(kwargs, target))
+                    model(*to_device(args, target), **to_device(kwargs, target))
                     ran += 1
                     if ran == 1 and not handle.sites:
                         raise ValueError(

@@ -15,9 +15,10 @@ place the metric names are made, so every integration logs the same names:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-__all__ = ["is_sampled_step", "metrics"]
+__all__ = ["check_recycle_every", "finish", "is_sampled_step", "metrics"]
 
 
 def metrics(source: Any, *, prefix: str = "deadrelu", dormant: bool = True) -> dict[str, float]:
@@ -56,3 +57,23 @@ def is_sampled_step(monitor: Any) -> bool:
     """Whether the step the Monitor just ended (by :meth:`~deadrelu.monitor.Monitor.step`)
     was a counted one, i.e. its numbers changed."""
     return monitor.step_count >= 1 and (monitor.step_count - 1) % monitor.every == 0
+
+
+def check_recycle_every(recycle_every: int | None) -> None:
+    """Raise ValueError unless ``recycle_every`` is None or an int >= 1."""
+    if recycle_every is not None and (isinstance(recycle_every, bool) or recycle_every < 1):
+        raise ValueError(f"recycle_every must be an int >= 1 or None, got {recycle_every!r}")
+
+
+def finish(monitor: Any, report_path: Path | None, main_process: bool) -> Any:
+    """End of training: the Monitor's final :class:`~deadrelu.report.Report`, written to
+    ``report_path`` (``.html``: :meth:`~deadrelu.monitor.Monitor.to_html`, else the report's
+    JSON) by the main process only; the Monitor is detached. Returns the report."""
+    report = monitor.report()
+    if report_path is not None and main_process:
+        if report_path.suffix == ".html":
+            monitor.to_html(report_path)
+        else:
+            report.to_json(report_path)
+    monitor.detach()
+    return report

@@ -36,8 +36,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from deadrelu.integrations import is_sampled_step, metrics
+from deadrelu.integrations import check_recycle_every, finish, is_sampled_step, metrics
 from deadrelu.monitor import Monitor
+from deadrelu.remedies import recycle
 from deadrelu.report import Report
 from deadrelu.zoo import import_torchvision
 
@@ -92,8 +93,7 @@ class DeadUnitCallback(TrainerCallback):
         prefix: str = "deadrelu",
         **monitor_kwargs: Any,
     ) -> None:
-        if recycle_every is not None and recycle_every < 1:
-            raise ValueError(f"recycle_every must be >= 1 or None, got {recycle_every}")
+        check_recycle_every(recycle_every)
         self.trainer = trainer
         self.every = every
         self.window = window
@@ -165,17 +165,9 @@ class DeadUnitCallback(TrainerCallback):
         mon = self.monitor
         if mon is None:
             return
-        self.report = mon.report()
-        if self.report_path is not None and state.is_world_process_zero:
-            if self.report_path.suffix == ".html":
-                mon.to_html(self.report_path)
-            else:
-                self.report.to_json(self.report_path)
-        mon.detach()
+        self.report = finish(mon, self.report_path, state.is_world_process_zero)
 
     def _recycle(self, model: Any, optimizer: Any, loader: Any) -> None:
-        from deadrelu.remedies import recycle
-
         assert self.monitor is not None
         if model is None:
             return

@@ -38,8 +38,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from deadrelu.integrations import is_sampled_step, metrics
+from deadrelu.integrations import check_recycle_every, finish, is_sampled_step, metrics
 from deadrelu.monitor import Monitor
+from deadrelu.remedies import recycle
 from deadrelu.report import Report
 from deadrelu.zoo import import_torchvision
 
@@ -90,8 +91,7 @@ class DeadUnitMonitor(Callback):
         prefix: str = "deadrelu",
         **monitor_kwargs: Any,
     ) -> None:
-        if recycle_every is not None and recycle_every < 1:
-            raise ValueError(f"recycle_every must be >= 1 or None, got {recycle_every}")
+        check_recycle_every(recycle_every)
         self.every = every
         self.window = window
         self.log_units = log_units
@@ -139,13 +139,7 @@ class DeadUnitMonitor(Callback):
         mon = self.monitor
         if mon is None:
             return
-        self.report = mon.report()
-        if self.report_path is not None and trainer.is_global_zero:
-            if self.report_path.suffix == ".html":
-                mon.to_html(self.report_path)
-            else:
-                self.report.to_json(self.report_path)
-        mon.detach()
+        self.report = finish(mon, self.report_path, trainer.is_global_zero)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -177,8 +171,6 @@ class DeadUnitMonitor(Callback):
                 log_to(mon, experiment, None, prefix=self.prefix, scalars=False)
 
     def _recycle(self, trainer: Any, pl_module: Any, batch: Any) -> None:
-        from deadrelu.remedies import recycle
-
         assert self.monitor is not None
         optimizers = list(getattr(trainer, "optimizers", []) or [])
         optimizer = getattr(optimizers[0], "optimizer", optimizers[0]) if optimizers else None

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from deadrelu.cli import main
+from deadrelu.report import Report
 from deadrelu.zoo import import_torchvision
 from models import DeadMLP
 
@@ -305,3 +306,14 @@ def test_readme_commands_run_as_written(
     assert json.loads((tmp_path / "scan.json").read_text())["summary"]["units"] == 3904
     page = (tmp_path / "scan.html").read_text()
     assert "layer4.1.relu#1" in page and 'id="causes"' in page
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_scan_dtype_finds_the_killed_units(tmp_path: Path, dtype: str) -> None:
+    """--dtype casts the model and the random data; the units killed by construction
+    (bias -1000) are found exactly in either dtype."""
+    out = tmp_path / "scan.json"
+    argv = ["scan", "models:DeadMLP", "--data", "random:8", "--batches", "2", "--dtype", dtype]
+    assert main([*argv, "--json", str(out)]) == 0
+    report = Report.from_json(out)
+    assert report.dead_units("relu1") == [1, 4] and report.dead_units("relu2") == [7]

@@ -105,6 +105,7 @@ from torch import Tensor, nn
 
 from deadrelu.batches import require_materialised
 from deadrelu.capture import Site
+from deadrelu.integrations.tensorboard import log_to
 from deadrelu.monitoring import (
     NEVER,
     Alerts,
@@ -119,6 +120,7 @@ from deadrelu.monitoring import (
     checkpoint,
 )
 from deadrelu.report import Report, html_table
+from deadrelu.scan_html import write_html
 from deadrelu.stats import Detail, UnitStats, all_reduce_many, detail_level
 
 __all__ = [
@@ -465,15 +467,11 @@ class Monitor:
     def to_html(self, path: str | Path, *, explanation: Any = None) -> Path:
         """Write the HTML scan report of :meth:`report`, with the history, to ``path``
         (see :mod:`deadrelu.scan_html`)."""
-        from deadrelu.scan_html import write_html
-
         return write_html(self, path, explanation=explanation)
 
     def log_to(self, writer: Any, step: int | None = None) -> dict[str, float]:
         """Write per-site dead and dormant fractions and per-unit activity histograms to a
         TensorBoard ``SummaryWriter`` (see :func:`deadrelu.integrations.tensorboard.log_to`)."""
-        from deadrelu.integrations.tensorboard import log_to
-
         return log_to(self, writer, step)
 
     def statistics(self) -> dict[str, UnitStats]:

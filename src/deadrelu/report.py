@@ -49,6 +49,7 @@ from torch import Tensor
 
 from deadrelu import activations, classify
 from deadrelu.capture import Site
+from deadrelu.scan_html import write_html
 from deadrelu.stats import UnitStats
 
 __all__ = [
@@ -469,8 +470,6 @@ class Report:
     def to_html(self, path: str | Path, *, explanation: Any = None) -> Path:
         """Write the self-contained HTML scan report to ``path`` (see
         :mod:`deadrelu.scan_html`; ``explanation``: an Explanation to show the causes)."""
-        from deadrelu.scan_html import write_html
-
         return write_html(self, path, explanation=explanation)
 
     @classmethod

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from deadrelu.integrations import check_recycle_every, finish, is_sampled_step, metrics
+from deadrelu.integrations.tensorboard import log_to
 from deadrelu.monitor import Monitor
 from deadrelu.remedies import recycle
 from deadrelu.report import Report
@@ -162,8 +163,6 @@ class DeadUnitMonitor(Callback):
     # ------------------------------------------------------------------ helpers
 
     def _log_histograms(self, trainer: Any, mon: Monitor) -> None:
-        from deadrelu.integrations.tensorboard import log_to
-
         for logger in getattr(trainer, "loggers", []):
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_histogram"):

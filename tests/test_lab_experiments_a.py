@@ -458,7 +458,6 @@ def test_redo_hook_recycles_units_killed_by_construction() -> None:
 
     from deadrelu.lab.data import Dataset, load
     from deadrelu.lab.trainer import MLP, Member, TrainConfig, train_sequential
-    from deadrelu.remedies import recycle
 
     d = load("synthetic", 0)
     data = Dataset(d.name, d.x_train[:400], d.y_train[:400], d.x_test[:200], d.y_test[:200], 10)
@@ -474,7 +473,7 @@ def test_redo_hook_recycles_units_killed_by_construction() -> None:
     member = Member(seed=0, lr=0.05, init_fn=kill)
     plain = train_sequential([member], tc, data)
     assert plain.dead_masks[0][-1, 0, [3, 7]].all()  # without ReDo they stay dead
-    hook = e4_remedies.redo_hook(recycle, data.x_train, every=2, last=4, tau=0.0)
+    hook = e4_remedies.redo_hook(data.x_train, every=2, last=4, tau=0.0)
     cured = train_sequential([member], tc, data, on_step=hook)
     first = cured.dead_masks[0]  # (T, 1, 16)
     assert torch.nonzero(first[0, 0]).flatten().tolist() == [3, 7]  # dead at init

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from deadrelu.lab.verdicts import mean_ci
+
 __all__ = [
     "PRESETS",
     "REGISTRY",
@@ -412,8 +414,6 @@ def ci_dict(
     """``{"mean", "lo", "hi", "n"}``: the mean and 95 % t-interval of one number per seed
     (``deadrelu.lab.verdicts.mean_ci``, with its ``resolution`` and ``bounds``), rounded,
     non-finite bounds as None."""
-    from deadrelu.lab.verdicts import mean_ci
-
     values = [float(v) for v in samples]
     if not values:
         return {"mean": None, "lo": None, "hi": None, "n": 0}

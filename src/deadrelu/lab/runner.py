@@ -48,6 +48,7 @@ from typing import Any
 
 import torch
 
+from deadrelu import __version__
 from deadrelu.lab.claims import ClaimRow, claim_rows, markdown_table
 from deadrelu.lab.core import (
     REGISTRY,
@@ -58,6 +59,7 @@ from deadrelu.lab.core import (
     LabConfig,
     Sweep,
 )
+from deadrelu.lab.html import write_html
 from deadrelu.lab.verdicts import bootstrap_indices, combine, stability
 
 __all__ = [
@@ -372,8 +374,6 @@ def _run_one(exp_id: str, cfg: LabConfig) -> tuple[ExperimentResult, float]:
 def _versions() -> dict[str, str]:
     import numpy
 
-    from deadrelu import __version__
-
     return {
         "deadrelu": __version__,
         "torch": torch.__version__,
@@ -427,8 +427,6 @@ def write_outputs(
     wall: Mapping[str, float] | None = None,
 ) -> dict[str, Path]:
     """Write ``results.json``, ``timings.json`` and ``index.html`` into ``cfg.out``."""
-    from deadrelu.lab.html import write_html
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     config = _config_dict(cfg)

@@ -25,13 +25,13 @@ steps (``deadrelu.remedies.recycle``, sequential trainer).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from deadrelu.classify import DORMANT_TAU, dormant_mask
+from deadrelu.init import rai_init_
 from deadrelu.lab.core import (
     ClaimVerdict,
     Experiment,
@@ -62,7 +62,13 @@ from deadrelu.lab.trainer import (
     train_batched,
     train_sequential,
 )
-from deadrelu.lab.verdicts import Verdict, combine, paired_proportion_diff_ci, proportion_ci
+from deadrelu.lab.verdicts import (
+    Verdict,
+    combine,
+    paired_proportion_diff_ci,
+    proportion_ci,
+)
+from deadrelu.remedies import recycle
 
 #: The killing settings: nominal rate (the remedies' arms), bias kick, the per-activation
 #: learning-rate grid (per preset) and the low-rate arm.
@@ -104,19 +110,6 @@ MIN_EFFECT = 0.02
 ACC_MARGIN = 0.02
 
 
-def _remedies() -> tuple[Callable[..., Any] | None, Callable[..., Any] | None]:
-    """``(deadrelu.init.rai_init_, deadrelu.remedies.recycle)``, None where missing."""
-    try:
-        from deadrelu.init import rai_init_
-    except ImportError:  # pragma: no cover - depends on the package version
-        rai_init_ = None  # type: ignore[assignment]
-    try:
-        from deadrelu.remedies import recycle
-    except ImportError:  # pragma: no cover
-        recycle = None  # type: ignore[assignment]
-    return rai_init_, recycle
-
-
 class _Plain(nn.Module):
     """The MLP's layers (shared, not copied) with a forward that returns only the logits,
     so that ``recycle`` sees each activation's only consumer: the next Linear."""
@@ -135,9 +128,7 @@ class _Plain(nn.Module):
         return out
 
 
-def redo_hook(
-    recycle: Callable[..., Any], probe: torch.Tensor, every: int, last: int, tau: float
-) -> StepHook:
+def redo_hook(probe: torch.Tensor, every: int, last: int, tau: float) -> StepHook:
     """A ``train_sequential`` hook recycling dormant units every ``every`` steps up to step
     ``last``. Dormant: ReDo score of the mean |activation| over ``probe`` <= ``tau``."""
 
@@ -207,36 +198,28 @@ def _act_sweep(
 
 def _remedy_arms(
     cfg: LabConfig, data: Dataset, tc: TrainConfig, st: dict[str, Any], n: int
-) -> tuple[dict[str, Any], list[str]]:
+) -> dict[str, Any]:
     """ReLU remedies at the setting's nominal rate: baseline, low lr, bias 0.01, RAI, ReDo."""
     lr, kick = st["lr"], st["kick"]
     common: dict[str, Any] = {"bias_kick": kick, "kick_step": tc.steps // 3}
-    rai_init_, recycle = _remedies()
     arms: dict[str, Any] = {}
-    missing: list[str] = []
     specs: list[tuple[str, dict[str, Any]]] = [("relu", {"lr": lr})]
     if st["low_lr"] is not None:
         specs.append(("relu, low lr", {"lr": st["low_lr"]}))
     specs.append(("relu, bias 0.01", {"lr": lr, "bias_init": 0.01}))
-    if rai_init_ is not None:
-        specs.append(("relu, RAI", {"lr": lr, "init_fn": rai_init_}))
-    else:
-        missing.append("relu, RAI")
+    specs.append(("relu, RAI", {"lr": lr, "init_fn": rai_init_}))
     members = [Member(seed=s, **common, **kw) for _, kw in specs for s in range(n)]
     res = train_batched(members, tc, data)
     for a, (name, _) in enumerate(specs):
         arms[name] = _record(res, list(range(a * n, (a + 1) * n)))
     every = cfg.size(tiny=10, quick=50, full=100)
-    if recycle is not None:
-        probe = data.x_train if tc.probe_limit is None else data.x_train[: tc.probe_limit]
-        hook = redo_hook(recycle, probe, every, tc.steps - every, DORMANT_TAU)
-        res = train_sequential(
-            [Member(seed=s, lr=lr, **common) for s in range(n)], tc, data, on_step=hook
-        )
-        arms["relu, ReDo"] = _record(res, list(range(n)))
-    else:
-        missing.append("relu, ReDo")
-    return arms, missing
+    probe = data.x_train if tc.probe_limit is None else data.x_train[: tc.probe_limit]
+    hook = redo_hook(probe, every, tc.steps - every, DORMANT_TAU)
+    res = train_sequential(
+        [Member(seed=s, lr=lr, **common) for s in range(n)], tc, data, on_step=hook
+    )
+    arms["relu, ReDo"] = _record(res, list(range(n)))
+    return arms
 
 
 def sweep(cfg: LabConfig) -> Sweep:
@@ -254,11 +237,9 @@ def sweep(cfg: LabConfig) -> Sweep:
         probe_limit=probe,
     )
     settings: dict[str, Any] = {}
-    missing: set[str] = set()
     for name, st in SETTINGS.items():
         grid = st["grid"][cfg.preset]
-        remedies, miss = _remedy_arms(cfg, data, tc, st, n)
-        missing.update(miss)
+        remedies = _remedy_arms(cfg, data, tc, st, n)
         settings[name] = {
             "lr": st["lr"],
             "kick": st["kick"],
@@ -295,7 +276,6 @@ def sweep(cfg: LabConfig) -> Sweep:
                 "grid": cnn_grid,
                 "activations": _act_sweep(data, cnn_tc, cnn_arms, cnn_grid, n, 0.0),
             },
-            "missing_arms": sorted(missing),
         },
         n_seeds=n,
     )
@@ -467,36 +447,33 @@ def judge(sw: Sweep, seeds: SeedIndex) -> Judgement:
             if v in VARIANTS:
                 c8_parts.append(part["verdict"])
         rem = st["remedies"]
-        if "relu, ReDo" in rem:
-            base = [_pooled(x, units) for x in pick(rem["relu"]["never_active"], seeds)]
-            redo = [_pooled(x, units) for x in pick(rem["relu, ReDo"]["never_active"], seeds)]
-            pairs = [
-                (a, b) for a, b in zip(base, redo, strict=True) if a is not None and b is not None
-            ]
-            if pairs:
-                total = sum(units)
-                eff, lo, hi = paired_proportion_diff_ci(
-                    [round(a * total) for a, _ in pairs],
-                    [round(b * total) for _, b in pairs],
-                    total,
-                )
-                v16: Verdict = (
-                    "supported"
-                    if lo > 0 and eff >= MIN_EFFECT
-                    else "not supported"
-                    if hi < MIN_EFFECT
-                    else "mixed"
-                )
-                c16_parts.append(v16)
-                c16_ev[sname] = {
-                    "never_active_reduction": interval(eff, lo, hi),
-                    "acc_gain": paired_ci(
-                        pick(rem["relu, ReDo"]["acc"], seeds),
-                        pick(rem["relu"]["acc"], seeds),
-                        resolution=1.0 / n_test,
-                    ),
-                    "verdict": v16,
-                }
+        base = [_pooled(x, units) for x in pick(rem["relu"]["never_active"], seeds)]
+        redo = [_pooled(x, units) for x in pick(rem["relu, ReDo"]["never_active"], seeds)]
+        pairs = [(a, b) for a, b in zip(base, redo, strict=True) if a is not None and b is not None]
+        if pairs:
+            total = sum(units)
+            eff, lo, hi = paired_proportion_diff_ci(
+                [round(a * total) for a, _ in pairs],
+                [round(b * total) for _, b in pairs],
+                total,
+            )
+            v16: Verdict = (
+                "supported"
+                if lo > 0 and eff >= MIN_EFFECT
+                else "not supported"
+                if hi < MIN_EFFECT
+                else "mixed"
+            )
+            c16_parts.append(v16)
+            c16_ev[sname] = {
+                "never_active_reduction": interval(eff, lo, hi),
+                "acc_gain": paired_ci(
+                    pick(rem["relu, ReDo"]["acc"], seeds),
+                    pick(rem["relu"]["acc"], seeds),
+                    resolution=1.0 / n_test,
+                ),
+                "verdict": v16,
+            }
     cnn = nb["cnn"]
     cnn_units = cnn["widths"][1:-1]
     derived["cnn"] = _table(cnn["activations"], cnn["grid"], cnn_units, n_test, seeds)
@@ -542,7 +519,7 @@ def judge(sw: Sweep, seeds: SeedIndex) -> Judgement:
             for s, e in c16_ev.items()
         )
     else:
-        c16_summary = "ReDo arm missing (deadrelu.remedies.recycle unavailable)"
+        c16_summary = "no seed where both the ReLU and the ReDo run stayed finite"
     claims = {
         "C8": ClaimVerdict(
             verdict=combine(c8_parts),

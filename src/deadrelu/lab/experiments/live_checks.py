@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from deadrelu.activations import get, names
+from deadrelu.classify import dead_mask
 from deadrelu.lab.core import (
     ClaimVerdict,
     Experiment,
@@ -21,6 +23,7 @@ from deadrelu.lab.core import (
     Sweep,
     register,
 )
+from deadrelu.scan import scan
 
 __all__ = ["DEAD_UNITS", "DERIVATIVES", "SELU_NOTES"]
 
@@ -32,9 +35,6 @@ __all__ = ["DEAD_UNITS", "DERIVATIVES", "SELU_NOTES"]
 
 def _dead_unit_sweep(cfg: LabConfig) -> Sweep:
     """Linear(4, 6) -> ReLU -> Linear(6, 3); units 2 and 4 get bias -1000; 512 inputs."""
-    from deadrelu.classify import dead_mask
-    from deadrelu.scan import scan
-
     g = torch.Generator().manual_seed(0)
     lin1, lin2 = nn.Linear(4, 6), nn.Linear(6, 3)
     model = nn.Sequential(lin1, nn.ReLU(), lin2)
@@ -152,8 +152,6 @@ DEAD_UNITS = register(
 
 def _derivative_sweep(cfg: LabConfig) -> Sweep:
     """Each registered activation's formula f'(z) against autograd, float64."""
-    from deadrelu.activations import get, names
-
     z = torch.cat(
         [
             torch.linspace(-8.0, 8.0, 1601, dtype=torch.float64),

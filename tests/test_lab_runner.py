@@ -156,9 +156,12 @@ def test_run_writes_reproducible_results_and_keeps_timings_apart(
     tmp_path: Path, registry: dict[str, Any]
 ) -> None:
     core.register(_experiment("E90", _const_judge("supported", "E90 number")))
-    core.register(
-        _experiment("E91", _const_judge("not supported", "E91 time"), verdict_source="timings")
-    )
+
+    def timed_judge(sweep: Sweep, seeds: SeedIndex) -> Judgement:
+        verdict = ClaimVerdict("not supported", "always", "E91 time")
+        return Judgement({"C11": verdict}, derived={"ratio": sweep.timings["zz_marker_s"]})
+
+    core.register(_experiment("E91", timed_judge, verdict_source="timings"))
     core.register(
         _experiment("E92", _const_judge("supported"), claims=("C4", "C7"), sweep=_failing_sweep)
     )
@@ -179,6 +182,8 @@ def test_run_writes_reproducible_results_and_keeps_timings_apart(
     assert "timings.json" in exps["E91"]["claim_verdicts"]["C11"]["summary"]
     timing = json.loads((outs[0] / "timings.json").read_text())["experiments"]
     assert timing["E91"]["claim_verdicts"]["C11"]["verdict"] == "not supported"
+    # numbers derived from the timings are in timings.json only
+    assert exps["E91"]["derived"] == {} and timing["E91"]["derived"] == {"ratio": 1.5}
     assert timing["E90"]["timings"]["zz_marker_s"] == 1.5
     # a failing experiment: the run goes on; each of its claims is n/a with the error
     bad = exps["E92"]["claim_verdicts"]

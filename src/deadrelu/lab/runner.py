@@ -417,6 +417,7 @@ def _reproducible_dict(r: ExperimentResult) -> dict[str, Any]:
         d["verdict"] = "n/a"
         d["summary"] = _TIMING_NOTE
         d["verdict_rule"] = "computed from timings (not reproducible): see timings.json"
+        d["derived"] = {}  # computed from the timings too: in timings.json
     return d
 
 
@@ -446,6 +447,8 @@ def write_outputs(
         timing = _timing_claims(r)
         if timing:
             entry["claim_verdicts"] = {c: r.claim_verdicts[c] for c in timing}
+            if len(timing) == len(r.claim_verdicts):
+                entry["derived"] = to_jsonable(r.derived)
         timing_doc["experiments"][r.id] = entry
     _dump(timing_doc, out / "timings.json")
     meta = {"schema": SCHEMA, **{f"config.{k}": v for k, v in config.items()}}

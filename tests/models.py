@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -321,3 +322,33 @@ def all_models() -> list[nn.Module]:
         InplaceReLUModel(),
         DictInputModel(),
     ]
+
+
+#: Units of the tiny OPT (:func:`tiny_opt`) killed by construction, by site.
+OPT_DEAD = {
+    "model.decoder.layers.0.activation_fn": [2, 9],
+    "model.decoder.layers.1.activation_fn": [0],
+}
+
+
+def tiny_opt(transformers: Any) -> Any:
+    """A 2-layer OPT (hidden 16, ReLU FFN of 32, no dropout, random init, seed 0) whose fc1
+    biases are +10 except the :data:`OPT_DEAD` units at -1000: exactly those are dead."""
+    torch.manual_seed(0)
+    cfg = transformers.OPTConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=2,
+        ffn_dim=32,
+        num_attention_heads=2,
+        max_position_embeddings=64,
+        word_embed_proj_dim=16,
+        dropout=0.0,
+        attention_dropout=0.0,
+    )
+    model = transformers.OPTForCausalLM(cfg)
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.decoder.layers):
+            layer.fc1.bias.fill_(10.0)
+            layer.fc1.bias[OPT_DEAD[f"model.decoder.layers.{i}.activation_fn"]] = DEAD_BIAS
+    return model

@@ -26,13 +26,9 @@ import torch
 from deadrelu.cli import main
 from deadrelu.report import Report
 from deadrelu.zoo import import_torchvision
-from models import DeadMLP
+from models import OPT_DEAD, DeadMLP, tiny_opt
 
 RESNET_DEAD = {"relu": [1, 5], "layer2.0.relu": [0, 7, 100]}
-OPT_DEAD = {
-    "model.decoder.layers.0.activation_fn": [2, 9],
-    "model.decoder.layers.1.activation_fn": [0],
-}
 
 
 def _dead_from_json(path: Path) -> dict[str, list[int]]:
@@ -157,21 +153,7 @@ def _tiny_tokenizer(transformers: object) -> object:
 def opt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import_torchvision()
     transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.OPTConfig(
-        vocab_size=64,
-        hidden_size=16,
-        num_hidden_layers=2,
-        ffn_dim=32,
-        num_attention_heads=2,
-        max_position_embeddings=64,
-        word_embed_proj_dim=16,
-    )
-    model = transformers.OPTForCausalLM(cfg)
-    with torch.no_grad():
-        for i, layer in enumerate(model.model.decoder.layers):
-            layer.fc1.bias.fill_(10.0)
-            layer.fc1.bias[OPT_DEAD[f"model.decoder.layers.{i}.activation_fn"]] = -1000.0
+    model = tiny_opt(transformers)
     d = tmp_path_factory.mktemp("hf") / "opt"
     model.save_pretrained(d)
     _tiny_tokenizer(transformers).save_pretrained(d)  # type: ignore[attr-defined]

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import deadrelu as dr
 from deadrelu.integrations import metrics
-from models import DeadMLP
+from models import OPT_DEAD, DeadMLP, tiny_opt
 
 EXPECTED = {"net.relu1": 2 / 16, "net.relu2": 1 / 12}
 
@@ -196,33 +196,6 @@ def test_lightning_recycle_every_and_unit_histograms(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- Hugging Face
 
 
-OPT_DEAD = {
-    "model.decoder.layers.0.activation_fn": [2, 9],
-    "model.decoder.layers.1.activation_fn": [0],
-}
-
-
-def _tiny_opt(transformers: Any) -> Any:
-    torch.manual_seed(0)
-    cfg = transformers.OPTConfig(
-        vocab_size=64,
-        hidden_size=16,
-        num_hidden_layers=2,
-        ffn_dim=32,
-        num_attention_heads=2,
-        max_position_embeddings=64,
-        word_embed_proj_dim=16,
-        dropout=0.0,
-        attention_dropout=0.0,
-    )
-    model = transformers.OPTForCausalLM(cfg)
-    with torch.no_grad():
-        for i, layer in enumerate(model.model.decoder.layers):
-            layer.fc1.bias.fill_(10.0)
-            layer.fc1.bias[OPT_DEAD[f"model.decoder.layers.{i}.activation_fn"]] = -1000.0
-    return model
-
-
 def test_hf_trainer_logs_the_dead_sites_and_resume_equals_uninterrupted(tmp_path: Path) -> None:
     from deadrelu.zoo import import_torchvision
 
@@ -248,7 +221,7 @@ def test_hf_trainer_logs_the_dead_sites_and_resume_equals_uninterrupted(tmp_path
 
     def run(resume: str | None) -> Any:
         trainer = transformers.Trainer(
-            model=_tiny_opt(transformers), args=args, train_dataset=dataset
+            model=tiny_opt(transformers), args=args, train_dataset=dataset
         )
         cb = DeadUnitCallback(trainer, every=2, window=4, report_path=tmp_path / "r.html")
         trainer.add_callback(cb)
@@ -292,7 +265,7 @@ def test_hf_recycle_every_resets_the_dead_units(tmp_path: Path) -> None:
     pytest.importorskip("accelerate")
     from deadrelu.integrations.hf import DeadUnitCallback
 
-    model = _tiny_opt(transformers)
+    model = tiny_opt(transformers)
     row = torch.randint(0, 64, (8,), generator=torch.Generator().manual_seed(0))
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path),

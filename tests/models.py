@@ -352,3 +352,20 @@ def tiny_opt(transformers: Any) -> Any:
             layer.fc1.bias.fill_(10.0)
             layer.fc1.bias[OPT_DEAD[f"model.decoder.layers.{i}.activation_fn"]] = DEAD_BIAS
     return model
+
+
+def bn_dead_in_train_mode() -> tuple[nn.Sequential, Tensor]:
+    """``Linear(4, 3) -> BatchNorm1d -> ReLU -> Linear(3, 1)`` in train mode, and a batch of 32
+    on which ReLU unit 1 is dead only under train-mode BatchNorm (batch statistics: bias -10
+    after normalising) and unit 2 in both modes (bias -1e4). BatchNorm's momentum is 0, so
+    in eval mode it uses mean 0, variance 1: unit 1 is then active somewhere."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Linear(4, 3), nn.BatchNorm1d(3, momentum=0.0), nn.ReLU(), nn.Linear(3, 1)
+    )
+    with torch.no_grad():
+        net[1].bias[1] = -10.0
+        net[1].bias[2] = -1e4
+    x = 100 * torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+    net.train()
+    return net, x

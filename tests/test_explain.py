@@ -14,7 +14,7 @@ from deadrelu.certify import Box
 from deadrelu.explain import UpdateTracker, cause_of, explain
 from deadrelu.monitor import Monitor
 from deadrelu.scan import scan
-from models import DeadChannelCNN, DeadMLP, FirstLayerNegativeWeights
+from models import DeadChannelCNN, DeadMLP, FirstLayerNegativeWeights, bn_dead_in_train_mode
 
 SPIKE_STEP, SPIKE_LR, BASE_LR = 5, 0.3, 0.01
 
@@ -261,15 +261,7 @@ def test_dict_batches_of_an_untraceable_model_get_causes() -> None:
 
 
 def test_units_dead_only_in_train_mode_batchnorm_are_active_in_eval() -> None:
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Linear(4, 3), nn.BatchNorm1d(3, momentum=0.0), nn.ReLU(), nn.Linear(3, 1)
-    )
-    with torch.no_grad():
-        net[1].bias[1] = -10.0  # train mode: (x - mean) / std - 10 < 0 on a batch of 32
-        net[1].bias[2] = -1e4  # dead in both modes
-    x = 100 * torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
-    net.train()
+    net, x = bn_dead_in_train_mode()
     with Monitor(net, every=1, window=2, threshold=None, training_only=False) as mon:
         for _ in range(3):
             net(x)

@@ -14,6 +14,7 @@ from deadrelu.explain import explain
 from deadrelu.graph import link_sites
 from deadrelu.remedies import init_bias_, links_of, recycle, swap_activations
 from deadrelu.scan import scan
+from models import TinyTransformerBlock, all_models, bn_dead_in_train_mode
 
 KILLED = [1, 4]
 
@@ -300,7 +301,6 @@ def test_born_dead_counts_a_network_with_a_dead_layer() -> None:
 
 
 def test_recycle_gated_ffn_of_a_transformer_block() -> None:
-    from models import TinyTransformerBlock
 
     torch.manual_seed(0)
     model = TinyTransformerBlock().eval()
@@ -367,7 +367,6 @@ def _same_links(model: nn.Module, batch: object) -> None:
 
 
 def test_probe_links_equal_traced_links() -> None:
-    from models import all_models
 
     _same_links(_bias_killed_mlp(), _data()[0])
     _same_links(_cnn(), torch.randn(2, 3, 8, 8))
@@ -579,15 +578,7 @@ def test_swap_reports_calls_it_could_not_change() -> None:
 def test_recycle_skips_units_dead_only_under_train_mode_batchnorm() -> None:
     from deadrelu.monitor import Monitor
 
-    torch.manual_seed(0)
-    net = nn.Sequential(
-        nn.Linear(4, 3), nn.BatchNorm1d(3, momentum=0.0), nn.ReLU(), nn.Linear(3, 1)
-    )
-    with torch.no_grad():
-        net[1].bias[1] = -10.0  # train mode: (x - mean) / std - 10 < 0 on a batch of 32
-        net[1].bias[2] = -1e4  # dead in both modes
-    x = 100 * torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
-    net.train()
+    net, x = bn_dead_in_train_mode()
     with Monitor(net, every=1, window=2, threshold=None, training_only=False) as mon:
         for _ in range(3):
             net(x)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deadrelu import classify
+from deadrelu import activations, classify
 from deadrelu.batches import (
     Batch,
     count_batches,
@@ -51,6 +51,7 @@ from deadrelu.stats import (
     KernelChoice,
     KernelTrial,
     UnitStats,
+    all_reduce_many,
     detail_level,
     fused_available,
     release_scratch,
@@ -103,6 +104,7 @@ def scan(
     detail: Detail = "range",
     kernel: KernelChoice = "auto",
     fused: bool | None = None,
+    group: Any = None,
 ) -> Report:
     """Run ``model`` over ``data`` and report its dead, dormant, ... units per call site.
 
@@ -135,6 +137,18 @@ def scan(
             where it applies, else eager.
         fused: deprecated (a DeprecationWarning): ``False`` is ``kernel="eager"``,
             ``True`` ``kernel="auto"`` with compiling allowed from the first batch.
+        group: ``torch.distributed`` process group whose ranks each scanned their shard
+            of the data (e.g. under torchrun with a ``DistributedSampler``): at the end
+            the ranks agree on the set of sites (one ``all_gather_object``; a site one
+            rank never ran gets empty statistics there, so data-dependent control flow
+            does not hang), then all-reduce every site's statistics in a few packed
+            collectives (:func:`deadrelu.stats.all_reduce_many`), and every rank returns
+            the same statistics: those of one scan over all the shards. Collective:
+            every rank of the group must call ``scan`` with the same ``detail``; an
+            exception on one rank before the end leaves the others waiting in the
+            collective (until the group's timeout). Default ``None``: the world group when
+            ``torch.distributed`` is initialised with more than one process, else no
+            reduction; ``False``: never reduce (each rank reports its own shard).
 
     Returns:
         A :class:`~deadrelu.report.Report`; ``report.meta`` holds ``batches`` (forwards
@@ -149,9 +163,17 @@ def scan(
         the modules that look like activations deadrelu does not know, which were not measured: see
         :attr:`deadrelu.capture.CaptureHandle.unrecognised`; also one
         :class:`~deadrelu.capture.UnrecognisedActivationWarning` naming them and the fix).
+        Reduced across a ``group``, ``batches`` and ``skipped_empty`` are totals over the
+        ranks, ``fused_from_batch`` the earliest, ``kernels`` and ``unrecognised`` the
+        union (each trial with its ``"rank"``), the sites in the order rank 0 first ran
+        them (then those it never ran, by rank), and ``ranks`` is ``{"world_size": W,
+        "batches": [forwards run by each rank], "sites": {site: [ranks that ran it]}}``
+        (absent without a reduction).
 
     Raises:
-        ValueError: ``data`` yields no batch (or only empty ones), ``max_batches`` is not
+        ValueError: ``data`` yields no batch (or only empty ones; with a ``group``: on
+            every rank), the ranks of a ``group`` saw a site with different numbers of
+            units or a different ``detail``, ``max_batches`` is not
             an int >= 1, ``tau`` is not a finite number >= 0, the model is on the meta
             device, or it calls no activation deadrelu recognises.
 
@@ -167,6 +189,7 @@ def scan(
     classify.Thresholds(tau=tau)  # ValueError naming tau (nan, negative) before any work
     require_materialised(model)
     level = detail_level(detail)
+    reduce_over = _scan_group(group)
     on = model_device(model)
     target = torch.device(device) if device is not None else on
     if target.type != on.type:
@@ -279,6 +302,21 @@ def scan(
         for m, was_training in flags:
             m.training = was_training
         release_scratch()
+    if fused_from is not None and (fused_from > ran or not fused_available(target)):
+        fused_from = None  # nothing left to run fused, or compiling failed: all eager
+    meta: dict[str, Any] = {
+        "batches": ran,
+        "skipped_empty": skipped,
+        "mode": "keep" if keep_mode else "eval",
+        "model": type(model).__name__,
+        "fused_from_batch": fused_from,
+        "kernels": _kernels_meta(ran_by, stats),
+        "unrecognised": unrecognised,
+    }
+    if reduce_over is not None:  # before any local error: the other ranks must not hang
+        seen = _reduce_across_ranks(reduce_over, stats, sites, meta, seen, target)
+        ran, skipped = meta["batches"], meta["skipped_empty"]
+        unrecognised = meta["unrecognised"]
     if seen == 0:
         raise ValueError(
             "data yielded no batches: pass a non-empty DataLoader or iterable (check the "
@@ -290,21 +328,113 @@ def scan(
         )
     if skipped:
         log.info("scan skipped %d empty batch(es)", skipped)
-    if fused_from is not None and (fused_from > ran or not fused_available(target)):
-        fused_from = None  # nothing left to run fused, or compiling failed: all eager
-    meta = {
-        "batches": ran,
-        "skipped_empty": skipped,
-        "mode": "keep" if keep_mode else "eval",
-        "model": type(model).__name__,
-        "fused_from_batch": fused_from,
-        "kernels": _kernels_meta(ran_by, stats),
-        "unrecognised": unrecognised,
-    }
     warn_unrecognised(unrecognised)
     report = Report(stats, sites, tau=tau, meta=meta)
     _warn_nonfinite(report)
     return report
+
+
+def _scan_group(group: Any) -> Any:
+    """The process group ``scan(group=...)`` reduces over, or None for no reduction:
+    ``False`` never; ``None`` the world group when torch.distributed is initialised with
+    more than one process; else ``group`` itself."""
+    if group is False:
+        return None
+    if group is None:
+        from deadrelu.monitor import _default_group
+
+        group = _default_group()
+        if group is None:
+            return None
+        import torch.distributed as dist
+
+        return group if dist.get_world_size(group) > 1 else None
+    return group
+
+
+def _reduce_across_ranks(
+    group: Any,
+    stats: dict[str, UnitStats],
+    sites: dict[str, Site],
+    meta: dict[str, Any],
+    seen: int,
+    device: torch.device,
+) -> int:
+    """Make this rank's ``stats``, ``sites`` and ``meta`` those of all ranks of ``group``,
+    in place (see :func:`scan`'s ``group``); returns the batches all ranks read.
+
+    Two steps, the same on every rank: one ``all_gather_object`` of each rank's sites
+    ``{name: (units, unit_dim, activation, kind, module, detail, float dtype)}`` and
+    meta, then empty statistics for the sites this rank never ran and one packed
+    :func:`~deadrelu.stats.all_reduce_many` over all sites in the agreed order."""
+    import torch.distributed as dist
+
+    mine = {
+        "sites": {
+            name: (
+                s.units,
+                sites[name].unit_dim,
+                str(sites[name].activation),
+                sites[name].kind,
+                sites[name].module,
+                s.detail,
+                s.abs_sum.dtype,
+            )
+            for name, s in stats.items()
+        },
+        "seen": seen,
+        **{k: meta[k] for k in ("batches", "skipped_empty", "fused_from_batch", "kernels")},
+        "unrecognised": meta["unrecognised"],
+    }
+    world = dist.get_world_size(group)
+    every: list[Any] = [None] * world
+    dist.all_gather_object(every, mine, group=group)
+    agreed: dict[str, tuple[Any, ...]] = {}
+    seen_by: dict[str, list[int]] = {}
+    for rank, theirs in enumerate(every):
+        for name, info in theirs["sites"].items():
+            first = agreed.setdefault(name, info)
+            if (first[0], first[1], first[5]) != (info[0], info[1], info[5]):
+                raise ValueError(
+                    f"scan across {world} ranks: site {name!r} has (units, unit_dim, "
+                    f"detail) {first[0], first[1], first[5]} on rank {seen_by[name][0]} but "
+                    f"{info[0], info[1], info[5]} on rank {rank}: every rank must scan the "
+                    f"same model with the same detail (or pass group=False)"
+                )
+            seen_by.setdefault(name, []).append(rank)
+    local = dict(stats)
+    stats.clear()
+    for name, (units, unit_dim, act, kind, module, detail, dtype) in agreed.items():
+        if name not in local:
+            local[name] = UnitStats.empty(units, device, detail=detail, dtype=dtype)
+            activation = activations.get(act)
+            assert activation is not None
+            sites[name] = Site(name, activation, unit_dim, kind, module)
+        stats[name] = local[name]
+    all_reduce_many(list(stats.values()), group)
+    fused = [r["fused_from_batch"] for r in every if r["fused_from_batch"] is not None]
+    meta.update(
+        batches=sum(r["batches"] for r in every),
+        skipped_empty=sum(r["skipped_empty"] for r in every),
+        fused_from_batch=min(fused, default=None),
+        kernels={
+            "ran": sorted(set().union(*(r["kernels"]["ran"] for r in every))),
+            "sites": {
+                name: sorted(set().union(*(r["kernels"]["sites"].get(name, ()) for r in every)))
+                for name in agreed
+            },
+            "trials": [
+                {**t, "rank": rank} for rank, r in enumerate(every) for t in r["kernels"]["trials"]
+            ],
+        },
+        unrecognised={k: v for r in every for k, v in r["unrecognised"].items()},
+        ranks={
+            "world_size": world,
+            "batches": [r["batches"] for r in every],
+            "sites": seen_by,
+        },
+    )
+    return sum(r["seen"] for r in every)
 
 
 def _warn_nonfinite(report: Report) -> None:

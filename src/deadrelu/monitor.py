@@ -121,7 +121,7 @@ from deadrelu.monitoring import (
 )
 from deadrelu.report import Report, html_table
 from deadrelu.scan_html import write_html
-from deadrelu.stats import Detail, UnitStats, all_reduce_many, detail_level
+from deadrelu.stats import Detail, UnitStats, all_reduce_many, default_group, detail_level
 
 __all__ = [
     "MONITOR_SCHEMA",
@@ -333,7 +333,7 @@ class Monitor:
     def _group(self) -> Any:
         if self._group_arg is False:
             return None
-        return self._group_arg if self._group_arg is not None else _default_group()
+        return self._group_arg if self._group_arg is not None else default_group()
 
     def _finalize(self, t: int) -> None:
         self._grad.stop_probe()
@@ -678,11 +678,3 @@ def _unwrap(model: nn.Module) -> nn.Module:
             continue
         break
     return model
-
-
-def _default_group() -> Any:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.group.WORLD
-    return None

@@ -52,6 +52,7 @@ from deadrelu.stats import (
     KernelTrial,
     UnitStats,
     all_reduce_many,
+    default_group,
     detail_level,
     fused_available,
     release_scratch,
@@ -341,9 +342,7 @@ def _scan_group(group: Any) -> Any:
     if group is False:
         return None
     if group is None:
-        from deadrelu.monitor import _default_group
-
-        group = _default_group()
+        group = default_group()
         if group is None:
             return None
         import torch.distributed as dist

@@ -122,6 +122,7 @@ __all__ = [
     "accumulator_dtype",
     "all_reduce_many",
     "choose_kernel",
+    "default_group",
     "detail_level",
     "fused_available",
     "kernel_trials",
@@ -1351,6 +1352,16 @@ _LEVEL_FIELDS: dict[str, tuple[str, ...]] = {
     "range": ("positions", "active", "abs_sum", "z_max", "z_min", "nonfinite"),
     "full": tuple(UnitStats.REDUCE),
 }
+
+
+def default_group() -> Any:
+    """The world process group when ``torch.distributed`` is initialised, else None (what
+    the Monitor and ``scan`` reduce over by default)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.group.WORLD
+    return None
 
 
 def all_reduce_many(stats: Sequence[UnitStats], group: object | None = None) -> None:

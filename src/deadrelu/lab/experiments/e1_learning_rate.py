@@ -42,7 +42,7 @@ from deadrelu.lab.experiments._common import (
     pick,
 )
 from deadrelu.lab.trainer import Member, TrainConfig, TrainResult, train_batched
-from deadrelu.lab.verdicts import Verdict, paired_proportion_diff_ci
+from deadrelu.lab.verdicts import Verdict, decide, paired_proportion_diff_ci
 
 #: Activations compared (registry strings).
 ACTIVATIONS = ("relu", "leaky_relu", "elu")
@@ -152,13 +152,7 @@ def _c3_part(
         k_hi = [round(d[li] * h) for d in d_high]
         k_lo = [round(d[li] * h) for d in d_low]
         eff, lo, hi = paired_proportion_diff_ci(k_hi, k_lo, h, confidence=level)
-        v: Verdict = (
-            "supported"
-            if lo > 0 and eff >= MIN_DEAD_EFFECT
-            else "not supported"
-            if hi < MIN_DEAD_EFFECT
-            else "mixed"
-        )
+        v = decide(eff, lo, hi, MIN_DEAD_EFFECT)
         verdicts.append(v)
         layers.append(
             {

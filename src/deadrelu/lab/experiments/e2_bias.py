@@ -42,7 +42,13 @@ from deadrelu.lab.core import (
 from deadrelu.lab.data import Dataset, load
 from deadrelu.lab.experiments._common import acc_ci, fmt_ci, frac_ci, interval, pick
 from deadrelu.lab.trainer import Member, TrainConfig, TrainResult, train_batched
-from deadrelu.lab.verdicts import Verdict, combine, paired_proportion_diff_ci, pooled_proportion_ci
+from deadrelu.lab.verdicts import (
+    Verdict,
+    combine,
+    decide,
+    paired_proportion_diff_ci,
+    pooled_proportion_ci,
+)
 from deadrelu.scan import scan
 
 #: Moderate learning rate (does not kill units by itself in E1).
@@ -179,13 +185,7 @@ def _kill_part(
             h,
             confidence=level,
         )
-        v: Verdict = (
-            "supported"
-            if lo > 0 and eff >= MIN_KILL_EFFECT
-            else "not supported"
-            if hi < MIN_KILL_EFFECT
-            else "mixed"
-        )
+        v = decide(eff, lo, hi, MIN_KILL_EFFECT)
         verdicts.append(v)
         layers.append(
             {

@@ -65,6 +65,7 @@ from deadrelu.lab.trainer import (
 from deadrelu.lab.verdicts import (
     Verdict,
     combine,
+    decide,
     paired_proportion_diff_ci,
     proportion_ci,
 )
@@ -317,13 +318,7 @@ def _compare_variant(
     eff, lo, hi = paired_proportion_diff_ci(
         [round(x * total) for x in na_r], [round(x * total) for x in na_v], total
     )
-    dying: Verdict = (
-        "supported"
-        if lo > 0 and eff >= MIN_EFFECT
-        else "not supported"
-        if hi < MIN_EFFECT
-        else "mixed"
-    )
+    dying = decide(eff, lo, hi, MIN_EFFECT)
     acc = paired_ci(
         pick(rows_var[str(lr_v)]["acc"], seeds),
         pick(rows_relu[str(lr_r)]["acc"], seeds),
@@ -457,13 +452,7 @@ def judge(sw: Sweep, seeds: SeedIndex) -> Judgement:
                 [round(b * total) for _, b in pairs],
                 total,
             )
-            v16: Verdict = (
-                "supported"
-                if lo > 0 and eff >= MIN_EFFECT
-                else "not supported"
-                if hi < MIN_EFFECT
-                else "mixed"
-            )
+            v16 = decide(eff, lo, hi, MIN_EFFECT)
             c16_parts.append(v16)
             c16_ev[sname] = {
                 "never_active_reduction": interval(eff, lo, hi),

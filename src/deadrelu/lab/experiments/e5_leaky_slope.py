@@ -42,6 +42,7 @@ from deadrelu.lab.trainer import Member, TrainConfig, train_batched
 from deadrelu.lab.verdicts import (
     Verdict,
     combine,
+    decide,
     holm,
     mean_ci,
     paired_proportion_diff_ci,
@@ -201,13 +202,7 @@ def judge(sw: Sweep, seeds: SeedIndex) -> Judgement:
         eff, lo, hi = paired_proportion_diff_ci(
             [round(x * total) for x, _ in pairs], [round(y * total) for _, y in pairs], total
         )
-        v: Verdict = (
-            "supported"
-            if lo > 0 and eff >= MIN_DEAD_EFFECT
-            else "not supported"
-            if hi < MIN_DEAD_EFFECT
-            else "mixed"
-        )
+        v = decide(eff, lo, hi, MIN_DEAD_EFFECT)
         die = {"lr": high, "reduction": interval(eff, lo, hi), "verdict": v}
     else:
         die = {"lr": high, "verdict": "n/a", "reason": "every run diverged"}

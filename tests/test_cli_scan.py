@@ -299,3 +299,17 @@ def test_scan_dtype_finds_the_killed_units(tmp_path: Path, dtype: str) -> None:
     assert main([*argv, "--json", str(out)]) == 0
     report = Report.from_json(out)
     assert report.dead_units("relu1") == [1, 4] and report.dead_units("relu2") == [7]
+
+
+def test_explain_an_untraceable_hf_model_gives_causes(
+    opt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """torch.fx cannot trace OPT: explain links its sites by a probe forward on the data,
+    so the units killed by a -1000 bias get a cause, not "unknown"."""
+    out = tmp_path / "expl.json"
+    argv = ["explain", f"hf:{opt_dir}", "--data", "random", "--batches", "1", "--seq-len", "8"]
+    assert main([*argv, "--json", str(out)]) == 0
+    units = json.loads(out.read_text())["units"]
+    dead = {(u["site"], u["unit"]) for u in units}
+    assert dead == {(s, i) for s, idx in OPT_DEAD.items() for i in idx}
+    assert all(u["cause"] in ("bias", "both") for u in units), units

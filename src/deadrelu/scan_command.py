@@ -408,7 +408,7 @@ def run_explain(args: argparse.Namespace) -> int:
         data = list(data)
         detail = "full" if args.detail == "full" else "range"
         report = _scan(args, loaded, data, detail)
-        expl = explain(loaded.model, report, data=None)
+        expl = explain(loaded.model, report, data=data)
     except _USER_ERRORS as exc:
         return _err("explain", exc)
     print(str(expl))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -104,3 +105,16 @@ def plot_activations(
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", dpi=dpi)
     return out
+
+
+def figure_axes(width: float, height: float) -> tuple[Any, Any]:
+    """A matplotlib ``Figure`` of ``width`` x ``height`` inches (100 dpi) on an Agg canvas,
+    and its one axes, without pyplot (no global state, safe in threads and servers)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("plotting needs matplotlib: pip install 'deadrelu[plot]'") from exc
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)

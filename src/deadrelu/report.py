@@ -49,6 +49,7 @@ from torch import Tensor
 
 from deadrelu import activations, classify
 from deadrelu.capture import Site
+from deadrelu.plots import figure_axes
 from deadrelu.scan_html import write_html
 from deadrelu.stats import UnitStats
 
@@ -580,7 +581,7 @@ class Report:
         """Write a PNG: dead and dormant fraction per site (horizontal bars). Returns path."""
         rows = self.layers
         names = [r.name for r in rows]
-        fig, ax = _figure(width=7.0, height=max(2.0, 0.35 * len(rows) + 1.2))
+        fig, ax = figure_axes(width=7.0, height=max(2.0, 0.35 * len(rows) + 1.2))
         y = list(range(len(rows)))
         ax.barh(
             y,
@@ -623,7 +624,7 @@ def plot_history(
                 f"series {name!r} has {len(values)} values for {len(steps)} steps; "
                 f"give one value per step (NaN where missing)"
             )
-    fig, ax = _figure(width=7.0, height=4.0)
+    fig, ax = figure_axes(width=7.0, height=4.0)
     for name, values in series.items():
         ax.plot(list(steps), list(values), label=name, linewidth=1.5)
     ax.set_xlabel("step")
@@ -635,19 +636,6 @@ def plot_history(
     if 0 < len(series) <= 12:
         ax.legend(fontsize="small")
     return _save(fig, path)
-
-
-def _figure(width: float, height: float) -> tuple[Any, Any]:
-    """A matplotlib Figure on an Agg canvas and its axes, without pyplot."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("plotting needs matplotlib: pip install 'deadrelu[plot]'") from exc
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    return fig, ax
 
 
 def _save(fig: Any, path: str | Path) -> Path:

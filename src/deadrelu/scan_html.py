@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from deadrelu.htmlkit import collapsed, esc, figure, grid, page
+from deadrelu.plots import figure_axes
 
 __all__ = ["render_html", "write_html"]
 
@@ -40,17 +41,6 @@ __all__ = ["render_html", "write_html"]
 _MAX_LABELS = 60
 #: Units listed in the causes table; the rest are counted.
 _MAX_CAUSE_ROWS = 500
-
-
-def _canvas(width: float, height: float) -> tuple[Any, Any]:
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("the HTML report needs matplotlib: pip install 'deadrelu[plot]'") from exc
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig, fig.add_subplot(1, 1, 1)
 
 
 def _png(fig: Any) -> bytes:
@@ -79,7 +69,7 @@ def _height(n: int) -> float:
 def _bars(report: Any) -> bytes:
     rows = report.layers
     names = [r.name for r in rows]
-    fig, ax = _canvas(9.0, _height(len(rows)))
+    fig, ax = figure_axes(9.0, _height(len(rows)))
     y = torch.arange(len(rows), dtype=torch.float64)
     width = 0.27
     series = (("dead", "#c0392b"), ("dormant", "#e67e22"), ("rarely_active", "#f1c40f"))
@@ -96,7 +86,7 @@ def _bars(report: Any) -> bytes:
 
 def _depth(report: Any) -> bytes:
     rows = report.layers
-    fig, ax = _canvas(9.0, 3.6)
+    fig, ax = figure_axes(9.0, 3.6)
     x = list(range(len(rows)))
     ax.plot(x, [r.dead_fraction for r in rows], marker="o", color="#c0392b", label="dead")
     ax.plot(x, [r.dormant_fraction for r in rows], marker=".", color="#e67e22", label="dormant")
@@ -112,7 +102,7 @@ def _ranges(report: Any) -> bytes | None:
     names = [n for n, s in report.stats.items() if s.has_range and s.positions > 0]
     if not names:
         return None
-    fig, ax = _canvas(9.0, _height(len(names)))
+    fig, ax = figure_axes(9.0, _height(len(names)))
     for i, name in enumerate(names):
         s = report.stats[name]
         z_max = s.z_max.to(torch.float64)
@@ -143,7 +133,7 @@ def _history(monitor: Any) -> bytes | None:
     if not hist.steps:
         return None
     frac = hist.fractions()
-    fig, ax = _canvas(9.0, 4.0)
+    fig, ax = figure_axes(9.0, 4.0)
     for s, name in enumerate(hist.sites):
         ax.plot(hist.steps, frac[:, s].tolist(), label=name, linewidth=1.3)
     ax.set_xlabel("step")

@@ -2,7 +2,7 @@
 
 The lab's sweeps need hundreds of small runs. :func:`train_batched` trains ``M`` members
 of one architecture in one program: the members' ``nn.Module`` s are built one by one (so
-any initialiser, e.g. ``deadrelu.remedies.rai_init_``, can be applied to each first), their
+any initialiser, e.g. ``deadrelu.init.rai_init_``, can be applied to each first), their
 parameters are stacked with ``torch.func.stack_module_state`` and each layer runs once for
 all members of a stack: a ``Linear`` as one batched matmul (``torch.baddbmm``), a ``Conv1d``
 as one batched matmul on the unfolded input (im2col), BatchNorm on the stacked tensor; an
@@ -257,7 +257,7 @@ class Member:
         init: ``"he"`` (Kaiming normal, fan-in, gain sqrt 2; biases 0), ``"lecun"``
             (normal, std 1/sqrt(fan-in); biases 0) or ``"torch"`` (the modules' default).
         init_fn: applied to the built network after ``init`` and before ``bias_init`` (e.g.
-            ``deadrelu.remedies.rai_init_``); must be deterministic given the global RNG.
+            ``deadrelu.init.rai_init_``); must be deterministic given the global RNG.
         slopes: PReLU only: ``"per_unit"`` (one slope per hidden unit / channel, He et al.
             2015) or ``"shared"`` (one per layer).
         tag: free label carried into results (not used for training).

@@ -58,10 +58,12 @@ __all__ = [
     "axis_hint",
     "default_unit_dim",
     "follow",
+    "fsdp_modules",
     "function_axes",
     "get_or_none",
     "is_producer",
     "link_sites",
+    "plain_class",
     "producer_axis",
     "producer_features",
     "site_names",
@@ -350,13 +352,72 @@ def _signed(axis: int, ndim: int) -> int:
 # ------------------------------------------------------------------------------------------
 
 
+def _fsdp_module_class() -> type | None:
+    """FSDP2's ``FSDPModule`` (the base of the classes ``fully_shard`` swaps in), or None
+    when this torch has no ``torch.distributed.fsdp``."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch built without distributed
+        return None
+    return FSDPModule
+
+
+_FSDP_MODULE = _fsdp_module_class()
+
+
+def plain_class(module: nn.Module) -> type[nn.Module]:
+    """The class of ``module`` before a sharding wrapper changed it in place.
+
+    FSDP2's ``fully_shard(module)`` keeps the module (its name, its place in the model)
+    but swaps its class for a new ``FSDP<Class>`` whose bases are ``(FSDPModule, Class)``
+    (so ``isinstance`` still holds but ``type(m)`` and ``type(m).__module__`` change).
+    This returns ``Class``; for any other module ``type(module)``.
+    """
+    cls = type(module)
+    if _FSDP_MODULE is not None and issubclass(cls, _FSDP_MODULE):
+        for k in cls.__mro__:
+            if issubclass(k, nn.Module) and not issubclass(k, _FSDP_MODULE):
+                return k
+    return cls
+
+
+def fsdp_modules(model: nn.Module) -> list[str]:
+    """Names of the modules of ``model`` (``""``: the model itself) that FSDP2's
+    ``fully_shard`` was applied to (their class is an ``FSDPModule``), in module order."""
+    if _FSDP_MODULE is None:
+        return []
+    return [name for name, m in model.named_modules() if isinstance(m, _FSDP_MODULE)]
+
+
 class _Tracer(fx.Tracer):
-    """``torch.fx`` tracer that keeps every activation module as a leaf."""
+    """``torch.fx`` tracer that keeps every activation module as a leaf, and torch's own
+    layers as leaves also when FSDP2's ``fully_shard`` swapped their class
+    (:func:`plain_class`: fx's default test reads the class's module, which becomes
+    ``torch.distributed.fsdp``, and would trace an ``FSDPLinear`` into ``linear()``)."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if activation_module_spec(m) is not None:
             return True
+        cls = plain_class(m)
+        if cls is not type(m):
+            origin = cls.__module__
+            torch_layer = origin.startswith("torch.nn") or origin.startswith("torch.ao.nn")
+            return torch_layer and not issubclass(cls, nn.Sequential)
         return bool(super().is_leaf_module(m, module_qualified_name))
+
+    def call_module(
+        self,
+        m: nn.Module,
+        forward: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        # fx runs a traced-through module with its hooks; FSDP2's would all-gather (and on
+        # the first call lazily initialise) the parameters on proxies and fail. They do
+        # nothing the graph needs, so an FSDP module's own forward is traced instead.
+        if _FSDP_MODULE is not None and isinstance(m, _FSDP_MODULE):
+            forward = m.forward
+        return super().call_module(m, forward, args, kwargs)
 
 
 def activation_module_spec(m: nn.Module) -> ActivationSpec | None:

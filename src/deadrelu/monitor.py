@@ -61,6 +61,16 @@ step, whatever the number of sites; one more per site with ``track_grad``). :met
 therefore collective: every rank must call it, in step. Pass ``group=False`` to track
 each rank's own data.
 
+FSDP2 (``torch.distributed.fsdp.fully_shard``) works the same way
+(``tests/test_fsdp.py``, 2 gloo processes on CPU): ``fully_shard`` wraps nothing, it swaps
+each sharded module's class for ``FSDP<Class>`` in place, so site names are the plain
+model's, activation modules are still recognised (by class hierarchy), and the
+activations the hooks see are ordinary tensors computed with the all-gathered weights.
+:func:`deadrelu.remedies.recycle` edits the sharded ``DTensor`` parameters (and their
+optimizer state) through full copies, collectively: call it on every rank.
+``track_grad=True`` is refused under FSDP2 (the sharded parameters get their gradients by
+reduce-scatter, not autograd, so the gradient hooks would never fire).
+
 ``torch.compile``: attach the Monitor **before** the compiled model's first call
 (simplest: before ``torch.compile(model)``). Dynamo then traces the capture hooks into
 the graph; the Monitor notices (``torch.compiler.is_compiling()`` inside its callback)
@@ -105,6 +115,7 @@ from torch import Tensor, nn
 
 from deadrelu.batches import require_materialised
 from deadrelu.capture import Site
+from deadrelu.graph import fsdp_modules
 from deadrelu.integrations.tensorboard import log_to
 from deadrelu.monitoring import (
     NEVER,
@@ -199,6 +210,8 @@ class Monitor:
         self._alerts = Alerts(threshold, window)
         self.model = _unwrap(model)
         require_materialised(self.model)
+        if track_grad:
+            _refuse_grad_under_fsdp(self.model)
         self._hooks = CaptureHooks(
             self.model, self._on_call, unit_dim=unit_dim, functional=functional, mode=hooks
         )
@@ -257,6 +270,8 @@ class Monitor:
         """
         if self._attached:
             return self
+        if self.track_grad:
+            _refuse_grad_under_fsdp(self.model)  # fully_shard may have run since __init__
         self._attached = True
         # registered now even if this step is not sampled: should the model be compiled
         # before its next call, dynamo traces the hooks and the Monitor keeps them
@@ -666,8 +681,24 @@ class Monitor:
             self._grad.restore(w.name, entry["grad_last"], w)
 
 
+def _refuse_grad_under_fsdp(model: nn.Module) -> None:
+    """Raise when ``model`` is sharded by FSDP2: ``track_grad`` would hold vacuously."""
+    sharded = fsdp_modules(model)
+    if sharded:
+        raise ValueError(
+            "Monitor(track_grad=True) does not work under FSDP2 (fully_shard was applied to "
+            f"{sharded[:3]}{' ...' if len(sharded) > 3 else ''}): the sharded parameters "
+            "get their gradients by reduce-scatter, not through autograd, so the gradient "
+            "hooks never fire and check_zero_grad would pass without looking. Use "
+            "track_grad=False (dead units are tracked and all-reduced as usual), or check "
+            "the zero-gradient claim under DDP or in one process."
+        )
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under DDP / DataParallel / ``torch.compile`` wrappers."""
+    """The plain module under DDP / DataParallel / ``torch.compile`` wrappers (FSDP2's
+    ``fully_shard`` wraps nothing: it changes the modules' classes in place, so names
+    stay the plain model's)."""
     for _ in range(4):
         inner = getattr(model, "_orig_mod", None)
         if isinstance(inner, nn.Module):

@@ -57,6 +57,15 @@ from deadrelu.classify import dormant_mask
 from deadrelu.graph import LinkProbe, SiteLinks, get_or_none, link_sites, site_names, trace
 from deadrelu.scan import scan
 
+try:
+    from torch.distributed.tensor import DTensor, distribute_tensor
+except ImportError:  # torch built without distributed: no DTensor can occur
+
+    class DTensor:  # type: ignore[no-redef]
+        """Stand-in: nothing is an instance."""
+
+    distribute_tensor = None  # type: ignore[assignment]
+
 __all__ = [
     "RemedySummary",
     "Where",
@@ -806,22 +815,26 @@ def _recycle_site(
     units = pw.shape[0]
     mask = _check_units("recycle", site, mask, units, lk.producer).to(pw.device)
     idx = torch.nonzero(mask).flatten()
-    fresh = torch.empty_like(pw)
-    nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=generator)
-    pw[idx] = fresh[idx]
+    with _editable(pw) as w:
+        fresh = torch.empty_like(w)
+        nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=generator)
+        w[idx] = fresh[idx]
     touched.append((pw, "rows", idx))
     if isinstance(pb, Tensor):
-        pb[idx] = 0.0
+        with _editable(pb) as b:
+            b[idx] = 0.0
         touched.append((pb, "rows", idx))
     changed = [f"rows of {lk.producer!r} re-initialised, bias 0"]
     if lk.norm is not None:
         bn = model.get_submodule(lk.norm)
         assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
         if isinstance(bn.weight, Tensor):
-            bn.weight[idx] = 1.0
+            with _editable(bn.weight) as g:
+                g[idx] = 1.0
             touched.append((bn.weight, "rows", idx))
         if isinstance(bn.bias, Tensor):
-            bn.bias[idx] = 0.0
+            with _editable(bn.bias) as b:
+                b[idx] = 0.0
             touched.append((bn.bias, "rows", idx))
         if bn.running_mean is not None and bn.running_var is not None:
             bn.running_mean[idx] = 0.0
@@ -845,11 +858,28 @@ def _recycle_site(
             cols = (idx[:, None] * block + torch.arange(block, device=idx.device)).flatten()
         else:
             cols = idx
-        w[:, cols] = 0.0
+        with _editable(w) as full:
+            full[:, cols] = 0.0
         touched.append((w, "cols", cols))
         changed.append(f"columns of {path!r} zeroed ({kind})")
     summary.units[site] = [int(i) for i in idx.cpu()]
     summary.changed.append(f"{site}: {idx.numel()} unit(s) recycled: " + "; ".join(changed))
+
+
+@contextlib.contextmanager
+def _editable(t: Tensor) -> Iterator[Tensor]:
+    """``t`` itself to edit in place; for a ``DTensor`` (a parameter or optimizer state
+    sharded by FSDP2's ``fully_shard``) a full, plain copy whose edits are written back to
+    this rank's shard on exit. Rank 0's copy is the one written (``distribute_tensor``
+    scatters from it), so every rank gets the same new weights whatever its random
+    generator. Collective for a DTensor: every rank must edit the same tensors in the same
+    order (they do when the dead units come from an all-reduced Monitor or scan)."""
+    if not isinstance(t, DTensor):
+        yield t
+        return
+    full = t.full_tensor()
+    yield full
+    t.to_local().copy_(distribute_tensor(full, t.device_mesh, t.placements).to_local())
 
 
 def _param(layer: nn.Module, name: str) -> Tensor:
@@ -869,9 +899,10 @@ def _reset_optimizer(
             continue
         for value in state.values():
             if isinstance(value, Tensor) and value.shape == param.shape and value.dim() > 0:
-                if kind == "rows":
-                    value[idx] = 0
-                else:
-                    value[:, idx] = 0
+                with _editable(value) as v:
+                    if kind == "rows":
+                        v[idx] = 0
+                    else:
+                        v[:, idx] = 0
                 count += 1
     return count

@@ -697,7 +697,10 @@ def recycle(
     exactly those units (outputs change unless they are dead).
 
     Args:
-        model: the model, changed in place.
+        model: the model, changed in place. Sharded by FSDP2 (``fully_shard``): call
+            ``recycle`` on every rank with the same source (an all-reduced Monitor or
+            scan); each sharded parameter is edited through a full copy and rank 0's new
+            weights are written to every shard.
         source: a ``Report`` or ``Monitor`` or a dict ``{site: (U,) bool mask or indices}``.
         optimizer: its state is reset for the touched entries; it must hold the model's
             parameters.

@@ -13,14 +13,24 @@ every hook is removed, also when forward raises.
 or a callable). Tensors in a batch are moved to ``device`` (default: the device of the
 model's first parameter or buffer, else CPU); the model itself is not moved. A batch whose
 input has size 0 in its first dim is skipped.
+
+**Token streams** (Hugging Face causal LMs): with dict batches carrying an
+``attention_mask`` (``mask="auto"``), padding positions are excluded from every site whose
+activation lines up with the mask (:mod:`deadrelu.tokens`: ``(B, T, U)``, or OPT's
+flattened ``(B * T, U)``); the tokens scanned are counted (``report.meta["tokens"]``,
+``max_tokens``, tokens/s in the progress bar). Models in bfloat16/float16 are reduced in
+float32 per batch and accumulated in float64 (:mod:`deadrelu.stats`). A long scan can
+keep a checkpoint and resume after a crash (:mod:`deadrelu.scan_state`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,6 +55,7 @@ from deadrelu.capture import (
     warn_unrecognised,
 )
 from deadrelu.report import Report
+from deadrelu.scan_state import ScanState, check_fingerprint, checkpoint_path, fingerprint
 from deadrelu.stats import (
     KERNEL_CHOICES,
     Detail,
@@ -57,6 +68,7 @@ from deadrelu.stats import (
     fused_available,
     release_scratch,
 )
+from deadrelu.tokens import TokenMask, batch_mask, batch_tokens, mask_key
 
 __all__ = ["Batch", "scan"]
 
@@ -106,6 +118,10 @@ def scan(
     kernel: KernelChoice = "auto",
     fused: bool | None = None,
     group: Any = None,
+    mask: str | bool = "auto",
+    max_tokens: int | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    checkpoint_every: int = 100,
 ) -> Report:
     """Run ``model`` over ``data`` and report its dead, dormant, ... units per call site.
 
@@ -116,7 +132,8 @@ def scan(
         device: where to move the batches' tensors (default: the model's device).
         unit_dim: unit-axis override, see :func:`deadrelu.capture.attach`.
         tau: ReDo dormancy threshold of the report.
-        progress: show a progress bar (rich, on stderr).
+        progress: show a progress bar (rich, on stderr): batches, and tokens and tokens/s
+            when the batches carry tokens (against ``max_tokens`` when given).
         keep_mode: run in the model's current train/eval mode instead of eval.
         functional: also capture functional calls (``F.relu`` ...) in forwards.
         detail: which statistics to gather (:data:`deadrelu.stats.DETAIL_LEVELS`):
@@ -129,7 +146,8 @@ def scan(
             exactly). ``"auto"`` (default): per kind of activation, the fastest of those
             that apply, measured in this process on its first batch
             (:func:`deadrelu.stats.choose_kernel`): eager torch ops, the native CPU kernel
-            (:mod:`deadrelu.native`, float32, "range"/"full"), and the
+            (:mod:`deadrelu.native`, float32, "range"/"full"; never for bfloat16/float16
+            activations), and the
             ``torch.compile``-d kernel where it is already compiled in this process or,
             from the second batch on, when the rest of the scan is projected to take at
             least :data:`AUTO_FUSED_SECONDS` (needs a known length: ``len(data)`` or
@@ -150,6 +168,27 @@ def scan(
             collective (until the group's timeout). Default ``None``: the world group when
             ``torch.distributed`` is initialised with more than one process, else no
             reduction; ``False``: never reduce (each rank reports its own shard).
+        mask: padding to exclude (:mod:`deadrelu.tokens`). ``"auto"`` (default): a dict
+            batch with an ``"attention_mask"`` ``(B, T)`` of 1 (token) and 0 (padding)
+            has its padding positions left out of every site whose activation is
+            ``(B, T, ...)`` or ``(B * T, ...)`` with the unit dim after those (FFN
+            activations of HF models, OPT's flattened ones); other sites are scanned
+            whole and named in ``report.meta["unmasked_sites"]`` (with a warning when some
+            batch had padding). A str: the batch key holding the mask (every dict batch
+            must have it). ``False``: never mask.
+        max_tokens: stop after the batch at which the tokens scanned reach this number
+            (per process). The batches must carry tokens (see ``report.meta["tokens"]``).
+        checkpoint: a file path (:mod:`deadrelu.scan_state`): the scan's accumulators,
+            batches read, tokens and sites are written there atomically every
+            ``checkpoint_every`` batches run and at the end; if the file exists when the
+            scan starts, the scan resumes from it: it skips (reads without running) the
+            batches of ``data`` already done, so ``data`` must yield the same batches in
+            the same order (no reshuffling), and the report equals an uninterrupted
+            scan's. A checkpoint of a finished scan is returned without reading ``data``
+            (also one stopped by ``max_batches``/``max_tokens`` that are reached).
+            Under ``torch.distributed`` with more than one process rank r uses
+            ``<checkpoint>.rank{r}`` (its own accumulators, before the all-reduce).
+        checkpoint_every: batches run between two checkpoint writes (>= 1).
 
     Returns:
         A :class:`~deadrelu.report.Report`; ``report.meta`` holds ``batches`` (forwards
@@ -164,9 +203,18 @@ def scan(
         the modules that look like activations deadrelu does not know, which were not measured: see
         :attr:`deadrelu.capture.CaptureHandle.unrecognised`; also one
         :class:`~deadrelu.capture.UnrecognisedActivationWarning` naming them and the fix).
-        Reduced across a ``group``, ``batches`` and ``skipped_empty`` are totals over the
-        ranks, ``fused_from_batch`` the earliest, ``kernels`` and ``unrecognised`` the
-        union (each trial with its ``"rank"``), the sites in the order rank 0 first ran
+        Token streams: ``tokens`` (int: tokens scanned, the sum of the masks, or the
+        positions of ``input_ids`` / of 2-d integer tensor batches without a mask; None
+        when the batches carry no tokens), ``mask`` (the batch key a mask was read from,
+        None if no batch had one), ``masked_sites`` (sites whose statistics exclude the
+        padding) and ``unmasked_sites`` (sites that ran on masked batches but did not line
+        up with the mask: their statistics include padding positions). With a
+        ``checkpoint``: ``checkpoint`` = ``{"path": the file, "resumed_from": batches
+        read before this call (0: a fresh scan)}``.
+        Reduced across a ``group``, ``batches``, ``skipped_empty`` and ``tokens`` are
+        totals over the ranks, ``fused_from_batch`` the earliest, ``kernels``,
+        ``unrecognised``, ``masked_sites`` and ``unmasked_sites`` the union (each trial
+        with its ``"rank"``), the sites in the order rank 0 first ran
         them (then those it never ran, by rank), and ``ranks`` is ``{"world_size": W,
         "batches": [forwards run by each rank], "sites": {site: [ranks that ran it]}}``
         (absent without a reduction).
@@ -174,20 +222,28 @@ def scan(
     Raises:
         ValueError: ``data`` yields no batch (or only empty ones; with a ``group``: on
             every rank), the ranks of a ``group`` saw a site with different numbers of
-            units or a different ``detail``, ``max_batches`` is not
-            an int >= 1, ``tau`` is not a finite number >= 0, the model is on the meta
-            device, or it calls no activation deadrelu recognises.
+            units or a different ``detail``, ``max_batches``, ``max_tokens`` or
+            ``checkpoint_every`` is not an int >= 1, ``max_tokens`` is given but a batch
+            carries no tokens, ``mask`` names a key a dict batch lacks,
+            ``tau`` is not a finite number >= 0, the model is on the meta
+            device, it calls no activation deadrelu recognises, or the ``checkpoint``
+            file is not a scan checkpoint, was written by another model or with other
+            options (``detail``, ``mask``, ...; the message names which), or has read more
+            batches than ``data`` holds.
 
     Warns:
         RuntimeWarning: units saw NaN/inf (counted in every detail level as
             ``report.nonfinite_units``); it says how many of them count as dead.
+        UserWarning: sites that do not line up with the attention mask, on padded batches.
         TypeError: a batch of an unsupported type.
     """
-    if max_batches is not None and (
-        isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1
-    ):
-        raise ValueError(f"max_batches must be an int >= 1 or None, got {max_batches!r}")
+    for name, value in (("max_batches", max_batches), ("max_tokens", max_tokens)):
+        if value is not None and not _positive_int(value):
+            raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
+    if not _positive_int(checkpoint_every):
+        raise ValueError(f"checkpoint_every must be an int >= 1, got {checkpoint_every!r}")
     classify.Thresholds(tau=tau)  # ValueError naming tau (nan, negative) before any work
+    key, key_required = mask_key(mask)
     require_materialised(model)
     level = detail_level(detail)
     reduce_over = _scan_group(group)
@@ -198,14 +254,6 @@ def scan(
             f"the model is on {on} but device={target} was asked for the batches: "
             f"move the model first (model.to({str(target)!r})) or leave device=None"
         )
-    stats: dict[str, UnitStats] = {}
-
-    def stats_for(site: Site, z: Tensor) -> UnitStats:
-        s = stats.get(site.name)
-        if s is None:
-            s = stats[site.name] = UnitStats.empty(_units(z, site.unit_dim), z.device, detail=level)
-        return s
-
     if fused is not None:
         warnings.warn(
             "scan(fused=...) is deprecated: pass kernel='eager' (fused=False) or leave "
@@ -216,17 +264,61 @@ def scan(
         kernel = "auto" if fused else "eager"
     if kernel not in KERNEL_CHOICES:
         raise ValueError(f"kernel must be one of {KERNEL_CHOICES}, got {kernel!r}")
+
+    ckpt: Path | None = None
+    state = ScanState(fingerprint={})
+    if checkpoint is not None:
+        ckpt = checkpoint_path(checkpoint)
+        state.fingerprint = fingerprint(
+            model,
+            detail=level,
+            mask=mask,
+            functional=functional,
+            keep_mode=keep_mode,
+            unit_dim=unit_dim,
+        )
+        if ckpt.exists():
+            saved = ScanState.load(ckpt, target)
+            check_fingerprint(saved.fingerprint, state.fingerprint, ckpt)
+            state = saved
+            log.info("scan: resuming from %s after %d batches", ckpt, state.read)
+    resumed_from = state.read
+    stats: dict[str, UnitStats] = state.stats
+    ran_by: dict[str, set[str]] = {k: set(v) for k, v in state.kernels.items()}
+    masked: set[str] = set(state.masked_sites)
+    unmasked: set[str] = set(state.unmasked_sites)
+    tokens = state.tokens or 0
+    tokenless = state.tokens is None and state.batches > 0  # a batch carried no tokens
+    tm: TokenMask | None = None  # the real tokens of the batch running (None: no mask)
+
+    def stats_for(site: Site, z: Tensor, d: int) -> UnitStats:
+        s = stats.get(site.name)
+        if s is None:
+            s = stats[site.name] = UnitStats.empty(_units(z, d), z.device, detail=level)
+        return s
+
+    def restrict(site: Site, z: Tensor, mask: TokenMask) -> tuple[Tensor, int]:
+        picked = mask.select(z, site.unit_dim)
+        if picked is None:
+            unmasked.add(site.name)
+            return z, site.unit_dim
+        masked.add(site.name)
+        return picked
+
     use_fused = fused is True  # "auto" may compile (from the first batch)
-    ran_by: dict[str, set[str]] = {}
 
     def collect(site: Site, z: Tensor, out: Tensor) -> None:
         if z.numel() == 0:
             return
+        d = site.unit_dim
+        if tm is not None:
+            z, d = restrict(site, z, tm)
+            out = restrict(site, out, tm)[0]
         spec = site.activation.spec
-        ran = stats_for(site, z).update(
+        ran = stats_for(site, z, d).update(
             z,
             out,
-            site.unit_dim,
+            d,
             kernel=kernel,
             allow_compile=use_fused,
             out_nonnegative=spec.nonnegative,
@@ -244,29 +336,59 @@ def scan(
         # in-place activation modules: z before it is overwritten, without a copy
         if z.numel() == 0:
             return
-        s = stats_for(site, z)
-        ran = s.update_z(
-            z, site.unit_dim, kernel=kernel, allow_compile=use_fused, relu=abs_from_z(site)
-        )
+        d = site.unit_dim
+        if tm is not None:
+            z, d = restrict(site, z, tm)
+        s = stats_for(site, z, d)
+        ran = s.update_z(z, d, kernel=kernel, allow_compile=use_fused, relu=abs_from_z(site))
         ran_by.setdefault(site.name, set()).add(ran or "eager")
 
     def collect_out(site: Site, out: Tensor) -> None:
         s = stats.get(site.name)
         if s is not None and out.numel() and not abs_from_z(site):
-            s.add_output(out, site.unit_dim, out_nonnegative=site.activation.spec.nonnegative)
+            d = site.unit_dim
+            if tm is not None:
+                out, d = restrict(site, out, tm)
+            s.add_output(out, d, out_nonnegative=site.activation.spec.nonnegative)
 
     flags = [(m, m.training) for m in model.modules()]
-    seen = ran = skipped = 0
+    seen, ran, skipped = state.read, state.batches, state.skipped_empty
+    ran_now = 0  # forwards run by this call
+    mask_from: str | None = key if masked or unmasked else None
+    padded = False  # some batch had padding
     fused_from: int | None = 1 if use_fused else None
-    length = count_batches(data, max_batches) if kernel == "auto" and not use_fused else None
-    sites: dict[str, Site] = {}
+    length = count_batches(data, max_batches)
+    sites: dict[str, Site] = dict(state.sites)
     unrecognised: dict[str, str] = {}
+
+    def snapshot(exhausted: bool) -> None:
+        assert ckpt is not None
+        state.read, state.batches, state.skipped_empty = seen, ran, skipped
+        state.tokens = None if tokenless else tokens
+        state.exhausted = exhausted
+        state.stats = stats
+        state.sites = {name: sites[name] for name in stats}
+        state.kernels = {k: sorted(v) for k, v in ran_by.items()}
+        state.masked_sites, state.unmasked_sites = sorted(masked), sorted(unmasked)
+        state.save(ckpt)
+
+    done = state.exhausted or (
+        resumed_from > 0
+        and (
+            (max_batches is not None and ran >= max_batches)
+            or (max_tokens is not None and not tokenless and tokens >= max_tokens)
+        )
+    )
+    bar: _Bar | None = None
+    exhausted = state.exhausted
     try:
         if not keep_mode:
             model.eval()
         batches = iter_batches(data, max_batches)
-        if progress:
-            batches = _progress(batches, max_batches if max_batches is not None else data)
+        if resumed_from and not done:
+            batches = _skip(batches, resumed_from, ckpt)
+        if progress and not done:
+            bar = _Bar(length, max_tokens, ran, None if tokenless else tokens)
         with attach(
             model,
             collect,
@@ -275,34 +397,62 @@ def scan(
             inplace=(collect_z, collect_out),
         ) as handle:
             with torch.no_grad():
-                for batch in batches:
+                for batch in () if done else batches:
                     seen += 1
                     args, kwargs, lead = split_batch(batch)
                     if lead is not None and lead.dim() > 0 and lead.shape[0] == 0:
                         skipped += 1
                         continue
+                    found = batch_mask(kwargs, key, key_required)
+                    n_tokens = batch_tokens(args, kwargs, found)
+                    tm = None if found is None else TokenMask(found, target, n_tokens)
+                    if tm is not None:
+                        mask_from = key
+                        padded = padded or tm.padded
+                    if n_tokens is None:
+                        tokenless = True
+                        if max_tokens is not None:
+                            raise ValueError(_tokenless_message(seen))
+                    else:
+                        tokens += n_tokens
                     start = time.perf_counter()
                     model(*to_device(args, target), **to_device(kwargs, target))
+                    tm = None
                     ran += 1
-                    if ran == 1 and not handle.sites:
+                    ran_now += 1
+                    if ran_now == 1 and not handle.sites:
                         raise ValueError(
                             _no_activation_message(model, functional, handle.unrecognised)
                         )
-                    if ran == 1 and length is not None:
+                    if ran_now == 1 and kernel == "auto" and not use_fused and length:
                         if target.type == "cuda":  # once: time the work, not the launches
                             torch.cuda.synchronize(target)
-                        left = length - 1
+                        left = length - seen
                         if auto_fused(time.perf_counter() - start, left, target):
-                            use_fused, fused_from = True, 2
+                            use_fused, fused_from = True, ran + 1
                             log.info("scan: %d batches left, the compiled kernel may compete", left)
+                    if bar is not None:
+                        bar.update(ran, None if tokenless else tokens)
+                    if ckpt is not None and ran % checkpoint_every == 0:
+                        sites.update(handle.sites)
+                        snapshot(exhausted=False)
                     if max_batches is not None and ran >= max_batches:
                         break
-            sites = dict(handle.sites)
+                    if max_tokens is not None and tokens >= max_tokens:
+                        break
+                else:
+                    exhausted = True
+            sites.update(handle.sites)
             unrecognised = handle.unrecognised
     finally:
+        tm = None
+        if bar is not None:
+            bar.close()
         for m, was_training in flags:
             m.training = was_training
         release_scratch()
+    if ckpt is not None and not done:
+        snapshot(exhausted=exhausted)
     if fused_from is not None and (fused_from > ran or not fused_available(target)):
         fused_from = None  # nothing left to run fused, or compiling failed: all eager
     meta: dict[str, Any] = {
@@ -313,7 +463,13 @@ def scan(
         "fused_from_batch": fused_from,
         "kernels": _kernels_meta(ran_by, stats),
         "unrecognised": unrecognised,
+        "tokens": None if tokenless or ran == 0 else tokens,
+        "mask": mask_from,
+        "masked_sites": [s for s in stats if s in masked],
+        "unmasked_sites": [s for s in stats if s in unmasked],
     }
+    if ckpt is not None:
+        meta["checkpoint"] = {"path": str(ckpt), "resumed_from": resumed_from}
     if reduce_over is not None:  # before any local error: the other ranks must not hang
         seen = _reduce_across_ranks(reduce_over, stats, sites, meta, seen, target)
         ran, skipped = meta["batches"], meta["skipped_empty"]
@@ -329,10 +485,46 @@ def scan(
         )
     if skipped:
         log.info("scan skipped %d empty batch(es)", skipped)
+    if padded and meta["unmasked_sites"]:
+        warnings.warn(
+            f"scan: {len(meta['unmasked_sites'])} site(s) do not line up with the "
+            f"attention mask (their activations are not (batch, tokens, ...) or "
+            f"(batch * tokens, ...) with the units after those), so their statistics "
+            f"include padding positions: {', '.join(meta['unmasked_sites'])} (listed in "
+            f"report.meta['unmasked_sites']; scan unpadded batches to exclude nothing)",
+            UserWarning,
+            stacklevel=2,
+        )
     warn_unrecognised(unrecognised)
     report = Report(stats, sites, tau=tau, meta=meta)
     _warn_nonfinite(report)
     return report
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _tokenless_message(batch: int) -> str:
+    return (
+        f"max_tokens needs batches that carry tokens, but batch {batch} has none: pass "
+        f"dict batches with 'input_ids' or an 'attention_mask', or 2-d integer tensors of "
+        f"token ids (or use max_batches)"
+    )
+
+
+def _skip(batches: Iterator[Any], n: int, path: Path | None) -> Iterator[Any]:
+    """``batches`` without its first ``n`` (those a checkpoint has already scanned)."""
+    for i in range(n):
+        if next(batches, _END) is _END:
+            raise ValueError(
+                f"checkpoint {str(path)!r} has read {n} batches but data yields only {i}: "
+                f"resume with the same data in the same order, or delete the checkpoint"
+            )
+    return batches
+
+
+_END = object()
 
 
 def _scan_group(group: Any) -> Any:
@@ -384,6 +576,7 @@ def _reduce_across_ranks(
         "seen": seen,
         **{k: meta[k] for k in ("batches", "skipped_empty", "fused_from_batch", "kernels")},
         "unrecognised": meta["unrecognised"],
+        **{k: meta[k] for k in ("tokens", "mask", "masked_sites", "unmasked_sites")},
     }
     world = dist.get_world_size(group)
     every: list[Any] = [None] * world
@@ -427,6 +620,12 @@ def _reduce_across_ranks(
             ],
         },
         unrecognised={k: v for r in every for k, v in r["unrecognised"].items()},
+        tokens=None
+        if all(r["tokens"] is None for r in every)
+        else sum(r["tokens"] or 0 for r in every),
+        mask=next((r["mask"] for r in every if r["mask"] is not None), None),
+        masked_sites=[n for n in agreed if any(n in r["masked_sites"] for r in every)],
+        unmasked_sites=[n for n in agreed if any(n in r["unmasked_sites"] for r in every)],
         ranks={
             "world_size": world,
             "batches": [r["batches"] for r in every],
@@ -486,15 +685,48 @@ def _no_activation_message(
     )
 
 
-def _progress(batches: Iterator[Any], total_hint: Any) -> Iterator[Any]:
-    from rich.progress import track
+class _Bar:
+    """The scan's progress bar (rich, on stderr, removed when done): batches run (of the
+    known total), and with tokens their count and rate; against ``max_tokens`` when given.
 
-    total: int | None = None
-    if isinstance(total_hint, int):
-        total = total_hint
-    else:
-        try:
-            total = len(total_hint)
-        except TypeError:
-            total = None
-    return iter(track(batches, total=total, description="scanning", transient=True))
+    Args:
+        total: batches the scan will run at most, if known.
+        max_tokens: the scan's token limit, if any (then the bar counts tokens).
+        batches, tokens: already done (a resumed scan); tokens None: not counted.
+    """
+
+    def __init__(
+        self, total: int | None, max_tokens: int | None, batches: int, tokens: int | None
+    ) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.by_tokens = max_tokens is not None
+        self.total = total
+        self.progress = Progress(
+            TextColumn("scanning"),
+            BarColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            transient=True,
+        )
+        self.task = self.progress.add_task(
+            "scanning", total=max_tokens if self.by_tokens else total, info=""
+        )
+        self.start = time.perf_counter()
+        self.tokens0 = tokens or 0
+        self.progress.start()
+        self.update(batches, tokens)
+
+    def update(self, batches: int, tokens: int | None) -> None:
+        """Show ``batches`` run and ``tokens`` scanned so far (None: not counted)."""
+        info = f"{batches}" + (f"/{self.total}" if self.total is not None else "") + " batches"
+        if tokens is not None:
+            elapsed = time.perf_counter() - self.start
+            rate = (tokens - self.tokens0) / elapsed if elapsed > 0 else 0.0
+            info += f", {tokens:,} tokens, {rate:,.0f} tokens/s"
+        done = tokens if self.by_tokens and tokens is not None else batches
+        self.progress.update(self.task, completed=done, info=info)
+
+    def close(self) -> None:
+        """Remove the bar."""
+        self.progress.stop()

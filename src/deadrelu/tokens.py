@@ -1,0 +1,148 @@
+"""Token batches: which positions of a batch are real tokens, and how many were scanned.
+
+A language-model batch in the Hugging Face convention is a dict with ``input_ids``
+``(B, T)`` and an ``attention_mask`` ``(B, T)`` of 1 (a real token) and 0 (padding, on the
+right or the left). Padding positions still run through the network; their activations
+are not part of the text and must not enter the statistics. :class:`TokenMask` holds the
+real positions of one batch and restricts an activation to them, when the activation's
+leading dims are those of the mask:
+
+* ``(B, T, ...)`` with the unit dim after them (``(B, T, U)`` of an FFN), or
+* ``(B * T, ...)`` with the unit dim after it (OPT's decoder layer flattens its hidden
+  states to ``(B * T, D)`` before ``fc1``),
+
+giving ``(K, ...)`` with K the number of real tokens. An activation of any other shape
+(``select`` returns None) is not restricted; the caller says so.
+
+:func:`batch_mask` finds the mask of a batch, :func:`batch_tokens` counts its tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["DEFAULT_MASK_KEY", "TokenMask", "batch_mask", "batch_tokens", "mask_key"]
+
+#: The batch key ``scan(mask="auto")`` reads the mask from (Hugging Face convention).
+DEFAULT_MASK_KEY = "attention_mask"
+
+
+def mask_key(mask: str | bool) -> tuple[str | None, bool]:
+    """``scan``'s ``mask`` argument -> (the batch key to read, whether the key is required):
+    ``"auto"`` (or True) reads :data:`DEFAULT_MASK_KEY` where a batch has it, another str
+    names a key every dict batch must have, False reads none."""
+    if mask is False:
+        return None, False
+    if mask is True or mask == "auto":
+        return DEFAULT_MASK_KEY, False
+    if isinstance(mask, str) and mask:
+        return mask, True
+    raise ValueError(
+        f"mask must be 'auto', False, or the name of the batch key holding the attention "
+        f"mask, got {mask!r}"
+    )
+
+
+def batch_mask(kwargs: Mapping[str, Any], key: str | None, required: bool) -> Tensor | None:
+    """The ``(B, T)`` bool mask (True: a real token) of a batch whose keyword arguments are
+    ``kwargs`` (a dict batch; empty for tensor batches), or None without one.
+
+    Raises:
+        ValueError: ``required`` and a dict batch lacks ``key``; the mask is not a 2-d tensor
+            (with ``required``; with "auto" such a mask, e.g. a 4-d additive one, is not
+            read: None); a float mask holds values other than 0 and 1.
+    """
+    if key is None or not kwargs:
+        return None
+    value = kwargs.get(key)
+    if value is None:
+        if required:
+            raise ValueError(
+                f"mask={key!r}: a batch has no key {key!r} (its keys: {sorted(kwargs)}); "
+                f"pass mask='auto' to read {DEFAULT_MASK_KEY!r} where present, or mask=False"
+            )
+        return None
+    if not isinstance(value, Tensor) or value.dim() != 2:
+        if required:
+            shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"mask={key!r}: batch[{key!r}] must be a (batch, tokens) tensor of 1 (token) "
+                f"and 0 (padding), got {shape}"
+            )
+        return None
+    if value.dtype == torch.bool:
+        return value
+    if value.is_floating_point() and not bool(((value == 0) | (value == 1)).all()):
+        raise ValueError(
+            f"batch[{key!r}] holds values other than 0 and 1 (an additive mask?): pass the "
+            f"(batch, tokens) 0/1 attention mask, or mask=False"
+        )
+    return value != 0
+
+
+def batch_tokens(
+    args: tuple[Any, ...], kwargs: Mapping[str, Any], mask: Tensor | None
+) -> int | None:
+    """Tokens a batch feeds the scan: the real ones of ``mask`` when given, else every
+    position of ``input_ids`` (a dict batch) or of a 2-d integer tensor input (token ids,
+    ``model(ids)``); None when the batch carries no tokens. Reads ``mask`` once (one
+    device synchronisation when it is on a GPU)."""
+    if mask is not None:
+        return int(mask.sum())
+    ids = kwargs.get("input_ids") if kwargs else (args[0] if args else None)
+    if not isinstance(ids, Tensor) or ids.is_floating_point() or ids.is_complex():
+        return None
+    if kwargs or ids.dim() == 2:
+        return ids.numel()
+    return None
+
+
+class TokenMask:
+    """The real tokens of one batch, and activations restricted to them.
+
+    Args:
+        mask: ``(B, T)`` bool, True at real tokens (:func:`batch_mask`), on any device.
+        device: where the activations are (the scan's device).
+        tokens: ``int(mask.sum())`` when already known (:func:`batch_tokens`).
+    """
+
+    __slots__ = ("batch", "index", "length", "padded", "tokens")
+
+    def __init__(self, mask: Tensor, device: torch.device, tokens: int | None = None) -> None:
+        self.batch, self.length = int(mask.shape[0]), int(mask.shape[1])
+        self.tokens = int(mask.sum()) if tokens is None else tokens
+        #: whether any position is padding (else :meth:`select` returns z itself)
+        self.padded = self.tokens < mask.numel()
+        #: ``(K,)`` flat indices of the real tokens in ``(B * T)`` order (when padded)
+        self.index: Tensor | None = None
+        if self.padded:
+            flat = mask.reshape(-1)
+            # on the mask's device (no sync for a CPU mask), then to the activations'
+            self.index = flat.nonzero().squeeze(1).to(device, non_blocking=True)
+
+    def select(self, z: Tensor, unit_dim: int) -> tuple[Tensor, int] | None:
+        """``z`` at the real tokens and its unit dim there, or None when ``z``'s leading
+        dims are not the mask's (see the module docstring).
+
+        ``(B, T, *rest)`` with the unit dim in ``rest`` -> ``(K, *rest)``; ``(B * T,
+        *rest)`` likewise; without padding ``z`` itself (no copy). The unit dim returned
+        is non-negative."""
+        ndim = z.dim()
+        if ndim < 2:
+            return None
+        d = unit_dim % ndim
+        shape = z.shape
+        if ndim >= 3 and d >= 2 and shape[0] == self.batch and shape[1] == self.length:
+            if self.index is None:
+                return z, d
+            flat = z.reshape(self.batch * self.length, *shape[2:])
+            return flat.index_select(0, self.index), d - 1
+        if d >= 1 and shape[0] == self.batch * self.length:
+            if self.index is None:
+                return z, d
+            return z.index_select(0, self.index), d
+        return None

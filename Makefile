@@ -18,7 +18,7 @@ $(PY):
 
 $(STAMP): $(PY) pyproject.toml
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,zoo,lightning,hf,tensorboard]" "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev,zoo,lightning,hf,tensorboard,ray]" "$(TORCH_SPEC)"
 	@touch $(STAMP)
 
 # The main job: every claim of the notes as an experiment (quick preset, MNIST-1D),

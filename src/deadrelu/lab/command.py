@@ -1,7 +1,13 @@
 """``deadrelu lab``: run the lab from the command line.
 
 ``deadrelu lab [--preset quick|full] [--only E1,E7] [--seeds N] [--out DIR]
-[--device cpu|cuda] [--dataset mnist1d|digits|synthetic] [--no-progress]``
+[--device cpu|cuda] [--dataset mnist1d|digits|synthetic] [--no-progress]
+[--executor local|ray [--address ADDR | --num-cpus N]]``
+
+``--executor ray`` runs the experiments as Ray tasks (:mod:`deadrelu.lab.executors`): on a
+local Ray instance started for the run (``--num-cpus``: its size, default every CPU), or on
+the cluster at ``--address`` (``auto``, ``ray://head:10001``); ``results.json`` is the same
+bytes as a local run's. Ray is the optional extra ``pip install 'deadrelu[ray]'``.
 
 ``deadrelu lab --markdown [RESULTS_JSON]`` runs nothing: it prints the claims table of a
 finished run as Markdown (default: ``DIR/results.json`` of ``--out``), the form the README
@@ -24,6 +30,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 from typing import Any
+
+from deadrelu.lab.executors import EXECUTORS
 
 __all__ = ["add_lab_parser", "run_lab_command"]
 
@@ -75,6 +83,34 @@ def add_lab_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
+        "--executor",
+        choices=EXECUTORS,
+        default="local",
+        help=(
+            "where the experiments run: local (this process, one after the other; default) "
+            "or ray (one Ray task per experiment; needs pip install 'deadrelu[ray]'); "
+            "results.json is the same bytes either way"
+        ),
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help=(
+            "with --executor ray: the Ray cluster to connect to (auto, ray://head:10001, "
+            "head:6379); every node needs deadrelu installed. Default: start a local Ray "
+            "instance for the run"
+        ),
+    )
+    p.add_argument(
+        "--num-cpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --executor ray and no --address: CPUs of the local Ray instance "
+        "(default: every CPU)",
+    )
+    p.add_argument(
         "--markdown",
         nargs="?",
         const="",
@@ -95,11 +131,13 @@ def run_lab_command(args: argparse.Namespace) -> int:
 
     0 when every experiment ran, 1 when one failed (its error is in the report), 2 for a
     bad argument (unknown experiment id, CUDA not available, seeds < 1, a results file
-    that is missing or not a lab results file).
+    that is missing or not a lab results file, ``--executor ray`` without Ray installed or
+    with a cluster that cannot be reached, ``--address`` / ``--num-cpus`` without it).
     """
     from rich.console import Console
 
     from deadrelu.lab.core import LabConfig
+    from deadrelu.lab.executors import ExecutorError, import_ray, make_executor
     from deadrelu.lab.runner import (
         check_device,
         claims_table,
@@ -132,10 +170,16 @@ def run_lab_command(args: argparse.Namespace) -> int:
         )
         only = resolve_only(args.only) if args.only is not None else None
         check_device(cfg.device)
-    except ValueError as exc:
+        name = getattr(args, "executor", "local")
+        executor = make_executor(
+            name, address=getattr(args, "address", None), num_cpus=getattr(args, "num_cpus", None)
+        )
+        if name == "ray":
+            import_ray()  # before anything runs: say how to install it
+        results = run_lab(cfg, only=only, progress=not args.no_progress, executor=executor)
+    except (ValueError, ExecutorError) as exc:
         err.print(f"[red]deadrelu lab: {exc}[/red]", soft_wrap=True)
         return 2
-    results = run_lab(cfg, only=only, progress=not args.no_progress)
     console.print(claims_table(results, show_text=console.width >= 120))
     console.print(
         f"preset {cfg.preset}, {cfg.n_seeds} seeds per setting by default; 'fragile': the "
@@ -143,7 +187,9 @@ def run_lab_command(args: argparse.Namespace) -> int:
         soft_wrap=True,
     )
     console.print(
-        f"report: {cfg.out / 'index.html'}   numbers: {cfg.out / 'results.json'}", soft_wrap=True
+        f"report: {cfg.out / 'index.html'}   numbers: {cfg.out / 'results.json'}   "
+        f"ran on: {executor.describe()}",
+        soft_wrap=True,
     )
     bad = failed(results)
     if bad:

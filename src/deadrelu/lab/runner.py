@@ -27,6 +27,16 @@ Outputs in ``cfg.out``:
 An experiment that raises is recorded as a result with verdict ``"n/a"``, the error in its
 numbers and caveats, and the run goes on; :func:`failed` lists such results.
 
+Executors (:mod:`deadrelu.lab.executors`): the run is split into independent pieces
+(:func:`split_pieces`, one per experiment) that an executor runs -- ``"local"`` (this
+process, one after the other; the default) or ``"ray"`` (one Ray task per piece, on a local
+Ray instance or a cluster; each piece writes its figures into a private directory and ships
+them back). Results are merged in run order, whatever order the pieces finish in, and the
+executor is named only in ``timings.json`` and ``index.html``, so **``results.json`` is
+byte-identical whichever executor ran it**; the figures are the same bytes too. A piece
+whose remote task itself fails (a worker that died) is recorded like a failing
+experiment, with the remote traceback.
+
 Determinism: each experiment runs with ``torch.use_deterministic_algorithms(True)``, the
 global RNG seeded with 0 and, on the CPU, one intra-op thread (:data:`EXPERIMENT_THREADS`);
 all restored afterwards. Experiments seed their own generators.
@@ -39,10 +49,11 @@ import json
 import logging
 import math
 import platform
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +70,15 @@ from deadrelu.lab.core import (
     LabConfig,
     Sweep,
 )
+from deadrelu.lab.executors import Executor, LocalExecutor, make_executor, remote_cause
 from deadrelu.lab.html import write_html
 from deadrelu.lab.verdicts import bootstrap_indices, combine, stability
 
 __all__ = [
     "BOOTSTRAP_SEED",
     "SCHEMA",
+    "Piece",
+    "PieceResult",
     "check_device",
     "claims_table",
     "failed",
@@ -74,6 +88,9 @@ __all__ = [
     "resolve_only",
     "run_experiment",
     "run_lab",
+    "run_piece",
+    "run_piece_isolated",
+    "split_pieces",
     "to_jsonable",
     "write_outputs",
 ]
@@ -322,10 +339,15 @@ def run_experiment(exp: Experiment, cfg: LabConfig) -> ExperimentResult:
     return _result_from(exp, cfg, sweep, judgement, stab, figures, caveats)
 
 
-def _failed_result(exp_id: str, exc: BaseException, cfg: LabConfig) -> ExperimentResult:
-    """The result of an experiment that raised: no verdict, the error on every claim."""
-    exp = REGISTRY[exp_id]
-    msg = f"{type(exc).__name__}: {exc}"
+def _failed_result(
+    exp: Experiment, exc: BaseException, cfg: LabConfig, *, tb: str | None = None, where: str = ""
+) -> ExperimentResult:
+    """The result of an experiment that raised: no verdict, the error on every claim.
+
+    ``tb``: the traceback text (default: the one being handled); ``where``: a prefix saying
+    where it failed outside the experiment (``"the Ray task failed: "``).
+    """
+    msg = f"{where}{type(exc).__name__}: {exc}"
     record: dict[str, Any] = {
         "verdict": "n/a",
         "rule": "the experiment failed; no verdict",
@@ -337,7 +359,7 @@ def _failed_result(exp_id: str, exc: BaseException, cfg: LabConfig) -> Experimen
         "n_seeds": cfg.n_seeds,
     }
     return ExperimentResult(
-        id=exp_id,
+        id=exp.id,
         claims=tuple(exp.claims),
         title=exp.title,
         question="",
@@ -346,7 +368,7 @@ def _failed_result(exp_id: str, exc: BaseException, cfg: LabConfig) -> Experimen
         verdict="n/a",
         verdict_rule="the experiment failed; no verdict",
         summary=f"FAILED: {msg}"[:200],
-        caveats=[traceback.format_exc(limit=6)],
+        caveats=[tb if tb is not None else traceback.format_exc(limit=6)],
         claim_verdicts={c: dict(record) for c in exp.claims},
     )
 
@@ -356,14 +378,87 @@ def failed(results: Sequence[ExperimentResult]) -> list[ExperimentResult]:
     return [r for r in results if _ERROR_KEY in r.numbers and r.verdict == "n/a"]
 
 
-def _run_one(exp_id: str, cfg: LabConfig) -> tuple[ExperimentResult, float]:
+def _run_one(exp: Experiment, cfg: LabConfig) -> tuple[ExperimentResult, float]:
     t0 = time.perf_counter()
     try:
-        result = run_experiment(REGISTRY[exp_id], cfg)
+        result = run_experiment(exp, cfg)
     except Exception as exc:  # recorded, the run goes on
-        log.exception("experiment %s failed", exp_id)
-        result = _failed_result(exp_id, exc, cfg)
+        log.exception("experiment %s failed", exp.id)
+        result = _failed_result(exp, exc, cfg)
     return result, time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------------------
+# Pieces: what an executor runs
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One independent piece of a lab run: one experiment (its sweep, with the batched
+    trainer, its judge, bootstrap and figures) under ``cfg``. Picklable: a remote executor
+    ships it to a worker, which imports the experiment's module by name."""
+
+    exp: Experiment
+    cfg: LabConfig
+
+
+@dataclass
+class PieceResult:
+    """What a piece gave: its result, its wall time on the worker, and the files it wrote
+    (relative path -> bytes; empty when it wrote straight into ``cfg.out``)."""
+
+    result: ExperimentResult
+    seconds: float
+    files: dict[str, bytes] = field(default_factory=dict)
+
+
+def split_pieces(ids: Sequence[str], cfg: LabConfig) -> list[Piece]:
+    """The pieces of a run of ``ids``, in run order: one per experiment.
+
+    An experiment is the unit: its sweep already batches every arm and seed into a few
+    vectorised trainer calls, and its verdicts need all of them (the :class:`Sweep` is one
+    object), so a piece never spans two experiments nor splits one.
+    """
+    return [Piece(REGISTRY[i], cfg) for i in ids]
+
+
+def run_piece(piece: Piece) -> PieceResult:
+    """Run ``piece`` here; its figures go straight into ``piece.cfg.out``."""
+    result, seconds = _run_one(piece.exp, piece.cfg)
+    return PieceResult(result, seconds)
+
+
+def run_piece_isolated(piece: Piece) -> PieceResult:
+    """Run ``piece`` with a private temporary output directory (the worker may be another
+    machine) and return the files it wrote, to be written into ``cfg.out`` by the caller.
+    Nothing of the temporary path reaches the result: figures are relative paths."""
+    with tempfile.TemporaryDirectory(prefix="deadrelu-lab-") as tmp:
+        root = Path(tmp)
+        result, seconds = _run_one(piece.exp, replace(piece.cfg, out=root))
+        files = {
+            p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+        }
+    return PieceResult(result, seconds, files)
+
+
+def _task_failed(piece: Piece, exc: BaseException, tb: str) -> PieceResult:
+    """A piece whose task failed outside the experiment (a worker or node that died, a
+    piece that could not be unpickled): a failed result with the remote traceback."""
+    system = "Ray" if type(exc).__module__.startswith("ray") else "remote"
+    where = f"the {system} task running {piece.exp.id} failed: "
+    return PieceResult(
+        _failed_result(piece.exp, remote_cause(exc), piece.cfg, tb=tb, where=where), 0.0
+    )
+
+
+def _write_files(out: Path, files: Mapping[str, bytes]) -> None:
+    for rel, data in files.items():
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
 
 
 # --------------------------------------------------------------------------------------
@@ -426,8 +521,14 @@ def write_outputs(
     cfg: LabConfig,
     *,
     wall: Mapping[str, float] | None = None,
+    executor: str = "local (this process)",
 ) -> dict[str, Path]:
-    """Write ``results.json``, ``timings.json`` and ``index.html`` into ``cfg.out``."""
+    """Write ``results.json``, ``timings.json`` and ``index.html`` into ``cfg.out``.
+
+    ``executor`` (which executor ran the pieces, in words) goes into ``timings.json`` and
+    the HTML report, never into ``results.json``: that file is the same bytes whichever
+    executor ran the run.
+    """
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     config = _config_dict(cfg)
@@ -441,7 +542,11 @@ def write_outputs(
         "order": [r.id for r in results],
     }
     _dump(doc, out / "results.json")
-    timing_doc: dict[str, Any] = {"schema": SCHEMA + "/timings", "experiments": {}}
+    timing_doc: dict[str, Any] = {
+        "schema": SCHEMA + "/timings",
+        "executor": executor,
+        "experiments": {},
+    }
     for r in results:
         entry: dict[str, Any] = {"wall_s": (wall or {}).get(r.id), "timings": r.timings}
         timing = _timing_claims(r)
@@ -453,6 +558,7 @@ def write_outputs(
     _dump(timing_doc, out / "timings.json")
     meta = {"schema": SCHEMA, **{f"config.{k}": v for k, v in config.items()}}
     meta.update({f"version.{k}": v for k, v in versions.items()})
+    meta["executor"] = executor
     page = write_html([to_jsonable(r.to_dict()) for r in results], out, meta=meta)
     return {"results": out / "results.json", "timings": out / "timings.json", "html": page}
 
@@ -472,7 +578,10 @@ def _line(r: ExperimentResult, seconds: float) -> str:
 
 
 def run_lab(
-    cfg: LabConfig, only: str | Iterable[str] | None = None, progress: bool = True
+    cfg: LabConfig,
+    only: str | Iterable[str] | None = None,
+    progress: bool = True,
+    executor: str | Executor[Piece, PieceResult] = "local",
 ) -> list[ExperimentResult]:
     """Run the experiments and live checks (all, or ``only``), write the outputs, return
     the results in run order.
@@ -480,28 +589,70 @@ def run_lab(
     Args:
         cfg: the configuration (preset, seeds, device, output directory, dataset).
         only: ids (``"E1,E7"`` or a list); None runs them all.
-        progress: show a rich progress bar and one line per experiment (on stderr).
+        progress: show a rich progress bar and one line per finished experiment (on
+            stderr).
+        executor: where the pieces (:func:`split_pieces`: one per experiment) run:
+            ``"local"`` (this process, one after the other), ``"ray"`` (a local Ray
+            instance), or an :class:`~deadrelu.lab.executors.Executor` (e.g.
+            ``RayExecutor(address=...)``), entered and left here. The results are merged
+            in run order, so ``results.json`` is the same bytes for every executor; the
+            executor is named in ``timings.json`` and the HTML report.
 
     Raises:
         ValueError: unknown experiment id, or a CUDA device that is not available.
+        deadrelu.lab.executors.ExecutorError: the executor could not start (Ray not
+            installed, a cluster that cannot be reached).
     """
     ids = resolve_only(only)
     check_device(cfg.device)
-    results: list[ExperimentResult] = []
-    wall: dict[str, float] = {}
+    pieces = split_pieces(ids, cfg)
+    ex: Executor[Piece, PieceResult] = (
+        make_executor(executor) if isinstance(executor, str) else executor
+    )
+    with ex:
+        return _run_pieces(ex, pieces, cfg, progress)
 
-    def run_all(report: Callable[[str, ExperimentResult | None, float], None]) -> None:
-        for exp_id in ids:
-            report(exp_id, None, 0.0)
-            result, seconds = _run_one(exp_id, cfg)
-            results.append(result)
-            wall[exp_id] = seconds
-            report(exp_id, result, seconds)
+
+def _run_pieces(
+    ex: Executor[Piece, PieceResult], pieces: Sequence[Piece], cfg: LabConfig, progress: bool
+) -> list[ExperimentResult]:
+    work = run_piece if ex.shares_filesystem else run_piece_isolated
+    where = ex.describe()
+    remote = not isinstance(ex, LocalExecutor)
+
+    def finish(piece_result: PieceResult) -> None:
+        """Per finished piece, in completion order: its files, its failure in the log."""
+        _write_files(Path(cfg.out), piece_result.files)
+        r = piece_result.result
+        if remote and failed([r]):
+            log.error("experiment %s failed on %s:\n%s", r.id, where, "".join(r.caveats[:1]))
+
+    def run_all(report: Callable[[int, PieceResult | None], None]) -> list[PieceResult]:
+        def done(i: int, piece_result: PieceResult) -> None:
+            finish(piece_result)
+            report(i, piece_result)
+            if not ex.shares_filesystem or i + 1 >= len(pieces):
+                return
+            report(i + 1, None)  # one at a time: the next one starts now
+
+        if pieces and ex.shares_filesystem:
+            report(0, None)
+        return ex.run(
+            work,
+            pieces,
+            on_done=done,
+            on_error=_task_failed,
+            gpu=cfg.device.startswith("cuda"),
+        )
+
+    def outputs(done: Sequence[PieceResult]) -> list[ExperimentResult]:
+        results = [d.result for d in done]
+        wall = {d.result.id: d.seconds for d in done}
+        write_outputs(results, cfg, wall=wall, executor=where)
+        return results
 
     if not progress:
-        run_all(lambda *_: None)
-        write_outputs(results, cfg, wall=wall)
-        return results
+        return outputs(run_all(lambda *_: None))
 
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -513,18 +664,21 @@ def run_lab(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
-        task = bar.add_task("lab", total=len(ids) + 1)
+        if remote:
+            bar.console.print(f"[dim]{len(pieces)} experiments on {where}[/dim]")
+        task = bar.add_task("lab" if not remote else f"lab on {where}", total=len(pieces) + 1)
 
-        def report(exp_id: str, result: ExperimentResult | None, seconds: float) -> None:
-            if result is None:
-                bar.update(task, description=f"{exp_id} {REGISTRY[exp_id].title}")
+        def report(i: int, piece_result: PieceResult | None) -> None:
+            if piece_result is None:
+                exp = pieces[i].exp
+                bar.update(task, description=f"{exp.id} {exp.title}")
             else:
-                bar.console.print(_line(result, seconds))
+                bar.console.print(_line(piece_result.result, piece_result.seconds))
                 bar.advance(task)
 
-        run_all(report)
+        done = run_all(report)
         bar.update(task, description="report")
-        write_outputs(results, cfg, wall=wall)
+        results = outputs(done)
         bar.advance(task)
     return results
 

@@ -26,6 +26,13 @@ JSON (:meth:`Report.to_json`) is ``{"schema": "deadrelu.report/1", "settings": .
 so :meth:`Report.from_json` rebuilds the same report (and can re-classify with another
 ``tau``). Non-finite floats are written as the strings ``"nan"``, ``"inf"``, ``"-inf"``.
 
+Activation frequency (Voita et al. 2023, "Neurons in Large Language Models: Dead, N-gram,
+Positional"): :meth:`Report.activation_frequency` is each unit's fraction of positions with
+z > 0; :meth:`Report.layer_summary` gives per site the dead and rarely-active fractions and
+a histogram of those frequencies over the fixed log-spaced bins :data:`FREQUENCY_EDGES`
+(an exact-zero bin for the never-active units, then decades up to 1);
+:meth:`Report.frequency_table` prints it, compactly.
+
 Plots: :meth:`Report.plot` draws the dead and dormant fraction per site;
 :func:`plot_history` draws any per-site series over training steps (for the Monitor).
 Both write a PNG with matplotlib's Agg canvas, imported lazily, without touching pyplot's
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import html
 import io
+import itertools
 import json
 import math
 import shutil
@@ -55,10 +63,14 @@ from deadrelu.stats import UnitStats
 
 __all__ = [
     "CLASSES",
+    "FREQUENCY_EDGES",
     "SCHEMA",
+    "LayerFrequency",
     "LayerSummary",
     "Report",
     "Result",
+    "frequency_bin_labels",
+    "frequency_histogram",
     "html_table",
     "plot_history",
     "tensor_from_json",
@@ -68,6 +80,70 @@ __all__ = [
 SCHEMA = "deadrelu.report/1"
 #: The unit classes a report knows, in display order (:data:`deadrelu.classify.UNIT_CLASSES`).
 CLASSES = classify.CLASS_NAMES
+
+
+#: Bin edges of the activation-frequency histogram (:meth:`Report.layer_summary`): 0, then
+#: decades from 1e-8 to 1. Bin 0 holds the units whose frequency is exactly 0 (never
+#: z > 0); bin k >= 1 the units with ``edges[k-1] <= f < edges[k]`` (bin 1: ``0 < f <
+#: 1e-8``; the last bin includes 1). Fixed, so histograms of different layers, models and
+#: corpora compare bin by bin; 1e-2 is also the default rarely-active threshold.
+FREQUENCY_EDGES: tuple[float, ...] = (0.0, *(10.0**k for k in range(-8, 1)))
+
+
+def _check_edges(edges: Sequence[float]) -> tuple[float, ...]:
+    out = tuple(float(e) for e in edges)
+    if (
+        len(out) < 2
+        or out[0] != 0.0
+        or out[-1] != 1.0
+        or any(b <= a for a, b in itertools.pairwise(out))
+    ):
+        raise ValueError(
+            f"frequency histogram edges must increase strictly from 0 to 1, got {list(out)}; "
+            f"e.g. deadrelu.report.FREQUENCY_EDGES"
+        )
+    return out
+
+
+def frequency_histogram(
+    frequency: Tensor, edges: Sequence[float] = FREQUENCY_EDGES
+) -> tuple[int, ...]:
+    """Count units per activation-frequency bin.
+
+    Args:
+        frequency: ``(U,)`` per-unit fractions in [0, 1] (NaN entries, units of a site that
+            saw no position, are not counted); compared in float64 (give float64 for exact
+            edges: float32 1e-8 is below 1e-8).
+        edges: ``(K,)`` bin edges, strictly increasing from 0 to 1 (:data:`FREQUENCY_EDGES`).
+
+    Returns:
+        ``K`` counts: ``counts[0]`` the units with frequency exactly 0, ``counts[k]`` (k >= 1)
+        those with ``edges[k-1] <= f < edges[k]``, except that bin 1 excludes 0 and the last
+        bin includes 1.
+    """
+    e = _check_edges(edges)
+    f = frequency.detach().to("cpu", torch.float64).reshape(-1)
+    f = f[~torch.isnan(f)]
+    counts = torch.zeros(len(e), dtype=torch.int64)
+    counts[0] = int((f == 0).sum())
+    positive = f[f > 0]
+    if positive.numel():
+        inner = torch.tensor(e[1:-1], dtype=torch.float64)
+        idx = torch.bucketize(positive, inner, right=True) + 1  # [e[k-1], e[k]) -> k
+        counts += torch.bincount(idx, minlength=len(e))
+    return tuple(int(c) for c in counts)
+
+
+def frequency_bin_labels(edges: Sequence[float] = FREQUENCY_EDGES) -> list[str]:
+    """A short label per bin of :func:`frequency_histogram`: ``"0"``, ``"<1e-8"``, then
+    each bin's lower edge (``"1e-8"``, ..., ``"1e-1"``; powers of ten as ``1eK``)."""
+    e = _check_edges(edges)
+    return ["0", f"<{_edge_label(e[1])}", *(_edge_label(x) for x in e[1:-1])]
+
+
+def _edge_label(x: float) -> str:
+    k = round(math.log10(x))
+    return f"1e{k}" if 10.0**k == x and k < 0 else f"{x:g}"
 
 
 @runtime_checkable
@@ -154,6 +230,36 @@ class LayerSummary:
     dormant_fraction: float
     mean_active_fraction: float
     mean_abs: float
+
+
+@dataclass(frozen=True)
+class LayerFrequency:
+    """One row of :meth:`Report.layer_summary`: how often the units of one site fire.
+
+    Attributes:
+        name: the site.
+        units: U, its units.
+        positions: positions each unit saw (tokens x batch for a token site).
+        dead_fraction: dead units / U (the report's ``dead`` class).
+        rarely_active_fraction: rarely active units / U (active on fewer than the report's
+            ``rarely_fraction`` of positions; the dead ones included).
+        edges: the histogram's ``K`` bin edges (:data:`FREQUENCY_EDGES`).
+        counts: ``K`` units per bin (:func:`frequency_histogram`; all 0 when the site saw
+            no position).
+    """
+
+    name: str
+    units: int
+    positions: int
+    dead_fraction: float
+    rarely_active_fraction: float
+    edges: tuple[float, ...]
+    counts: tuple[int, ...]
+
+    @property
+    def labels(self) -> list[str]:
+        """One short label per bin (:func:`frequency_bin_labels`)."""
+        return frequency_bin_labels(self.edges)
 
 
 class Report:
@@ -292,6 +398,40 @@ class Report:
             )
         return rows
 
+    def activation_frequency(self, site: str) -> Tensor:
+        """``(U,)`` float64: each unit's fraction of the positions of ``site`` with z > 0
+        (``active / positions``; all NaN when the site saw no position)."""
+        s = self.stats[self._site(site)]
+        positions = float(s.positions)
+        if positions == 0:
+            return torch.full((s.units,), math.nan, dtype=torch.float64)
+        return s.active.to(torch.float64) / positions
+
+    def layer_summary(self, edges: Sequence[float] = FREQUENCY_EDGES) -> list[LayerFrequency]:
+        """Per site, in report order: units, dead and rarely-active fraction, and the
+        histogram of the units' :meth:`activation_frequency` over ``edges`` (``(K,)``,
+        increasing from 0 to 1; default :data:`FREQUENCY_EDGES`: an exact-zero bin, then
+        decades from 1e-8 to 1), as in Voita et al. 2023 for LLM feed-forward neurons."""
+        e = _check_edges(edges)
+        out = []
+        for name, s in self.stats.items():
+            m = self._masks[name]
+            units = s.units
+            out.append(
+                LayerFrequency(
+                    name=name,
+                    units=units,
+                    positions=int(s.positions),
+                    dead_fraction=float(m["dead"].sum()) / units if units else 0.0,
+                    rarely_active_fraction=(
+                        float(m["rarely_active"].sum()) / units if units else 0.0
+                    ),
+                    edges=e,
+                    counts=frequency_histogram(self.activation_frequency(name), e),
+                )
+            )
+        return out
+
     @property
     def total_units(self) -> int:
         """Units over all sites."""
@@ -383,6 +523,48 @@ class Report:
             table.add_row(*(cells[i] for _, _, cells in columns), style="red" if r.dead else None)
         return table
 
+    def frequency_table(self, *, width: int | None = None) -> Any:
+        """A compact ``rich.table.Table`` of :meth:`layer_summary`, one row per site: units,
+        dead %, rarely active %, and the activation-frequency histogram as a sparkline
+        (one character per bin of :data:`FREQUENCY_EDGES`, height relative to the site's
+        largest bin, ``·`` an empty bin; the caption names the bins). ``width`` (default:
+        the terminal's): site names longer than the room left wrap, never cut."""
+        from rich.table import Table
+
+        width = width or shutil.get_terminal_size((120, 24)).columns
+        rows = self.layer_summary()
+        labels = frequency_bin_labels()
+        tokens = self.meta.get("tokens")
+        seen = f" over {tokens} tokens" if isinstance(tokens, int) else ""
+        cells = [
+            [
+                str(r.units),
+                f"{100 * r.dead_fraction:.1f}",
+                f"{100 * r.rarely_active_fraction:.1f}",
+                _sparkline(r.counts),
+            ]
+            for r in rows
+        ]
+        headers = ["units", "dead %", "rarely active %", "histogram"]
+        # rich's heavy-head box: 1 border + per column (2 padding + content + 1 border)
+        others = 1 + sum(
+            3 + max([len(h), *(len(c[i]) for c in cells)]) for i, h in enumerate(headers)
+        )
+        table = Table(
+            title=f"activation frequency per site{seen}",
+            caption=f"rarely active: z > 0 on < {100 * self.rarely_fraction:g} % of positions; "
+            f"histogram: units per bin of that fraction, bins by lower edge: {' | '.join(labels)}",
+        )
+        natural = max([4, *(len(r.name) for r in rows)])
+        table.add_column(
+            "site", overflow="fold", min_width=min(natural, max(4, width - others - 3))
+        )
+        for h in headers:
+            table.add_column(h, justify="left" if h == "histogram" else "right", no_wrap=True)
+        for r, c in zip(rows, cells, strict=True):
+            table.add_row(r.name, *c, style="red" if r.dead_fraction else None)
+        return table
+
     def __str__(self) -> str:
         """The table at the terminal's width (120 when unknown)."""
         from rich.console import Console
@@ -432,7 +614,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready dictionary (see the module docstring)."""
         sites = []
-        for row in self.layers:
+        for row, freq in zip(self.layers, self.layer_summary(), strict=True):
             site = self.sites[row.name]
             stats = self.stats[row.name]
             entry: dict[str, Any] = {
@@ -444,6 +626,7 @@ class Report:
                 "summary": {k: v for k, v in asdict(row).items() if k not in {"name"}},
                 "units": {kind: self.units(kind, row.name) for kind in CLASSES},
                 "given": sorted(self.given.get(row.name, {})),
+                "frequency": {k: v for k, v in asdict(freq).items() if k != "name"},
                 "stats": {k: _encode(v) for k, v in stats.state_dict().items()},
             }
             sites.append(entry)
@@ -636,6 +819,22 @@ def plot_history(
     if 0 < len(series) <= 12:
         ax.legend(fontsize="small")
     return _save(fig, path)
+
+
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def _sparkline(counts: Sequence[int]) -> str:
+    """One character per count: ``·`` for 0, else a block whose height is the count
+    relative to the largest (any non-zero count at least the lowest block)."""
+    top = max(counts, default=0)
+    out = []
+    for c in counts:
+        if c <= 0:
+            out.append("·")
+        else:
+            out.append(_SPARKS[max(0, math.ceil(len(_SPARKS) * c / top) - 1)])
+    return "".join(out)
 
 
 def _save(fig: Any, path: str | Path) -> Path:

@@ -10,13 +10,17 @@ history) and write, in order:
 2. a bar chart of the dead, dormant and rarely-active fraction of every site, in the order
    the sites run;
 3. the dead fraction by depth (site index in running order);
-4. the pre-activation range per site: for each site the band from the smallest z_min to
+4. the activation frequency per site (:meth:`~deadrelu.report.Report.layer_summary`): the
+   dead and rarely-active fractions and the histogram of the units' fraction of positions
+   with z > 0 over fixed log-spaced bins, as a table (units per bin) and a heat map (one
+   row per site, the share of its units in each bin);
+5. the pre-activation range per site: for each site the band from the smallest z_min to
    the largest z_max over its units and the spread of the units' z_max (10th to 90th
    percentile), with z = 0 marked: a unit whose z_max is <= 0 is dead, so the plot shows
    why units die (needs the statistics of detail "range", the scan's default);
-5. the causes of death per unit, when an :class:`~deadrelu.explain.Explanation` is given;
-6. the dead fraction of every site over training steps, for a Monitor;
-7. the report's settings and meta (collapsed).
+6. the causes of death per unit, when an :class:`~deadrelu.explain.Explanation` is given;
+7. the dead fraction of every site over training steps, for a Monitor;
+8. the report's settings and meta (collapsed).
 
 Style, embedded figures and the self-check script come from :mod:`deadrelu.htmlkit`;
 figures are drawn with matplotlib's Agg canvas (the ``plot`` extra) without pyplot.
@@ -39,6 +43,8 @@ __all__ = ["render_html", "write_html"]
 
 #: Sites shown by name in a chart; beyond, the charts show every site but label some.
 _MAX_LABELS = 60
+#: Site names longer than this are cut in the middle on the charts' axes.
+_MAX_LABEL_CHARS = 48
 #: Units listed in the causes table; the rest are counted.
 _MAX_CAUSE_ROWS = 500
 
@@ -54,11 +60,19 @@ def _label_every(n: int) -> int:
     return max(1, math.ceil(n / _MAX_LABELS))
 
 
+def _short(name: str, width: int = _MAX_LABEL_CHARS) -> str:
+    """``name`` cut in the middle to at most ``width`` characters (the tables have it whole)."""
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 3
+    return name[:head] + "…" + name[len(name) - (width - 1 - head) :]
+
+
 def _site_axis(ax: Any, names: Sequence[str]) -> None:
     step = _label_every(len(names))
     ticks = list(range(0, len(names), step))
     ax.set_yticks(ticks)
-    ax.set_yticklabels([names[i] for i in ticks], fontsize=7 if len(names) > 20 else 9)
+    ax.set_yticklabels([_short(names[i]) for i in ticks], fontsize=7 if len(names) > 20 else 9)
     ax.set_ylim(len(names) - 0.5, -0.5)
 
 
@@ -96,6 +110,91 @@ def _depth(report: Any) -> bytes:
     ax.legend(fontsize="small")
     ax.grid(alpha=0.3)
     return _png(fig)
+
+
+def _frequency_table(layers: Sequence[Any], labels: Sequence[str]) -> str:
+    cols = ["site", "units", "positions", "dead %", "rarely active %", *labels]
+    rows = [
+        [
+            r.name,
+            r.units,
+            r.positions,
+            round(100 * r.dead_fraction, 2),
+            round(100 * r.rarely_active_fraction, 2),
+            *r.counts,
+        ]
+        for r in layers
+    ]
+    classes = ["bad" if r.dead_fraction else None for r in layers]
+    return grid(cols, rows, table_id="frequency-table", row_classes=classes)
+
+
+def _frequency_map(layers: Sequence[Any], labels: Sequence[str]) -> bytes:
+    """Rows: sites in running order; columns: frequency bins; colour: share of the site's
+    units in the bin; the unit counts written in the cells when there is room."""
+    names = [r.name for r in layers]
+    share = torch.tensor(
+        [[c / r.units if r.units else 0.0 for c in r.counts] for r in layers], dtype=torch.float64
+    ).reshape(len(layers), len(labels))
+    height = _height(len(layers)) + 0.6  # + the colour bar
+    fig, ax = figure_axes(9.0, height)
+    image = ax.imshow(share.numpy(), aspect="auto", cmap="Blues", vmin=0.0, vmax=1.0)
+    if len(layers) <= 40:
+        for i, r in enumerate(layers):
+            for k, c in enumerate(r.counts):
+                if c:
+                    dark = share[i, k] > 0.6
+                    ax.text(
+                        k,
+                        i,
+                        str(c),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if dark else "black",
+                    )
+    ax.set_xticks(list(range(len(labels))))
+    ax.set_xticklabels(list(labels), fontsize=8)
+    ax.get_xticklabels()[0].set_color("#c0392b")  # the never-active (dead) bin
+    ax.set_xlabel("fraction of positions with z > 0 (bin's lower edge; 0: never active)")
+    _site_axis(ax, names)
+    fig.colorbar(
+        image,
+        ax=ax,
+        location="top",
+        label="share of the site's units",
+        shrink=0.5,
+        fraction=0.15 / height,
+        pad=0.3 / height,
+    )
+    return _png(fig)
+
+
+def _frequency(report: Any) -> str:
+    layers = report.layer_summary()
+    if not layers:
+        return ""
+    labels = layers[0].labels
+    tokens = report.meta.get("tokens")
+    seen = f" over {tokens} tokens" if isinstance(tokens, int) else ""
+    intro = (
+        f"How often each unit fires{seen}: its fraction of positions with z > 0, binned "
+        "by decade (as in Voita et al. 2023, Neurons in Large Language Models: Dead, "
+        "N-gram, Positional). The first bin holds the units that never fired."
+    )
+    return "".join(
+        [
+            '<h2 id="frequency">Activation frequency</h2>',
+            f'<p class="note">{esc(intro)}</p>',
+            _frequency_table(layers, labels),
+            figure(
+                _frequency_map(layers, labels),
+                "activation frequency histogram per site",
+                "One row per site (running order), one column per frequency bin; colour: "
+                "the share of the site's units in the bin, numbers: units.",
+            ),
+        ]
+    )
 
 
 def _ranges(report: Any) -> bytes | None:
@@ -283,6 +382,7 @@ def render_html(
             "dead fraction by depth",
             "Dead and dormant fraction against the site's position in the network.",
         ),
+        _frequency(report),
     ]
     ranges = _ranges(report)
     parts.append('<h2 id="ranges">Pre-activation range</h2>')

@@ -8,10 +8,17 @@ and the two ranks' reports must be identical. The dead units are known by constr
 (:mod:`models`). :class:`Branchy` runs ``act_pos`` only on positive inputs (rank 0's) and
 ``act_neg`` only on negative ones (rank 1's): the ranks must agree on the sites instead of
 hanging. All cases run in one spawn of the workers (a fixture), to keep the file short.
+
+The tiny HF causal LM (:func:`models.tiny_opt`, 3 more fc1 units of layer 0 given bias 0
+so they are active on some tokens only) reads dict batches of ``input_ids`` and a
+right-padded ``attention_mask``: padding is excluded (``mask="auto"``) on both sides.
+Besides the one-process oracle, a forward hook written here counts, independently of
+deadrelu, the unpadded tokens on which each unit of layer 0 is active.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -24,10 +31,14 @@ from torch import Tensor, nn
 from ddp import finish_process_group, spawn
 from deadrelu.report import Report
 from deadrelu.scan import scan
-from models import DeadChannelCNN, DeadMLP, batches
+from deadrelu.zoo import import_torchvision
+from models import OPT_DEAD, DeadChannelCNN, DeadMLP, batches, tiny_opt
 
 WORLD = 2
 N_BATCHES = 5
+HAVE_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+OPT_SITE = "model.decoder.layers.0.activation_fn"
+OPT_PARTLY = [3, 4, 5]  # layer 0's fc1 units with bias 0 (active on some tokens)
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
@@ -74,7 +85,26 @@ def _cases() -> dict[str, tuple[nn.Module, list[Tensor]]]:
     }
 
 
-def _shard(case: str, xs: list[Tensor], rank: int) -> list[Tensor]:
+def _opt_case() -> tuple[nn.Module, list[dict[str, Tensor]]]:
+    """The tiny OPT and 5 batches of 4 sequences of 8 token ids, right-padded to 3..8
+    tokens (``attention_mask`` 0 after each sequence's length)."""
+    import_torchvision()  # before transformers (see deadrelu.zoo)
+    import transformers
+
+    model = tiny_opt(transformers)
+    with torch.no_grad():
+        model.model.decoder.layers[0].fc1.bias[OPT_PARTLY] = 0.0
+    g = torch.Generator().manual_seed(4)
+    out = []
+    for _ in range(N_BATCHES):
+        ids = torch.randint(0, 64, (4, 8), generator=g)
+        lengths = torch.randint(3, 9, (4,), generator=g)
+        mask = (torch.arange(8)[None, :] < lengths[:, None]).long()
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return model, out
+
+
+def _shard(case: str, xs: list[Any], rank: int) -> list[Any]:
     if case == "branchy":  # rank 0: the positive batches, rank 1: the negative ones
         return xs[:3] if rank == 0 else xs[3:]
     return xs[rank::WORLD]
@@ -88,6 +118,7 @@ def _dump(report: Report) -> dict[str, Any]:
         "dead": {name: report.dead_units(name) for name in report.stats},
         "batches": report.meta["batches"],
         "ranks": report.meta.get("ranks"),
+        "tokens": report.meta.get("tokens"),
     }
 
 
@@ -98,6 +129,9 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         out: dict[str, Any] = {}
         for case, (model, xs) in _cases().items():
             out[case] = _dump(scan(model, _shard(case, xs, rank), detail="full"))
+        if HAVE_TRANSFORMERS:
+            opt, token_batches = _opt_case()
+            out["opt"] = _dump(scan(opt, _shard("opt", token_batches, rank), detail="full"))
         model, xs = _cases()["mlp"]
         out["local"] = _dump(scan(model, _shard("mlp", xs, rank), detail="full", group=False))
         # a rank with no batch at all contributes nothing instead of raising
@@ -207,3 +241,40 @@ def test_ranks_with_different_models_raise_on_every_rank(ranks: list[dict[str, A
         message = ranks[rank]["mismatch"]
         assert "site '1'" in message and "(3, -1, 'range')" in message
         assert "(4, -1, 'range')" in message and "group=False" in message
+
+
+@pytest.mark.skipif(not HAVE_TRANSFORMERS, reason="needs transformers")
+def test_hf_causal_lm_two_ranks_equal_one_process(ranks: list[dict[str, Any]]) -> None:
+    model, token_batches = _opt_case()
+    # independent oracle for layer 0: a hook counting unpadded tokens where a unit is active
+    active = torch.zeros(32, dtype=torch.int64)
+
+    def count(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
+        nonlocal active
+        keep = batch["attention_mask"].reshape(-1).bool()  # OPT's FFN runs on (B * T, U)
+        active += (out.reshape(keep.numel(), -1)[keep] > 0).sum(0)
+
+    handle = model.model.decoder.layers[0].activation_fn.register_forward_hook(count)
+    with torch.no_grad():
+        for batch in token_batches:
+            model(**batch)
+    handle.remove()
+    tokens = sum(int(b["attention_mask"].sum()) for b in token_batches)
+    assert tokens < N_BATCHES * 4 * 8  # some padding to exclude
+    assert int(active[OPT_PARTLY].min()) > 0 and int(active[OPT_PARTLY].max()) < tokens
+
+    want = _dump(scan(model, token_batches, detail="full", group=False))
+    r0, r1 = ranks[0]["opt"], ranks[1]["opt"]
+    for got in (r0, r1):
+        _assert_same_stats(got, want)
+        assert got["dead"] == want["dead"]
+        assert got["batches"] == N_BATCHES
+        assert got["tokens"] == tokens
+        assert torch.equal(got["stats"][OPT_SITE]["active"], active)
+        assert int(got["stats"][OPT_SITE]["positions"]) == tokens
+        for site, dead in OPT_DEAD.items():
+            assert got["dead"][site] == dead
+    assert r0["order"] == r1["order"]
+    for name in r0["stats"]:
+        for field, t in r0["stats"][name].items():
+            assert torch.equal(t, r1["stats"][name][field]), (name, field)

@@ -9,7 +9,8 @@
 //
 // Speed: 64 lanes of independent vector accumulators per statistic (a single accumulator is a
 // chain of dependent instructions, which is what limits the code torch.compile generates
-// here), and max/min are plain compares. NaN does not propagate through those, so the
+// here), and max/min are plain compares. Units last, the per-unit partials live in memory
+// (L1 for a few thousand units) and the batch is read in memory order. NaN does not propagate through those, so the
 // units whose sum of z - K is not finite (a NaN or +-inf in them, or an overflow) are
 // recounted in a second pass over the batch (count_nonfinite) to give torch's semantics:
 // NaN extrema (and a NaN relu sum) when the unit saw a NaN, and the exact non-finite
@@ -84,13 +85,13 @@ struct Lanes {
         }
     }
 
-    // Add 64 consecutive values of z (and of |out| when OUT), one per lane; k: the shift of
-    // each lane (MOM only).
-    template <bool OUT, bool MOM>
+    // Add N * kW consecutive values of z (and of |out| when OUT), one per lane of the first N
+    // vectors; k: the shift of each lane (MOM only).
+    template <bool OUT, bool MOM, int N = kV>
     void step(const float* z, const float* out, const vf* k) {
         const vf zero = {};
         const vi abs_mask = vi{} + 0x7fffffff;
-        for (int j = 0; j < kV; j++) {
+        for (int j = 0; j < N; j++) {
             vf v = load(z + kW * j);
             vi pos = v > zero;
             active[j] -= pos;  // true is -1
@@ -121,29 +122,38 @@ void row(const float* z, const float* out, int64_t n, float k, Part* p) {
     for (int j = 0; j < kV; j++) kv[j] = vf{} + k;
     int64_t b = 0;
     for (; b + 64 <= n; b += 64) acc.step<OUT, MOM>(z + b, OUT ? out + b : nullptr, kv);
+    for (; b + kW <= n; b += kW) acc.step<OUT, MOM, 1>(z + b, OUT ? out + b : nullptr, kv);
     double a = 0.0, s = 0.0, s2 = 0.0;
     int64_t c = 0;
     float hi = -INFINITY, lo = INFINITY;
-    if (b > 0) {  // the lanes, in registers (rows shorter than 64 have only the tail below)
-        for (int j = 0; j < kV; j++) {
-            for (int l = 0; l < kW; l++) {
-                a += acc.abs_sum[j][l];
-                s += acc.sum[j][l];
-                s2 += acc.sum2[j][l];
-                c += acc.active[j][l];
-                hi = acc.mx[j][l] > hi ? acc.mx[j][l] : hi;
-                lo = acc.mn[j][l] < lo ? acc.mn[j][l] : lo;
-            }
+    if (b > 0) {  // the vectors combined, then their lanes (rows shorter than kW: the tail only)
+        vf va = acc.abs_sum[0], vs = acc.sum[0], vs2 = acc.sum2[0], vhi = acc.mx[0], vlo = acc.mn[0];
+        vi vc = acc.active[0];
+        for (int j = 1; j < kV; j++) {
+            va += acc.abs_sum[j];
+            vs += acc.sum[j];
+            vs2 += acc.sum2[j];
+            vc += acc.active[j];
+            vhi = acc.mx[j] > vhi ? acc.mx[j] : vhi;
+            vlo = acc.mn[j] < vlo ? acc.mn[j] : vlo;
+        }
+        for (int l = 0; l < kW; l++) {
+            a += va[l];
+            s += vs[l];
+            s2 += vs2[l];
+            c += vc[l];
+            hi = vhi[l] > hi ? vhi[l] : hi;
+            lo = vlo[l] < lo ? vlo[l] : lo;
         }
     }
-    for (; b < n; b++) {
+    for (; b < n; b++) {  // branch-free: the signs of z are random (a branch cost 4x here)
         float v = z[b], d = MOM ? v - k : v;
         c += v > 0;
-        a += OUT ? fabsf(out[b]) : (v > 0 ? v : 0.0f);
+        a += OUT ? fabsf(out[b]) : fmaxf(v, 0.0f);
         s += d;
         s2 += MOM ? d * d : 0.0f;
-        hi = v > hi ? v : hi;
-        lo = v < lo ? v : lo;
+        hi = fmaxf(v, hi);
+        lo = fminf(v, lo);
     }
     fold(p, a, s, s2, c, hi, lo);
 }
@@ -155,77 +165,102 @@ void row(const float* z, const float* out, int64_t n, float k, Part* p) {
 // float32 partial sums of "full" within about 1e-6 of pairwise summation; 256 was 3e-5 off
 // on one thread, at the same speed (benchmarks/native_profile.py, thread CPU time).
 const int64_t kChunk = DEADRELU_CHUNK;
+#ifndef DEADRELU_ROWS
+#define DEADRELU_ROWS 8
+#endif
 
-// Units last (B == 1), units [u0, u0 + 64) of positions [a0, a1), rows of `stride` values
-// (z, out and k point at unit u0): each lane is one unit, so the accumulators stay in
-// registers.
-template <bool OUT, bool MOM>
-void column_block(const float* z, const float* out, const float* k, int64_t a0, int64_t a1, int64_t stride,
-                  Part* parts) {
-    Lanes acc;
-    vf kv[kV] = {};
-    if (MOM)
-        for (int j = 0; j < kV; j++) kv[j] = load(k + kW * j);
-    for (int64_t a = a0; a < a1; a += kChunk) {
-        int64_t end = a + kChunk < a1 ? a + kChunk : a1;
-        for (int64_t i = a; i < end; i++) acc.step<OUT, MOM>(z + i * stride, OUT ? out + i * stride : nullptr, kv);
-        for (int j = 0; j < kV; j++)
-            for (int l = 0; l < kW; l++) acc.flush_sums(j, l, parts + kW * j + l);
-        acc.reset_sums();
-    }
-    for (int j = 0; j < kV; j++)
-        for (int l = 0; l < kW; l++) acc.flush_extrema(j, l, parts + kW * j + l);
+// Units last (B == 1): per-unit float partials in memory, buf[0, 6 W): |out| (or relu) sums,
+// sums of z - K and of its square, maxima, minima, active counts (int32).
+struct Columns {
+    float *abs_sum, *sum, *sum2, *mx, *mn;
+    int32_t* active;
+    Columns(float* buf, int64_t W)
+        : abs_sum(buf), sum(buf + W), sum2(buf + 2 * W), mx(buf + 3 * W), mn(buf + 4 * W),
+          active((int32_t*)(buf + 5 * W)) {}
+};
+
+inline vi load_i(const int32_t* p) {
+    vi v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+template <class V>
+inline void store(void* p, V v) {
+    memcpy(p, &v, sizeof v);
 }
 
-// Units last, the n < 64 units left over: per-unit arrays in buf (kTailFloats floats) that
-// the unit loop updates (vectorised by the compiler: restrict, no aliasing).
-const int64_t kTailFloats = 6 * 64;
-
-template <bool OUT, bool MOM>
-void column_tail(const float* z, const float* out, const float* k, int64_t a0, int64_t a1, int64_t stride,
-                 int64_t n, Part* parts, float* buf) {
-    const float* __restrict__ shift = k;
-    float* __restrict__ abs_sum = buf;
-    float* __restrict__ sum = buf + n;
-    float* __restrict__ sum2 = buf + 2 * n;
-    float* __restrict__ mx = buf + 3 * n;
-    float* __restrict__ mn = buf + 4 * n;
-    int32_t* __restrict__ active = (int32_t*)(buf + 5 * n);
-    for (int64_t u = 0; u < n; u++) {
-        mx[u] = -INFINITY;
-        mn[u] = INFINITY;
-    }
-    for (int64_t a = a0; a < a1; a += kChunk) {
-        int64_t end = a + kChunk < a1 ? a + kChunk : a1;
-        for (int64_t u = 0; u < n; u++) abs_sum[u] = sum[u] = sum2[u] = 0.0f, active[u] = 0;
-        for (int64_t i = a; i < end; i++) {
-            const float* __restrict__ x = z + i * stride;
-            const float* __restrict__ o = OUT ? out + i * stride : x;
-            for (int64_t u = 0; u < n; u++) {
-                float v = x[u], d = MOM ? v - shift[u] : v;
-                active[u] += v > 0;
-                abs_sum[u] += OUT ? fabsf(o[u]) : (v > 0 ? v : 0.0f);
-                sum[u] += d;
-                if (MOM) sum2[u] += d * d;
-                mx[u] = v > mx[u] ? v : mx[u];
-                mn[u] = v < mn[u] ? v : mn[u];
-            }
-        }
-        for (int64_t u = 0; u < n; u++) fold(parts + u, abs_sum[u], sum[u], sum2[u], active[u], -INFINITY, INFINITY);
-    }
-    for (int64_t u = 0; u < n; u++) fold(parts + u, 0.0, 0.0, 0.0, 0, mx[u], mn[u]);
-}
-
-// Units last: positions [a0, a1) of U contiguous units each, into parts[0, U).
-template <bool OUT, bool MOM>
-void columns(const float* z, const float* out, const float* k, int64_t a0, int64_t a1, int64_t U, Part* parts,
-             float* buf) {
+// Add R consecutive positions (rows of `stride` values; z, out, k point at unit 0) of W units
+// into the partials c: each row is read in memory order, kW units at a time, and the partials
+// of those units are loaded and stored once per R rows.
+template <int R, bool OUT, bool MOM>
+inline void rows(const float* z, const float* out, const float* k, int64_t W, int64_t stride, const Columns& c) {
+    const vf zero = {};
+    const vi abs_mask = vi{} + 0x7fffffff;
     int64_t u = 0;
-    for (; u + 64 <= U; u += 64)
-        column_block<OUT, MOM>(z + u, OUT ? out + u : nullptr, MOM ? k + u : nullptr, a0, a1, U, parts + u);
-    if (u < U)
-        column_tail<OUT, MOM>(z + u, OUT ? out + u : nullptr, MOM ? k + u : nullptr, a0, a1, U, U - u, parts + u,
-                              buf);
+    for (; u + kW <= W; u += kW) {
+        vf a = load(c.abs_sum + u), s = load(c.sum + u), s2 = MOM ? load(c.sum2 + u) : zero;
+        vf hi = load(c.mx + u), lo = load(c.mn + u), kv = MOM ? load(k + u) : zero;
+        vi n = load_i(c.active + u);
+        for (int r = 0; r < R; r++) {
+            vf v = load(z + r * stride + u);
+            vi pos = v > zero;
+            n -= pos;  // true is -1
+            if (OUT)
+                a += (vf)((vi)load(out + r * stride + u) & abs_mask);
+            else
+                a += (vf)((vi)v & pos);
+            vf d = MOM ? v - kv : v;
+            s += d;
+            if (MOM) s2 += d * d;
+            hi = v > hi ? v : hi;
+            lo = v < lo ? v : lo;
+        }
+        store(c.abs_sum + u, a);
+        store(c.sum + u, s);
+        if (MOM) store(c.sum2 + u, s2);
+        store(c.mx + u, hi);
+        store(c.mn + u, lo);
+        store(c.active + u, n);
+    }
+    for (; u < W; u++) {  // the W % kW units left
+        for (int r = 0; r < R; r++) {
+            float v = z[r * stride + u], d = MOM ? v - k[u] : v;
+            c.active[u] += v > 0;
+            c.abs_sum[u] += OUT ? fabsf(out[r * stride + u]) : (v > 0 ? v : 0.0f);
+            c.sum[u] += d;
+            if (MOM) c.sum2[u] += d * d;
+            c.mx[u] = v > c.mx[u] ? v : c.mx[u];
+            c.mn[u] = v < c.mn[u] ? v : c.mn[u];
+        }
+    }
+}
+
+// Units last: positions [a0, a1) of units [0, W) (rows of `stride` values; z, out and k
+// point at unit 0) into parts[0, W), through the float partials in buf (6 W floats). Memory
+// is read in order, row by row, whatever W: an earlier version kept 64 units in registers
+// and went down the batch once per 64 units (strided reads: 2.3 ms where one sequential pass
+// took 0.25 ms for 128 units, 25088 positions) and reduced the W % 64 units left in a loop
+// the compiler did not vectorise (7.6 ms for 160 units: timm's convnext GELUs).
+template <bool OUT, bool MOM>
+void columns(const float* z, const float* out, const float* k, int64_t a0, int64_t a1, int64_t W,
+             int64_t stride, Part* parts, float* buf) {
+    const Columns c(buf, W);
+    for (int64_t u = 0; u < W; u++) {
+        c.mx[u] = -INFINITY;
+        c.mn[u] = INFINITY;
+    }
+    for (int64_t a = a0; a < a1; a += kChunk) {
+        const int64_t end = a + kChunk < a1 ? a + kChunk : a1;
+        memset(c.abs_sum, 0, sizeof(float) * (size_t)(3 * W));  // abs_sum, sum, sum2
+        memset(c.active, 0, sizeof(int32_t) * (size_t)W);
+        int64_t i = a;
+        for (; i + DEADRELU_ROWS <= end; i += DEADRELU_ROWS)
+            rows<DEADRELU_ROWS, OUT, MOM>(z + i * stride, OUT ? out + i * stride : nullptr, k, W, stride, c);
+        for (; i < end; i++) rows<1, OUT, MOM>(z + i * stride, OUT ? out + i * stride : nullptr, k, W, stride, c);
+        for (int64_t u = 0; u < W; u++)
+            fold(parts + u, c.abs_sum[u], c.sum[u], c.sum2[u], c.active[u], -INFINITY, INFINITY);
+    }
+    for (int64_t u = 0; u < W; u++) fold(parts + u, 0.0, 0.0, 0.0, 0, c.mx[u], c.mn[u]);
 }
 
 // body(t, T) on each of T threads (T <= threads; 1 without OpenMP), t = 0 .. T - 1.
@@ -248,14 +283,14 @@ void parallel(int threads, F body) {
 // split only when the copies would be large (more than 2**16 partials).
 inline bool split_units(int64_t U, int threads) { return (int64_t)threads * U > (1 << 16); }
 
-// parts: U partials when split_units, else threads x U; buf: kTailFloats per thread (units
+// parts: U partials when split_units, else threads x U; buf: 6 U floats per thread (units
 // last only).
 template <bool OUT, bool MOM>
 void reduce(const float* z, const float* out, const float* k, int64_t A, int64_t U, int64_t B, int threads,
             Part* parts, float* buf) {
     const bool by_units = split_units(U, threads);
     parallel(threads, [&](int t, int T) {
-        float* mine_buf = buf ? buf + (int64_t)t * kTailFloats : nullptr;
+        float* mine_buf = buf ? buf + (int64_t)t * 6 * U : nullptr;
         if (B > 1) {  // rows (a, u) of B contiguous positions
             if (by_units) {  // whole units, every row of each
                 for (int64_t u = U * t / T; u < U * (t + 1) / T; u++)
@@ -270,17 +305,14 @@ void reduce(const float* z, const float* out, const float* k, int64_t A, int64_t
                     row<OUT, MOM>(z + r * B, OUT ? out + r * B : nullptr, B, MOM ? k[u] : 0.0f, mine + u);
                 }
             }
-        } else if (by_units) {  // units last, blocks of 64 units; the tail to the last thread
-            int64_t blocks = U / 64, u = 64 * blocks;
-            for (int64_t q = blocks * t / T; q < blocks * (t + 1) / T; q++) {
-                int64_t v = 64 * q;
-                column_block<OUT, MOM>(z + v, OUT ? out + v : nullptr, MOM ? k + v : nullptr, 0, A, U, parts + v);
-            }
-            if (t == T - 1 && u < U)
-                column_tail<OUT, MOM>(z + u, OUT ? out + u : nullptr, MOM ? k + u : nullptr, 0, A, U, U - u,
-                                      parts + u, mine_buf);
+        } else if (by_units) {  // units last, a range of whole vectors of units each
+            const int64_t vectors = (U + kW - 1) / kW;
+            const int64_t u0 = kW * (vectors * t / T), u1 = kW * (vectors * (t + 1) / T) < U ? kW * (vectors * (t + 1) / T) : U;
+            if (u1 > u0)
+                columns<OUT, MOM>(z + u0, OUT ? out + u0 : nullptr, MOM ? k + u0 : nullptr, 0, A, u1 - u0, U,
+                                  parts + u0, mine_buf);
         } else {  // units last, a contiguous range of positions
-            columns<OUT, MOM>(z, out, k, A * t / T, A * (t + 1) / T, U, parts + (int64_t)t * U, mine_buf);
+            columns<OUT, MOM>(z, out, k, A * t / T, A * (t + 1) / T, U, U, parts + (int64_t)t * U, mine_buf);
         }
     });
 }
@@ -352,7 +384,7 @@ extern "C" int deadrelu_stats_update(const float* z, const float* out, const flo
     if (threads < 1) threads = 1;
     const int copies = split_units(U, threads) ? 1 : threads;  // sets of U partials
     Part* parts = (Part*)malloc(sizeof(Part) * (size_t)copies * (size_t)U);
-    float* buf = B > 1 ? nullptr : (float*)malloc(sizeof(float) * kTailFloats * (size_t)threads);
+    float* buf = B > 1 ? nullptr : (float*)malloc(sizeof(float) * 6 * (size_t)U * (size_t)threads);
     int64_t* flagged = (int64_t*)malloc(sizeof(int64_t) * (size_t)U);  // units to recount
     int64_t* bad = (int64_t*)calloc((size_t)U, sizeof(int64_t));
     unsigned char* nan = (unsigned char*)calloc((size_t)U, 1);

@@ -12,7 +12,9 @@ far more than one read of each activation:
 
 * the code ``torch.compile`` generates keeps one accumulator per reduction, a chain of
   dependent instructions (NaN-propagating max/min the longest); this kernel keeps 64
-  lanes of independent vector accumulators per reduction, in vectors of the CPU's width
+  lanes of independent vector accumulators per reduction (units last: per-unit partials
+  in L1, updated a vector of units and 8 positions at a time, memory read in order),
+  in vectors of the CPU's width
   (AVX-512, AVX2 or SSE: wider generic vectors compiled for AVX2 became scalar code, 10x
   slower), and recounts, with torch's NaN semantics, only the units whose batch holds a
   NaN or an infinity (a second pass);

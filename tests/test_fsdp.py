@@ -1,4 +1,5 @@
-"""The Monitor and ``recycle`` under FSDP2 (``fully_shard``): 2 CPU processes (gloo, spawn).
+"""The Monitor, ``scan`` and ``recycle`` under FSDP2 (``fully_shard``): 2 CPU processes
+(gloo, spawn).
 
 FSDP2 runs on CPU with gloo on this torch (2.13), so this is the real thing, not a stand-in.
 The model is :class:`models.FirstLayerNegativeWeights` inside a container (sites get a
@@ -11,8 +12,10 @@ weights and bias 0 (dead on rank 0's inputs in [0, 1], alive on rank 1's in [-1,
 Oracles, in this process: a one-process Monitor on the plain model that, at every step,
 loads the weights the FSDP ranks had (gathered at each step) and runs both ranks' batches;
 its statistics must equal the FSDP Monitor's (counts exactly, moments within 1e-6
-relative). ``recycle`` on the sharded model must give the full parameters and optimizer
-state that a one-process ``recycle`` with the same generator gives on the same weights.
+relative). A scan of the sharded model must equal a one-process scan of the plain model
+with the same weights over both ranks' batches. ``recycle`` on the sharded model must give
+the full parameters and optimizer state that a one-process ``recycle`` with the same
+generator gives on the same weights.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ddp import finish_process_group, spawn
 from deadrelu.graph import fsdp_modules, plain_class, trace
 from deadrelu.monitor import Monitor
 from deadrelu.remedies import recycle
+from deadrelu.scan import scan
 from models import DEAD_BIAS, FirstLayerNegativeWeights, batches
 
 WORLD = 2
@@ -118,6 +122,9 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         out["history"] = mon.history.as_dict()
 
         out["before"], out["buffers_before"] = _full(model.state_dict()), _buffers(model, opt)
+        # a scan of the sharded model (every rank the same number of batches: the forward
+        # is collective under FSDP), all-reduced across the ranks
+        out["scan"] = {n: s.state_dict() for n, s in scan(model, xs, detail="full").stats.items()}
         gen = torch.Generator().manual_seed(SEED + rank)  # ranks draw differently: rank 0 wins
         summary = recycle(model, mon, opt, example_inputs=xs[0], generator=gen)
         out["recycled"], out["change"] = summary.units, summary.max_output_change
@@ -156,6 +163,16 @@ def _oracle(weights: list[dict[str, Tensor]]) -> Monitor:
     return mon
 
 
+def _assert_same(mine: dict[str, Tensor], theirs: dict[str, Tensor]) -> None:
+    """Counts and extrema exactly, sums and moments within 1e-6 relative."""
+    assert sorted(mine) == sorted(theirs)
+    for field, value in mine.items():
+        if value.is_floating_point() and field not in ("z_max", "z_min"):
+            torch.testing.assert_close(value, theirs[field], rtol=1e-6, atol=1e-9, msg=field)
+        else:
+            assert torch.equal(value, theirs[field]), field
+
+
 def test_names_are_the_plain_models(ranks: list[dict[str, Any]]) -> None:
     plain = [n for n, _ in Net().named_modules()]
     for got in ranks:
@@ -182,13 +199,7 @@ def test_counts_all_reduced_equal_one_process_on_all_data(ranks: list[dict[str, 
         assert got["dead"] == want.all_units() == {"block.act": [5]}
         assert got["history"] == want.history.as_dict()
         assert sorted(got["stats"]) == sorted(want_stats) == ["block.act"]
-        mine, theirs = got["stats"]["block.act"], want_stats["block.act"]
-        assert sorted(mine) == sorted(theirs)
-        for field, value in mine.items():
-            if value.is_floating_point() and field not in ("z_max", "z_min"):
-                torch.testing.assert_close(value, theirs[field], rtol=1e-6, atol=1e-9)
-            else:
-                assert torch.equal(value, theirs[field]), field
+        _assert_same(got["stats"]["block.act"], want_stats["block.act"])
     # by construction: 3 sampled steps x BATCH positions per rank; unit 3 active on rank
     # 1's inputs only, unit 5 never
     stats = r0["stats"]["block.act"]
@@ -196,6 +207,16 @@ def test_counts_all_reduced_equal_one_process_on_all_data(ranks: list[dict[str, 
     assert stats["active"][3] == 3 * BATCH and stats["active"][5] == 0
     assert r0["local_dead"] == {"block.act": [3, 5]}  # what rank 0 alone would say
     assert r1["local_dead"] == {"block.act": [5]}
+
+
+def test_scan_of_the_sharded_model_equals_one_process(ranks: list[dict[str, Any]]) -> None:
+    model = Net()
+    model.load_state_dict(ranks[0]["before"])
+    want = scan(model, _xs(0) + _xs(1), detail="full", group=False).stats["block.act"]
+    for got in ranks:
+        assert list(got["scan"]) == ["block.act"]
+        _assert_same(got["scan"]["block.act"], want.state_dict())
+    assert int(want.positions) == 2 * STEPS * BATCH and want.active[5] == 0
 
 
 def test_recycle_edits_the_sharded_parameters(ranks: list[dict[str, Any]]) -> None:

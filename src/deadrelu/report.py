@@ -552,8 +552,8 @@ class Report:
         )
         table = Table(
             title=f"activation frequency per site{seen}",
-            caption=f"rarely active: z > 0 on < {100 * self.rarely_fraction:g} % of positions; "
-            f"histogram: units per bin of that fraction, bins by lower edge: {' | '.join(labels)}",
+            caption=f"histogram bins (z > 0 on this fraction of positions): {' '.join(labels)}"
+            f"; rarely active: < {100 * self.rarely_fraction:g} %",
         )
         natural = max([4, *(len(r.name) for r in rows)])
         table.add_column(

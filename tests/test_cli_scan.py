@@ -290,7 +290,7 @@ def test_readme_commands_run_as_written(
     assert "layer4.1.relu#1" in page and 'id="causes"' in page
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
 def test_scan_dtype_finds_the_killed_units(tmp_path: Path, dtype: str) -> None:
     """--dtype casts the model and the random data; the units killed by construction
     (bias -1000) are found exactly in either dtype."""
@@ -299,6 +299,49 @@ def test_scan_dtype_finds_the_killed_units(tmp_path: Path, dtype: str) -> None:
     assert main([*argv, "--json", str(out)]) == 0
     report = Report.from_json(out)
     assert report.dead_units("relu1") == [1, 4] and report.dead_units("relu2") == [7]
+    assert report.meta["dtype"] == dtype
+    assert all(s.abs_sum.dtype == torch.float64 for s in report.stats.values())  # JSON floats
+    if dtype != "float32":  # the activations ran in that dtype, the statistics did not
+        assert report.meta["kernels"]["ran"] == ["eager"]
+
+
+def test_scan_max_tokens_checkpoint_and_the_frequency_table(
+    opt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--max-tokens 40 on random ids of 2 x 8 tokens per batch, without --batches: 3
+    batches (16, 32, 48 >= 40), 48 tokens. The killed units (bias -1000) are the zero bin
+    of the printed and JSON histograms; every other unit (bias +10) fires on every token,
+    the top bin. A second run with the same --checkpoint resumes the finished scan."""
+    out, ckpt = tmp_path / "r.json", tmp_path / "scan.ckpt"
+    argv = ["scan", f"hf:{opt_dir}", "--seq-len", "8", "--batch-size", "2", "--max-tokens", "40"]
+    argv += ["--checkpoint", str(ckpt), "--json", str(out)]
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+    assert data["meta"]["tokens"] == 48 and data["meta"]["batches"] == 3
+    assert data["meta"]["checkpoint"]["resumed_from"] == 0 and ckpt.is_file()
+    for site in data["sites"]:
+        dead = len(OPT_DEAD[site["name"]])
+        assert site["frequency"]["counts"] == [dead, *[0] * 8, 32 - dead]
+        assert site["frequency"]["dead_fraction"] == dead / 32
+    printed = capsys.readouterr().out
+    table = printed[printed.index("activation frequency per site over 48 tokens") :]
+    for name, dead_units in OPT_DEAD.items():
+        row = next(line for line in table.splitlines() if name in line)
+        assert f"{100 * len(dead_units) / 32:.1f}" in row  # dead %
+        assert "▁········█" in row  # a few units never fire, the rest always
+
+    assert main(argv) == 0  # resumed from the finished checkpoint: the same report
+    again = json.loads(out.read_text())
+    assert again["meta"]["checkpoint"]["resumed_from"] == 3
+    assert again["sites"] == data["sites"] and again["meta"]["tokens"] == 48
+
+
+def test_max_tokens_on_data_without_tokens_is_a_clear_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["scan", "models:DeadMLP", "--data", "random:8", "--max-tokens", "100"]
+    assert main(argv) == 2
+    assert "tokens" in capsys.readouterr().err
 
 
 def test_explain_an_untraceable_hf_model_gives_causes(

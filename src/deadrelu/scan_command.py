@@ -9,6 +9,23 @@ condition holds, e.g. ``dead>5%`` (over all units), ``dormant>0`` (count),
 match several), several joined by commas. Exit status: 0 fine, 1 a ``--fail-on``
 condition holds, 2 a bad spec, option or file.
 
+Token streams: ``--dtype bfloat16`` (or float16) casts the model and the floating inputs
+(the statistics stay float32 or wider), ``--max-tokens N`` stops after the batch at which N
+tokens (padding excluded) were scanned, ``--checkpoint PATH`` keeps the scan resumable
+(:func:`deadrelu.scan.scan`'s ``checkpoint``). Besides the per-site table the command prints
+the activation frequency per site (:meth:`deadrelu.report.Report.frequency_table`).
+
+Under ``torchrun --nproc_per_node W -m deadrelu scan ...`` (``WORLD_SIZE`` > 1 in the
+environment) the command initialises ``torch.distributed`` if nothing did (gloo on the
+CPU, nccl on CUDA with ``--device cuda`` meaning ``cuda:LOCAL_RANK``), rank r scans the
+batches i with ``i % W == r`` (round robin by batch index, every rank reading the same
+data), the scan all-reduces the statistics, and only rank 0 prints and writes outputs
+(the other ranks print only errors); every rank gets rank 0's parameters and buffers (a
+random-init model differs per process), and the report equals a one-process run of that
+model on the same data (counts exactly). ``--max-tokens`` counts the tokens of every batch
+on every rank, so the batches scanned are those of a one-process run. The process group
+is destroyed at the end when the command created it.
+
 The sub-commands are wired into :mod:`deadrelu.cli` by :func:`add_scan_parser`,
 :func:`add_explain_parser` and :func:`add_certify_parser`.
 """
@@ -16,12 +33,16 @@ The sub-commands are wired into :mod:`deadrelu.cli` by :func:`add_scan_parser`,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import json
+import math
+import os
 import re
 import sys
 import textwrap
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,6 +137,10 @@ def parse_fail_on(text: str) -> list[FailOn]:
 
 # ------------------------------------------------------------------ shared options
 
+_DTYPES = ("float32", "bfloat16", "float16")
+#: ``--batches`` when not given (and no ``--max-tokens``).
+DEFAULT_BATCHES = 8
+
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     from deadrelu.sources import MODEL_FORMS
@@ -143,9 +168,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument(
         "--dtype",
-        choices=("float32", "bfloat16"),
+        choices=_DTYPES,
         default="float32",
-        help="model and input dtype (default: float32)",
+        help="cast the model and the floating tensors of the batches to this dtype; the "
+        "statistics are accumulated in float32 or wider (default: float32)",
     )
 
 
@@ -160,7 +186,12 @@ def _add_data_args(p: argparse.ArgumentParser, *, required: bool = False) -> Non
         help=f"the inputs: {DATA_FORMS} (default: random, the model's expected input)",
     )
     p.add_argument(
-        "--batches", type=int, default=8, metavar="N", help="batches to run (default: 8)"
+        "--batches",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"batches to run (default: {DEFAULT_BATCHES}; with --max-tokens: until the "
+        "tokens are reached or the data ends)",
     )
     p.add_argument(
         "--batch-size", type=int, default=16, metavar="B", help="samples per batch (default: 16)"
@@ -228,8 +259,8 @@ def _load(args: argparse.Namespace) -> tuple[Any, Iterable[Any]]:
 
     from deadrelu.sources import load_data, load_model
 
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
-    if args.model.startswith("hf:") and not sys.stderr.isatty():
+    dtype = None if args.dtype == "float32" else getattr(torch, args.dtype)
+    if args.model.startswith("hf:") and (not sys.stderr.isatty() or _ranks().rank):
         _quiet_transformers()
     loaded = load_model(
         args.model,
@@ -239,14 +270,33 @@ def _load(args: argparse.Namespace) -> tuple[Any, Iterable[Any]]:
         device=args.device,
         dtype=dtype,
     )
+    if _ranks().world > 1:
+        _broadcast_model(loaded.model)
     data = load_data(
         args.data,
         loaded,
-        batches=args.batches,
+        batches=_batches(args, loaded),
         batch_size=args.batch_size,
         seq_len=args.seq_len,
     )
     return loaded, data
+
+
+def _batches(args: argparse.Namespace, loaded: Any = None) -> int:
+    """``--batches``, else :data:`DEFAULT_BATCHES`, else (with ``--max-tokens``) enough:
+    random token ids need ceil(N / (batch size x sequence length)) batches, other data
+    runs until its end (the scan stops at the tokens)."""
+    if args.batches is not None:
+        return int(args.batches)
+    max_tokens = getattr(args, "max_tokens", None)
+    if max_tokens is None or max_tokens < 1:
+        return DEFAULT_BATCHES
+    spec = args.data or "random"
+    if spec == "random" and loaded is not None and loaded.source == "hf":
+        return max(1, math.ceil(max_tokens / (args.batch_size * args.seq_len)))
+    if spec == "random" or spec.startswith("random:"):
+        return DEFAULT_BATCHES  # no tokens: the scan says --max-tokens needs them
+    return sys.maxsize
 
 
 def _quiet_transformers() -> None:
@@ -268,16 +318,116 @@ def _scan(args: argparse.Namespace, loaded: Any, data: Iterable[Any], detail: st
     from deadrelu import classify
     from deadrelu.scan import scan
 
-    progress = not args.no_progress and sys.stderr.isatty()
-    return scan(
+    ranks = _ranks()
+    progress = not args.no_progress and sys.stderr.isatty() and ranks.rank == 0
+    max_tokens = getattr(args, "max_tokens", None)
+    checkpoint = getattr(args, "checkpoint", None)
+    options: dict[str, Any] = {}
+    if checkpoint is not None:
+        options = {"checkpoint": checkpoint, "checkpoint_every": args.checkpoint_every}
+    if ranks.world > 1:  # this rank's shard; --max-tokens counted over every rank's batches
+        data = _shard(data, ranks.rank, ranks.world, max_tokens)
+        max_tokens = None
+    report = scan(
         loaded.model,
         data,
-        max_batches=args.batches,
+        max_batches=args.batches if ranks.world == 1 else None,
         unit_dim=_unit_dim(args.unit_dim),
         tau=classify.DORMANT_TAU if args.tau is None else args.tau,
         progress=progress,
         detail=detail,  # type: ignore[arg-type]
+        max_tokens=max_tokens,
+        **options,
     )
+    report.meta["dtype"] = args.dtype
+    return report
+
+
+@dataclass(frozen=True)
+class _Ranks:
+    """This process's place under torchrun: rank, world size, whether the command created
+    the process group (and destroys it)."""
+
+    rank: int = 0
+    world: int = 1
+    owned: bool = False
+
+
+def _ranks() -> _Ranks:
+    """The rank and world size of the initialised default process group, else one process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return _Ranks(dist.get_rank(), dist.get_world_size())
+    return _Ranks()
+
+
+def _init_distributed(args: argparse.Namespace) -> _Ranks:
+    """Under torchrun (``WORLD_SIZE`` > 1): initialise the default process group if no one
+    did (nccl for a CUDA ``--device``, gloo otherwise; ``--device cuda`` becomes
+    ``cuda:LOCAL_RANK``). Returns this process's :class:`_Ranks`."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        world = 1
+    if world <= 1:
+        return _ranks()
+    import torch
+    import torch.distributed as dist
+
+    if args.device == "cuda":
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if dist.is_initialized():
+        return _ranks()
+    cuda = str(args.device).startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(torch.device(args.device))
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return _Ranks(dist.get_rank(), dist.get_world_size(), owned=True)
+
+
+def _broadcast_model(model: Any) -> None:
+    """Rank 0's parameters and buffers on every rank: a model built with random init (a
+    zoo name or a factory without weights) differs per process, and one scan must measure
+    one model. One broadcast per tensor, once."""
+    import itertools
+
+    import torch
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for t in itertools.chain(model.parameters(), model.buffers()):
+            buf = t.data if t.data.is_contiguous() else t.data.contiguous()
+            dist.broadcast(buf, src=0)
+            if buf is not t.data:
+                t.data.copy_(buf)
+
+
+def _shard(data: Iterable[Any], rank: int, world: int, max_tokens: int | None) -> Iterator[Any]:
+    """Rank ``rank``'s batches of ``data``: those with index ``i % world == rank``. With
+    ``max_tokens``, stop after the batch (of any rank) at which the tokens of all batches
+    so far reach it, as a one-process scan does (:mod:`deadrelu.tokens`)."""
+    from deadrelu.batches import iter_batches, split_batch
+    from deadrelu.tokens import batch_mask, batch_tokens, mask_key
+
+    key, required = mask_key("auto")
+    total = 0
+    for i, batch in enumerate(iter_batches(data)):
+        if i % world == rank:
+            yield batch
+        if max_tokens is None:
+            continue
+        args, kwargs, _ = split_batch(batch)
+        tokens = batch_tokens(args, kwargs, batch_mask(kwargs, key, required))
+        if tokens is None:
+            raise ValueError(
+                f"--max-tokens {max_tokens}: batch {i} carries no tokens (input_ids or a 2-d "
+                "integer tensor, with an attention_mask for padded batches); give token data "
+                "or drop --max-tokens"
+            )
+        total += tokens
+        if total >= max_tokens:
+            return
 
 
 def _print_table(report: Any) -> None:
@@ -285,6 +435,7 @@ def _print_table(report: Any) -> None:
 
     console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(report.table(width=console.width))  # full site names (wrapped if long)
+    console.print(report.frequency_table(width=console.width))
 
 
 # ------------------------------------------------------------------ deadrelu scan
@@ -307,7 +458,15 @@ def add_scan_parser(subparsers: Any) -> argparse.ArgumentParser:
             "examples:  deadrelu scan torchvision:resnet18 --data random:3x64x64\n"
             "           deadrelu scan ckpt.pt --arch torchvision:resnet18 --fail-on 'dead>5%'\n"
             "           deadrelu scan hf:./my-model --data corpus.txt --seq-len 64 --json r.json\n"
-            "           deadrelu scan mypkg.models:build --data val_images/ --html scan.html"
+            "           deadrelu scan mypkg.models:build --data val_images/ --html scan.html\n"
+            "           deadrelu scan hf:./llm --data corpus.txt --dtype bfloat16 \\\n"
+            "               --max-tokens 100000000 --checkpoint scan.ckpt --json r.json\n"
+            "\n"
+            "torchrun: torchrun --nproc_per_node 2 -m deadrelu scan ... runs one scan over\n"
+            "all ranks: rank r reads the batches i with i % WORLD_SIZE == r (round robin by\n"
+            "batch index), the statistics are all-reduced (the report equals one process's\n"
+            "on the same data) and rank 0 alone prints and writes the outputs. gloo on the\n"
+            "CPU, nccl with --device cuda (rank r on cuda:LOCAL_RANK)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -331,16 +490,66 @@ def add_scan_parser(subparsers: Any) -> argparse.ArgumentParser:
         "'layer4.*:dead>=10%%', several joined by commas",
     )
     p.add_argument("--quiet", action="store_true", help="no table, only failures and errors")
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="stop after the batch at which N tokens were scanned (padding, attention_mask "
+        "0, excluded); token data only",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="keep the scan's accumulators in PATH (every --checkpoint-every batches and at "
+        "the end); if PATH exists the scan resumes from it, giving the uninterrupted "
+        "scan's report (same model, options and data order); under torchrun each rank "
+        "keeps PATH.rank{r}",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=100,
+        metavar="N",
+        help="batches between two checkpoint writes (default: 100)",
+    )
     p.set_defaults(func=run_scan)
     return p
 
 
 def run_scan(args: argparse.Namespace) -> int:
-    """Handler of ``deadrelu scan``; returns the exit status (0, 1: --fail-on, 2: error)."""
+    """Handler of ``deadrelu scan``; returns the exit status (0, 1: --fail-on, 2: error).
+    Under torchrun: one scan over every rank's shard, outputs from rank 0 only."""
+    try:
+        ranks = _init_distributed(args)
+    except (ValueError, RuntimeError) as exc:
+        return _err("scan", f"could not join the torchrun process group: {exc}")
+    try:
+        with contextlib.ExitStack() as stack:
+            if ranks.rank:  # only rank 0 speaks (errors excepted)
+                stack.enter_context(warnings.catch_warnings())
+                warnings.simplefilter("ignore")
+            return _run_scan(args, ranks.rank == 0)
+    finally:
+        if ranks.owned:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _run_scan(args: argparse.Namespace, main_rank: bool) -> int:
     try:
         gates = parse_fail_on(args.fail_on) if args.fail_on else []
+        if args.max_tokens is not None and args.max_tokens < 1:
+            raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
         loaded, data = _load(args)
-        data = list(data) if args.explain else data
+        if args.explain:  # explain re-scans the data: every rank its shard (collective)
+            ranks = _ranks()
+            if ranks.world > 1:
+                data = _shard(data, ranks.rank, ranks.world, args.max_tokens)
+            data = list(data)
         report = _scan(args, loaded, data, args.detail)
         report.meta["model_spec"] = args.model
         report.meta["data_spec"] = args.data or "random"
@@ -352,6 +561,8 @@ def run_scan(args: argparse.Namespace) -> int:
             explanation = explain(loaded.model, report, data=data)
     except _USER_ERRORS as exc:
         return _err("scan", exc)
+    if not main_rank:
+        return 1 if failures else 0
     from rich.console import Console
 
     if not args.quiet:
@@ -473,7 +684,7 @@ def _box(args: argparse.Namespace, loaded: Any) -> Any:
 
     if args.box == "data":
         data = load_data(
-            args.data, loaded, batches=args.batches, batch_size=args.batch_size, seq_len=1
+            args.data, loaded, batches=_batches(args), batch_size=args.batch_size, seq_len=1
         )
         return Box.from_data(list(input_tensors(data)))
     lo_text, sep, hi_text = args.box.partition(",")

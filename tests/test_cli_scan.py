@@ -305,6 +305,22 @@ def test_scan_dtype_finds_the_killed_units(tmp_path: Path, dtype: str) -> None:
         assert report.meta["kernels"]["ran"] == ["eager"]
 
 
+def test_scan_dtype_casts_the_floating_tensors_of_dict_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keyword batches ``{"features": float, "labels": long}``: --dtype bfloat16 casts the
+    features (else the bf16 model refuses float32 inputs), not the integer labels."""
+    (tmp_path / "dictdata.py").write_text(
+        "from models import DictInputModel\n\n"
+        "def batches():\n    return DictInputModel().make_batches(n=2)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "scan.json"
+    argv = ["scan", "models:DictInputModel", "--data", "dictdata:batches", "--dtype", "bfloat16"]
+    assert main([*argv, "--json", str(out)]) == 0
+    assert Report.from_json(out).dead_units("encoder.act") == [1]
+
+
 def test_scan_max_tokens_checkpoint_and_the_frequency_table(
     opt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

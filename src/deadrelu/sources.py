@@ -489,8 +489,14 @@ def _cast(batches: Iterable[Any], dtype: torch.dtype) -> Iterator[Any]:
         elif isinstance(b, (tuple, list)) and b and isinstance(b[0], Tensor):
             first = b[0].to(dtype) if b[0].is_floating_point() else b[0]
             yield type(b)([first, *b[1:]])
+        elif isinstance(b, dict):  # keyword inputs: their floating tensors (not token ids)
+            yield {k: _cast_one(v, dtype) for k, v in b.items()}
         else:
             yield b
+
+
+def _cast_one(v: Any, dtype: torch.dtype) -> Any:
+    return v.to(dtype) if isinstance(v, Tensor) and v.is_floating_point() else v
 
 
 def _text(

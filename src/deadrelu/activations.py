@@ -281,6 +281,7 @@ def register(spec: ActivationSpec, aliases: tuple[str, ...] = ()) -> ActivationS
     if spec.name in _REGISTRY:
         raise ValueError(f"activation {spec.name!r} is already registered")
     _REGISTRY[spec.name] = spec
+    _BY_CLASS.clear()
     for a in aliases:
         _ALIASES[a] = spec.name
     return spec
@@ -396,6 +397,9 @@ _NAMED_CLASSES: dict[tuple[str, str], str] = {
     },
 }
 
+#: The registry's module classes -> spec (:func:`_module_entry`; emptied by :func:`register`).
+_BY_CLASS: dict[type, ActivationSpec] = {}
+
 #: A user's classes (:func:`register_module`): class -> what they compute.
 _USER_MODULES: dict[type[nn.Module], Activation | Callable[[nn.Module], Activation]] = {}
 
@@ -409,10 +413,11 @@ def _module_entry(
     A spec is returned when the parameters are read from the instance; an
     :class:`Activation` (or a function of the instance) when they are fixed by the entry.
     """
-    by_class: dict[type, ActivationSpec] = {}
-    for spec in _REGISTRY.values():
-        for c in (spec.module, *spec.torch_modules):
-            by_class.setdefault(c, spec)
+    by_class = _BY_CLASS
+    if not by_class:  # built once per registry state (attach looks up every module)
+        for spec in _REGISTRY.values():
+            for c in (spec.module, *spec.torch_modules):
+                by_class.setdefault(c, spec)
     for k in cls.__mro__:
         if k in _USER_MODULES:
             return _USER_MODULES[k]

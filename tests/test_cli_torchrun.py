@@ -65,8 +65,8 @@ TOKMODEL = textwrap.dedent(
     def batches():
         g = torch.Generator().manual_seed(0)
         for lens in LENGTHS:
-            ids = torch.randint(1, VOCAB, (len(lens), 6), generator=g)
-            mask = torch.zeros(len(lens), 6, dtype=torch.int64)
+            ids = torch.randint(1, VOCAB, (len(lens), 7), generator=g)  # T = 7 != U
+            mask = torch.zeros(len(lens), 7, dtype=torch.int64)
             for r, n in enumerate(lens):
                 mask[r, :n] = 1
             yield {"input_ids": ids.masked_fill(mask == 0, PAD), "attention_mask": mask}

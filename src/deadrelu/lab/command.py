@@ -135,6 +135,7 @@ def run_lab_command(args: argparse.Namespace) -> int:
     with a cluster that cannot be reached, ``--address`` / ``--num-cpus`` without it).
     """
     from rich.console import Console
+    from rich.markup import escape
 
     from deadrelu.lab.core import LabConfig
     from deadrelu.lab.executors import ExecutorError, import_ray, make_executor
@@ -155,7 +156,9 @@ def run_lab_command(args: argparse.Namespace) -> int:
             text = markdown_from_results(path)
         except (OSError, ValueError, KeyError) as exc:
             err.print(
-                f"[red]deadrelu lab --markdown: cannot read {path}: {exc}[/red]", soft_wrap=True
+                f"[red]deadrelu lab --markdown: cannot read "
+                f"{escape(str(path))}: {escape(str(exc))}[/red]",
+                soft_wrap=True,
             )
             return 2
         print(text, end="")
@@ -178,7 +181,7 @@ def run_lab_command(args: argparse.Namespace) -> int:
             import_ray()  # before anything runs: say how to install it
         results = run_lab(cfg, only=only, progress=not args.no_progress, executor=executor)
     except (ValueError, ExecutorError) as exc:
-        err.print(f"[red]deadrelu lab: {exc}[/red]", soft_wrap=True)
+        err.print(f"[red]deadrelu lab: {escape(str(exc))}[/red]", soft_wrap=True)
         return 2
     console.print(claims_table(results, show_text=console.width >= 120))
     console.print(

@@ -23,6 +23,7 @@ Executors are context managers: ``with make_executor("ray") as ex: ex.run(...)``
 from __future__ import annotations
 
 import logging
+import socket
 import traceback
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
@@ -177,12 +178,17 @@ class RayExecutor(Executor[Item, Result]):
             in this process is used whatever ``address`` says, and left running.
         num_cpus: CPUs of the local instance (None: every CPU of this machine). Only for a
             local instance: a cluster has the size it has.
+        max_retries: times Ray reruns a task whose worker or node died (Ray's default, 3:
+            a preempted node; a piece that crashes its worker every time fails after
+            ``1 + max_retries`` tries). An exception inside the piece is never retried.
     """
 
     name = "ray"
     shares_filesystem = False
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+    def __init__(
+        self, address: str | None = None, num_cpus: int | None = None, max_retries: int = 3
+    ) -> None:
         if address is not None and num_cpus is not None:
             raise ValueError(
                 "num_cpus sizes a local Ray instance; with an address the cluster's size is "
@@ -192,6 +198,7 @@ class RayExecutor(Executor[Item, Result]):
             raise ValueError(f"num_cpus must be >= 1, got {num_cpus}")
         self.address = address
         self.num_cpus = num_cpus
+        self.max_retries = max_retries
         self._started = False
         self._description = "ray (not started)"
 
@@ -200,6 +207,7 @@ class RayExecutor(Executor[Item, Result]):
         if ray.is_initialized():
             where = "an already initialised Ray"
         elif self.address is not None:
+            _check_reachable(self.address)
             try:
                 ray.init(address=self.address, logging_level=logging.WARNING)
             except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -249,7 +257,7 @@ class RayExecutor(Executor[Item, Result]):
         ray = import_ray()
         if not ray.is_initialized():
             raise ExecutorError("RayExecutor.run outside its `with` block: Ray is not started")
-        task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0)(work)
+        task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=self.max_retries)(work)
         index = {task.remote(item): i for i, item in enumerate(items)}
         pending = list(index)
         done: list[tuple[int, Result]] = []
@@ -272,6 +280,22 @@ class RayExecutor(Executor[Item, Result]):
                 ray.cancel(ref, force=True)
             raise
         return in_order(done, len(items))
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a ``host:port`` (or ``ray://host:port``) nobody listens on: ray.init
+    itself retries such an address for minutes. ``"auto"`` and the like are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ExecutorError(
+            f"cannot connect to the Ray cluster at {address!r}: nothing answers on "
+            f"{host}:{port} ({exc}); start one (`ray start --head`) or leave out --address "
+            "for a local Ray instance"
+        ) from exc
 
 
 def remote_traceback(exc: BaseException) -> str:

@@ -464,9 +464,10 @@ def add_scan_parser(subparsers: Any) -> argparse.ArgumentParser:
             "\n"
             "torchrun: torchrun --nproc_per_node 2 -m deadrelu scan ... runs one scan over\n"
             "all ranks: rank r reads the batches i with i % WORLD_SIZE == r (round robin by\n"
-            "batch index), the statistics are all-reduced (the report equals one process's\n"
-            "on the same data) and rank 0 alone prints and writes the outputs. gloo on the\n"
-            "CPU, nccl with --device cuda (rank r on cuda:LOCAL_RANK)."
+            "batch index), every rank takes rank 0's weights, the statistics are\n"
+            "all-reduced (the report equals one process's on the same data) and rank 0\n"
+            "alone prints and writes the outputs. gloo on the CPU, nccl with --device cuda\n"
+            "(rank r on cuda:LOCAL_RANK)."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -330,6 +330,11 @@ def test_command_defaults() -> None:
         "cpu",
         None,
     )
+    assert (args.executor, args.address, args.num_cpus) == ("local", None, None)
+    ray_args = _parse(["lab", "--executor", "ray", "--address", "auto"])
+    assert (ray_args.executor, ray_args.address) == ("ray", "auto")
+    with pytest.raises(SystemExit):
+        _parse(["lab", "--executor", "dask"])
     assert _parse(["lab", "--markdown"]).markdown == ""
     assert _parse(["lab", "--markdown", "x/results.json"]).markdown == "x/results.json"
 

@@ -33,7 +33,9 @@ process, one after the other; the default) or ``"ray"`` (one Ray task per piece,
 Ray instance or a cluster; each piece writes its figures into a private directory and ships
 them back). Results are merged in run order, whatever order the pieces finish in, and the
 executor is named only in ``timings.json`` and ``index.html``, so **``results.json`` is
-byte-identical whichever executor ran it**; the figures are the same bytes too. A piece
+byte-identical whichever executor ran it** (given the same ``--out``: ``config.out`` is the
+one path it holds), and so are the figures, except those drawn from wall-clock timings
+(E9's); ``timings.json`` and ``index.html`` differ (times, executor). A piece
 whose remote task itself fails (a worker that died) is recorded like a failing
 experiment, with the remote traceback.
 

@@ -311,10 +311,17 @@ def scan(
         if z.numel() == 0:
             return
         d = site.unit_dim
+        spec = site.activation.spec
         if tm is not None:
             z, d = restrict(site, z, tm)
-            out = restrict(site, out, tm)[0]
-        spec = site.activation.spec
+            if tm.padded and z.shape != out.shape:  # restricted to the real tokens
+                if spec.name == "relu":  # out = relu(z): from z, without selecting out too
+                    ran = stats_for(site, z, d).update_z(
+                        z, d, kernel=kernel, allow_compile=use_fused, relu=True
+                    )
+                    ran_by.setdefault(site.name, set()).add(ran or "eager")
+                    return
+                out = restrict(site, out, tm)[0]
         ran = stats_for(site, z, d).update(
             z,
             out,

@@ -293,9 +293,12 @@ def test_bfloat16_dead_sets_equal_float32_on_killed_units(arch: str) -> None:
     f32 = scan(model, batches, detail="full")
     model16 = model.to(torch.bfloat16)
     z = Oracle(model16).run(batches)
-    for kernel in ("auto", "native", "eager"):
+    for kernel in ("auto", "native", "compiled", "eager"):
         b16 = scan(model16, batches, detail="full", kernel=kernel)
-        assert "native" not in b16.meta["kernels"]["ran"]
+        ran = b16.meta["kernels"]["ran"]
+        assert "native" not in ran and (
+            kernel == "auto" or ran == [kernel.replace("native", "eager")]
+        )
         assert b16.all_units("dead") == f32.all_units("dead") == KILLED[arch]
         for site, zs in z.items():
             s = b16.stats[site]

@@ -45,6 +45,7 @@ class FakeClock:
 def _fresh_choices(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every test starts with no choice made and nothing compiled in this process."""
     monkeypatch.setattr(stats_module, "_CHOICES", {})
+    monkeypatch.setattr(stats_module, "_FAST", {})
     monkeypatch.setattr(stats_module, "_COMPILED_READY", set())
     yield
     set_timer(None)

@@ -52,7 +52,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-__all__ = ["applies", "available", "set_enabled", "threads", "update"]
+__all__ = [
+    "accumulators_apply",
+    "applies",
+    "available",
+    "inputs_apply",
+    "set_enabled",
+    "threads",
+    "update",
+]
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +171,18 @@ def applies(
     ``(A, U, B)`` CPU tensors (plain strided ``Tensor`` s), accumulators (``positions,
     active, abs_sum, z_max, z_min, nonfinite``, and with a ``shift`` ``z_sum, z_m2``)
     contiguous CPU int64/float64 ones, a ``(U,)`` float32 ``shift``, and the kernel
-    available."""
+    available. (:func:`inputs_apply` and :func:`accumulators_apply`, for callers that check
+    the accumulators once.)"""
+    return (
+        inputs_apply(z3, out3, shift)
+        and accumulators_apply(accumulators, z3.shape[1], shift is not None)
+        and available()
+    )
+
+
+def inputs_apply(z3: Tensor, out3: Tensor | None, shift: Tensor | None = None) -> bool:
+    """The batch's part of :func:`applies`: ``z3`` (and ``out3``, ``shift``) contiguous
+    float32 plain CPU tensors with storage, ``shift`` of shape ``(U,)``."""
     inputs = [z3] + ([] if out3 is None else [out3]) + ([] if shift is None else [shift])
     for x in inputs:
         if type(x) is not Tensor or x.layout != torch.strided or x.device.type != "cpu":
@@ -174,19 +193,23 @@ def applies(
             x.data_ptr()
         except RuntimeError:  # no storage: functorch (vmap, grad) wrappers, fake tensors
             return False
-    units = z3.shape[1]
-    if shift is not None and shift.shape != (units,):
-        return False
+    return shift is None or shift.shape == (z3.shape[1],)
+
+
+def accumulators_apply(accumulators: tuple[Tensor, ...], units: int, moments: bool) -> bool:
+    """The accumulators' part of :func:`applies`: ``positions, active, abs_sum, z_max,
+    z_min, nonfinite`` (and with ``moments`` ``z_sum, z_m2``), contiguous CPU int64/float64
+    tensors of ``units`` elements (``positions`` 0-d)."""
     i64, f64 = torch.int64, torch.float64
-    dtypes = [i64, i64, f64, f64, f64, i64] + ([] if shift is None else [f64, f64])
+    dtypes = [i64, i64, f64, f64, f64, i64] + ([f64, f64] if moments else [])
     if len(accumulators) != len(dtypes):
         return False
     for t, dtype in zip(accumulators, dtypes, strict=True):
-        if t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous():
+        if type(t) is not Tensor or t.device.type != "cpu" or t.dtype != dtype:
             return False
-        if t.dim() and t.numel() != units:
+        if not t.is_contiguous() or (t.dim() and t.numel() != units):
             return False
-    return available()
+    return True
 
 
 def threads(numel: int) -> int:

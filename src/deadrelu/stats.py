@@ -657,6 +657,13 @@ class KernelTrial:
 _CHOICES: dict[tuple[Any, ...], KernelTrial] = {}
 #: (level, mode, dtype, device type, units last) the compiled kernel already ran for.
 _COMPILED_READY: set[tuple[Any, ...]] = set()
+#: :func:`choose_kernel`'s answers by the batch's raw key (shape, dtype and device objects,
+#: flags), so that a batch of a kind already chosen costs one dict lookup: emptied whenever
+#: a choice is made or forgotten or the compiled kernel becomes ready for another kind.
+_FAST: dict[tuple[Any, ...], KernelTrial] = {}
+#: Entries of :data:`_FAST` kept at most (shapes that vary batch to batch, e.g. sequence
+#: lengths, add one each).
+_FAST_MAX = 4096
 
 
 def kernel_trials() -> list[KernelTrial]:
@@ -667,6 +674,14 @@ def kernel_trials() -> list[KernelTrial]:
 def reset_kernel_choices() -> None:
     """Forget ``kernel="auto"``'s choices (the next batch of each kind is timed again)."""
     _CHOICES.clear()
+    _FAST.clear()
+
+
+def _compiled_ready(key: tuple[Any, ...]) -> None:
+    """Record that the compiled kernel ran for ``key`` (:func:`_compiled_key`)."""
+    if key not in _COMPILED_READY:
+        _COMPILED_READY.add(key)
+        _FAST.clear()  # a kind chosen without it may now be timed again
 
 
 def _mode(batch: _Batch) -> str:
@@ -714,6 +729,21 @@ def choose_kernel(stats: UnitStats, batch: _Batch, layout: str, allow_compile: b
     if stats.detail == "counts" or torch.compiler.is_compiling():
         return "eager"
     z3 = batch.z3
+    fast_key = (
+        z3.shape,
+        z3.dtype,
+        z3.device,
+        layout,
+        stats.detail,
+        batch.relu,
+        batch.out3 is None,
+        batch.out_nonnegative,
+        allow_compile,
+    )
+    known = _FAST.get(fast_key)
+    if known is not None:
+        stats._trials[known.kind] = known
+        return known.kernel
     n_b = z3.numel() // z3.shape[1]
     kind = (
         z3.shape[1],
@@ -733,6 +763,10 @@ def choose_kernel(stats: UnitStats, batch: _Batch, layout: str, allow_compile: b
         ]
         choice = _trial(stats, batch, kind, candidates, compile_ok)
         _CHOICES[kind] = choice
+        _FAST.clear()
+    if len(_FAST) >= _FAST_MAX:
+        _FAST.clear()
+    _FAST[fast_key] = choice
     stats._trials[kind] = choice
     return choice.kernel
 
@@ -820,6 +854,9 @@ class UnitStats:
         self._compact()
         #: ``kernel="auto"``'s choices for the kinds of batch these statistics saw.
         self._trials: dict[tuple[Any, ...], KernelTrial] = {}
+        #: The accumulators last checked for the native kernel, and whether they fit it
+        #: (:meth:`_native_fits`).
+        self._native_checked: tuple[tuple[Tensor, ...], bool] | None = None
 
     @property
     def kernel_trials(self) -> list[KernelTrial]:
@@ -1080,12 +1117,12 @@ class UnitStats:
             if level == "range":
                 ran = self._fused_range(z3, out3, relu)
                 if ran:
-                    _COMPILED_READY.add(_compiled_key(level, batch))
+                    _compiled_ready(_compiled_key(level, batch))
                 return ran
             parts, merge = self._fused_full(z3, out3, shift, relu)
             if parts is None:
                 return False
-            _COMPILED_READY.add(_compiled_key(level, batch))
+            _compiled_ready(_compiled_key(level, batch))
         else:
             work = _work_dtype(z3.dtype)
             parts = _eager_reductions(z3, out3, shift, work, level, out_nonnegative, relu)
@@ -1125,13 +1162,32 @@ class UnitStats:
         )
         return accumulators + ((self.z_sum, self.z_m2) if shift is not None else ())
 
+    def _native_fits(self, shift: Tensor | None) -> tuple[Tensor, ...] | None:
+        """The accumulators :func:`native.update` takes (with a ``shift`` also the moments),
+        or None where they do not fit it; checked once per set of accumulator tensors (the
+        same objects batch after batch: they are updated in place)."""
+        accumulators = self._native_accumulators(shift)
+        checked = self._native_checked
+        if (
+            checked is None
+            or len(checked[0]) != len(accumulators)
+            or any(a is not b for a, b in zip(checked[0], accumulators, strict=True))
+        ):
+            fits = native.accumulators_apply(accumulators, self.units, shift is not None)
+            checked = self._native_checked = (accumulators, fits)
+        return accumulators if checked[1] else None
+
     def _native_applies(
         self, z3: Tensor, out3: Tensor | None, shift: Tensor | None, relu: bool
     ) -> bool:
         """Whether :mod:`deadrelu.native` takes this batch (see :func:`native.applies`)."""
         out3 = out3 if out3 is not None and not relu else None
         shift = shift.contiguous() if shift is not None else None
-        return native.applies(z3, out3, self._native_accumulators(shift), shift)
+        return (
+            self._native_fits(shift) is not None
+            and native.inputs_apply(z3, out3, shift)
+            and native.available()
+        )
 
     def _native(self, z3: Tensor, out3: Tensor | None, shift: Tensor | None, relu: bool) -> bool:
         """Detail "range" or "full" (with ``shift``) by the native CPU kernel
@@ -1140,9 +1196,11 @@ class UnitStats:
             native.MODE_RELU if relu else native.MODE_OUT if out3 is not None else native.MODE_NONE
         )
         shift = shift.contiguous() if shift is not None else None
-        accumulators = self._native_accumulators(shift)
         out3 = out3 if mode == native.MODE_OUT else None
-        if not native.applies(z3, out3, accumulators, shift):
+        accumulators = self._native_fits(shift)
+        if accumulators is None or not native.inputs_apply(z3, out3, shift):
+            return False
+        if not native.available():
             return False
         native.update(z3, out3, mode, accumulators, shift)
         return True

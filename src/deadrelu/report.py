@@ -28,7 +28,7 @@ so :meth:`Report.from_json` rebuilds the same report (and can re-classify with a
 
 Activation frequency (Voita et al. 2023, "Neurons in Large Language Models: Dead, N-gram,
 Positional"): :meth:`Report.activation_frequency` is each unit's fraction of positions with
-z > 0; :meth:`Report.layer_summary` gives per site the dead and rarely-active fractions and
+z > 0; :meth:`Report.frequencies` gives per site the dead and rarely-active fractions and
 a histogram of those frequencies over the fixed log-spaced bins :data:`FREQUENCY_EDGES`
 (an exact-zero bin for the never-active units, then decades up to 1);
 :meth:`Report.frequency_table` prints it, compactly.
@@ -82,7 +82,7 @@ SCHEMA = "deadrelu.report/1"
 CLASSES = classify.CLASS_NAMES
 
 
-#: Bin edges of the activation-frequency histogram (:meth:`Report.layer_summary`): 0, then
+#: Bin edges of the activation-frequency histogram (:meth:`Report.frequencies`): 0, then
 #: decades from 1e-8 to 1. Bin 0 holds the units whose frequency is exactly 0 (never
 #: z > 0); bin k >= 1 the units with ``edges[k-1] <= f < edges[k]`` (bin 1: ``0 < f <
 #: 1e-8``; the last bin includes 1). Fixed, so histograms of different layers, models and
@@ -234,7 +234,7 @@ class LayerSummary:
 
 @dataclass(frozen=True)
 class LayerFrequency:
-    """One row of :meth:`Report.layer_summary`: how often the units of one site fire.
+    """One row of :meth:`Report.frequencies`: how often the units of one site fire.
 
     Attributes:
         name: the site.
@@ -407,7 +407,7 @@ class Report:
             return torch.full((s.units,), math.nan, dtype=torch.float64)
         return s.active.to(torch.float64) / positions
 
-    def layer_summary(self, edges: Sequence[float] = FREQUENCY_EDGES) -> list[LayerFrequency]:
+    def frequencies(self, edges: Sequence[float] = FREQUENCY_EDGES) -> list[LayerFrequency]:
         """Per site, in report order: units, dead and rarely-active fraction, and the
         histogram of the units' :meth:`activation_frequency` over ``edges`` (``(K,)``,
         increasing from 0 to 1; default :data:`FREQUENCY_EDGES`: an exact-zero bin, then
@@ -524,7 +524,7 @@ class Report:
         return table
 
     def frequency_table(self, *, width: int | None = None) -> Any:
-        """A compact ``rich.table.Table`` of :meth:`layer_summary`, one row per site: units,
+        """A compact ``rich.table.Table`` of :meth:`frequencies`, one row per site: units,
         dead %, rarely active %, and the activation-frequency histogram as a sparkline
         (one character per bin of :data:`FREQUENCY_EDGES`, height relative to the site's
         largest bin, ``·`` an empty bin; the caption names the bins). ``width`` (default:
@@ -532,7 +532,7 @@ class Report:
         from rich.table import Table
 
         width = width or shutil.get_terminal_size((120, 24)).columns
-        rows = self.layer_summary()
+        rows = self.frequencies()
         labels = frequency_bin_labels()
         tokens = self.meta.get("tokens")
         seen = f" over {tokens} tokens" if isinstance(tokens, int) else ""
@@ -614,7 +614,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready dictionary (see the module docstring)."""
         sites = []
-        for row, freq in zip(self.layers, self.layer_summary(), strict=True):
+        for row, freq in zip(self.layers, self.frequencies(), strict=True):
             site = self.sites[row.name]
             stats = self.stats[row.name]
             entry: dict[str, Any] = {

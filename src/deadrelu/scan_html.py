@@ -10,7 +10,7 @@ history) and write, in order:
 2. a bar chart of the dead, dormant and rarely-active fraction of every site, in the order
    the sites run;
 3. the dead fraction by depth (site index in running order);
-4. the activation frequency per site (:meth:`~deadrelu.report.Report.layer_summary`): the
+4. the activation frequency per site (:meth:`~deadrelu.report.Report.frequencies`): the
    dead and rarely-active fractions and the histogram of the units' fraction of positions
    with z > 0 over fixed log-spaced bins, as a table (units per bin) and a heat map (one
    row per site, the share of its units in each bin);
@@ -171,7 +171,7 @@ def _frequency_map(layers: Sequence[Any], labels: Sequence[str]) -> bytes:
 
 
 def _frequency(report: Any) -> str:
-    layers = report.layer_summary()
+    layers = report.frequencies()
     if not layers:
         return ""
     labels = layers[0].labels

@@ -1,5 +1,5 @@
 """Activation frequency per unit and the per-site summary with its histogram
-(:meth:`Report.activation_frequency`, :meth:`Report.layer_summary`).
+(:meth:`Report.activation_frequency`, :meth:`Report.frequencies`).
 
 Ground truth by construction: hand-built statistics whose active counts put each unit in a
 known bin (the expected counts are written out by hand), and the test MLP whose bias -1000
@@ -59,7 +59,7 @@ def test_hand_built_counts_land_in_their_bins() -> None:
     freq = report.activation_frequency("ffn")
     assert freq.dtype == torch.float64 and freq.shape == (len(active),)
     assert freq.tolist() == [a / POSITIONS for a in active]
-    (row,) = report.layer_summary()
+    (row,) = report.frequencies()
     expected = [0] * len(FREQUENCY_EDGES)
     for b in ACTIVE_TO_BIN.values():
         expected[b] += 1
@@ -74,7 +74,7 @@ def test_hand_built_counts_land_in_their_bins() -> None:
 def test_killed_units_are_in_the_zero_bin_and_the_rest_in_the_top_bin() -> None:
     model = DeadMLP(dead1=(1, 4, 9), dead2=(7,))  # bias -1000: dead; others always active
     report = dr.scan(model, model.make_batches(n=2))
-    rows = {r.name: r for r in report.layer_summary()}
+    rows = {r.name: r for r in report.frequencies()}
     assert list(rows) == ["relu1", "relu2"]  # report order
     for name, dead, units in (("relu1", [1, 4, 9], 16), ("relu2", [7], 12)):
         freq = report.activation_frequency(name)
@@ -90,18 +90,18 @@ def test_killed_units_are_in_the_zero_bin_and_the_rest_in_the_top_bin() -> None:
 def test_site_that_saw_nothing_has_nan_frequency_and_an_empty_histogram() -> None:
     report = _report([0, 0, 0], positions=0)
     assert torch.isnan(report.activation_frequency("ffn")).all()
-    (row,) = report.layer_summary()
+    (row,) = report.frequencies()
     assert row.counts == (0,) * len(FREQUENCY_EDGES)
     assert row.dead_fraction == 0.0  # no position: no class, dead included
 
 
 def test_custom_edges_and_bad_edges() -> None:
     report = _report([0, 10, 100, 1000], positions=1000)
-    (row,) = report.layer_summary(edges=(0.0, 0.01, 0.1, 1.0))
+    (row,) = report.frequencies(edges=(0.0, 0.01, 0.1, 1.0))
     assert row.counts == (1, 0, 1, 2)  # 0 | (0, .01) | [.01, .1) | [.1, 1]: .01 .1 1
     for bad in ((0.0, 1.0, 0.5), (0.1, 1.0), (0.0, 0.5), (0.0, 0.1, 0.1, 1.0), (0.0,)):
         with pytest.raises(ValueError, match="increase strictly from 0 to 1"):
-            report.layer_summary(edges=bad)
+            report.frequencies(edges=bad)
     with pytest.raises(KeyError, match="no call site"):
         report.activation_frequency("nope")
 
@@ -119,7 +119,7 @@ def test_json_carries_the_histogram_and_round_trips() -> None:
     assert site["frequency"]["edges"] == list(FREQUENCY_EDGES)
     assert site["frequency"]["rarely_active_fraction"] == 6 / 9
     again = Report.from_json(report.to_json())
-    assert again.layer_summary() == report.layer_summary()
+    assert again.frequencies() == report.frequencies()
 
 
 def test_frequency_table_is_compact_and_keeps_site_names() -> None:
@@ -135,7 +135,7 @@ def test_frequency_table_is_compact_and_keeps_site_names() -> None:
     spark = row.split("│")[-2].strip()
     # one character per bin: empty bins are '·', the largest bins the full block
     assert len(spark) == len(FREQUENCY_EDGES)
-    counts = report.layer_summary()[0].counts
+    counts = report.frequencies()[0].counts
     assert [ch == "·" for ch in spark] == [c == 0 for c in counts]
     assert [ch == "█" for ch in spark] == [c == max(counts) for c in counts]
     assert "11.1" in row and "66.7" in row  # dead %, rarely active %

@@ -168,14 +168,15 @@ def scan(
             collective (until the group's timeout). Default ``None``: the world group when
             ``torch.distributed`` is initialised with more than one process, else no
             reduction; ``False``: never reduce (each rank reports its own shard).
-        mask: padding to exclude (:mod:`deadrelu.tokens`). ``"auto"`` (default): a dict
-            batch with an ``"attention_mask"`` ``(B, T)`` of 1 (token) and 0 (padding)
-            has its padding positions left out of every site whose activation is
-            ``(B, T, ...)`` or ``(B * T, ...)`` with the unit dim after those (FFN
-            activations of HF models, OPT's flattened ones); other sites are scanned
-            whole and named in ``report.meta["unmasked_sites"]`` (with a warning when some
-            batch had padding). A str: the batch key holding the mask (every dict batch
-            must have it). ``False``: never mask.
+        mask: padding to exclude (:mod:`deadrelu.tokens`). ``"auto"`` (default; or
+            ``True``): a dict batch with an ``"attention_mask"`` ``(B, T)`` of 1 (token)
+            and 0 (padding) has its padding positions left out of every site whose
+            activation is ``(B, T, ...)`` or ``(B * T, ...)`` with the unit dim after
+            those (FFN activations of HF models, OPT's flattened ones); other sites are
+            scanned whole and named in ``report.meta["unmasked_sites"]`` (with a warning
+            when some batch had padding). A str: the batch key holding the mask (every
+            dict batch must have it). ``False``: never mask. Without a mask in a batch
+            nothing is done per activation.
         max_tokens: stop after the batch at which the tokens scanned reach this number
             (per process). The batches must carry tokens (see ``report.meta["tokens"]``).
         checkpoint: a file path (:mod:`deadrelu.scan_state`): the scan's accumulators,
@@ -272,7 +273,7 @@ def scan(
         state.fingerprint = fingerprint(
             model,
             detail=level,
-            mask=mask,
+            mask=key,
             functional=functional,
             keep_mode=keep_mode,
             unit_dim=unit_dim,

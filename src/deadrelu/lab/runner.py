@@ -620,7 +620,8 @@ def _run_pieces(
 ) -> list[ExperimentResult]:
     work = run_piece if ex.shares_filesystem else run_piece_isolated
     where = ex.describe()
-    remote = not isinstance(ex, LocalExecutor)
+    sequential = isinstance(ex, LocalExecutor)  # else the pieces run at once, elsewhere
+    remote = not sequential
 
     def finish(piece_result: PieceResult) -> None:
         """Per finished piece, in completion order: its files, its failure in the log."""
@@ -633,11 +634,10 @@ def _run_pieces(
         def done(i: int, piece_result: PieceResult) -> None:
             finish(piece_result)
             report(i, piece_result)
-            if not ex.shares_filesystem or i + 1 >= len(pieces):
-                return
-            report(i + 1, None)  # one at a time: the next one starts now
+            if sequential and i + 1 < len(pieces):
+                report(i + 1, None)  # one at a time: the next one starts now
 
-        if pieces and ex.shares_filesystem:
+        if pieces and sequential:
             report(0, None)
         return ex.run(
             work,

@@ -450,3 +450,32 @@ def test_statistics_of_a_million_units_fit_in_100_mb(detail: str) -> None:
     stats.update(z, z.relu(), -1, kernel="eager")
     assert stats.nbytes <= 100 * 2**20
     assert int(stats.positions) == 4
+
+
+def test_a_crash_while_writing_the_checkpoint_keeps_the_previous_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint is replaced atomically: a write that dies half-way leaves the last
+    complete checkpoint (and no temporary file), from which the scan resumes exactly."""
+    import deadrelu.scan_state as scan_state
+
+    model = opt_mixed()
+    batches = _many_batches()
+    ckpt = tmp_path / "c.pt"
+    scan(model, batches, max_batches=2, detail="full", checkpoint=ckpt)
+    before = ckpt.read_bytes()
+    real_save = torch.save
+
+    def dying_save(obj: Any, f: Any) -> None:
+        real_save(obj, f)
+        f.truncate(100)  # half a file on disk, then the process "dies"
+        raise OSError("disk full")
+
+    monkeypatch.setattr(scan_state.torch, "save", dying_save)
+    with pytest.raises(OSError, match="disk full"):
+        scan(model, batches, max_batches=4, detail="full", checkpoint=ckpt, checkpoint_every=1)
+    monkeypatch.setattr(scan_state.torch, "save", real_save)
+    assert ckpt.read_bytes() == before and sorted(tmp_path.iterdir()) == [ckpt]
+    resumed = scan(model, batches, max_batches=4, detail="full", checkpoint=ckpt)
+    assert resumed.meta["checkpoint"]["resumed_from"] == 2
+    assert_same_stats(resumed, scan(model, batches, max_batches=4, detail="full"))

@@ -177,17 +177,18 @@ def test_a_failing_kernel_is_never_chosen(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_kernels_that_do_not_apply_are_not_candidates(monkeypatch: pytest.MonkeyPatch) -> None:
-    """bf16 (the native kernel takes float32 only) and the "counts" level (no one-pass
-    kernel) have a single candidate: eager, untimed; compiled competes only when allowed
-    or already compiled."""
+    """bf16 (the native kernel takes float32 only) has a single candidate: eager, untimed;
+    the "counts" level has no compiled kernel, even where compiling is allowed."""
     clock = _install(monkeypatch, {"eager": 1.0, "native": 1.0, "compiled": 1.0})
     z, out = _batch()
     bf = UnitStats.empty(6, detail="range")
     assert bf.update(z.bfloat16(), out.bfloat16(), 1) == "eager"
     assert bf.kernel_trials[0].candidates == ("eager",) and not bf.kernel_trials[0].times_s
-    counts = UnitStats.empty(6, detail="counts")
-    assert counts.update(z, out, 1) == "eager"
     assert clock.reads == 0
+    counts = UnitStats.empty(6, detail="counts")
+    counts.update(z, out, 1, allow_compile=True)
+    expected = ("eager", "native") if native.available() else ("eager",)
+    assert counts.kernel_trials[0].candidates == expected
 
 
 @needs_native

@@ -1,5 +1,5 @@
-"""The native CPU kernel for details "range" and "full" (deadrelu.native) against the eager
-torch ops."""
+"""The native CPU kernel (deadrelu.native) against the eager torch ops, at every detail
+level ("counts" keeps only positions, active and abs_sum of what it computes)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from deadrelu.stats import UnitStats
 pytestmark = pytest.mark.skipif(not native.available(), reason="no C++ compiler")
 
 
-DETAILS = ["range", "full"]
+DETAILS = ["counts", "range", "full"]
 
 
 def _pair(units: int, detail: str = "range") -> tuple[UnitStats, UnitStats]:
@@ -123,8 +123,8 @@ def test_nonfinite_values_follow_torch(bad: str, detail: str) -> None:
                 s.update(finite, o, dim, kernel=asked, relu=relu)
             _assert_same(got, want)
             counts = {"nan": 1, "inf": 2, "-inf": 1, "mixed": 4, "out_nan": 0}
-            expected_bad = counts.get(bad, z.numel())
-            assert int(got.nonfinite.sum()) == expected_bad
+            expected_bad = counts.get(bad, z.numel()) if detail != "counts" else 0
+            assert int(got.nonfinite.sum()) == expected_bad  # "counts": not kept
 
 
 @pytest.mark.parametrize("detail", DETAILS)
@@ -169,8 +169,8 @@ def test_dead_units_by_construction() -> None:
 
 
 def test_what_the_kernel_does_not_take() -> None:
-    """bf16, float64, the "counts" level (three cheap passes), float32 accumulators, a
-    non-float32 shift and a disabled kernel go to the torch paths."""
+    """bf16, float64, float32 accumulators, a non-float32 shift and a disabled kernel go to
+    the torch paths; every level, "counts" included, takes it."""
     z = torch.randn(4, 3, 8)
     assert (
         UnitStats.empty(3, detail="range").update_z(z.bfloat16(), 1, kernel="native", relu=True)
@@ -181,7 +181,9 @@ def test_what_the_kernel_does_not_take() -> None:
         == "eager"
     )
     assert UnitStats.empty(3, detail="full").update_z(z, 1, kernel="native", relu=True) == "native"
-    assert UnitStats.empty(3, detail="counts").update_z(z, 1, kernel="native", relu=True) == "eager"
+    counts = UnitStats.empty(3, detail="counts")
+    assert counts.update_z(z, 1, kernel="native", relu=True) == "native"
+    assert counts.z_max.stride(0) == 0 and counts.nonfinite.stride(0) == 0  # still not kept
     previous = native.set_enabled(False)
     try:
         assert (

@@ -64,9 +64,9 @@ to float summation order, counts and extrema exactly):
   active count as ``gt`` into a float buffer plus a sum beats a sum of bools (1.25-1.7x)
   and ``count_nonzero`` (2-3x); ``amax`` plus ``amin`` beat ``aminmax`` (6-11x, torch
   2.13 CPU); the non-finite pass is skipped on CPU when the extrema are finite.
-* ``"native"`` ("range" and "full", float32 on CPU): :mod:`deadrelu.native`'s C++ kernel
-  reads ``z`` once (and ``out``, unless ``relu=True``: it sums ``relu(z)`` from ``z``) and
-  merges the batch, in one ctypes call.
+* ``"native"`` (every level, float32 on CPU): :mod:`deadrelu.native`'s C++ kernel reads
+  ``z`` once (and ``out``, unless ``relu=True``: it sums ``relu(z)`` from ``z``) and
+  merges the batch, in one ctypes call (at "counts" its extrema go to throwaway tensors).
 * ``"compiled"`` ("range" and "full"): one ``torch.compile``-d kernel reads ``z`` once
   (and ``out`` unless ``relu``) and, for "range", also merges the batch into the
   accumulators; for "full" a second compiled kernel does the ``(U,)`` merge. Compiling
@@ -699,10 +699,10 @@ def _applies(stats: UnitStats, name: str, batch: _Batch, compile_ok: bool) -> bo
     z3 = batch.z3
     if name == "eager":
         return True
-    if stats.detail == "counts":
-        return False
     if name == "native":
         return stats._native_applies(z3, batch.out3, batch.shift, batch.relu)
+    if stats.detail == "counts":
+        return False
     return (
         compile_ok and fused_available(z3.device) and z3.numel() // z3.shape[1] < _FLOAT_COUNT_EXACT
     )
@@ -726,7 +726,7 @@ def choose_kernel(stats: UnitStats, batch: _Batch, layout: str, allow_compile: b
     ties go to the simpler kernel). ``batch`` itself is then reduced once,
     by the winner, into ``stats``. Inside ``torch.compile`` tracing: "eager", untimed.
     """
-    if stats.detail == "counts" or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():
         return "eager"
     z3 = batch.z3
     fast_key = (
@@ -779,7 +779,8 @@ def _trial(
     compile_ok: bool,
 ) -> KernelTrial:
     """Time ``candidates`` on ``batch`` into throwaway accumulators (:func:`choose_kernel`)."""
-    considered = compile_ok and "compiled" in candidates
+    # (at "counts" there is no compiled kernel: nothing more to consider later)
+    considered = (compile_ok and "compiled" in candidates) or stats.detail == "counts"
     if len(candidates) == 1:
         return KernelTrial(kind, candidates[0], tuple(candidates), {}, considered)
     device = batch.z3.device
@@ -857,6 +858,8 @@ class UnitStats:
         #: The accumulators last checked for the native kernel, and whether they fit it
         #: (:meth:`_native_fits`).
         self._native_checked: tuple[tuple[Tensor, ...], bool] | None = None
+        #: Throwaway extrema and non-finite counts for the native kernel at "counts".
+        self._native_spare: tuple[Tensor, Tensor, Tensor] | None = None
 
     @property
     def kernel_trials(self) -> list[KernelTrial]:
@@ -968,8 +971,8 @@ class UnitStats:
                 * ``"auto"`` (default): the fastest kernel that applies, measured in this
                   process on the first batch of each kind (:func:`choose_kernel`);
                 * ``"eager"``: torch ops only (the reference);
-                * ``"native"``: the C++ kernel (:mod:`deadrelu.native`: detail "range" or
-                  "full", float32 on CPU; one pass) where it applies, else eager;
+                * ``"native"``: the C++ kernel (:mod:`deadrelu.native`: float32 on CPU;
+                  one pass) where it applies, else eager;
                 * ``"compiled"``: one ``torch.compile``-d kernel (a single read of ``z``,
                   and of ``out`` unless ``relu``; the first call in a process compiles
                   for seconds; falls back to eager with one warning where compiling fails;
@@ -1108,11 +1111,11 @@ class UnitStats:
         level = self.detail
         n_b = z3.numel() // self.units
         if name != "eager":
-            if level == "counts" or torch.compiler.is_compiling():
+            if torch.compiler.is_compiling():
                 return False
             if name == "native":
                 return self._native(z3, out3, shift, relu)
-            if n_b >= _FLOAT_COUNT_EXACT or not fused_available(z3.device):
+            if level == "counts" or n_b >= _FLOAT_COUNT_EXACT or not fused_available(z3.device):
                 return False
             if level == "range":
                 ran = self._fused_range(z3, out3, relu)
@@ -1152,14 +1155,20 @@ class UnitStats:
         return True
 
     def _native_accumulators(self, shift: Tensor | None) -> tuple[Tensor, ...]:
-        accumulators: tuple[Tensor, ...] = (
-            self.positions,
-            self.active,
-            self.abs_sum,
-            self.z_max,
-            self.z_min,
-            self.nonfinite,
-        )
+        """What :func:`native.update` merges into: at detail "counts" the extrema and
+        non-finite counts go to throwaway tensors (the kernel computes them at no extra
+        pass; this level does not keep them)."""
+        extra: tuple[Tensor, ...] = (self.z_max, self.z_min, self.nonfinite)
+        if self.detail == "counts":
+            if self._native_spare is None or self._native_spare[0].device != self.device:
+                f64, units = self.z_max.dtype, self.units
+                self._native_spare = (
+                    torch.zeros(units, dtype=f64, device=self.device),
+                    torch.zeros(units, dtype=f64, device=self.device),
+                    torch.zeros(units, dtype=torch.int64, device=self.device),
+                )
+            extra = self._native_spare
+        accumulators = (self.positions, self.active, self.abs_sum, *extra)
         return accumulators + ((self.z_sum, self.z_m2) if shift is not None else ())
 
     def _native_fits(self, shift: Tensor | None) -> tuple[Tensor, ...] | None:
@@ -1190,8 +1199,8 @@ class UnitStats:
         )
 
     def _native(self, z3: Tensor, out3: Tensor | None, shift: Tensor | None, relu: bool) -> bool:
-        """Detail "range" or "full" (with ``shift``) by the native CPU kernel
-        (:mod:`deadrelu.native`); False (and nothing changed) where it does not apply."""
+        """The batch by the native CPU kernel (:mod:`deadrelu.native`; detail "full" with
+        ``shift``); False (and nothing changed) where it does not apply."""
         mode = (
             native.MODE_RELU if relu else native.MODE_OUT if out3 is not None else native.MODE_NONE
         )

@@ -19,9 +19,10 @@ are warmed up (compiled) before timing.
 
 Memory: ``UnitStats.empty(10**6, detail=...).nbytes`` for each detail level (the
 accumulators a scan keeps), and the peak growth of the process's resident memory
-(``VmHWM`` after resetting it through ``/proc/self/clear_refs``; Linux) while 10^6-unit
-statistics are created and fed one ``(8, 10^6)`` float32 batch: the accumulators plus one
-batch's scratch.
+(``VmHWM`` after resetting it through ``/proc/self/clear_refs``; Linux; each level in a
+fresh process) while 10^6-unit statistics are created and fed one ``(8, 10^6)`` float32
+batch by the eager and the native kernel ("counts" runs eager in both): the accumulators
+plus the batch's scratch (32 MB here) and the eager kernel's ``(U,)`` temporaries.
 
 Unless ``--default-malloc`` is given, the script re-executes itself with the glibc malloc
 settings of ``benchmarks/_stable_malloc.py``. Timing on a shared machine is noisy: run on
@@ -44,7 +45,7 @@ from torch import nn
 
 import _stable_malloc as stable_malloc
 from deadrelu.scan import scan
-from deadrelu.stats import DETAIL_LEVELS, UnitStats, release_scratch
+from deadrelu.stats import DETAIL_LEVELS, UnitStats
 from deadrelu.zoo import import_torchvision
 
 TARGET = 0.9
@@ -151,25 +152,38 @@ def _vm(field: str) -> int | None:
     return None
 
 
-def memory() -> dict[str, Any]:
-    """Bytes of the statistics for 10^6 units, per level, and the measured peak growth."""
-    nbytes = {d: UnitStats.empty(MILLION, detail=d).nbytes for d in DETAIL_LEVELS}  # type: ignore[arg-type]
+def _peak_growth(case: tuple[str, str]) -> int | None:
+    """In a fresh process: the growth of the resident memory's peak while 10^6-unit
+    statistics at ``detail`` are created and fed one ``(8, 10^6)`` float32 batch by
+    ``kernel`` (``case = (detail, kernel)``; the batch itself allocated before); None
+    where /proc is unavailable."""
+    detail, kernel = case
+    torch.set_num_threads(1)  # no thread pools started during the measurement
+    warm = torch.randn(8, 1000)  # the kernels' one-time set-up, before measuring
+    UnitStats.empty(1000, detail=detail).update(warm, warm.relu(), -1, kernel=kernel)  # type: ignore[arg-type]
     z = torch.randn(8, MILLION)
     out = z.relu()
-    peak: dict[str, int | None] = {}
-    for d in DETAIL_LEVELS:
-        release_scratch()  # each level's scratch counted afresh
-        try:
-            Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to VmRSS
-        except OSError:
-            peak[d] = None
-            continue
-        base = _vm("VmRSS")
-        stats = UnitStats.empty(MILLION, detail=d)  # type: ignore[arg-type]
-        stats.update(z, out, -1, kernel="eager")
-        hwm = _vm("VmHWM")
-        peak[d] = None if base is None or hwm is None else hwm - base
-        del stats
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to VmRSS
+    except OSError:
+        return None
+    base = _vm("VmRSS")
+    stats = UnitStats.empty(MILLION, detail=detail)  # type: ignore[arg-type]
+    stats.update(z, out, -1, kernel=kernel)  # type: ignore[arg-type]
+    hwm = _vm("VmHWM")
+    return None if base is None or hwm is None else hwm - base
+
+
+def memory() -> dict[str, Any]:
+    """Bytes of the statistics for 10^6 units, per level, and the measured peak growth
+    (each level in a fresh process, so that no freed memory is reused)."""
+    import multiprocessing
+
+    nbytes = {d: UnitStats.empty(MILLION, detail=d).nbytes for d in DETAIL_LEVELS}  # type: ignore[arg-type]
+    cases = [(d, k) for k in ("eager", "native") for d in DETAIL_LEVELS]
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        grown = pool.map(_peak_growth, cases)
+    peak = {f"{d}_{k}": g for (d, k), g in zip(cases, grown, strict=True)}
     return {
         "units": MILLION,
         "accumulator_bytes": nbytes,

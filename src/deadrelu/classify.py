@@ -145,9 +145,17 @@ def saturated_mask(
     lo = torch.nan_to_num(min_preact.to(torch.float64), neginf=-1e4)
     hi = torch.nan_to_num(max_preact.to(torch.float64), neginf=-1e4)
     steps = torch.linspace(0, 1, _GRID, dtype=torch.float64, device=lo.device)
-    grid = lo[:, None] + (hi - lo)[:, None] * steps[None, :]
-    sup = activation.derivative(grid).abs().amax(dim=1)
-    return sup < threshold
+    # The grid's two ends first: where |f'| reaches the threshold at one of them the unit is
+    # not saturated, so the whole grid is evaluated for the other units only (a GELU site's
+    # full grid cost ~0.8 ms per report); same result as the grid of every unit.
+    width = hi - lo
+    ends = torch.stack([lo + width * steps[0], lo + width * steps[-1]], dim=1)
+    saturated = activation.derivative(ends).abs().amax(dim=1) < threshold
+    rest = saturated.nonzero().flatten()
+    if rest.numel():
+        grid = lo[rest, None] + width[rest, None] * steps[None, :]
+        saturated[rest] = activation.derivative(grid).abs().amax(dim=1) < threshold
+    return saturated
 
 
 def nonfinite_mask(stats: UnitStats) -> Tensor:

@@ -182,7 +182,7 @@ def memory() -> dict[str, Any]:
     nbytes = {d: UnitStats.empty(MILLION, detail=d).nbytes for d in DETAIL_LEVELS}  # type: ignore[arg-type]
     cases = [(d, k) for k in ("eager", "native") for d in DETAIL_LEVELS]
     with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
-        grown = pool.map(_peak_growth, cases)
+        grown = pool.map(_peak_growth, cases, chunksize=1)  # one fresh process each
     peak = {f"{d}_{k}": g for (d, k), g in zip(cases, grown, strict=True)}
     return {
         "units": MILLION,

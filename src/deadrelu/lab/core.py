@@ -27,6 +27,7 @@ from deadrelu.lab.verdicts import mean_ci
 __all__ = [
     "PRESETS",
     "REGISTRY",
+    "Arm",
     "ClaimVerdict",
     "Experiment",
     "ExperimentResult",
@@ -43,6 +44,7 @@ __all__ = [
     "register",
     "rounded",
     "save_figure",
+    "sweep_from_arms",
 ]
 
 #: Verdict of an experiment on its claims.
@@ -258,6 +260,36 @@ FigureFn = Callable[[LabConfig, Sweep, Judgement], list[str]]
 
 
 @dataclass(frozen=True)
+class Arm:
+    """One independent piece of an experiment's sweep (see :attr:`Experiment.arms`).
+
+    Attributes:
+        name: what it runs, in words, unique within the experiment (``"high lr: relu"``);
+            shown in the progress display.
+        run: the work, a function of no arguments returning the arm's value for
+            ``assemble``. Picklable for a remote executor: a ``functools.partial`` of a
+            module-level function and picklable arguments (the :class:`LabConfig`, names).
+            It runs in the lab's deterministic context, so it must seed its own generators
+            (as a sweep does) and use no state another arm leaves behind.
+    """
+
+    name: str
+    run: Callable[[], Any]
+
+
+#: ``arms(cfg) -> [Arm, ...]``: the independent pieces of the sweep, in a fixed order.
+ArmsFn = Callable[[LabConfig], Sequence[Arm]]
+#: ``assemble(cfg, values) -> Sweep``: ``values[i]`` is what ``arms(cfg)[i].run()`` returned.
+AssembleFn = Callable[[LabConfig, list[Any]], Sweep]
+
+
+def sweep_from_arms(cfg: LabConfig, arms: ArmsFn, assemble: AssembleFn) -> Sweep:
+    """Every arm here, in order, then ``assemble``: the sweep of an experiment declared in
+    arms (its ``sweep`` can be ``sweep_from_arms(cfg, arms, assemble)``)."""
+    return assemble(cfg, [arm.run() for arm in arms(cfg)])
+
+
+@dataclass(frozen=True)
 class Experiment:
     """One experiment, its metadata declared once (in the spirit of timm's model registry).
 
@@ -273,6 +305,13 @@ class Experiment:
         verdict_source: ``"timings"`` when the verdicts are computed from wall-clock
             ``sweep.timings`` (E9): they are then kept out of ``results.json`` and shown
             in the report marked "timing-based".
+        arms, assemble: an experiment whose sweep is made of independent pieces (each a
+            few batched-trainer calls) declares them, so that an executor can run them as
+            separate tasks: the runner then calls ``arms(cfg)``, runs every arm (anywhere,
+            in any order, each in the lab's deterministic context) and builds the sweep
+            with ``assemble(cfg, values)`` (values in the arms' order) instead of calling
+            ``sweep(cfg)``. The contract: that sweep equals ``sweep(cfg)`` exactly (write
+            ``sweep`` as :func:`sweep_from_arms`). Both or neither.
     """
 
     id: str
@@ -286,6 +325,15 @@ class Experiment:
     caveats: tuple[str, ...] = ()
     resamples: int = 200
     verdict_source: VerdictSource = "numbers"
+    arms: ArmsFn | None = None
+    assemble: AssembleFn | None = None
+
+    def __post_init__(self) -> None:
+        if (self.arms is None) != (self.assemble is None):
+            raise ValueError(
+                f"experiment {self.id}: give both arms and assemble (the arms' values are "
+                "nothing without assemble), or neither"
+            )
 
 
 #: Registered lab-v2 experiments by id, ordered by number (see :func:`register`).

@@ -65,6 +65,7 @@ from deadrelu import __version__
 from deadrelu.lab.claims import ClaimRow, claim_rows, markdown_table
 from deadrelu.lab.core import (
     REGISTRY,
+    Arm,
     ClaimVerdict,
     Experiment,
     ExperimentResult,
@@ -81,6 +82,7 @@ __all__ = [
     "SCHEMA",
     "Piece",
     "PieceResult",
+    "assemble_arms",
     "check_device",
     "claims_table",
     "failed",
@@ -316,14 +318,24 @@ def _check_judgement(exp: Experiment, judgement: Judgement) -> None:
         )
 
 
-def run_experiment(exp: Experiment, cfg: LabConfig) -> ExperimentResult:
+def run_experiment(
+    exp: Experiment, cfg: LabConfig, arm_values: list[Any] | None = None
+) -> ExperimentResult:
     """Sweep, judge, bootstrap the verdicts' stability and draw the figures of ``exp``.
 
-    Runs inside the lab's deterministic context. A failing ``figure`` step leaves the
-    verdicts standing and adds a caveat; a failing ``sweep`` or ``judge`` raises.
+    Runs inside the lab's deterministic context. ``arm_values``: the values of the arms of
+    an experiment declared in arms (:attr:`Experiment.arms`), run elsewhere; the sweep is
+    then ``exp.assemble(cfg, arm_values)`` instead of ``exp.sweep(cfg)``. A failing
+    ``figure`` step leaves the verdicts standing and adds a caveat; a failing ``sweep``,
+    ``assemble`` or ``judge`` raises.
     """
     with _deterministic(cfg):
-        sweep = exp.sweep(cfg)
+        if arm_values is None:
+            sweep = exp.sweep(cfg)
+        else:
+            if exp.assemble is None:
+                raise ValueError(f"{exp.id} declares no arms; run it without arm_values")
+            sweep = exp.assemble(cfg, arm_values)
         t0 = time.perf_counter()
         judgement = exp.judge(sweep, None)
         _check_judgement(exp, judgement)
@@ -380,10 +392,12 @@ def failed(results: Sequence[ExperimentResult]) -> list[ExperimentResult]:
     return [r for r in results if _ERROR_KEY in r.numbers and r.verdict == "n/a"]
 
 
-def _run_one(exp: Experiment, cfg: LabConfig) -> tuple[ExperimentResult, float]:
+def _run_one(
+    exp: Experiment, cfg: LabConfig, arm_values: list[Any] | None = None
+) -> tuple[ExperimentResult, float]:
     t0 = time.perf_counter()
     try:
-        result = run_experiment(exp, cfg)
+        result = run_experiment(exp, cfg, arm_values)
     except Exception as exc:  # recorded, the run goes on
         log.exception("experiment %s failed", exp.id)
         result = _failed_result(exp, exc, cfg)
@@ -397,36 +411,94 @@ def _run_one(exp: Experiment, cfg: LabConfig) -> tuple[ExperimentResult, float]:
 
 @dataclass(frozen=True)
 class Piece:
-    """One independent piece of a lab run: one experiment (its sweep, with the batched
-    trainer, its judge, bootstrap and figures) under ``cfg``. Picklable: a remote executor
-    ships it to a worker, which imports the experiment's module by name."""
+    """One independent piece of a lab run under ``cfg``: a whole experiment (its sweep,
+    with the batched trainer, its judge, bootstrap and figures), or, when ``arm`` is given,
+    one arm of an experiment declared in arms (:attr:`Experiment.arms`; the sweep's
+    training only). Picklable: a remote executor ships it to a worker, which imports the
+    experiment's module by name."""
 
     exp: Experiment
     cfg: LabConfig
+    arm: Arm | None = None
+
+    @property
+    def label(self) -> str:
+        """``"E4 Remedies ..."``, or ``"E4 · high lr: relu"`` for an arm."""
+        if self.arm is None:
+            return f"{self.exp.id} {self.exp.title}"
+        return f"{self.exp.id} · {self.arm.name}"
 
 
 @dataclass
 class PieceResult:
-    """What a piece gave: its result, its wall time on the worker, and the files it wrote
-    (relative path -> bytes; empty when it wrote straight into ``cfg.out``)."""
+    """What a piece gave: its wall time on the worker; for an experiment its result and the
+    files it wrote (relative path -> bytes; empty when it wrote straight into
+    ``cfg.out``); for an arm its ``value``, and ``result`` None (or the experiment's failed
+    result when the arm failed)."""
 
-    result: ExperimentResult
+    result: ExperimentResult | None
     seconds: float
     files: dict[str, bytes] = field(default_factory=dict)
+    value: Any = None
 
 
 def split_pieces(ids: Sequence[str], cfg: LabConfig) -> list[Piece]:
-    """The pieces of a run of ``ids``, in run order: one per experiment.
+    """The pieces of a run of ``ids``, in run order: one per experiment, or one per arm of
+    an experiment that declares arms (:attr:`Experiment.arms`; its arms in their order).
 
-    An experiment is the unit: its sweep already batches every arm and seed into a few
-    vectorised trainer calls, and its verdicts need all of them (the :class:`Sweep` is one
-    object), so a piece never spans two experiments nor splits one.
+    A piece never spans two experiments; only an experiment's own arms split it (each arm
+    a few batched-trainer calls), and its judge, bootstrap and figures run once all its
+    arms are in (:func:`assemble_arms`).
     """
-    return [Piece(REGISTRY[i], cfg) for i in ids]
+    pieces: list[Piece] = []
+    for i in ids:
+        exp = REGISTRY[i]
+        if exp.arms is None:
+            pieces.append(Piece(exp, cfg))
+            continue
+        arms = list(exp.arms(cfg))
+        names = [a.name for a in arms]
+        if not arms or len(set(names)) < len(names):
+            raise ValueError(f"{i}.arms gave no arms or repeated names: {names}")
+        pieces.extend(Piece(exp, cfg, arm) for arm in arms)
+    return pieces
+
+
+def _run_arm(piece: Piece, arm: Arm) -> PieceResult:
+    """Run one arm here; an arm that raises gives its experiment's failed result."""
+    t0 = time.perf_counter()
+    try:
+        with _deterministic(piece.cfg):
+            value = arm.run()
+    except Exception as exc:  # the experiment fails; the run goes on
+        log.exception("arm %r of %s failed", arm.name, piece.exp.id)
+        where = f"arm {arm.name!r} failed: "
+        failure = _failed_result(piece.exp, exc, piece.cfg, where=where)
+        return PieceResult(failure, time.perf_counter() - t0)
+    return PieceResult(None, time.perf_counter() - t0, value=value)
+
+
+def assemble_arms(pieces: Sequence[Piece], done: Sequence[PieceResult]) -> PieceResult:
+    """The result of an experiment from its arm pieces (in the arms' order) and what they
+    gave: its first failed arm's failure, else ``assemble``, judge, bootstrap and figures
+    here (figures into ``cfg.out``). Its seconds are the arms' plus this step's; its
+    ``timings["arms_s"]`` gives each arm's seconds."""
+    exp, cfg = pieces[0].exp, pieces[0].cfg
+    arm_s = sum(d.seconds for d in done)
+    for d in done:
+        if d.result is not None:
+            return PieceResult(d.result, arm_s)
+    result, seconds = _run_one(exp, cfg, [d.value for d in done])
+    if not failed([result]):
+        names = [p.arm.name if p.arm is not None else "" for p in pieces]
+        result.timings["arms_s"] = dict(zip(names, (d.seconds for d in done), strict=True))
+    return PieceResult(result, arm_s + seconds)
 
 
 def run_piece(piece: Piece) -> PieceResult:
     """Run ``piece`` here; its figures go straight into ``piece.cfg.out``."""
+    if piece.arm is not None:
+        return _run_arm(piece, piece.arm)
     result, seconds = _run_one(piece.exp, piece.cfg)
     return PieceResult(result, seconds)
 
@@ -434,7 +506,10 @@ def run_piece(piece: Piece) -> PieceResult:
 def run_piece_isolated(piece: Piece) -> PieceResult:
     """Run ``piece`` with a private temporary output directory (the worker may be another
     machine) and return the files it wrote, to be written into ``cfg.out`` by the caller.
-    Nothing of the temporary path reaches the result: figures are relative paths."""
+    Nothing of the temporary path reaches the result: figures are relative paths. (An arm
+    writes no files: it runs as in :func:`run_piece`.)"""
+    if piece.arm is not None:
+        return _run_arm(piece, piece.arm)
     with tempfile.TemporaryDirectory(prefix="deadrelu-lab-") as tmp:
         root = Path(tmp)
         result, seconds = _run_one(piece.exp, replace(piece.cfg, out=root))
@@ -450,7 +525,8 @@ def _task_failed(piece: Piece, exc: BaseException, tb: str) -> PieceResult:
     """A piece whose task failed outside the experiment (a worker or node that died, a
     piece that could not be unpickled): a failed result with the remote traceback."""
     system = "Ray" if type(exc).__module__.startswith("ray") else "remote"
-    where = f"the {system} task running {piece.exp.id} failed: "
+    what = piece.exp.id if piece.arm is None else f"{piece.exp.id} (arm {piece.arm.name!r})"
+    where = f"the {system} task running {what} failed: "
     return PieceResult(
         _failed_result(piece.exp, remote_cause(exc), piece.cfg, tb=tb, where=where), 0.0
     )
@@ -622,34 +698,46 @@ def _run_pieces(
     where = ex.describe()
     sequential = isinstance(ex, LocalExecutor)  # else the pieces run at once, elsewhere
     remote = not sequential
+    # the pieces of each experiment (one, or its arms), in run order
+    groups: dict[str, list[int]] = {}
+    for i, piece in enumerate(pieces):
+        groups.setdefault(piece.exp.id, []).append(i)
+    arms_done: dict[str, dict[int, PieceResult]] = {exp_id: {} for exp_id in groups}
+    finished: dict[str, PieceResult] = {}
 
-    def finish(piece_result: PieceResult) -> None:
-        """Per finished piece, in completion order: its files, its failure in the log."""
-        _write_files(Path(cfg.out), piece_result.files)
-        r = piece_result.result
+    def finish(i: int, piece_result: PieceResult) -> PieceResult | None:
+        """Per finished piece, in completion order: the experiment's result once all its
+        pieces are in (its arms assembled, its files written, its failure logged)."""
+        exp_id = pieces[i].exp.id
+        arms_done[exp_id][i] = piece_result
+        if len(arms_done[exp_id]) < len(groups[exp_id]):
+            return None
+        whole = piece_result
+        if pieces[i].arm is not None:
+            idx = groups[exp_id]
+            whole = assemble_arms([pieces[j] for j in idx], [arms_done[exp_id][j] for j in idx])
+        _write_files(Path(cfg.out), whole.files)
+        r = whole.result
+        assert r is not None  # an experiment's piece, or assembled arms, has its result
         if remote and failed([r]):
             log.error("experiment %s failed on %s:\n%s", r.id, where, "".join(r.caveats[:1]))
+        finished[exp_id] = whole
+        return whole
 
-    def run_all(report: Callable[[int, PieceResult | None], None]) -> list[PieceResult]:
+    def run_all(report: Callable[[int, PieceResult | None, bool], None]) -> list[PieceResult]:
         def done(i: int, piece_result: PieceResult) -> None:
-            finish(piece_result)
-            report(i, piece_result)
+            report(i, finish(i, piece_result), True)
             if sequential and i + 1 < len(pieces):
-                report(i + 1, None)  # one at a time: the next one starts now
+                report(i + 1, None, False)  # one at a time: the next one starts now
 
         if pieces and sequential:
-            report(0, None)
-        return ex.run(
-            work,
-            pieces,
-            on_done=done,
-            on_error=_task_failed,
-            gpu=cfg.device.startswith("cuda"),
-        )
+            report(0, None, False)
+        ex.run(work, pieces, on_done=done, on_error=_task_failed, gpu=cfg.device.startswith("cuda"))
+        return [finished[exp_id] for exp_id in groups]
 
     def outputs(done: Sequence[PieceResult]) -> list[ExperimentResult]:
-        results = [d.result for d in done]
-        wall = {d.result.id: d.seconds for d in done}
+        results = [d.result for d in done if d.result is not None]
+        wall = {r.id: d.seconds for r, d in zip(results, done, strict=True)}
         write_outputs(results, cfg, wall=wall, executor=where)
         return results
 
@@ -667,16 +755,20 @@ def _run_pieces(
     )
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
         if remote:
-            bar.console.print(f"[dim]{len(pieces)} experiments on {where}[/dim]")
+            bar.console.print(
+                f"[dim]{len(pieces)} pieces of {len(groups)} experiments on {where}[/dim]"
+            )
         task = bar.add_task("lab" if not remote else f"lab on {where}", total=len(pieces) + 1)
 
-        def report(i: int, piece_result: PieceResult | None) -> None:
-            if piece_result is None:
-                exp = pieces[i].exp
-                bar.update(task, description=f"{exp.id} {exp.title}")
-            else:
-                bar.console.print(_line(piece_result.result, piece_result.seconds))
-                bar.advance(task)
+        def report(i: int, whole: PieceResult | None, ended: bool) -> None:
+            """Piece ``i`` starts (not ``ended``) or ended; ``whole``: its experiment's
+            result, when this piece was the experiment's last."""
+            if not ended:
+                bar.update(task, description=pieces[i].label)
+                return
+            if whole is not None and whole.result is not None:
+                bar.console.print(_line(whole.result, whole.seconds))
+            bar.advance(task)
 
         done = run_all(report)
         bar.update(task, description="report")

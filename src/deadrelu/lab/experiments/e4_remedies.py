@@ -25,6 +25,7 @@ steps (``deadrelu.remedies.recycle``, sequential trainer).
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from torch import nn
 from deadrelu.classify import DORMANT_TAU, dormant_mask
 from deadrelu.init import rai_init_
 from deadrelu.lab.core import (
+    Arm,
     ClaimVerdict,
     Experiment,
     Judgement,
@@ -43,6 +45,7 @@ from deadrelu.lab.core import (
     register,
     rounded,
     save_figure,
+    sweep_from_arms,
 )
 from deadrelu.lab.data import Dataset, load
 from deadrelu.lab.experiments._common import (
@@ -165,70 +168,11 @@ def _record(res: TrainResult, idx: list[int], slopes: bool = False) -> dict[str,
     return out
 
 
-def _act_sweep(
-    data: Dataset,
-    tc: TrainConfig,
-    arms: dict[str, tuple[str, str, str]],
-    lrs: list[float],
-    n: int,
-    kick: float,
-) -> dict[str, Any]:
-    """Every activation arm at every learning rate of the grid: ``{arm: {str(lr): record}}``."""
-    out: dict[str, Any] = {}
-    for label, (act, init, slopes) in arms.items():
-        members = [
-            Member(
-                seed=s,
-                lr=lr,
-                activation=act,
-                init=init,
-                slopes=slopes,
-                bias_kick=kick,
-                kick_step=tc.steps // 3,
-            )
-            for lr in lrs
-            for s in range(n)
-        ]
-        res = train_batched(members, tc, data)
-        out[label] = {
-            str(lr): _record(res, list(range(i * n, (i + 1) * n)), slopes=act == "prelu")
-            for i, lr in enumerate(lrs)
-        }
-    return out
-
-
-def _remedy_arms(
-    cfg: LabConfig, data: Dataset, tc: TrainConfig, st: dict[str, Any], n: int
-) -> dict[str, Any]:
-    """ReLU remedies at the setting's nominal rate: baseline, low lr, bias 0.01, RAI, ReDo."""
-    lr, kick = st["lr"], st["kick"]
-    common: dict[str, Any] = {"bias_kick": kick, "kick_step": tc.steps // 3}
-    arms: dict[str, Any] = {}
-    specs: list[tuple[str, dict[str, Any]]] = [("relu", {"lr": lr})]
-    if st["low_lr"] is not None:
-        specs.append(("relu, low lr", {"lr": st["low_lr"]}))
-    specs.append(("relu, bias 0.01", {"lr": lr, "bias_init": 0.01}))
-    specs.append(("relu, RAI", {"lr": lr, "init_fn": rai_init_}))
-    members = [Member(seed=s, **common, **kw) for _, kw in specs for s in range(n)]
-    res = train_batched(members, tc, data)
-    for a, (name, _) in enumerate(specs):
-        arms[name] = _record(res, list(range(a * n, (a + 1) * n)))
-    every = cfg.size(tiny=10, quick=50, full=100)
-    probe = data.x_train if tc.probe_limit is None else data.x_train[: tc.probe_limit]
-    hook = redo_hook(probe, every, tc.steps - every, DORMANT_TAU)
-    res = train_sequential(
-        [Member(seed=s, lr=lr, **common) for s in range(n)], tc, data, on_step=hook
-    )
-    arms["relu, ReDo"] = _record(res, list(range(n)))
-    return arms
-
-
-def sweep(cfg: LabConfig) -> Sweep:
-    """Per setting: every activation over the rate grid, and the ReLU remedies; the CNN."""
+def _setup(cfg: LabConfig) -> tuple[Dataset, TrainConfig, TrainConfig]:
+    """The data on ``cfg.device``, and the MLP's and the CNN's training configurations."""
     data = load(cfg.dataset, 0).to(cfg.device)
     hidden = cfg.size(tiny=16, quick=64, full=100)
     steps = cfg.size(tiny=30, quick=300, full=600)
-    n = cfg.n_seeds
     probe = cfg.size(tiny=500, quick=None, full=None)
     tc = TrainConfig(
         widths=(data.n_features, hidden, hidden, data.n_classes),
@@ -237,19 +181,6 @@ def sweep(cfg: LabConfig) -> Sweep:
         eval_every=steps,
         probe_limit=probe,
     )
-    settings: dict[str, Any] = {}
-    for name, st in SETTINGS.items():
-        grid = st["grid"][cfg.preset]
-        remedies = _remedy_arms(cfg, data, tc, st, n)
-        settings[name] = {
-            "lr": st["lr"],
-            "kick": st["kick"],
-            "kick_step": steps // 3,
-            "low_lr": st["low_lr"],
-            "grid": grid,
-            "activations": _act_sweep(data, tc, ACT_ARMS, grid, n, st["kick"]),
-            "remedies": remedies,
-        }
     channels = cfg.size(tiny=4, quick=8, full=8)
     cnn_steps = cfg.size(tiny=20, quick=200, full=400)
     cnn_tc = TrainConfig(
@@ -260,26 +191,124 @@ def sweep(cfg: LabConfig) -> Sweep:
         probe_limit=probe,
         arch="cnn",
     )
-    cnn_grid = CNN_GRID[cfg.preset]
-    cnn_arms = {a: ACT_ARMS[a] for a in CNN_ACTS}
+    return data, tc, cnn_tc
+
+
+def _act_arm(cfg: LabConfig, setting: str, label: str) -> dict[str, Any]:
+    """One activation arm at every rate of the setting's grid (``setting == "cnn"``: the
+    CNN's grid, no kick): ``{str(lr): record}``."""
+    data, tc, cnn_tc = _setup(cfg)
+    n = cfg.n_seeds
+    act, init, slopes = ACT_ARMS[label]
+    if setting == "cnn":
+        tc, lrs, kick = cnn_tc, CNN_GRID[cfg.preset], 0.0
+    else:
+        lrs, kick = SETTINGS[setting]["grid"][cfg.preset], SETTINGS[setting]["kick"]
+    members = [
+        Member(
+            seed=s,
+            lr=lr,
+            activation=act,
+            init=init,
+            slopes=slopes,
+            bias_kick=kick,
+            kick_step=tc.steps // 3,
+        )
+        for lr in lrs
+        for s in range(n)
+    ]
+    res = train_batched(members, tc, data)
+    return {
+        str(lr): _record(res, list(range(i * n, (i + 1) * n)), slopes=act == "prelu")
+        for i, lr in enumerate(lrs)
+    }
+
+
+def _remedies_arm(cfg: LabConfig, setting: str) -> dict[str, Any]:
+    """The ReLU remedies at the setting's nominal rate but ReDo, in one batched call:
+    baseline, low lr, bias 0.01, RAI: ``{remedy: record}``."""
+    data, tc, _ = _setup(cfg)
+    n = cfg.n_seeds
+    st = SETTINGS[setting]
+    lr = st["lr"]
+    common: dict[str, Any] = {"bias_kick": st["kick"], "kick_step": tc.steps // 3}
+    specs: list[tuple[str, dict[str, Any]]] = [("relu", {"lr": lr})]
+    if st["low_lr"] is not None:
+        specs.append(("relu, low lr", {"lr": st["low_lr"]}))
+    specs.append(("relu, bias 0.01", {"lr": lr, "bias_init": 0.01}))
+    specs.append(("relu, RAI", {"lr": lr, "init_fn": rai_init_}))
+    members = [Member(seed=s, **common, **kw) for _, kw in specs for s in range(n)]
+    res = train_batched(members, tc, data)
+    return {
+        name: _record(res, list(range(a * n, (a + 1) * n))) for a, (name, _) in enumerate(specs)
+    }
+
+
+def _redo_arm(cfg: LabConfig, setting: str) -> dict[str, Any]:
+    """ReLU + ReDo at the setting's nominal rate (sequential trainer): its record."""
+    data, tc, _ = _setup(cfg)
+    st = SETTINGS[setting]
+    every = cfg.size(tiny=10, quick=50, full=100)
+    probe = data.x_train if tc.probe_limit is None else data.x_train[: tc.probe_limit]
+    hook = redo_hook(probe, every, tc.steps - every, DORMANT_TAU)
+    members = [
+        Member(seed=s, lr=st["lr"], bias_kick=st["kick"], kick_step=tc.steps // 3)
+        for s in range(cfg.n_seeds)
+    ]
+    return _record(train_sequential(members, tc, data, on_step=hook), list(range(cfg.n_seeds)))
+
+
+def arms(cfg: LabConfig) -> list[Arm]:
+    """The sweep's independent pieces, each one trainer call: per setting the remedies, ReDo
+    and each activation arm over the rate grid; each CNN activation arm."""
+    out: list[Arm] = []
+    for name in SETTINGS:
+        out.append(Arm(f"{name}: remedies", partial(_remedies_arm, cfg, name)))
+        out.append(Arm(f"{name}: relu, ReDo", partial(_redo_arm, cfg, name)))
+        out += [Arm(f"{name}: {a}", partial(_act_arm, cfg, name, a)) for a in ACT_ARMS]
+    out += [Arm(f"cnn: {a}", partial(_act_arm, cfg, "cnn", a)) for a in CNN_ACTS]
+    return out
+
+
+def assemble(cfg: LabConfig, values: list[Any]) -> Sweep:
+    """The sweep from the values of :func:`arms` (in its order)."""
+    got = dict(zip((a.name for a in arms(cfg)), values, strict=True))
+    data, tc, cnn_tc = _setup(cfg)
+    settings: dict[str, Any] = {}
+    for name, st in SETTINGS.items():
+        settings[name] = {
+            "lr": st["lr"],
+            "kick": st["kick"],
+            "kick_step": tc.steps // 3,
+            "low_lr": st["low_lr"],
+            "grid": st["grid"][cfg.preset],
+            "activations": {a: got[f"{name}: {a}"] for a in ACT_ARMS},
+            "remedies": {**got[f"{name}: remedies"], "relu, ReDo": got[f"{name}: relu, ReDo"]},
+        }
     return Sweep(
         numbers={
             "widths": list(tc.widths),
-            "steps": steps,
-            "n_seeds": n,
+            "steps": tc.steps,
+            "n_seeds": cfg.n_seeds,
             "n_test": int(data.y_test.shape[0]),
             "redo_every": cfg.size(tiny=10, quick=50, full=100),
             "redo_tau": DORMANT_TAU,
             "settings": settings,
             "cnn": {
                 "widths": list(cnn_tc.widths),
-                "steps": cnn_steps,
-                "grid": cnn_grid,
-                "activations": _act_sweep(data, cnn_tc, cnn_arms, cnn_grid, n, 0.0),
+                "steps": cnn_tc.steps,
+                "grid": CNN_GRID[cfg.preset],
+                "activations": {a: got[f"cnn: {a}"] for a in CNN_ACTS},
             },
         },
-        n_seeds=n,
+        n_seeds=cfg.n_seeds,
     )
+
+
+def sweep(cfg: LabConfig) -> Sweep:
+    """Per setting: every activation over the rate grid, and the ReLU remedies; the CNN
+    (every arm here, in order: :func:`arms`, :func:`assemble`)."""
+    return sweep_from_arms(cfg, arms, assemble)
 
 
 def _pooled(per_layer: list[Any] | None, units: list[int]) -> float | None:
@@ -618,6 +647,8 @@ EXPERIMENT = register(
         sweep=sweep,
         judge=judge,
         figure=figure,
+        arms=arms,
+        assemble=assemble,
         caveats=(
             "Comparing each activation at its own largest stable rate answers 'tuned to its "
             "most aggressive stable rate, does it die'; at a common rate the ranking can "

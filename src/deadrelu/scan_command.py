@@ -20,11 +20,19 @@ environment) the command initialises ``torch.distributed`` if nothing did (gloo 
 CPU, nccl on CUDA with ``--device cuda`` meaning ``cuda:LOCAL_RANK``), rank r scans the
 batches i with ``i % W == r`` (round robin by batch index, every rank reading the same
 data), the scan all-reduces the statistics, and only rank 0 prints and writes outputs
-(the other ranks print only errors); every rank gets rank 0's parameters and buffers (a
+(errors: see below); every rank gets rank 0's parameters and buffers (a
 random-init model differs per process), and the report equals a one-process run of that
 model on the same data (counts exactly). ``--max-tokens`` counts the tokens of every batch
 on every rank, so the batches scanned are those of a one-process run. The process group
-is destroyed at the end when the command created it.
+is destroyed at the end when the command created it. A streamed text corpus is read by
+every rank and sharded as it goes (nothing is materialised): each rank tokenises the whole
+stream and keeps its batches.
+
+Errors under torchrun: rank 0 prints every error; another rank prints only an ``OSError``
+(its own file or device: a checkpoint ``PATH.rank{r}``, a file missing on its node),
+prefixed ``rank r:``, and a failure to join the process group. Other errors (a bad spec,
+option, model, data, a missing package) arise alike on every rank from what they all read,
+so rank 0's line says it once; every rank still exits with status 2.
 
 The sub-commands are wired into :mod:`deadrelu.cli` by :func:`add_scan_parser`,
 :func:`add_explain_parser` and :func:`add_certify_parser`.
@@ -183,7 +191,11 @@ def _add_data_args(p: argparse.ArgumentParser, *, required: bool = False) -> Non
         metavar="DATA",
         default=None,
         required=required,
-        help=f"the inputs: {DATA_FORMS} (default: random, the model's expected input)",
+        help=f"the inputs: {DATA_FORMS} (default: random, the model's expected input). "
+        "Text is streamed (read and tokenised as the scan goes, memory independent of the "
+        "corpus size): each .txt file and each .jsonl record is a document, tokenised as "
+        "the tokenizer does (with its BOS/EOS), documents separated by the tokenizer's eos "
+        "token where it has one, cut into --seq-len windows",
     )
     p.add_argument(
         "--batches",
@@ -285,18 +297,27 @@ def _load(args: argparse.Namespace) -> tuple[Any, Iterable[Any]]:
 def _batches(args: argparse.Namespace, loaded: Any = None) -> int:
     """``--batches``, else :data:`DEFAULT_BATCHES`, else (with ``--max-tokens``) enough:
     random token ids need ceil(N / (batch size x sequence length)) batches, other data
-    runs until its end (the scan stops at the tokens)."""
+    runs until its end (the scan stops at the tokens). Text corpora too: their batches
+    are full windows of batch size x sequence length tokens (but the last)."""
     if args.batches is not None:
         return int(args.batches)
     max_tokens = getattr(args, "max_tokens", None)
     if max_tokens is None or max_tokens < 1:
         return DEFAULT_BATCHES
     spec = args.data or "random"
-    if spec == "random" and loaded is not None and loaded.source == "hf":
+    if loaded is not None and loaded.source == "hf" and _token_windows(spec, loaded):
         return max(1, math.ceil(max_tokens / (args.batch_size * args.seq_len)))
     if spec == "random" or spec.startswith("random:"):
         return DEFAULT_BATCHES  # no tokens: the scan says --max-tokens needs them
     return sys.maxsize
+
+
+def _token_windows(spec: str, loaded: Any) -> bool:
+    """Whether ``spec`` gives ``loaded`` (an ``hf:`` model) batches of full token windows:
+    random token ids or a text corpus."""
+    from deadrelu.sources import text_corpus
+
+    return spec == "random" or text_corpus(spec, loaded) is not None
 
 
 def _quiet_transformers() -> None:
@@ -314,7 +335,11 @@ def _quiet_transformers() -> None:
 _USER_ERRORS = (ValueError, ImportError, OSError, KeyError, TypeError)
 
 
-def _scan(args: argparse.Namespace, loaded: Any, data: Iterable[Any], detail: str) -> Any:
+def _scan(
+    args: argparse.Namespace, loaded: Any, data: Iterable[Any], detail: str, *, shard: bool = True
+) -> Any:
+    """Scan ``data`` (under torchrun: this rank's shard of it, unless ``shard`` is False:
+    ``data`` is the shard already)."""
     from deadrelu import classify
     from deadrelu.scan import scan
 
@@ -325,13 +350,19 @@ def _scan(args: argparse.Namespace, loaded: Any, data: Iterable[Any], detail: st
     options: dict[str, Any] = {}
     if checkpoint is not None:
         options = {"checkpoint": checkpoint, "checkpoint_every": args.checkpoint_every}
+    # the batches load_data gives at most: a length for a streamed source (progress bar,
+    # the kernel choice), never a stop before the data's or --max-tokens' own
+    bound = _batches(args, loaded)
+    limit: int | None = None if bound == sys.maxsize else bound
     if ranks.world > 1:  # this rank's shard; --max-tokens counted over every rank's batches
-        data = _shard(data, ranks.rank, ranks.world, max_tokens)
+        if shard:
+            data = _shard(data, ranks.rank, ranks.world, max_tokens)
         max_tokens = None
+        limit = None if limit is None else len(range(ranks.rank, limit, ranks.world)) or None
     report = scan(
         loaded.model,
         data,
-        max_batches=args.batches if ranks.world == 1 else None,
+        max_batches=limit,
         unit_dim=_unit_dim(args.unit_dim),
         tau=classify.DORMANT_TAU if args.tau is None else args.tau,
         progress=progress,
@@ -467,7 +498,12 @@ def add_scan_parser(subparsers: Any) -> argparse.ArgumentParser:
             "batch index), every rank takes rank 0's weights, the statistics are\n"
             "all-reduced (the report equals one process's on the same data) and rank 0\n"
             "alone prints and writes the outputs. gloo on the CPU, nccl with --device cuda\n"
-            "(rank r on cuda:LOCAL_RANK)."
+            "(rank r on cuda:LOCAL_RANK). Errors: rank 0 prints them; other ranks only\n"
+            "their own file/device errors (OSError), prefixed 'rank r:'.\n"
+            "\n"
+            'text data: a .txt file, a .jsonl file ({"text": ...} per line), .gz, or a\n'
+            "folder of them (sorted), streamed; each file/record is a document, documents\n"
+            "separated by the tokenizer's eos token where it has one."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -525,14 +561,15 @@ def run_scan(args: argparse.Namespace) -> int:
     Under torchrun: one scan over every rank's shard, outputs from rank 0 only."""
     try:
         ranks = _init_distributed(args)
-    except (ValueError, RuntimeError) as exc:
-        return _err("scan", f"could not join the torchrun process group: {exc}")
+    except (ValueError, RuntimeError) as exc:  # every rank says so: no rank 0 to rely on
+        rank = os.environ.get("RANK", "?")
+        return _err("scan", f"rank {rank}: could not join the torchrun process group: {exc}")
     try:
         with contextlib.ExitStack() as stack:
-            if ranks.rank:  # only rank 0 speaks (errors excepted)
+            if ranks.rank:  # only rank 0 speaks (rank-specific errors excepted)
                 stack.enter_context(warnings.catch_warnings())
                 warnings.simplefilter("ignore")
-            return _run_scan(args, ranks.rank == 0)
+            return _run_scan(args, ranks)
     finally:
         if ranks.owned:
             import torch.distributed as dist
@@ -540,7 +577,25 @@ def run_scan(args: argparse.Namespace) -> int:
             dist.destroy_process_group()
 
 
-def _run_scan(args: argparse.Namespace, main_rank: bool) -> int:
+def _rank_error(ranks: _Ranks, exc: BaseException) -> int:
+    """Exit status 2, with the error printed by the ranks that should say it.
+
+    Rule: rank 0 prints every error. Another rank prints only an :class:`OSError` (a file
+    or device of its own: a checkpoint ``PATH.rank{r}``, a data file missing on its
+    node), prefixed by its rank; the other errors (a bad spec, option, model, data or a
+    missing package) come from what every rank reads alike, so they would be W copies of
+    rank 0's. Errors before the process group is joined are printed by every rank
+    (:func:`run_scan`); unexpected ones are tracebacks, from every rank.
+    """
+    if ranks.rank == 0:
+        return _err("scan", exc)
+    if isinstance(exc, OSError):
+        return _err("scan", f"rank {ranks.rank}: {exc}")
+    return 2
+
+
+def _run_scan(args: argparse.Namespace, ranks: _Ranks) -> int:
+    main_rank = ranks.rank == 0
     try:
         gates = parse_fail_on(args.fail_on) if args.fail_on else []
         if args.max_tokens is not None and args.max_tokens < 1:
@@ -551,7 +606,7 @@ def _run_scan(args: argparse.Namespace, main_rank: bool) -> int:
             if ranks.world > 1:
                 data = _shard(data, ranks.rank, ranks.world, args.max_tokens)
             data = list(data)
-        report = _scan(args, loaded, data, args.detail)
+        report = _scan(args, loaded, data, args.detail, shard=not args.explain)
         report.meta["model_spec"] = args.model
         report.meta["data_spec"] = args.data or "random"
         failures = [msg for g in gates for msg in g.check(report)]
@@ -561,7 +616,7 @@ def _run_scan(args: argparse.Namespace, main_rank: bool) -> int:
 
             explanation = explain(loaded.model, report, data=data)
     except _USER_ERRORS as exc:
-        return _err("scan", exc)
+        return _rank_error(ranks, exc)
     if not main_rank:
         return 1 if failures else 0
     from rich.console import Console

@@ -26,8 +26,22 @@ Data specs (:func:`load_data`), yielding batches :func:`deadrelu.scan.scan` take
 * a directory: a torchvision ``ImageFolder`` with the model's default transforms;
 * ``.pt`` (weights-only) or ``.npy`` (no pickle): a tensor ``(N, ...)`` (or, for ``.pt``,
   a dict of such tensors, e.g. ``input_ids``), cut into batches along dim 0;
-* any other file: text, tokenised with the ``hf:`` model's tokenizer into windows of
-  ``seq_len`` tokens;
+* text, for an ``hf:`` model with a tokenizer: a ``.txt`` file (any other file too), a
+  ``.jsonl`` file (one JSON object per line with a ``"text"`` field, the usual corpus
+  dump), ``.gz`` compressed ones, or a directory of such files (read recursively in sorted
+  order of their relative paths). Each ``.txt`` file and each ``.jsonl`` record is a
+  document, tokenised as ``tokenizer(text)`` does (with the BOS/EOS it adds); documents
+  are joined with the tokenizer's eos token between them where it has one (and does not
+  put one there already, as OPT's ``</s>`` BOS does); the stream is cut into consecutive
+  windows of ``seq_len`` tokens (the last, shorter one dropped unless the whole stream is
+  shorter than a window), ``batch_size`` windows per batch, with an all-ones
+  ``attention_mask``. The corpus is streamed: read and tokenised about
+  :data:`TEXT_CHUNK_CHARS` characters at a time as batches are taken, never whole, so
+  memory does not grow with its size (one line longer than that is read whole). A
+  ``.txt`` file gives exactly the ids of tokenising the whole file at once: pieces are
+  cut at line starts where the tokenisation is checked to be stable (see
+  :func:`_text_ids`); a tokenizer whose tokens could span a line end in ways the check
+  misses would be warned about in the log;
 * ``package.module:loader_factory``: ``loader_factory()`` returns an iterable of batches.
 
 Errors are :class:`SpecError` (one line naming the spec and the accepted forms) or
@@ -37,16 +51,19 @@ Errors are :class:`SpecError` (one line naming the spec and the accepted forms) 
 from __future__ import annotations
 
 import contextlib
+import gzip
 import importlib
 import itertools
+import json
+import logging
 import os
 import pickle
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from torch import Tensor, nn
@@ -70,11 +87,13 @@ MODEL_FORMS = (
 )
 DATA_FORMS = (
     "random, random:CxHxW (e.g. random:3x224x224), an image folder, a .pt or .npy tensor "
-    "file, a text file (hf: models), or package.module:loader_factory"
+    "file, text for hf: models (a .txt or .jsonl file with a 'text' field per line, "
+    ".gz too, or a folder of them; streamed), or package.module:loader_factory"
 )
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _DEFAULT_IMAGE = (3, 224, 224)
+log = logging.getLogger(__name__)
 
 
 class SpecError(ValueError):
@@ -499,9 +518,269 @@ def _cast_one(v: Any, dtype: torch.dtype) -> Any:
     return v.to(dtype) if isinstance(v, Tensor) and v.is_floating_point() else v
 
 
+# ---------------------------------------------------------------------- text corpora
+
+#: File kinds read as text corpora (``.gz``: gzip-compressed).
+TEXT_SUFFIXES = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz")
+#: Characters of text read before one tokenizer call (about 250k tokens): with the token
+#: windows not yet yielded, this bounds the memory of a text source, whatever the corpus size.
+TEXT_CHUNK_CHARS = 1 << 20
+#: Characters of ``.jsonl`` documents tokenised by one (batched) tokenizer call.
+JSONL_CHUNK_CHARS = 1 << 20
+
+
+def _is_text_file(path: Path) -> bool:
+    return path.name.endswith(TEXT_SUFFIXES)
+
+
+def text_corpus(spec: str | None, loaded: LoadedModel) -> list[Path] | None:
+    """The files of ``spec`` when it names a text corpus for ``loaded``, else None.
+
+    A text corpus is a ``.txt``/``.jsonl`` file (``.gz`` too), any other existing file
+    that is not a tensor file, or (for an ``hf:`` model) a directory holding such files,
+    read recursively in sorted order of their relative paths (hidden files skipped).
+    """
+    if not spec or spec == "random" or spec.startswith("random:"):
+        return None
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if loaded.source != "hf":
+            return None  # an image folder
+        found = {
+            p.relative_to(path).as_posix(): p
+            for p in path.rglob("*")
+            if p.is_file() and _is_text_file(p)
+        }
+        files = [
+            found[k] for k in sorted(found) if not any(s.startswith(".") for s in k.split("/"))
+        ]
+        return files or None
+    if path.is_file() and path.suffix not in (".pt", ".pth", ".npy"):
+        return [path]
+    return None
+
+
+def _open_text(path: Path) -> IO[str]:
+    """``path`` opened for reading text line by line (UTF-8, undecodable bytes replaced,
+    newlines translated to ``\\n`` as :meth:`Path.read_text` does)."""
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return path.open(encoding="utf-8", errors="replace")
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    """The token ids of ``text`` without special tokens (no too-long warning: the ids are
+    cut into windows)."""
+    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+def _frame(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids ``tokenizer`` puts before and after a text's own (BOS, EOS, CLS/SEP)."""
+    plain = _encode(tokenizer, "a")
+    full = list(tokenizer("a", verbose=False)["input_ids"])
+    for i in range(len(full) - len(plain) + 1):
+        if full[i : i + len(plain)] == plain:
+            return full[:i], full[i + len(plain) :]
+    return [], []
+
+
+def _separator(tokenizer: Any, frame: tuple[list[int], list[int]]) -> list[int]:
+    """The ids between two documents: the eos token, unless the tokenizer has none or its
+    frame already puts it there (an EOS it appends, OPT's ``</s>`` BOS)."""
+    eos = getattr(tokenizer, "eos_token_id", None)
+    pre, post = frame
+    if eos is None or pre[:1] == [eos] or post[-1:] == [eos]:
+        return []
+    return [int(eos)]
+
+
+def _last_line_start(text: str, end: int) -> int:
+    """The start of the line that ends at ``end`` (just after its ``\\n``), or of the one
+    running to ``end``."""
+    return text.rfind("\n", 0, max(end - 1, 0)) + 1
+
+
+def _cut(text: str) -> int:
+    """A line start C > 0 in ``text`` whose following text ``text[C:]`` holds a non-blank
+    line (so whitespace runs before C end before the text does), as late as possible;
+    0 if none."""
+    end = len(text)
+    while end > 0:
+        start = _last_line_start(text, end)
+        if start == 0:
+            return 0
+        if text[start:end].strip():
+            return start
+        end = start
+    return 0
+
+
+def _text_ids(tokenizer: Any, lines: Iterable[str], chunk_chars: int) -> Iterator[list[int]]:
+    """The token ids (no special tokens) of one text read line by line, in pieces whose
+    concatenation equals ``_encode(tokenizer, whole_text)``.
+
+    Lines are gathered until ``chunk_chars`` characters, then cut at a line start C
+    (:func:`_cut`) and the text before C is tokenised, preceded by the line before the
+    previous cut as context (whose ids are dropped): a tokenizer that treats the start of
+    a text specially (SentencePiece's "first" ``▁``) then sees the piece mid-text. The cut
+    is taken only when it is stable: the ids of the text after C are the same in this
+    call and tokenised after the line before C, and that line's ids are a prefix there;
+    else more lines are read (twice as many each time) and the whole buffer is tried again.
+    """
+    ctx: str = ""  # the line before the last cut
+    ctx_ids: list[int] = []  # its ids, tokenised alone
+    pending = ""  # text after the last cut, not yet tokenised
+    target = chunk_chars
+    it = iter(lines)
+    while True:
+        parts, size, eof = [pending], len(pending), False
+        while size < target:
+            line = next(it, None)
+            if line is None:
+                eof = True
+                break
+            parts.append(line)
+            size += len(line)
+        text = "".join(parts)
+        cut = 0 if eof else _cut(text)
+        if eof or cut == 0:
+            if eof:
+                ids = _encode(tokenizer, ctx + text)
+                if ids[: len(ctx_ids)] != ctx_ids:
+                    log.warning(_BORDER_WARNING, getattr(tokenizer, "name_or_path", ""))
+                yield ids[len(ctx_ids) :]
+                return
+            pending, target = text, target * 2
+            continue
+        full = _encode(tokenizer, ctx + text)
+        line = text[_last_line_start(text, cut) : cut]
+        line_ids = _encode(tokenizer, line)
+        after = _encode(tokenizer, line + text[cut:])
+        tail = after[len(line_ids) :]
+        stable = (
+            after[: len(line_ids)] == line_ids
+            and len(full) - len(tail) >= len(ctx_ids)
+            and full[len(full) - len(tail) :] == tail
+        )
+        if not stable:
+            pending, target = text, target * 2
+            continue
+        if full[: len(ctx_ids)] != ctx_ids:
+            log.warning(_BORDER_WARNING, getattr(tokenizer, "name_or_path", ""))
+        yield full[len(ctx_ids) : len(full) - len(tail)]
+        ctx, ctx_ids, pending, target = line, line_ids, text[cut:], chunk_chars
+
+
+_BORDER_WARNING = (
+    "tokenizer %s: the ids at a chunk border of the text differ from those of the whole "
+    "text (a tokenizer whose tokens span lines); the token windows near it may differ"
+)
+
+
+def _jsonl_texts(path: Path, lines: Iterable[str]) -> Iterator[str]:
+    """The ``"text"`` of each JSON object of a ``.jsonl`` file (blank lines skipped)."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SpecError(
+                f"{str(path)!r} line {number} is not JSON ({exc.msg}): a .jsonl corpus holds "
+                'one JSON object per line, e.g. {"text": "..."}'
+            ) from exc
+        text = record.get("text") if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            raise SpecError(
+                f"{str(path)!r} line {number} has no string field 'text': a .jsonl corpus "
+                'holds one JSON object per line, e.g. {"text": "..."}'
+            )
+        yield text
+
+
+def corpus_ids(
+    tokenizer: Any,
+    files: Sequence[Path],
+    *,
+    chunk_chars: int | None = None,
+) -> Iterator[list[int]]:
+    """The token ids of a text corpus, in pieces, read lazily (see :func:`load_data`).
+
+    Every ``.txt`` file and every ``.jsonl`` record is a document, tokenised as
+    ``tokenizer(text)`` does (with the BOS/EOS it adds); two documents are separated by
+    the tokenizer's eos token unless it has none or already puts one there. A ``.txt``
+    file is read ``chunk_chars`` characters at a time (default :data:`TEXT_CHUNK_CHARS`)
+    and its ids equal those of the whole file at once (:func:`_text_ids`).
+    """
+    chunk = chunk_chars or TEXT_CHUNK_CHARS
+    frame = _frame(tokenizer)
+    pre, post = frame
+    sep = _separator(tokenizer, frame)
+    first = True
+    for path in files:
+        with _open_text(path) as f:
+            if not path.name.endswith((".jsonl", ".jsonl.gz")):
+                yield (sep if not first else []) + pre
+                first = False
+                yield from _text_ids(tokenizer, f, chunk)
+                yield post
+                continue
+            texts = (t for t in _jsonl_texts(path, f) if t)
+            while True:
+                group, size = [], 0
+                for text in texts:
+                    group.append(text)
+                    size += len(text)
+                    if size >= (chunk_chars or JSONL_CHUNK_CHARS):
+                        break
+                if not group:
+                    break
+                encoded = tokenizer(group, verbose=False)["input_ids"]
+                for ids in encoded:
+                    yield (sep if not first else []) + list(ids)
+                    first = False
+
+
+def _token_batches(
+    pieces: Iterable[list[int]], spec: str, batches: int, batch_size: int, seq_len: int
+) -> Iterator[dict[str, Tensor]]:
+    """Batches ``{"input_ids": (B, T), "attention_mask": ones (B, T)}`` of consecutive
+    ``seq_len``-token windows of the ids in ``pieces``: full batches of ``batch_size``
+    windows, then one of the windows left; the last ``< seq_len`` ids are dropped, unless
+    the whole stream is shorter than one window (then it is one window). At most
+    ``batches`` batches; nothing is read past the last batch yielded."""
+    step = batch_size * seq_len
+    left = torch.empty(0, dtype=torch.int64)
+    done = 0
+    for piece in pieces:
+        if not piece:
+            continue
+        left = torch.cat([left, torch.tensor(piece, dtype=torch.int64)])
+        full = left.numel() // step
+        for i in range(full):
+            w = left[i * step : (i + 1) * step].reshape(batch_size, seq_len).clone()
+            yield {"input_ids": w, "attention_mask": torch.ones_like(w)}
+            done += 1
+            if done >= batches:
+                return
+        left = left[full * step :].clone()
+    if done == 0 and left.numel() == 0:
+        raise SpecError(f"text data {spec!r} gives no tokens")
+    rows = left.numel() // seq_len
+    if rows or done == 0:
+        w = left[: rows * seq_len].reshape(rows, seq_len) if rows else left[None]
+        yield {"input_ids": w, "attention_mask": torch.ones_like(w)}
+
+
 def _text(
-    loaded: LoadedModel, spec: str, path: Path, batches: int, batch_size: int, seq_len: int
+    loaded: LoadedModel,
+    spec: str,
+    files: Sequence[Path],
+    batches: int,
+    batch_size: int,
+    seq_len: int,
 ) -> Iterator[Any]:
+    """The batches of a text corpus (checked now, read lazily as they are taken)."""
     if loaded.source != "hf":
         raise SpecError(
             f"data {spec!r} is read as text, which needs an hf: model with a tokenizer; "
@@ -510,23 +789,12 @@ def _text(
     if loaded.tokenizer is None:
         raise SpecError(
             f"{loaded.spec!r} has no tokenizer (no tokenizer.json or tokenizer_config.json in "
-            f"the directory), so the text file {spec!r} cannot be tokenised: save one there "
+            f"the directory), so the text {spec!r} cannot be tokenised: save one there "
             "with tokenizer.save_pretrained(DIR), or give token ids as a .pt file "
             "({'input_ids': (N, T)}) or random"
         )
-    text = path.read_text(encoding="utf-8", errors="replace")
-    ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"].reshape(-1)
-    if ids.numel() == 0:
-        raise SpecError(f"text file {spec!r} gives no tokens")
-    if ids.numel() < seq_len:
-        windows = ids[None]
-    else:
-        windows = ids[: ids.numel() // seq_len * seq_len].reshape(-1, seq_len)
-    for i, start in enumerate(range(0, windows.shape[0], batch_size)):
-        if i >= batches:
-            return
-        w = windows[start : start + batch_size]
-        yield {"input_ids": w, "attention_mask": torch.ones_like(w)}
+    pieces = corpus_ids(loaded.tokenizer, files)
+    return _token_batches(pieces, spec, batches, batch_size, seq_len)
 
 
 def load_data(
@@ -547,7 +815,9 @@ def load_data(
         seq_len: tokens per sequence (text files and random token ids).
 
     Returns:
-        An iterable of batches (tensors, ``(x, y)`` pairs or dicts of keyword arguments).
+        An iterable of batches (tensors, ``(x, y)`` pairs or dicts of keyword arguments);
+        for a text corpus a generator that reads and tokenises the text as batches are
+        taken (it has no ``len``; iterate it once).
 
     Raises:
         SpecError: the spec or file cannot be used (one line, names the accepted forms).
@@ -563,6 +833,9 @@ def load_data(
         shape_text = spec.partition(":")[2]
         return list(_random(loaded, spec, shape_text, batches, batch_size, seq_len))
     path = Path(spec).expanduser()
+    files = text_corpus(spec, loaded)
+    if files is not None:
+        return _text(loaded, spec, files, batches, batch_size, seq_len)
     if path.is_dir():
         tv = _torchvision(spec)
         if loaded.transform is None and loaded.input_shape is None:
@@ -603,8 +876,6 @@ def load_data(
             raise SpecError(f"data file {spec!r}: {exc}") from exc
         rows = _split_rows(torch.from_numpy(array), spec, batch_size, batches)
         return list(_cast(rows, loaded.dtype))
-    if path.is_file():
-        return list(_text(loaded, spec, path, batches, batch_size, seq_len))
     if _FACTORY.match(spec):
         factory = _import_attr(spec, "data loader factory")
         if not callable(factory):

@@ -186,7 +186,8 @@ def scan(
             batches of ``data`` already done, so ``data`` must yield the same batches in
             the same order (no reshuffling), and the report equals an uninterrupted
             scan's. A checkpoint of a finished scan is returned without reading ``data``
-            (also one stopped by ``max_batches``/``max_tokens`` that are reached).
+            (also one stopped by ``max_batches``/``max_tokens`` that are reached: as it
+            is, even where it went past a smaller limit than its own).
             Under ``torch.distributed`` with more than one process rank r uses
             ``<checkpoint>.rank{r}`` (its own accumulators, before the all-reduce).
         checkpoint_every: batches run between two checkpoint writes (>= 1).

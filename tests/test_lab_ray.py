@@ -16,13 +16,24 @@ import random
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import deadrelu.lab.core as core
-from deadrelu.lab.core import ClaimVerdict, Experiment, Judgement, LabConfig, SeedIndex, Sweep
+from deadrelu.lab.core import (
+    Arm,
+    ClaimVerdict,
+    Experiment,
+    Judgement,
+    LabConfig,
+    SeedIndex,
+    Sweep,
+    sweep_from_arms,
+)
 from deadrelu.lab.executors import (
     Executor,
     ExecutorError,
@@ -37,6 +48,7 @@ from deadrelu.lab.runner import (
     _task_failed,
     failed,
     known_ids,
+    run_experiment,
     run_lab,
     split_pieces,
 )
@@ -70,6 +82,48 @@ def _failing_sweep(cfg: LabConfig) -> Sweep:
 
 def _crashing_sweep(cfg: LabConfig) -> Sweep:
     os._exit(3)  # the worker process dies: no Python exception to catch
+
+
+#: The arms of the split test experiment: arm ``k`` gives ``[100 k + s for each seed s]``.
+N_ARMS = 4
+#: The values every ``_assemble`` call got (the test reads and clears it).
+assembled: list[list[Any]] = []
+
+
+def _arm_value(cfg: LabConfig, k: int, fail: bool = False) -> list[int]:
+    if fail:
+        raise RuntimeError(f"boom in arm {k}")
+    return [100 * k + s for s in range(cfg.n_seeds)]
+
+
+def _arms(cfg: LabConfig) -> list[Arm]:
+    return [Arm(f"arm {k}", partial(_arm_value, cfg, k)) for k in range(N_ARMS)]
+
+
+def _arms_one_failing(cfg: LabConfig) -> list[Arm]:
+    return [Arm(f"arm {k}", partial(_arm_value, cfg, k, k == 2)) for k in range(N_ARMS)]
+
+
+def _assemble(cfg: LabConfig, values: list[Any]) -> Sweep:
+    """Per seed s: the arms' values in the order given, so a reordering shows."""
+    assembled.append(values)
+    n = cfg.n_seeds
+    return Sweep(
+        {
+            "x": [s * s for s in range(n)],
+            "n": n,
+            "per_seed": [[v[s] for v in values] for s in range(n)],
+        },
+        n,
+    )
+
+
+def _split_sweep(cfg: LabConfig) -> Sweep:
+    return sweep_from_arms(cfg, _arms, _assemble)
+
+
+def _split_exp(exp_id: str, arms: Callable[[LabConfig], list[Arm]] = _arms) -> Experiment:
+    return _exp(exp_id, sweep=_split_sweep, arms=arms, assemble=_assemble, figure=_figure)
 
 
 def _exp(exp_id: str, sweep: Callable[[LabConfig], Sweep] = _sweep, **kw: Any) -> Experiment:
@@ -126,6 +180,71 @@ def test_one_piece_per_experiment_in_run_order(registry: dict[str, Experiment]) 
     assert [p.exp.id for p in pieces] == ["L1", "E90", "E91"]
     assert all(p.cfg is cfg for p in pieces)
     assert pieces[1].exp is registry["E90"]
+
+
+def test_an_experiment_with_arms_is_one_piece_per_arm(registry: dict[str, Experiment]) -> None:
+    core.register(_exp("E90"))
+    core.register(_split_exp("E91"))
+    cfg = LabConfig("tiny", seeds=3)
+    pieces = split_pieces(["E90", "E91", "E4"], cfg)
+    labels = [p.label for p in pieces]
+    assert labels[:5] == [
+        "E90 title E90",
+        "E91 · arm 0",
+        "E91 · arm 1",
+        "E91 · arm 2",
+        "E91 · arm 3",
+    ]
+    e4_arms = registry["E4"].arms
+    assert e4_arms is not None
+    e4 = [p for p in pieces if p.exp.id == "E4"]
+    assert [p.label for p in e4] == [f"E4 · {a.name}" for a in e4_arms(cfg)]
+    assert len(e4) > 1
+    assert all(p.arm is not None for p in e4)
+    with pytest.raises(ValueError, match="both arms and assemble"):
+        _exp("E93", arms=_arms)
+
+
+def test_arms_are_assembled_in_declared_order_whatever_order_they_finish(
+    tmp_path: Path, registry: dict[str, Experiment], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Arms finishing last first give the sweep of the unsplit experiment, assembled once;
+    an arm that raises is its experiment's failure (no assembly), the run goes on."""
+    core.register(_split_exp("E90"))
+    core.register(_split_exp("E91", arms=_arms_one_failing))
+    core.register(_exp("E92"))
+    cfg = LabConfig("tiny", seeds=3, out=tmp_path / "rev")
+    assembled.clear()
+    ex = _Reversed()
+    results = run_lab(cfg, only="E90,E91,E92", progress=True, executor=ex)
+    n_pieces = 2 * N_ARMS + 1
+    assert ex.finished == list(reversed(range(n_pieces)))
+    # assembled once (E91 never: its arm 2 failed), with the values in the arms' order
+    assert assembled == [[[100 * k + s for s in range(3)] for k in range(N_ARMS)]]
+    ok, bad, plain = results
+    assert ok.numbers["per_seed"] == [[s, 100 + s, 200 + s, 300 + s] for s in range(3)]
+    # the same result as the unsplit experiment run in one go
+    whole = run_experiment(replace(registry["E90"], arms=None, assemble=None), cfg)
+    assert whole.to_dict(include_timings=False) == ok.to_dict(include_timings=False)
+    assert set(ok.timings["arms_s"]) == {f"arm {k}" for k in range(N_ARMS)}
+    # the failing arm is the experiment's error, with the arm's traceback
+    assert failed(results) == [bad] and bad.id == "E91"
+    assert bad.summary == "FAILED: arm 'arm 2' failed: RuntimeError: boom in arm 2"
+    assert "_arm_value" in bad.caveats[0]
+    assert plain.verdict == "supported"
+    # progress counts the pieces and prints one line per experiment once its arms are in
+    err = capsys.readouterr().err
+    assert f"{n_pieces} pieces of 3 experiments on reversed (test)" in err
+    assert f"{n_pieces + 1}/{n_pieces + 1}" in err
+    lines = [ln.strip().split(":")[0] for ln in err.splitlines() if ln.startswith("  ")]
+    assert [x for x in lines if x in {"E90", "E91", "E92"}] == ["E92", "E91", "E90"]
+    # the local executor runs the same pieces in order: the same bytes
+    local = run_lab(replace(cfg, out=tmp_path / "local"), only="E90,E91,E92", progress=False)
+    assert [r.id for r in local] == ["E90", "E91", "E92"]
+    assert _results_json(tmp_path / "local") == _results_json(tmp_path / "rev")
+    assert (tmp_path / "local" / "figures" / "e90.bin").read_bytes() == (
+        tmp_path / "rev" / "figures" / "e90.bin"
+    ).read_bytes()
 
 
 class _Reversed(Executor[Piece, PieceResult]):
@@ -211,6 +330,7 @@ def test_a_task_that_failed_outside_the_experiment_is_a_failed_result() -> None:
     exc = TaskError(ModuleNotFoundError("No module named 'deadrelu'"), "remote tb")
     got = _task_failed(piece, exc, "Traceback: remote frames")
     r = got.result
+    assert r is not None
     assert failed([r]) == [r] and r.verdict == "n/a"
     assert r.summary == (
         "FAILED: the remote task running E90 failed: ModuleNotFoundError: No module named "
@@ -219,6 +339,11 @@ def test_a_task_that_failed_outside_the_experiment_is_a_failed_result() -> None:
     assert r.caveats == ["Traceback: remote frames"]
     assert "wall of text" not in json.dumps(r.to_dict())
     assert r.claim_verdicts["C11"]["n_seeds"] == 3
+    arm = Arm("arm 1", partial(_arm_value, piece.cfg, 1))
+    r = _task_failed(replace(piece, arm=arm), exc, "tb").result
+    assert r is not None and r.summary.startswith(
+        "FAILED: the remote task running E90 (arm 'arm 1') failed: ModuleNotFoundError"
+    )
 
 
 def test_executor_choice_errors() -> None:
@@ -302,8 +427,10 @@ def test_ray_run_of_the_tiny_preset_is_byte_identical_to_the_local_run(
     tmp_path: Path, registry: dict[str, Experiment], ray_instance: Any
 ) -> None:
     """Every experiment of the tiny preset (on the synthetic dataset, which is generated in
-    milliseconds in each of the three processes), plus one that fails."""
+    milliseconds in each of the three processes; E4 as one Ray task per arm), plus one that
+    fails and one whose arm fails."""
     core.register(_exp("E92", sweep=_failing_sweep))
+    core.register(_split_exp("E93", arms=_arms_one_failing))
     ids = known_ids()
     ex = RayExecutor()
 
@@ -318,6 +445,11 @@ def test_ray_run_of_the_tiny_preset_is_byte_identical_to_the_local_run(
     assert ray_instance.is_initialized()  # a Ray it did not start is left running
     assert [r.id for r in remote] == [r.id for r in local] == ids
     assert _results_json(tmp_path / "local") == _results_json(tmp_path / "ray")
+    # E4 ran split, one task per arm
+    e4_arms = registry["E4"].arms
+    assert e4_arms is not None and len(e4_arms(config("ray"))) > 1
+    (e4,) = (r for r in remote if r.id == "E4")
+    assert list(e4.timings["arms_s"]) == [a.name for a in e4_arms(config("ray"))]
     # every figure, byte for byte, but the timing-based ones (wall-clock times)
     timed = {i for i in ids if registry[i].verdict_source == "timings"}
     figs = {r.id: r.figures for r in local}
@@ -328,11 +460,15 @@ def test_ray_run_of_the_tiny_preset_is_byte_identical_to_the_local_run(
             assert b.is_file(), name
             if exp_id not in timed:
                 assert a.read_bytes() == b.read_bytes(), name
-    # the failing experiment: its own error and traceback, from the worker
-    (bad,) = failed(remote)
+    # the failing experiment and arm: their own error and traceback, from the worker
+    bad, bad_arm = failed(remote)
     assert bad.id == "E92" and bad.summary == "FAILED: RuntimeError: boom in the test sweep"
     assert "_failing_sweep" in bad.caveats[0] and "site-packages/ray" not in bad.caveats[0]
-    assert bad.caveats == failed(local)[0].caveats
+    assert bad_arm.id == "E93" and "arm 'arm 2' failed: RuntimeError: boom in arm 2" in (
+        bad_arm.summary
+    )
+    assert "_arm_value" in bad_arm.caveats[0]
+    assert [r.caveats for r in failed(local)] == [bad.caveats, bad_arm.caveats]
     # the executor is named where identity is not asked for
     timings = json.loads((tmp_path / "ray" / "timings.json").read_text())
     assert timings["executor"] == ex.describe() == "ray (an already initialised Ray, 2 CPUs)"

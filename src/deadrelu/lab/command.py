@@ -88,7 +88,7 @@ def add_lab_parser(subparsers: Any) -> argparse.ArgumentParser:
         default="local",
         help=(
             "where the experiments run: local (this process, one after the other; default) "
-            "or ray (one Ray task per experiment; needs pip install 'deadrelu[ray]'); "
+            "or ray (one Ray task per experiment or arm; needs pip install 'deadrelu[ray]'); "
             "results.json is the same bytes either way"
         ),
     )

@@ -28,16 +28,21 @@ An experiment that raises is recorded as a result with verdict ``"n/a"``, the er
 numbers and caveats, and the run goes on; :func:`failed` lists such results.
 
 Executors (:mod:`deadrelu.lab.executors`): the run is split into independent pieces
-(:func:`split_pieces`, one per experiment) that an executor runs -- ``"local"`` (this
-process, one after the other; the default) or ``"ray"`` (one Ray task per piece, on a local
-Ray instance or a cluster; each piece writes its figures into a private directory and ships
-them back). Results are merged in run order, whatever order the pieces finish in, and the
+(:func:`split_pieces`: one per experiment, or one per arm of an experiment that declares
+arms, :attr:`~deadrelu.lab.core.Experiment.arms`) that an executor runs -- ``"local"``
+(this process, one after the other; the default) or ``"ray"`` (one Ray task per piece, on a
+local Ray instance or a cluster; each experiment piece writes its figures into a private
+directory and ships them back). An experiment's arms are assembled into its sweep, judged
+and drawn in this process once they are all in (:func:`assemble_arms`), so a split
+experiment gives exactly the unsplit one's result; its wall time in ``timings.json`` is the
+sum of its arms' and that step's, with each arm's in ``timings["arms_s"]``. Results are
+merged in run order, whatever order the pieces finish in, and the
 executor is named only in ``timings.json`` and ``index.html``, so **``results.json`` is
 byte-identical whichever executor ran it** (given the same ``--out``: ``config.out`` is the
 one path it holds), and so are the figures, except those drawn from wall-clock timings
 (E9's); ``timings.json`` and ``index.html`` differ (times, executor). A piece
-whose remote task itself fails (a worker that died) is recorded like a failing
-experiment, with the remote traceback.
+whose remote task itself fails (a worker that died), or an arm that fails, is recorded as
+its experiment's failure, with the (remote) traceback.
 
 Determinism: each experiment runs with ``torch.use_deterministic_algorithms(True)``, the
 global RNG seeded with 0 and, on the CPU, one intra-op thread (:data:`EXPERIMENT_THREADS`);
@@ -669,7 +674,7 @@ def run_lab(
         only: ids (``"E1,E7"`` or a list); None runs them all.
         progress: show a rich progress bar and one line per finished experiment (on
             stderr).
-        executor: where the pieces (:func:`split_pieces`: one per experiment) run:
+        executor: where the pieces (:func:`split_pieces`: experiments, or their arms) run:
             ``"local"`` (this process, one after the other), ``"ray"`` (a local Ray
             instance), or an :class:`~deadrelu.lab.executors.Executor` (e.g.
             ``RayExecutor(address=...)``), entered and left here. The results are merged

@@ -12,17 +12,21 @@ The CLI runs in-process (``main(argv)``) for speed; one test runs the installed 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from deadrelu import scan_command
 from deadrelu.cli import main
 from deadrelu.report import Report
 from deadrelu.zoo import import_torchvision
@@ -372,3 +376,115 @@ def test_explain_an_untraceable_hf_model_gives_causes(
     dead = {(u["site"], u["unit"]) for u in units}
     assert dead == {(s, i) for s, idx in OPT_DEAD.items() for i in idx}
     assert all(u["cause"] in ("bias", "both") for u in units), units
+
+
+# ---------------------------------------------------------------------- streamed text corpora
+
+
+def test_text_corpus_is_streamed_and_bounded_by_max_tokens_and_its_end(
+    opt_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A .jsonl corpus of 30 records of 6 words (180 tokens; this tokenizer has no eos)
+    and a folder of it in two files: scan gets a generator (no len), told the bound
+    ceil(40 / (2 x 8)) = 3 batches; --max-tokens 40 stops after 3 batches (48 tokens);
+    without it, --batches 100 runs to the end of the data: 180 // 8 = 22 windows in 11
+    batches, 176 tokens. The killed units are found either way."""
+    scan_module = importlib.import_module("deadrelu.scan")  # the package exports the function
+    seen: list[tuple[bool, int | None]] = []
+    real_scan = scan_module.scan
+
+    def spy(model: Any, data: Any, **kwargs: Any) -> Any:
+        seen.append((hasattr(data, "__len__"), kwargs.get("max_batches")))
+        return real_scan(model, data, **kwargs)
+
+    monkeypatch.setattr(scan_module, "scan", spy)
+    record = json.dumps({"text": "the cat sat on the mat"})
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text((record + "\n") * 30)
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    (folder / "00.jsonl").write_text((record + "\n") * 12)
+    (folder / "01.jsonl").write_text((record + "\n") * 18)
+    out = tmp_path / "r.json"
+    base = ["scan", f"hf:{opt_dir}", "--seq-len", "8", "--batch-size", "2", "--json", str(out)]
+    for data in (corpus, folder):
+        assert main([*base, "--data", str(data), "--max-tokens", "40"]) == 0
+        meta = json.loads(out.read_text())["meta"]
+        assert (meta["tokens"], meta["batches"]) == (48, 3)
+        assert _dead_from_json(out) == OPT_DEAD
+        assert seen[-1] == (False, 3)
+        assert main([*base, "--data", str(data), "--batches", "100"]) == 0
+        meta = json.loads(out.read_text())["meta"]
+        assert (meta["tokens"], meta["batches"]) == (176, 11)
+        assert seen[-1] == (False, 100)
+
+
+def test_shard_of_a_streamed_source_takes_only_what_it_needs(opt_dir: Path, tmp_path: Path) -> None:
+    """Under torchrun each rank shards the stream as it goes: rank r gets the batches
+    i % 2 == r of the one-process stream, and taking rank 1's first batch has drawn
+    exactly two batches from the source."""
+    from deadrelu.sources import load_data, load_model
+
+    loaded = load_model(f"hf:{opt_dir}")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat\n" * 40)  # 240 tokens: 15 batches of 2 x 8
+    one = [b["input_ids"] for b in load_data(str(corpus), loaded, batch_size=2, seq_len=8)]
+    assert len(one) == 8  # --batches' default bounds the stream
+
+    drawn = [0]
+
+    def counted() -> Iterator[Any]:
+        for b in load_data(str(corpus), loaded, batches=100, batch_size=2, seq_len=8):
+            drawn[0] += 1
+            yield b
+
+    shard = scan_command._shard(counted(), 1, 2, None)
+    first = next(shard)
+    assert drawn[0] == 2 and torch.equal(first["input_ids"], one[1])
+    for r in (0, 1):  # --max-tokens 80 over both ranks: batches 0..4 (16 tokens each)
+        got = [b["input_ids"] for b in scan_command._shard(counted(), r, 2, 80)]
+        assert [g.tolist() for g in got] == [o.tolist() for o in one[r:5:2]]
+
+
+# ---------------------------------------------------------------------- errors under torchrun
+
+
+def test_under_torchrun_rank0_prints_errors_other_ranks_only_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rule: a bad option (ValueError, the same on every rank) is printed by rank 0 only,
+    each rank exiting 2; an OSError (a checkpoint under a path that is a file: rank
+    specific in general) by every rank, prefixed with its rank; a failure to join the
+    process group by every rank."""
+    base = ["scan", "models:DeadMLP", "--data", "random:8", "--batches", "1"]
+    for rank in (0, 1):
+        monkeypatch.setattr(scan_command, "_init_distributed", lambda a, r=rank: _ranks(r, 2))
+        assert main([*base, "--fail-on", "deadish>5"]) == 2
+        err = capsys.readouterr().err
+        if rank == 0:
+            assert err.count("\n") == 1 and "'deadish>5'" in err and "rank" not in err
+        else:
+            assert err == ""
+
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    for rank in (0, 1):
+        monkeypatch.setattr(scan_command, "_init_distributed", lambda a, r=rank: _ranks(r, 2))
+        assert main([*base, "--checkpoint", str(blocker / "ck.pt")]) == 2
+        err = capsys.readouterr().err
+        assert "file.txt" in err and err.count("\n") == 1
+        assert ("rank 1:" in err) == (rank == 1)
+
+    def refuse(args: Any) -> Any:
+        raise RuntimeError("no rendezvous")
+
+    monkeypatch.setattr(scan_command, "_init_distributed", refuse)
+    monkeypatch.setenv("RANK", "1")
+    assert main(base) == 2
+    assert "rank 1: could not join the torchrun process group: no rendezvous" in (
+        capsys.readouterr().err
+    )
+
+
+def _ranks(rank: int, world: int) -> Any:
+    return scan_command._Ranks(rank, world)

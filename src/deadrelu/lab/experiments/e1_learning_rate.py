@@ -19,9 +19,11 @@ can be recomputed on any resample of the seeds.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from deadrelu.lab.core import (
+    Arm,
     ClaimVerdict,
     Experiment,
     Judgement,
@@ -32,8 +34,9 @@ from deadrelu.lab.core import (
     register,
     rounded,
     save_figure,
+    sweep_from_arms,
 )
-from deadrelu.lab.data import load
+from deadrelu.lab.data import Dataset, load
 from deadrelu.lab.experiments._common import (
     acc_ci,
     fmt_ci,
@@ -73,21 +76,9 @@ def _record(res: TrainResult, idx: list[int]) -> dict[str, Any]:
     }
 
 
-def _lr_sweep(
-    data: Any, tc: TrainConfig, acts: tuple[str, ...], lrs: list[float], n: int
-) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for act in acts:
-        members = [Member(seed=s, lr=lr, activation=act) for lr in lrs for s in range(n)]
-        res = train_batched(members, tc, data)
-        out[act] = {
-            str(lr): _record(res, list(range(i * n, (i + 1) * n))) for i, lr in enumerate(lrs)
-        }
-    return out
-
-
-def sweep(cfg: LabConfig) -> Sweep:
-    """Train every activation at every learning rate (MLP), and ReLU at every rate (CNN)."""
+def _setup(cfg: LabConfig) -> tuple[Dataset, dict[str, tuple[TrainConfig, list[float]]]]:
+    """The data on ``cfg.device`` and, per architecture (``"mlp"``, ``"cnn"``), its training
+    configuration and learning rates."""
     data = load(cfg.dataset, 0).to(cfg.device)
     hidden = cfg.size(tiny=16, quick=64, full=100)
     steps = cfg.size(tiny=30, quick=300, full=1000)
@@ -96,7 +87,6 @@ def sweep(cfg: LabConfig) -> Sweep:
         quick=[0.01, 0.03, 0.1, 0.3, 1.0, 2.0],
         full=[0.003, 0.01, 0.03, 0.1, 0.3, 0.6, 1.0, 1.5, 2.0, 3.0],
     )
-    n = cfg.n_seeds
     probe = cfg.size(tiny=500, quick=None, full=None)
     tc = TrainConfig(
         widths=(data.n_features, hidden, hidden, data.n_classes),
@@ -118,21 +108,56 @@ def sweep(cfg: LabConfig) -> Sweep:
         probe_limit=probe,
         arch="cnn",
     )
+    return data, {"mlp": (tc, lrs), "cnn": (cnn_tc, cnn_lrs)}
+
+
+#: The sweep's arms, one trainer call each: (architecture, activation).
+ARMS: tuple[tuple[str, str], ...] = (*(("mlp", a) for a in ACTIVATIONS), ("cnn", "relu"))
+
+
+def _lr_arm(cfg: LabConfig, arch: str, act: str) -> dict[str, Any]:
+    """One activation of one architecture at every learning rate: ``{str(lr): record}``."""
+    data, archs = _setup(cfg)
+    tc, lrs = archs[arch]
+    n = cfg.n_seeds
+    members = [Member(seed=s, lr=lr, activation=act) for lr in lrs for s in range(n)]
+    res = train_batched(members, tc, data)
+    return {str(lr): _record(res, list(range(i * n, (i + 1) * n))) for i, lr in enumerate(lrs)}
+
+
+def arms(cfg: LabConfig) -> list[Arm]:
+    """The sweep's independent pieces: each activation of :data:`ARMS` at every rate."""
+    return [Arm(f"{arch}: {act}", partial(_lr_arm, cfg, arch, act)) for arch, act in ARMS]
+
+
+def assemble(cfg: LabConfig, values: list[Any]) -> Sweep:
+    """The sweep from the values of :func:`arms` (in its order)."""
+    data, archs = _setup(cfg)
+    (tc, lrs), (cnn_tc, cnn_lrs) = archs["mlp"], archs["cnn"]
+    got: dict[str, dict[str, Any]] = {"mlp": {}, "cnn": {}}
+    for (arch, act), value in zip(ARMS, values, strict=True):
+        got[arch][act] = value
     return Sweep(
         numbers={
             "lrs": lrs,
-            "n_seeds": n,
-            "steps": steps,
+            "n_seeds": cfg.n_seeds,
+            "steps": tc.steps,
             "widths": list(tc.widths),
             "n_test": int(data.y_test.shape[0]),
-            "mlp": _lr_sweep(data, tc, ACTIVATIONS, lrs, n),
+            "mlp": got["mlp"],
             "cnn_lrs": cnn_lrs,
-            "cnn_steps": cnn_steps,
+            "cnn_steps": cnn_tc.steps,
             "cnn_widths": list(cnn_tc.widths),
-            "cnn": _lr_sweep(data, cnn_tc, ("relu",), cnn_lrs, n),
+            "cnn": got["cnn"],
         },
-        n_seeds=n,
+        n_seeds=cfg.n_seeds,
     )
+
+
+def sweep(cfg: LabConfig) -> Sweep:
+    """Train every activation at every learning rate (MLP), and ReLU at every rate (CNN)
+    (every arm here, in order: :func:`arms`, :func:`assemble`)."""
+    return sweep_from_arms(cfg, arms, assemble)
 
 
 def _c3_part(
@@ -390,6 +415,8 @@ EXPERIMENT = register(
         sweep=sweep,
         judge=judge,
         figure=figure,
+        arms=arms,
+        assemble=assemble,
         caveats=(
             "A fixed step budget favours larger learning rates: the accuracy cost of a low "
             "rate partly measures slower convergence, not a worse optimum; the best rate is "

@@ -14,9 +14,11 @@ the same MLPs (same seeds: same initial weights and minibatch order) with
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from deadrelu.lab.core import (
+    Arm,
     ClaimVerdict,
     Experiment,
     Judgement,
@@ -27,8 +29,9 @@ from deadrelu.lab.core import (
     register,
     rounded,
     save_figure,
+    sweep_from_arms,
 )
-from deadrelu.lab.data import load
+from deadrelu.lab.data import Dataset, load
 from deadrelu.lab.experiments._common import acc_ci, fmt_ci, frac_ci, pick
 from deadrelu.lab.trainer import Member, TrainConfig, train_batched
 from deadrelu.lab.verdicts import compare_detail
@@ -47,8 +50,8 @@ ARMS: dict[str, tuple[str, str]] = {
 LEAKY, MAIN, SHARED, CONTROL = list(ARMS)
 
 
-def sweep(cfg: LabConfig) -> Sweep:
-    """Train every arm on the same seeds; per-seed accuracy, dead fractions and slopes."""
+def _setup(cfg: LabConfig) -> tuple[Dataset, TrainConfig]:
+    """The data on ``cfg.device`` and the training configuration."""
     data = load(cfg.dataset, 0).to(cfg.device)
     hidden = cfg.size(tiny=16, quick=100, full=100)
     steps = cfg.size(tiny=30, quick=1000, full=3000)
@@ -59,39 +62,61 @@ def sweep(cfg: LabConfig) -> Sweep:
         eval_every=max(steps // 4, 1),
         probe_limit=cfg.size(tiny=200, quick=1000, full=None),
     )
+    return data, tc
+
+
+def _arm(cfg: LabConfig, label: str) -> dict[str, Any]:
+    """One arm of :data:`ARMS` on every seed: per-seed accuracy (final and curve),
+    divergence, never-active fractions and, for PReLU, the learned slopes."""
+    data, tc = _setup(cfg)
     n = cfg.n_seeds
     n_layers = len(tc.widths) - 2
-    arms: dict[str, Any] = {}
-    for label, (act, slopes) in ARMS.items():
-        res = train_batched(
-            [Member(seed=s, lr=LR, activation=act, slopes=slopes) for s in range(n)], tc, data
-        )
-        arm: dict[str, Any] = {
-            "acc": [rounded(float(a)) for a in res.test_acc[:, -1]],
-            "acc_curve": [[rounded(float(a)) for a in row] for row in res.test_acc],
-            "diverged": [bool(d) for d in res.diverged],
-            "never_active": [[rounded(v) for v in res.dead_frac[i, -1].tolist()] for i in range(n)],
-        }
-        if act.startswith("prelu"):
-            # [seed][layer][unit] (one value per layer for the shared form)
-            arm["learned_slopes"] = [
-                [[rounded(v, 4) for v in res.slopes(li)[i].tolist()] for li in range(n_layers)]
-                for i in range(n)
-            ]
-        arms[label] = arm
+    act, slopes = ARMS[label]
+    res = train_batched(
+        [Member(seed=s, lr=LR, activation=act, slopes=slopes) for s in range(n)], tc, data
+    )
+    arm: dict[str, Any] = {
+        "acc": [rounded(float(a)) for a in res.test_acc[:, -1]],
+        "acc_curve": [[rounded(float(a)) for a in row] for row in res.test_acc],
+        "diverged": [bool(d) for d in res.diverged],
+        "never_active": [[rounded(v) for v in res.dead_frac[i, -1].tolist()] for i in range(n)],
+    }
+    if act.startswith("prelu"):
+        # [seed][layer][unit] (one value per layer for the shared form)
+        arm["learned_slopes"] = [
+            [[rounded(v, 4) for v in res.slopes(li)[i].tolist()] for li in range(n_layers)]
+            for i in range(n)
+        ]
+    return arm
+
+
+def arms(cfg: LabConfig) -> list[Arm]:
+    """The sweep's independent pieces: one trainer call per arm of :data:`ARMS`."""
+    return [Arm(label, partial(_arm, cfg, label)) for label in ARMS]
+
+
+def assemble(cfg: LabConfig, values: list[Any]) -> Sweep:
+    """The sweep from the values of :func:`arms` (in its order)."""
+    data, tc = _setup(cfg)
     return Sweep(
         numbers={
             "widths": list(tc.widths),
-            "steps": steps,
+            "steps": tc.steps,
             "lr": LR,
             "batch_size": tc.batch_size,
-            "n_seeds": n,
+            "n_seeds": cfg.n_seeds,
             "n_test": int(data.y_test.shape[0]),
             "eval_steps": tc.eval_steps(),
-            "arms": arms,
+            "arms": dict(zip(ARMS, values, strict=True)),
         },
-        n_seeds=n,
+        n_seeds=cfg.n_seeds,
     )
+
+
+def sweep(cfg: LabConfig) -> Sweep:
+    """Train every arm on the same seeds; per-seed accuracy, dead fractions and slopes
+    (every arm here, in order: :func:`arms`, :func:`assemble`)."""
+    return sweep_from_arms(cfg, arms, assemble)
 
 
 def slope_summary(slopes: list[list[list[float]]]) -> list[dict[str, Any]]:
@@ -259,6 +284,8 @@ EXPERIMENT = register(
         ),
         sweep=sweep,
         judge=judge,
+        arms=arms,
+        assemble=assemble,
         figure=figure,
         caveats=(
             "Small MLPs on a small dataset with plain SGD and a fixed budget; PReLU was "

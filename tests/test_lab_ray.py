@@ -1,6 +1,8 @@
 """The lab's executors: pieces merged in run order whatever order they finish in (no Ray
-needed), and a local Ray instance (num_cpus=2) giving results.json byte-identical to the
-local executor's on the tiny preset, with a failing piece reported like a local one.
+needed), an experiment declared in arms run as one piece per arm and assembled in the arms'
+order into the unsplit experiment's result, and a local Ray instance (num_cpus=2) giving
+results.json byte-identical to the local executor's on the tiny preset (E4 split in arms),
+with a failing piece or arm reported like a local one.
 
 What is compared: ``results.json`` byte for byte, after the output directory (the one
 config value that differs between two runs, ``config.out``) is replaced by ``OUT``; and the

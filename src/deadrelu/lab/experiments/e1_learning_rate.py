@@ -77,9 +77,9 @@ def _record(res: TrainResult, idx: list[int]) -> dict[str, Any]:
 
 
 def _setup(cfg: LabConfig) -> tuple[Dataset, dict[str, tuple[TrainConfig, list[float]]]]:
-    """The data on ``cfg.device`` and, per architecture (``"mlp"``, ``"cnn"``), its training
+    """The data (on the CPU) and, per architecture (``"mlp"``, ``"cnn"``), its training
     configuration and learning rates."""
-    data = load(cfg.dataset, 0).to(cfg.device)
+    data = load(cfg.dataset, 0)  # an arm moves it to cfg.device
     hidden = cfg.size(tiny=16, quick=64, full=100)
     steps = cfg.size(tiny=30, quick=300, full=1000)
     lrs = cfg.size(
@@ -118,6 +118,7 @@ ARMS: tuple[tuple[str, str], ...] = (*(("mlp", a) for a in ACTIVATIONS), ("cnn",
 def _lr_arm(cfg: LabConfig, arch: str, act: str) -> dict[str, Any]:
     """One activation of one architecture at every learning rate: ``{str(lr): record}``."""
     data, archs = _setup(cfg)
+    data = data.to(cfg.device)
     tc, lrs = archs[arch]
     n = cfg.n_seeds
     members = [Member(seed=s, lr=lr, activation=act) for lr in lrs for s in range(n)]

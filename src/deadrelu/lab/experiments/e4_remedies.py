@@ -169,8 +169,8 @@ def _record(res: TrainResult, idx: list[int], slopes: bool = False) -> dict[str,
 
 
 def _setup(cfg: LabConfig) -> tuple[Dataset, TrainConfig, TrainConfig]:
-    """The data on ``cfg.device``, and the MLP's and the CNN's training configurations."""
-    data = load(cfg.dataset, 0).to(cfg.device)
+    """The data (on the CPU), and the MLP's and the CNN's training configurations."""
+    data = load(cfg.dataset, 0)  # an arm moves it to cfg.device
     hidden = cfg.size(tiny=16, quick=64, full=100)
     steps = cfg.size(tiny=30, quick=300, full=600)
     probe = cfg.size(tiny=500, quick=None, full=None)
@@ -198,6 +198,7 @@ def _act_arm(cfg: LabConfig, setting: str, label: str) -> dict[str, Any]:
     """One activation arm at every rate of the setting's grid (``setting == "cnn"``: the
     CNN's grid, no kick): ``{str(lr): record}``."""
     data, tc, cnn_tc = _setup(cfg)
+    data = data.to(cfg.device)
     n = cfg.n_seeds
     act, init, slopes = ACT_ARMS[label]
     if setting == "cnn":
@@ -228,6 +229,7 @@ def _remedies_arm(cfg: LabConfig, setting: str) -> dict[str, Any]:
     """The ReLU remedies at the setting's nominal rate but ReDo, in one batched call:
     baseline, low lr, bias 0.01, RAI: ``{remedy: record}``."""
     data, tc, _ = _setup(cfg)
+    data = data.to(cfg.device)
     n = cfg.n_seeds
     st = SETTINGS[setting]
     lr = st["lr"]
@@ -247,6 +249,7 @@ def _remedies_arm(cfg: LabConfig, setting: str) -> dict[str, Any]:
 def _redo_arm(cfg: LabConfig, setting: str) -> dict[str, Any]:
     """ReLU + ReDo at the setting's nominal rate (sequential trainer): its record."""
     data, tc, _ = _setup(cfg)
+    data = data.to(cfg.device)
     st = SETTINGS[setting]
     every = cfg.size(tiny=10, quick=50, full=100)
     probe = data.x_train if tc.probe_limit is None else data.x_train[: tc.probe_limit]

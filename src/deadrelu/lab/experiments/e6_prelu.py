@@ -51,8 +51,8 @@ LEAKY, MAIN, SHARED, CONTROL = list(ARMS)
 
 
 def _setup(cfg: LabConfig) -> tuple[Dataset, TrainConfig]:
-    """The data on ``cfg.device`` and the training configuration."""
-    data = load(cfg.dataset, 0).to(cfg.device)
+    """The data (on the CPU) and the training configuration."""
+    data = load(cfg.dataset, 0)  # an arm moves it to cfg.device
     hidden = cfg.size(tiny=16, quick=100, full=100)
     steps = cfg.size(tiny=30, quick=1000, full=3000)
     tc = TrainConfig(
@@ -69,6 +69,7 @@ def _arm(cfg: LabConfig, label: str) -> dict[str, Any]:
     """One arm of :data:`ARMS` on every seed: per-seed accuracy (final and curve),
     divergence, never-active fractions and, for PReLU, the learned slopes."""
     data, tc = _setup(cfg)
+    data = data.to(cfg.device)
     n = cfg.n_seeds
     n_layers = len(tc.widths) - 2
     act, slopes = ARMS[label]

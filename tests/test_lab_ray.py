@@ -205,6 +205,16 @@ def test_an_experiment_with_arms_is_one_piece_per_arm(registry: dict[str, Experi
     assert all(p.arm is not None for p in e4)
     with pytest.raises(ValueError, match="both arms and assemble"):
         _exp("E93", arms=_arms)
+    # arms(cfg) that raises or gives none: one piece (its sweep fails or runs unsplit)
+    core.register(_split_exp("E93", arms=lambda cfg: 1 / 0))
+    core.register(_split_exp("E94", arms=lambda cfg: []))
+    assert [(p.exp.id, p.arm) for p in split_pieces(["E93", "E94"], cfg)] == [
+        ("E93", None),
+        ("E94", None),
+    ]
+    core.register(_split_exp("E95", arms=lambda cfg: _arms(cfg)[:1] * 2))
+    with pytest.raises(ValueError, match="repeated arm names"):
+        split_pieces(["E95"], cfg)
 
 
 def test_arms_are_assembled_in_declared_order_whatever_order_they_finish(

@@ -453,19 +453,22 @@ def split_pieces(ids: Sequence[str], cfg: LabConfig) -> list[Piece]:
 
     A piece never spans two experiments; only an experiment's own arms split it (each arm
     a few batched-trainer calls), and its judge, bootstrap and figures run once all its
-    arms are in (:func:`assemble_arms`).
+    arms are in (:func:`assemble_arms`). An experiment whose ``arms(cfg)`` raises or gives
+    none is one piece (its ``sweep`` then fails or runs as it would unsplit); arm names
+    repeated within an experiment raise ``ValueError``.
     """
     pieces: list[Piece] = []
     for i in ids:
         exp = REGISTRY[i]
-        if exp.arms is None:
-            pieces.append(Piece(exp, cfg))
-            continue
-        arms = list(exp.arms(cfg))
+        try:
+            arms = list(exp.arms(cfg)) if exp.arms is not None else []
+        except Exception:  # recorded when its sweep runs
+            log.exception("%s.arms failed; %s runs as one piece", i, i)
+            arms = []
         names = [a.name for a in arms]
-        if not arms or len(set(names)) < len(names):
-            raise ValueError(f"{i}.arms gave no arms or repeated names: {names}")
-        pieces.extend(Piece(exp, cfg, arm) for arm in arms)
+        if len(set(names)) < len(names):
+            raise ValueError(f"{i}.arms gave repeated arm names {names}; name each arm once")
+        pieces.extend([Piece(exp, cfg, arm) for arm in arms] or [Piece(exp, cfg)])
     return pieces
 
 

@@ -31,9 +31,12 @@ steps in blocks; ratio = condition step time / plain step time (targets <= 1.02 
 
 ``--device cuda`` runs everything on the GPU (synchronised around each timed block).
 Timing on a shared machine is noisy: only the paired ratios compare; quote medians with
-their IQRs. ``--quick``: small images, few batches and rounds (a smoke pass, not numbers
-to quote). Unless ``--default-malloc``, re-executes itself with the malloc settings of
-``_stable_malloc.py``.
+their IQRs. ``--clock cpu`` times with the process's CPU time (:func:`time.process_time`)
+instead of the wall clock: on a CPU shared with other processes, time spent waiting for a
+core is then not counted (use it with ``--threads 1``: idle OpenMP threads spin, and
+their spinning would count). ``--quick``: small images, few batches and rounds (a smoke
+pass, not numbers to quote). Unless ``--default-malloc``, re-executes itself with the
+malloc settings of ``_stable_malloc.py``.
 """
 
 from __future__ import annotations
@@ -189,14 +192,19 @@ def _iqr(values: list[float]) -> float:
     return q[2] - q[0]
 
 
+#: The clock of every timed block (``--clock``).
+CLOCK: list[Callable[[], float]] = [time.perf_counter]
+
+
 def _timed(fn: Callable[[], Any], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    clock = CLOCK[0]
+    start = clock()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:
@@ -335,6 +343,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: time.perf_counter; cpu: time.process_time (shared CPUs; with --threads 1)",
+    )
+    parser.add_argument(
         "--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS)
     )
     parser.add_argument("--no-monitor", action="store_true", help="skip the training part")
@@ -352,6 +366,10 @@ def main() -> None:
         parser.error("--device cuda but torch.cuda.is_available() is False")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        if device.type == "cuda":
+            parser.error("--clock cpu times CPU work: not with --device cuda")
+        CLOCK[0] = time.process_time
     names = [n for n in args.models.split(",") if n]
     unknown = sorted(set(names) - set(MODELS))
     if unknown:
@@ -386,6 +404,7 @@ def main() -> None:
                 "device": str(device),
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
+                "clock": args.clock,
                 "machine": platform.machine(),
                 "malloc": malloc,
                 "results": results,

@@ -522,11 +522,12 @@ def _cast_one(v: Any, dtype: torch.dtype) -> Any:
 
 #: File kinds read as text corpora (``.gz``: gzip-compressed).
 TEXT_SUFFIXES = (".txt", ".jsonl", ".txt.gz", ".jsonl.gz")
-#: Characters of text read before one tokenizer call (about 250k tokens): with the token
-#: windows not yet yielded, this bounds the memory of a text source, whatever the corpus size.
-TEXT_CHUNK_CHARS = 1 << 20
+#: Characters of text read before one (batched) tokenizer call, about 64k tokens: with the
+#: token windows not yet yielded, this bounds the memory of a text source (the tokenizer
+#: needs a few hundred bytes per character), whatever the corpus size.
+TEXT_CHUNK_CHARS = 1 << 18
 #: Characters of ``.jsonl`` documents tokenised by one (batched) tokenizer call.
-JSONL_CHUNK_CHARS = 1 << 20
+JSONL_CHUNK_CHARS = 1 << 18
 
 
 def _is_text_file(path: Path) -> bool:
@@ -600,33 +601,111 @@ def _last_line_start(text: str, end: int) -> int:
     return text.rfind("\n", 0, max(end - 1, 0)) + 1
 
 
-def _cut(text: str) -> int:
-    """A line start C > 0 in ``text`` whose following text ``text[C:]`` holds a non-blank
-    line (so whitespace runs before C end before the text does), as late as possible;
-    0 if none."""
-    end = len(text)
-    while end > 0:
-        start = _last_line_start(text, end)
-        if start == 0:
-            return 0
-        if text[start:end].strip():
-            return start
-        end = start
-    return 0
+def _line_end(text: str, start: int) -> int:
+    """The end of the line starting at ``start`` (after its ``\\n``, or the text's end)."""
+    end = text.find("\n", start)
+    return len(text) if end < 0 else end + 1
 
 
-def _text_ids(tokenizer: Any, lines: Iterable[str], chunk_chars: int) -> Iterator[list[int]]:
+def _cuts(text: str, step: int) -> list[int]:
+    """Line starts 0 < C_1 < ... < C_k in ``text``, about ``step`` characters apart, each
+    beginning a complete non-blank line (so a whitespace run before a cut ends in that
+    line) after a line with no trailing blank (byte-level BPEs merge ``" \\n"`` at the end
+    of a text: such a cut would prove unstable); the last one as late as possible."""
+
+    def good(c: int) -> bool:
+        end = _line_end(text, c)
+        return (
+            text.endswith("\n", c, end)
+            and bool(text[c:end].strip())
+            and (c < 2 or text[c - 2] not in " \t")
+        )
+
+    out: list[int] = []
+    for p in range(step, len(text), step):
+        c = text.rfind("\n", 0, p) + 1  # the start of the line holding p
+        while 0 < c < len(text) and not good(c):
+            c = _line_end(text, c)
+        if 0 < c < len(text) and (not out or c > out[-1]):
+            out.append(c)
+    c = _last_line_start(text, len(text))
+    while c > 0 and not good(c):
+        c = _last_line_start(text, c)
+    if c > 0 and (not out or c > out[-1]):
+        out.append(c)
+    return out
+
+
+def _pieces(
+    tokenizer: Any, text: str, ctx: str, ctx_ids: list[int], cuts: list[int]
+) -> tuple[list[list[int]], set[int], list[int]]:
+    """The ids of ``text[0:C_1]``, ``text[C_1:C_2]``, ... (no special tokens), from one
+    batched tokenizer call, with the cuts that proved unstable.
+
+    Piece i is tokenised after a context (``ctx`` for the first, the line before its
+    start otherwise; those ids are dropped) and followed by the (non-blank) line at its
+    end cut C, whose ids are dropped too. A cut C is stable when the line before C,
+    tokenised alone, is a prefix of it followed by the line at C, the rest of those ids
+    (the line at C after its predecessor) end the piece before C, and the piece after C
+    begins with the ids of its context; a cut next to an unknown-token id is unstable
+    (the same ids may then stand for other text). Returns the pieces, the unstable cuts,
+    and the ids of the line before the last cut.
+    """
+    starts = [0, *cuts[:-1]]
+    before = [text[_last_line_start(text, c) : c] for c in cuts]  # the line before each cut
+    at = [text[c : _line_end(text, c)] for c in cuts]  # the line at each cut
+    inputs = [
+        (ctx if i == 0 else before[i - 1]) + text[s:e] + at[i]
+        for i, (s, e) in enumerate(zip(starts, cuts, strict=True))
+    ]
+    k = len(cuts)
+    encoded = tokenizer(
+        inputs + before + [b + a for b, a in zip(before, at, strict=True)],
+        add_special_tokens=False,
+        verbose=False,
+    )["input_ids"]
+    ids = [list(x) for x in encoded]
+    pieces, before_ids, after_ids = ids[:k], ids[k : 2 * k], ids[2 * k :]
+    unk = getattr(tokenizer, "unk_token_id", None)
+    out: list[list[int]] = []
+    bad: set[int] = set()
+    for i, full in enumerate(pieces):
+        pre = ctx_ids if i == 0 else before_ids[i - 1]
+        if full[: len(pre)] != pre:
+            if i == 0:
+                log.warning(_BORDER_WARNING, getattr(tokenizer, "name_or_path", ""))
+            else:
+                bad.add(starts[i])
+        lead, after = before_ids[i], after_ids[i]
+        tail = after[len(lead) :]
+        if (
+            after[: len(lead)] != lead
+            or not tail
+            or (unk is not None and unk in (*lead, tail[0]))  # equal ids, other text
+            or len(full) - len(tail) < len(pre)
+            or full[len(full) - len(tail) :] != tail
+        ):
+            bad.add(cuts[i])
+        out.append(full[len(pre) : len(full) - len(tail)])
+    return out, bad, before_ids[-1]
+
+
+def _text_ids(
+    tokenizer: Any, lines: Iterable[str], chunk_chars: int, piece_chars: int | None = None
+) -> Iterator[list[int]]:
     """The token ids (no special tokens) of one text read line by line, in pieces whose
     concatenation equals ``_encode(tokenizer, whole_text)``.
 
-    Lines are gathered until ``chunk_chars`` characters, then cut at a line start C
-    (:func:`_cut`) and the text before C is tokenised, preceded by the line before the
-    previous cut as context (whose ids are dropped): a tokenizer that treats the start of
-    a text specially (SentencePiece's "first" ``▁``) then sees the piece mid-text. The cut
-    is taken only when it is stable: the ids of the text after C are the same in this
-    call and tokenised after the line before C, and that line's ids are a prefix there;
-    else more lines are read (twice as many each time) and the whole buffer is tried again.
+    Lines are gathered until ``chunk_chars`` characters, cut at line starts about
+    ``piece_chars`` (default ``chunk_chars // 16``) apart (:func:`_cuts`), and the pieces
+    are tokenised by one batched call (the fast tokenizers' threads), each preceded by the
+    line before it as context (whose ids are dropped: a tokenizer that treats the start of
+    a text specially, as SentencePiece's "first" ``▁``, then sees the piece mid-text). A
+    cut is kept only when it is stable (:func:`_pieces`); unstable ones are dropped and
+    the pieces tokenised again. Text after the last cut is carried to the next chunk;
+    a chunk with no stable cut is carried whole and twice as much text read.
     """
+    step = piece_chars or max(1, chunk_chars // 16)
     ctx: str = ""  # the line before the last cut
     ctx_ids: list[int] = []  # its ids, tokenised alone
     pending = ""  # text after the last cut, not yet tokenised
@@ -642,33 +721,25 @@ def _text_ids(tokenizer: Any, lines: Iterable[str], chunk_chars: int) -> Iterato
             parts.append(line)
             size += len(line)
         text = "".join(parts)
-        cut = 0 if eof else _cut(text)
-        if eof or cut == 0:
-            if eof:
-                ids = _encode(tokenizer, ctx + text)
-                if ids[: len(ctx_ids)] != ctx_ids:
-                    log.warning(_BORDER_WARNING, getattr(tokenizer, "name_or_path", ""))
-                yield ids[len(ctx_ids) :]
-                return
+        if eof:
+            ids = _encode(tokenizer, ctx + text)
+            if ids[: len(ctx_ids)] != ctx_ids:
+                log.warning(_BORDER_WARNING, getattr(tokenizer, "name_or_path", ""))
+            yield ids[len(ctx_ids) :]
+            return
+        cuts = _cuts(text, step)
+        while cuts:
+            pieces, bad, last_ids = _pieces(tokenizer, text, ctx, ctx_ids, cuts)
+            if not bad:
+                break
+            cuts = [c for c in cuts if c not in bad]
+        if not cuts:
             pending, target = text, target * 2
             continue
-        full = _encode(tokenizer, ctx + text)
-        line = text[_last_line_start(text, cut) : cut]
-        line_ids = _encode(tokenizer, line)
-        after = _encode(tokenizer, line + text[cut:])
-        tail = after[len(line_ids) :]
-        stable = (
-            after[: len(line_ids)] == line_ids
-            and len(full) - len(tail) >= len(ctx_ids)
-            and full[len(full) - len(tail) :] == tail
-        )
-        if not stable:
-            pending, target = text, target * 2
-            continue
-        if full[: len(ctx_ids)] != ctx_ids:
-            log.warning(_BORDER_WARNING, getattr(tokenizer, "name_or_path", ""))
-        yield full[len(ctx_ids) : len(full) - len(tail)]
-        ctx, ctx_ids, pending, target = line, line_ids, text[cut:], chunk_chars
+        yield from pieces
+        last = cuts[-1]
+        ctx, ctx_ids = text[_last_line_start(text, last) : last], last_ids
+        pending, target = text[last:], chunk_chars
 
 
 _BORDER_WARNING = (

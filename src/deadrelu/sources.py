@@ -622,10 +622,12 @@ def _cuts(text: str, step: int) -> list[int]:
         )
 
     out: list[int] = []
+    walked = 0  # lines before this were looked at already
     for p in range(step, len(text), step):
-        c = text.rfind("\n", 0, p) + 1  # the start of the line holding p
+        c = max(text.rfind("\n", 0, p) + 1, walked)  # the start of the line holding p
         while 0 < c < len(text) and not good(c):
             c = _line_end(text, c)
+        walked = c
         if 0 < c < len(text) and (not out or c > out[-1]):
             out.append(c)
     c = _last_line_start(text, len(text))
@@ -821,20 +823,26 @@ def _token_batches(
     the whole stream is shorter than one window (then it is one window). At most
     ``batches`` batches; nothing is read past the last batch yielded."""
     step = batch_size * seq_len
-    left = torch.empty(0, dtype=torch.int64)
+    held: list[Tensor] = []  # ids not yet in a batch (joined once they fill one)
+    count = 0
     done = 0
     for piece in pieces:
         if not piece:
             continue
-        left = torch.cat([left, torch.tensor(piece, dtype=torch.int64)])
-        full = left.numel() // step
+        held.append(torch.tensor(piece, dtype=torch.int64))
+        count += len(piece)
+        if count < step:
+            continue
+        ids = torch.cat(held)
+        full = count // step
         for i in range(full):
-            w = left[i * step : (i + 1) * step].reshape(batch_size, seq_len).clone()
+            w = ids[i * step : (i + 1) * step].reshape(batch_size, seq_len).clone()
             yield {"input_ids": w, "attention_mask": torch.ones_like(w)}
             done += 1
             if done >= batches:
                 return
-        left = left[full * step :].clone()
+        held, count = [ids[full * step :].clone()], count - full * step
+    left = torch.cat(held) if held else torch.empty(0, dtype=torch.int64)
     if done == 0 and left.numel() == 0:
         raise SpecError(f"text data {spec!r} gives no tokens")
     rows = left.numel() // seq_len

@@ -113,8 +113,10 @@ from deadrelu.graph import (
     default_unit_dim,
     follow,
     function_axes,
+    plain_name,
     producer_axis,
     producer_features,
+    submodule,
     tensor_key,
     unit_dim_from_hint,
 )
@@ -674,7 +676,7 @@ def attach(
     handles: list[RemovableHandle] = []
     try:
         for path, module in model.named_modules():
-            handles.extend(_hook_module(state, path, module))
+            handles.extend(_hook_module(state, plain_name(path), module))
     except BaseException:
         for h in handles:
             h.remove()
@@ -694,7 +696,7 @@ def _check_unit_dim(model: nn.Module, unit_dim: UnitDim) -> None:
         )
     if isinstance(unit_dim, int):
         return
-    paths = [p for p, _ in model.named_modules()]
+    paths = [plain_name(p) for p, _ in model.named_modules()]
     acts = activations.names()
     known = {*paths, *acts}
 
@@ -883,4 +885,4 @@ def producer_of(model: nn.Module, site: str, *inputs: Any) -> nn.Module | None:
     name = find_producers(model, *inputs).get(site)
     if name is None:
         return None
-    return model.get_submodule(name)
+    return submodule(model, name)

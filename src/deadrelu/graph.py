@@ -49,6 +49,7 @@ __all__ = [
     "LAST",
     "LAYOUT_FUNCTIONS",
     "PRODUCER_TYPES",
+    "WRAPPER_SEGMENTS",
     "AxisHint",
     "LinkProbe",
     "ProducerProbe",
@@ -58,15 +59,19 @@ __all__ = [
     "axis_hint",
     "default_unit_dim",
     "follow",
+    "fsdp1_modules",
     "fsdp_modules",
     "function_axes",
     "get_or_none",
     "is_producer",
     "link_sites",
     "plain_class",
+    "plain_modules",
+    "plain_name",
     "producer_axis",
     "producer_features",
     "site_names",
+    "submodule",
     "tensor_key",
     "trace",
     "unit_dim_from_hint",
@@ -389,6 +394,80 @@ def fsdp_modules(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, _FSDP_MODULE)]
 
 
+#: Path segments that wrappers insert between a module and its parent, dropped from every
+#: name deadrelu shows: FSDP1's ``FullyShardedDataParallel`` (``_fsdp_wrapped_module``),
+#: activation checkpointing's ``checkpoint_wrapper`` (``_checkpoint_wrapped_module``) and
+#: a ``torch.compile``'d submodule (``_orig_mod``).
+WRAPPER_SEGMENTS: frozenset[str] = frozenset(
+    {"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"}
+)
+
+
+def plain_name(path: str) -> str:
+    """The module path ``path`` as the unwrapped model names it: the wrapper segments
+    (:data:`WRAPPER_SEGMENTS`) dropped, e.g. ``"_fsdp_wrapped_module.block.
+    _checkpoint_wrapped_module.fc"`` -> ``"block.fc"``; a wrapper itself gets its inner
+    module's name (``"block._checkpoint_wrapped_module"`` -> ``"block"``). Site names
+    (``"path:relu#1"``) keep their suffix. Any other path is returned unchanged."""
+    if "_" not in path:
+        return path
+    head, sep, tail = path.partition(":")
+    kept = [part for part in head.split(".") if part not in WRAPPER_SEGMENTS]
+    return ".".join(kept) + sep + tail
+
+
+def plain_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """``{plain name: module}`` for every module of ``model`` (:func:`plain_name`). A wrapper
+    and the module it wraps share a plain name; the innermost, the real layer, is kept."""
+    return {plain_name(path): m for path, m in model.named_modules()}
+
+
+def submodule(model: nn.Module, name: str) -> nn.Module:
+    """``model.get_submodule(name)`` that also takes a plain name (:func:`plain_name`): the
+    real module a site, producer or consumer name refers to under wrappers (the innermost
+    when a wrapper shares the name).
+
+    Raises:
+        AttributeError: as ``get_submodule`` does, when no module has that name.
+    """
+    module = plain_modules(model).get(name)
+    if module is not None:
+        return module
+    try:
+        return model.get_submodule(name)  # a real path (or a shared module's second path)
+    except AttributeError:
+        raise AttributeError(
+            f"{type(model).__name__} has no module named {name!r} (nor one whose name is "
+            "that once wrapper segments such as '_fsdp_wrapped_module.' are dropped)"
+        ) from None
+
+
+def _is_wrapper(module: nn.Module) -> bool:
+    """Whether ``module`` is a wrapper whose child sits under a :data:`WRAPPER_SEGMENTS`
+    name (an FSDP1 unit, a checkpoint wrapper, a compiled submodule)."""
+    return any(seg in module._modules for seg in WRAPPER_SEGMENTS)
+
+
+def _fsdp1_class() -> type | None:
+    """FSDP1's ``FullyShardedDataParallel``, or None when this torch has none."""
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError:  # torch built without distributed
+        return None
+    return FullyShardedDataParallel
+
+
+_FSDP1 = _fsdp1_class()
+
+
+def fsdp1_modules(model: nn.Module) -> list[str]:
+    """Plain names (:func:`plain_name`) of the FSDP1 ``FullyShardedDataParallel`` wrappers
+    in ``model`` (``""``: the model itself), in module order."""
+    if _FSDP1 is None:
+        return []
+    return [plain_name(n) for n, m in model.named_modules() if isinstance(m, _FSDP1)]
+
+
 class _Tracer(fx.Tracer):
     """``torch.fx`` tracer that keeps every activation module as a leaf, and torch's own
     layers as leaves also when FSDP2's ``fully_shard`` swapped their class
@@ -468,7 +547,8 @@ def activation_spec_of(node: fx.Node, gm: fx.GraphModule) -> ActivationSpec | No
 def site_names(gm: fx.GraphModule) -> dict[fx.Node, tuple[str, ActivationSpec]]:
     """Every activation node of a traced model -> (site name, spec), in execution order.
 
-    Names follow :mod:`deadrelu.capture`: a module site is the module path (``"net.3"``);
+    Names follow :mod:`deadrelu.capture`: a module site is the module path (``"net.3"``,
+    as :func:`plain_name` gives it: no wrapper segments);
     a functional site is the path of the innermost module whose forward made the call, a
     colon and the registry name (``"block:relu"``, ``":relu"`` for the root's forward);
     the k-th repeat of a name gets ``#k`` (a reused module: ``"act"``, ``"act#1"``).
@@ -480,10 +560,10 @@ def site_names(gm: fx.GraphModule) -> dict[fx.Node, tuple[str, ActivationSpec]]:
         if spec is None:
             continue
         if node.op == "call_module":
-            base = str(node.target)
+            base = plain_name(str(node.target))
         else:
             stack = node.meta.get("nn_module_stack") or {}
-            path = next(reversed(stack)) if stack else ""
+            path = plain_name(next(reversed(stack))) if stack else ""
             base = f"{path}:{spec.name}"
         k = counts.get(base, 0)
         counts[base] = k + 1
@@ -524,7 +604,8 @@ _POOL_FUNCTIONS: set[Any] = {
 
 @dataclass
 class SiteLinks:
-    """How one activation site connects to the layers around it.
+    """How one activation site connects to the layers around it. Every name is plain
+    (:func:`plain_name`); :func:`submodule` finds the module under wrappers.
 
     Attributes:
         site: the site name (as :mod:`deadrelu.capture` names it).
@@ -548,7 +629,7 @@ class SiteLinks:
 
 def _describe(n: fx.Node) -> str:
     if n.op == "call_module":
-        return f"module {n.target!r}"
+        return f"module {plain_name(str(n.target))!r}"
     if n.op == "call_function":
         return f"{getattr(n.target, '__name__', n.target)}() (node {n.name!r})"
     if n.op == "call_method":
@@ -584,7 +665,8 @@ def link_sites(model: nn.Module) -> dict[str, SiteLinks]:
     calls: dict[str, int] = {}
     for n in gm.graph.nodes:
         if n.op == "call_module":
-            calls[str(n.target)] = calls.get(str(n.target), 0) + 1
+            name = plain_name(str(n.target))
+            calls[name] = calls.get(name, 0) + 1
     out: dict[str, SiteLinks] = {}
     for node, (name, spec) in sites.items():
         act = get(gm.get_submodule(str(node.target))) if node.op == "call_module" else spec.bind()
@@ -608,11 +690,11 @@ def _link_back(gm: fx.GraphModule, node: fx.Node, links: SiteLinks, calls: dict[
                 n = n.args[0]
                 continue
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and links.norm is None:
-                links.norm = str(n.target)
+                links.norm = plain_name(str(n.target))
                 n = n.args[0]
                 continue
             if isinstance(m, _AFFINE) and getattr(m, "groups", 1) == 1:
-                links.producer = str(n.target)
+                links.producer = plain_name(str(n.target))
                 if calls[links.producer] > 1:
                     links.producer_problem = f"{links.producer!r} is called more than once"
                 elif links.norm is not None and calls[links.norm] > 1:
@@ -638,7 +720,7 @@ def _check_axes(root: nn.Module, links: SiteLinks) -> None:
     """A Conv's units are channels (dim 1), a Linear's the last dim: consumers must agree."""
     if links.producer is None or links.consumer_problem is not None:
         return
-    conv = not isinstance(root.get_submodule(links.producer), nn.Linear)
+    conv = not isinstance(submodule(root, links.producer), nn.Linear)
     for path, kind in links.consumers:
         if conv and kind == "linear":
             links.consumer_problem = (
@@ -687,8 +769,8 @@ def _forward_step(
         stack.append((u, True))
         return None
     if u.op == "call_module":
-        path = str(u.target)
-        m = gm.get_submodule(path)
+        m = gm.get_submodule(str(u.target))
+        path = plain_name(str(u.target))
         if isinstance(m, nn.Linear) or (
             isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and m.groups == 1 and not flat
         ):
@@ -756,7 +838,7 @@ class ProducerProbe:
         self._outputs: dict[tuple[int, tuple[int, ...], tuple[int, ...]], str] = {}
         self._keep: list[Tensor] = []
         self._handles: list[RemovableHandle] = [
-            m.register_forward_hook(self._record(name))
+            m.register_forward_hook(self._record(plain_name(name)))
             for name, m in model.named_modules()
             if is_producer(m)
         ]
@@ -911,7 +993,11 @@ class LinkProbe:
         self._mode = _LinkMode(self)
         self._handles: list[RemovableHandle] = []
         for path, m in model.named_modules():
-            self._handles.append(m.register_forward_pre_hook(self._pre(path), with_kwargs=True))
+            if _is_wrapper(m):  # transparent; its plain name is the wrapped module's
+                continue
+            self._handles.append(
+                m.register_forward_pre_hook(self._pre(plain_name(path)), with_kwargs=True)
+            )
             self._handles.append(m.register_forward_hook(self._post(), always_call=True))
 
     def tick(self) -> int:

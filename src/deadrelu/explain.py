@@ -64,7 +64,7 @@ from torch import Tensor, nn
 
 from deadrelu.batches import first_batch
 from deadrelu.certify import certify
-from deadrelu.graph import SiteLinks
+from deadrelu.graph import SiteLinks, submodule
 from deadrelu.remedies import links_of
 from deadrelu.report import html_table
 from deadrelu.scan import scan
@@ -262,7 +262,7 @@ def _unit_params(model: nn.Module, lk: SiteLinks) -> list[tuple[Tensor, int]]:
     for path in (lk.producer, lk.norm):
         if path is None:
             continue
-        layer = model.get_submodule(path)
+        layer = submodule(model, path)
         for name in ("weight", "bias"):
             p = getattr(layer, name, None)
             if isinstance(p, nn.Parameter):
@@ -383,7 +383,7 @@ class UpdateTracker:
 def _effective_bias(model: nn.Module, lk: SiteLinks) -> Tensor:
     """``(U,)`` float64: the bias of z through the producer and an eval BatchNorm."""
     assert lk.producer is not None
-    layer = model.get_submodule(lk.producer)
+    layer = submodule(model, lk.producer)
     weight = getattr(layer, "weight", None)
     assert isinstance(weight, Tensor)
     b_p = getattr(layer, "bias", None)
@@ -393,7 +393,7 @@ def _effective_bias(model: nn.Module, lk: SiteLinks) -> Tensor:
         else torch.zeros(weight.shape[0], dtype=torch.float64)
     )
     if lk.norm is not None:
-        bn = model.get_submodule(lk.norm)
+        bn = submodule(model, lk.norm)
         assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
         if bn.running_mean is None or bn.running_var is None:
             return torch.full_like(b, float("nan"))

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from deadrelu.activations import Activation, get, spec_for_module
+from deadrelu.graph import submodule
 from deadrelu.remedies import RemedySummary, Where, links_of, select
 
 __all__ = [
@@ -295,7 +296,7 @@ def rai_init_(
             continue
         if lk.producer in done:
             continue
-        layer = model.get_submodule(lk.producer)
+        layer = submodule(model, lk.producer)
         weight = _weight_of(layer)
         bias_p = getattr(layer, "bias", None)
         bias_p = bias_p if isinstance(bias_p, Tensor) else None

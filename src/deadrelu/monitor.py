@@ -71,6 +71,18 @@ optimizer state) through full copies, collectively: call it on every rank.
 ``track_grad=True`` is refused under FSDP2 (the sharded parameters get their gradients by
 reduce-scatter, not autograd, so the gradient hooks would never fire).
 
+Wrappers that insert a module level (FSDP1's ``FullyShardedDataParallel``, activation
+checkpointing's ``checkpoint_wrapper`` / ``apply_activation_checkpointing``, a
+``torch.compile``'d submodule) add ``_fsdp_wrapped_module.``, ``_checkpoint_wrapped_module.``
+or ``_orig_mod.`` to module paths; site names drop them
+(:func:`deadrelu.graph.plain_name`), so they are the plain model's, and
+:func:`deadrelu.graph.submodule` finds the real layers back (``tests/test_wrappers.py``).
+Under activation checkpointing the backward pass runs the checkpointed forwards again; the
+Monitor ignores activation calls made during a backward pass (autograd's graph task is
+running), so every position is counted once. FSDP1 (CPU, gloo) counts as DDP does;
+``track_grad=True`` and :func:`deadrelu.remedies.recycle` refuse it (flattened, sharded
+parameters): use FSDP2.
+
 ``torch.compile``: attach the Monitor **before** the compiled model's first call
 (simplest: before ``torch.compile(model)``). Dynamo then traces the capture hooks into
 the graph; the Monitor notices (``torch.compiler.is_compiling()`` inside its callback)
@@ -115,7 +127,7 @@ from torch import Tensor, nn
 
 from deadrelu.batches import require_materialised
 from deadrelu.capture import Site
-from deadrelu.graph import fsdp_modules
+from deadrelu.graph import fsdp1_modules, fsdp_modules
 from deadrelu.integrations.tensorboard import log_to
 from deadrelu.monitoring import (
     NEVER,
@@ -309,6 +321,8 @@ class Monitor:
             return
         if self.training_only and not self.model.training:
             return
+        if torch._C._current_graph_task_id() != -1:
+            return  # a forward inside backward: activation checkpointing recomputing
         win = self._sites.get(site.name)
         if win is None:
             win = self._new_site(site, z)
@@ -682,7 +696,18 @@ class Monitor:
 
 
 def _refuse_grad_under_fsdp(model: nn.Module) -> None:
-    """Raise when ``model`` is sharded by FSDP2: ``track_grad`` would hold vacuously."""
+    """Raise when ``model`` is sharded by FSDP2 or FSDP1: ``track_grad`` would hold
+    vacuously (FSDP2) or hook tensors that are not the parameters (FSDP1)."""
+    wrapped = fsdp1_modules(model)
+    if wrapped:
+        raise ValueError(
+            "Monitor(track_grad=True) does not work under FSDP1 (FullyShardedDataParallel "
+            f"at {wrapped[:3]}{' ...' if len(wrapped) > 3 else ''}): the layers' weights are "
+            "views into a flattened, sharded FlatParameter, whose gradient is reduce-"
+            "scattered, so per-unit gradient hooks see nothing. Use track_grad=False (dead "
+            "units are tracked and all-reduced as usual), or check the zero-gradient claim "
+            "under DDP or in one process."
+        )
     sharded = fsdp_modules(model)
     if sharded:
         raise ValueError(

@@ -54,7 +54,17 @@ from deadrelu.activations import (
 from deadrelu.batches import first_batch, run_batch
 from deadrelu.capture import attach
 from deadrelu.classify import dormant_mask
-from deadrelu.graph import LinkProbe, SiteLinks, get_or_none, link_sites, site_names, trace
+from deadrelu.graph import (
+    LinkProbe,
+    SiteLinks,
+    fsdp1_modules,
+    get_or_none,
+    link_sites,
+    plain_name,
+    site_names,
+    submodule,
+    trace,
+)
 from deadrelu.scan import scan
 
 try:
@@ -275,7 +285,7 @@ def swap_activations(
         if not path:
             continue
         act = get_or_none(module)
-        if act is None or not pick(path, act):
+        if act is None or not pick(plain_name(path), act):
             continue
         parent_path, _, attr = path.rpartition(".")
         parent = model.get_submodule(parent_path) if parent_path else model
@@ -288,7 +298,7 @@ def swap_activations(
             new.train(module.training)
             replaced[id(module)] = new
         setattr(parent, attr, new)
-        summary.changed.append(f"{path}: {act} -> {new_act}")
+        summary.changed.append(f"{plain_name(path)}: {act} -> {new_act}")
     fresh = set(map(id, replaced.values()))
     fresh |= _swap_function_attributes(model, pick, new_act, summary)
     fresh |= _swap_functional_calls(model, pick, new_act, summary)
@@ -323,7 +333,7 @@ def _swap_function_attributes(
             if spec is None:
                 continue
             act = spec.bind()
-            if not pick(f"{path}:{spec.name}", act):
+            if not pick(f"{plain_name(path)}:{spec.name}", act):
                 continue
             new = make_module(new_act).to(device=device, dtype=dtype)
             new.train(module.training)
@@ -399,7 +409,7 @@ def _check_swapped(
     modules the swap put in are not)."""
     model = summary.model
     assert model is not None
-    new_paths = {p for p, m in model.named_modules() if id(m) in fresh}
+    new_paths = {plain_name(p) for p, m in model.named_modules() if id(m) in fresh}
     left: dict[str, Activation] = {}
 
     def on_site(site: Any, z: Tensor, out: Tensor) -> None:
@@ -602,7 +612,7 @@ def init_bias_(
             if masks is None or (lk.site in masks and _any(masks[lk.site])):
                 summary.skipped.append(f"{lk.site}: {lk.producer_problem}")
             continue
-        layer = model.get_submodule(target)
+        layer = submodule(model, target)
         bias = getattr(layer, "bias", None)
         if not isinstance(bias, Tensor):
             summary.skipped.append(
@@ -622,7 +632,7 @@ def init_bias_(
         if masks is not None:
             summary.units[lk.site] = torch.nonzero(idx).flatten().tolist()
     for target, idx in done.items():
-        bias = _param(model.get_submodule(target), "bias")
+        bias = _param(submodule(model, target), "bias")
         bias[idx.to(bias.device)] = value
         n = int(idx.sum())
         summary.changed.append(f"{target}.bias: {n} of {bias.numel()} values set to {value}")
@@ -727,6 +737,7 @@ def recycle(
     """
     if tau is not None and not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau >= 0):
         raise ValueError(f"recycle: tau must be a finite number >= 0, got {tau!r}")
+    _refuse_fsdp1(model)
     if optimizer is not None:
         _check_optimizer(model, optimizer)
     masks = _unit_masks(source, "recycle", tau)
@@ -777,6 +788,22 @@ def recycle(
     return summary
 
 
+def _refuse_fsdp1(model: nn.Module) -> None:
+    """Raise when ``model`` holds FSDP1 ``FullyShardedDataParallel`` units."""
+    wrapped = fsdp1_modules(model)
+    if wrapped:
+        raise ValueError(
+            "recycle does not edit a model wrapped by FSDP1 (FullyShardedDataParallel at "
+            f"{wrapped[:3]}{' ...' if len(wrapped) > 3 else ''}): outside its forward each "
+            "rank holds only a flat shard of the parameters (FlatParameter; with "
+            "use_orig_params=True, 1-D slices of it), so the rows and columns of a unit "
+            "cannot be found, and the optimizer state is sharded the same way. Shard with "
+            "FSDP2 instead (torch.distributed.fsdp.fully_shard, which recycle edits), or "
+            "recycle the unsharded model (e.g. between saving a full state dict and "
+            "loading it back)."
+        )
+
+
 def _dead_in_eval(
     model: nn.Module, data: Any, masks: dict[str, Tensor], summary: RemedySummary
 ) -> dict[str, Tensor]:
@@ -812,7 +839,7 @@ def _recycle_site(
 ) -> None:
     assert lk.producer is not None
     site = lk.site
-    producer = model.get_submodule(lk.producer)
+    producer = submodule(model, lk.producer)
     pw = _param(producer, "weight")
     pb = getattr(producer, "bias", None)
     units = pw.shape[0]
@@ -829,7 +856,7 @@ def _recycle_site(
         touched.append((pb, "rows", idx))
     changed = [f"rows of {lk.producer!r} re-initialised, bias 0"]
     if lk.norm is not None:
-        bn = model.get_submodule(lk.norm)
+        bn = submodule(model, lk.norm)
         assert isinstance(bn, nn.modules.batchnorm._BatchNorm)
         if isinstance(bn.weight, Tensor):
             with _editable(bn.weight) as g:
@@ -844,7 +871,7 @@ def _recycle_site(
             bn.running_var[idx] = 1.0
         changed.append(f"channels of {lk.norm!r} reset")
     for path, kind in lk.consumers:
-        w = _param(model.get_submodule(path), "weight")
+        w = _param(submodule(model, path), "weight")
         if kind == "flatten_linear":
             in_f = w.shape[1]
             if in_f % units:

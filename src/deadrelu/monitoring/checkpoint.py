@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from deadrelu import activations
 from deadrelu.capture import Site
+from deadrelu.graph import plain_modules
 from deadrelu.monitoring.window import SiteWindow
 from deadrelu.report import tensor_from_json, tensor_to_json
 
@@ -78,7 +79,7 @@ def check_sites(
     """Raise ValueError, naming them, on saved sites that cannot belong to ``model``: a
     site whose module the model lacks, or (for the ``known`` sites, seen running) another
     number of units."""
-    modules = dict(model.named_modules())
+    modules = plain_modules(model)
     missing = [n for n in saved if site_module(n) not in modules]
     if missing:
         raise ValueError(

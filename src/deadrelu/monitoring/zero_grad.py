@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deadrelu.graph import ProducerProbe
+from deadrelu.graph import ProducerProbe, submodule
 from deadrelu.monitoring.window import NEVER, SiteWindow
 
 __all__ = ["ZeroGradCheck", "ZeroGradProbe"]
@@ -102,7 +102,7 @@ class ZeroGradProbe:
             win = windows.get(site)
             if prod is None or win is None:
                 continue
-            module = self.model.get_submodule(prod)
+            module = submodule(self.model, prod)
             if site not in self.grad_step:
                 dtype = win.pane.abs_sum.dtype
                 self.grad_step[site] = torch.zeros(win.units, dtype=dtype, device=win.device)

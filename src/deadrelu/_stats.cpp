@@ -166,7 +166,8 @@ void row(const float* z, const float* out, int64_t n, float k, Part* p) {
 // on one thread, at the same speed (benchmarks/native_profile.py, thread CPU time).
 const int64_t kChunk = DEADRELU_CHUNK;
 // Units last: positions per load and store of the per-unit partials (2, 4 and 8 measured:
-// 8 a little faster for 3072 units, the same elsewhere; the chunk must be a multiple).
+// 8 a little faster for 3072 units, the same elsewhere; what is left of a chunk goes one
+// position at a time).
 #ifndef DEADRELU_ROWS
 #define DEADRELU_ROWS 8
 #endif

@@ -350,3 +350,23 @@ def test_fsdp1_recycle_and_track_grad_refuse_with_what_to_do(
             assert "FSDP1" in message and "['', 'blocks.0', 'blocks.1']" in message, key
         assert "fully_shard" in got["recycle"]
         assert "track_grad=False" in got["track_grad"]
+
+
+def test_zero_gradient_check_through_checkpointing() -> None:
+    model = _checkpointed(Net(), CheckpointImpl.NO_REENTRANT, nested=True)
+    mon = Monitor(model, every=1, window=STEPS, track_grad=True, group=False)
+    _train(model, mon, _data())
+    assert mon.producers == {
+        "blocks.0.act": "blocks.0.up",
+        "blocks.0:relu": "blocks.0.mid",
+        "blocks.1.act": "blocks.1.up",
+        "blocks.1:relu": "blocks.1.mid",
+    }
+    checks = mon.check_zero_grad()
+    assert {n: c.dead.tolist() for n, c in checks.items()} == {n: KILLED.get(n, []) for n in SITES}
+    assert all(c.holds for c in checks.values())
+    # not vacuous: every alive unit's incoming weights got gradient on the last step
+    for name, last in mon._grad.grad_last.items():
+        alive = torch.ones(last.shape[0], dtype=torch.bool)
+        alive[checks[name].dead] = False
+        assert bool((last[alive] == STEPS - 1).all()), name

@@ -163,7 +163,8 @@ class Monitor:
 
     Args:
         model: the model (a DDP/compiled wrapper is unwrapped; attach before
-            ``torch.compile``).
+            ``torch.compile``). Under FSDP1 or activation-checkpoint wrappers the site
+            names are the unwrapped model's (module docstring).
         every: count on every ``every``-th step (steps 0, every, 2*every, ...). 1 counts
             every step. Default 10: the Monitor then costs <= 5 % of a training step on
             the benchmarks of ``benchmarks/monitor_overhead.py``.

@@ -87,9 +87,10 @@ def test_auto_picks_the_fastest_by_injected_timings(
     assert trial.kernel == fastest
     assert trial.candidates == ("eager", "native")  # not compiled: nothing compiled, not allowed
     assert dict(trial.times_s) == costs
-    assert clock.reads == 2 * TRIAL_REPEATS * 2
+    rounds = 2  # one kernel 2x faster or more: clear after two timed runs each
+    assert clock.reads == 2 * rounds * 2
     assert s.update(z, out, 1, relu=True) == fastest
-    assert clock.reads == 2 * TRIAL_REPEATS * 2  # decided: no timing
+    assert clock.reads == 2 * rounds * 2  # decided: no timing
     # another kind of batch (units last) is timed on its own
     z2 = torch.randn(32, 6)
     assert s.update(z2, torch.relu(z2), -1, relu=True) == fastest
@@ -119,6 +120,21 @@ def test_auto_needs_a_margin_to_leave_the_simpler_kernel(
     assert s.update(z, out, 1, allow_compile="compiled" in costs) == chosen
 
 
+@needs_native
+@pytest.mark.parametrize(("native_cost", "rounds"), [(0.6, TRIAL_REPEATS), (0.5, 2), (0.1, 2)])
+def test_auto_stops_timing_once_the_choice_is_clear(
+    native_cost: float, rounds: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every candidate is timed TRIAL_REPEATS times unless, after two rounds, the others
+    took TRIAL_CLEAR (2x) the fastest's time or more; the choice is the fastest either way."""
+    assert stats_module.TRIAL_CLEAR == 2.0
+    clock = _install(monkeypatch, {"eager": 1.0, "native": native_cost})
+    z, out = _batch()
+    s = UnitStats.empty(6, detail="range")
+    assert s.update(z, out, 1, relu=True) == "native"
+    assert clock.reads == 2 * rounds * 2
+
+
 def test_auto_keeps_each_candidates_fastest_run(monkeypatch: pytest.MonkeyPatch) -> None:
     """Preemption only adds time: a kernel's time is its fastest timed run, so one slow
     run of the faster kernel does not hand the choice to the slower one."""
@@ -141,7 +157,7 @@ def test_auto_keeps_each_candidates_fastest_run(monkeypatch: pytest.MonkeyPatch)
     z, out = _batch()
     s = UnitStats.empty(6, detail="range")
     assert s.update(z, out, 1, relu=True) == "native"
-    assert native_reads[0] == 2 * TRIAL_REPEATS  # the spike happened
+    assert native_reads[0] == 2 * 2  # the spike happened (then clear after two rounds)
     assert s.kernel_trials[0].times_s["native"] == pytest.approx(0.2)
 
 

@@ -565,6 +565,11 @@ TRIAL_REPEATS = 3
 #: compiled kernel's per-call overhead right after a convolution (~0.2 ms on a 2-core CPU)
 #: does not show; at a near tie (0.210 vs 0.211 ms) it then lost 10 % of scan throughput.
 TRIAL_MARGIN = 0.1
+#: After two timed runs each, a trial stops when every other candidate's best run took at
+#: least this many times the fastest's (a third run could change such a choice only if
+#: both runs of another candidate had been slowed 2x or more). A trial costs one kernel
+#: run per candidate and round, on a batch that the winner then reduces once more.
+TRIAL_CLEAR = 2.0
 
 _ORDERS: dict[str, tuple[str, ...]] = {
     "auto": ("auto",),
@@ -713,15 +718,16 @@ def choose_kernel(stats: UnitStats, batch: _Batch, layout: str, allow_compile: b
     those that apply, chosen once per kind of batch in this process (:class:`KernelTrial`).
 
     Rule: "eager" always applies; "native" where :mod:`deadrelu.native` takes the batch
-    (float32 CPU, detail "range"/"full", a C++ compiler); "compiled" (detail "range"/
+    (float32 CPU, a C++ compiler); "compiled" (detail "range"/
     "full", fewer than 2**24 positions per unit) only where it already ran in this
     process for this level, mode, dtype, device and layout class, or ``allow_compile``
     (compiling costs seconds). A kind chosen without "compiled" is timed again once
-    "compiled" becomes allowed. With one candidate nothing is timed. Otherwise each
-    candidate runs once untimed (a warm-up that also compiles; one that raises or does
-    not apply is dropped), then :data:`TRIAL_REPEATS` timed runs each, interleaved in
-    rotating order, all into throwaway accumulators; each candidate's fastest run is its
-    time; going through them in the order eager, native, compiled, a candidate replaces
+    "compiled" becomes allowed. With one candidate nothing is timed. Otherwise "compiled"
+    runs once untimed (it compiles), then up to :data:`TRIAL_REPEATS` timed runs each,
+    interleaved in rotating order, all into throwaway accumulators, stopping after two when
+    the choice is clear (:data:`TRIAL_CLEAR`); a kernel that raises or does not apply in
+    any run is dropped. Each candidate's fastest run is its time; going through them in
+    the order eager, native, compiled, a candidate replaces
     the choice so far only when it is at least :data:`TRIAL_MARGIN` faster (ties and near
     ties go to the simpler kernel). ``batch`` itself is then reduced once,
     by the winner, into ``stats``. Inside ``torch.compile`` tracing: "eager", untimed.
@@ -790,24 +796,29 @@ def _trial(
         for name in candidates
     }
     alive: list[str] = []
-    for name in candidates:  # warm-up (compiles), and does it run at all?
-        try:
-            if scratch_stats[name]._run(name, batch):
-                alive.append(name)
-        except Exception as exc:  # a kernel that fails is never chosen
-            log.info("deadrelu: kernel %r failed on a %s batch (%r); not used", name, kind, exc)
+    for name in candidates:  # only compiling needs a run before the timed ones
+        if name != "compiled" or _attempt(scratch_stats[name], name, batch, kind):
+            alive.append(name)
     timer = _TIMER[0]
     times: dict[str, list[float]] = {name: [] for name in alive}
     for r in range(TRIAL_REPEATS if len(alive) > 1 else 0):
         k = r % len(alive)
         for name in alive[k:] + alive[:k]:
+            if name not in times:
+                continue  # failed in an earlier round
             if sync is not None:
                 sync(device)
             start = timer()
-            scratch_stats[name]._run(name, batch)
+            ran = _attempt(scratch_stats[name], name, batch, kind)
             if sync is not None:
                 sync(device)
-            times[name].append(timer() - start)
+            if ran:
+                times[name].append(timer() - start)
+            else:
+                del times[name]
+        if len(times) < 2 or (r >= 1 and _decided(times)):
+            break
+    alive = [name for name in alive if name in times]
     best = {name: min(v) for name, v in times.items() if v}
     winner = alive[0] if alive else "eager"
     for name in alive[1:]:  # in the order eager, native, compiled
@@ -815,6 +826,24 @@ def _trial(
             winner = name
     log.info("deadrelu: kernel %r for %s (best s per batch: %s)", winner, kind, best)
     return KernelTrial(kind, winner, tuple(candidates), best, considered)
+
+
+def _attempt(stats: UnitStats, name: str, batch: _Batch, kind: tuple[Any, ...]) -> bool:
+    """One run of kernel ``name`` in a trial; False where it does not apply or raises (a
+    kernel that fails is never chosen)."""
+    try:
+        return stats._run(name, batch)
+    except Exception as exc:
+        log.info("deadrelu: kernel %r failed on a %s batch (%r); not used", name, kind, exc)
+        return False
+
+
+def _decided(times: Mapping[str, list[float]]) -> bool:
+    """Whether the trial may stop: every candidate but the fastest took at least
+    :data:`TRIAL_CLEAR` times the fastest's best run (more runs only ever lower a best run,
+    and the fastest's is as low as it will matter)."""
+    best = sorted(min(v) for v in times.values())
+    return best[0] * TRIAL_CLEAR <= best[1]
 
 
 @dataclass(eq=False)

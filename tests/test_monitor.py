@@ -98,6 +98,75 @@ def test_inplace_relu_exact() -> None:
     assert _as_lists(mon.all_units()) == model.expected_dead
 
 
+def _inplace_cnn(inplace: bool) -> nn.Module:
+    """conv -> BN -> ReLU -> conv -> ReLU -> pool -> linear -> ReLU, same weights for either
+    ``inplace``; channel 1 of the BN and unit 0 of the linear are dead (bias -1000), the
+    second conv and the other linear units are alive (bias +1000), the other BN channels are
+    normalised over the batch (training mode), so positive somewhere."""
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(inplace=inplace),
+        nn.Conv2d(4, 5, 3, padding=1),
+        nn.ReLU(inplace=inplace),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(5, 6),
+        nn.ReLU(inplace=inplace),
+        nn.Linear(6, 2),
+    )
+    with torch.no_grad():
+        model[1].bias[1] = -1000.0
+        model[3].bias.fill_(1000.0)
+        model[7].bias.fill_(1000.0)
+        model[7].bias[0] = -1000.0
+    return model
+
+
+@pytest.mark.parametrize("detail", [False, "range", "full"])
+@pytest.mark.parametrize("track_grad", [False, True])
+def test_inplace_relu_without_copy_counts_as_out_of_place(
+    detail: bool | str, track_grad: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import deadrelu.capture as capture
+
+    copies = 0
+    real_copy = capture._copy
+
+    def counting_copy(z: Tensor) -> Tensor:
+        nonlocal copies
+        copies += 1
+        return real_copy(z)
+
+    monkeypatch.setattr(capture, "_copy", counting_copy)
+    xs = [torch.randn(3, 2, 5, 5, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    stats = {}
+    for inplace in (False, True):
+        model = _inplace_cnn(inplace)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-2)
+        copies = 0
+        with Monitor(model, every=1, window=3, detail=detail, track_grad=track_grad) as mon:
+            for x in xs:
+                model(x).pow(2).mean().backward()
+                opt.step()
+                opt.zero_grad()
+                mon.step()
+        # the copy of z is made only with track_grad (the producer probe needs it)
+        assert copies == (3 * 3 if inplace and track_grad else 0)
+        assert mon.all_units() == {"2": [1], "4": [], "8": [0]}
+        stats[inplace] = mon.statistics()
+    assert stats[True].keys() == stats[False].keys()
+    for name, s in stats[False].items():
+        t = stats[True][name]
+        assert torch.equal(s.positions, t.positions) and torch.equal(s.active, t.active)
+        assert torch.allclose(s.abs_sum, t.abs_sum, rtol=1e-6, atol=0)
+        assert torch.equal(s.z_max, t.z_max) and torch.equal(s.z_min, t.z_min)
+        assert torch.allclose(s.z_sum, t.z_sum, rtol=1e-6, atol=1e-9)
+        assert torch.equal(s.nonfinite, t.nonfinite)
+    assert int(stats[True]["2"].active[1]) == 0 and int(stats[True]["2"].positions) == 3 * 3 * 25
+
+
 def test_dead_units_exact_while_training_with_default_sampling() -> None:
     torch.manual_seed(0)
     model = DeadMLP()

@@ -225,8 +225,16 @@ class Monitor:
         require_materialised(self.model)
         if track_grad:
             _refuse_grad_under_fsdp(self.model)
+        # in-place activation modules (nn.ReLU(inplace=True)): z reduced in the pre-hook,
+        # the output in the post-hook, no copy of z; with track_grad the copy stays (the
+        # producer probe identifies z by identity, as before)
         self._hooks = CaptureHooks(
-            self.model, self._on_call, unit_dim=unit_dim, functional=functional, mode=hooks
+            self.model,
+            self._on_call,
+            unit_dim=unit_dim,
+            functional=functional,
+            mode=hooks,
+            inplace=None if track_grad else (self._on_z, self._on_out),
         )
         self.every = every
         self.window = window
@@ -316,22 +324,60 @@ class Monitor:
 
     # ---------------------------------------------------------------- hot path
 
-    def _on_call(self, site: Site, z: Tensor, out: Tensor) -> None:
-        """Capture callback: reduce one activation call into the step's buffers."""
+    def _counting(self) -> bool:
+        """Whether an activation call made now is counted."""
         if not self._sampler.sampling:
-            return
+            return False
         if self.training_only and not self.model.training:
-            return
-        if torch._C._current_graph_task_id() != -1:
-            return  # a forward inside backward: activation checkpointing recomputing
+            return False
+        # a forward inside backward (activation checkpointing recomputing) is not
+        return torch._C._current_graph_task_id() == -1
+
+    def _window(self, site: Site, z: Tensor) -> SiteWindow:
+        """The site's window, created at its first call, on ``z``'s device."""
         win = self._sites.get(site.name)
         if win is None:
             win = self._new_site(site, z)
         elif win.device != z.device:
             win.move(z.device)
             self._grad.move(site.name, z.device)
-        win.step.update(z, out, site.unit_dim)
+        return win
+
+    def _on_call(self, site: Site, z: Tensor, out: Tensor) -> None:
+        """Capture callback: reduce one activation call into the step's buffers."""
+        if not self._counting():
+            return
+        win = self._window(site, z)
+        spec = site.activation.spec
+        # ReLU: out = relu(z), so the one-pass kernels read z only
+        win.step.update(
+            z, out, site.unit_dim, out_nonnegative=spec.nonnegative, relu=spec.name == "relu"
+        )
         self._grad.observe(site.name, z)
+
+    def _abs_from_z(self, site: Site) -> bool:
+        """An in-place ReLU whose ``abs_sum`` is summed from ``z`` (by the one-pass
+        kernels at no extra pass; at the "counts" level the eager kernel may run, for which
+        summing the output is one pass cheaper), as :func:`deadrelu.scan.scan` does."""
+        return self.detail != "counts" and site.activation.spec.name == "relu"
+
+    def _on_z(self, site: Site, z: Tensor) -> None:
+        """In-place activation modules: ``z`` before it is overwritten (no copy)."""
+        if not self._counting():
+            return
+        win = self._window(site, z)
+        win.step.update_z(z, site.unit_dim, relu=self._abs_from_z(site))
+
+    def _on_out(self, site: Site, out: Tensor) -> None:
+        """In-place activation modules: the output of the call whose ``z`` went to
+        :meth:`_on_z` (its ``abs_sum``)."""
+        if not self._counting() or self._abs_from_z(site):
+            return
+        win = self._sites.get(site.name)
+        if win is not None and out.numel():
+            win.step.add_output(
+                out, site.unit_dim, out_nonnegative=site.activation.spec.nonnegative
+            )
 
     def _new_site(self, site: Site, z: Tensor) -> SiteWindow:
         d = site.unit_dim % max(z.dim(), 1) if z.dim() > 1 else 0

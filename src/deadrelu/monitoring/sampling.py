@@ -17,7 +17,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from deadrelu.capture import CaptureCallback, Site, UnitDim, attach, warn_unrecognised
+from deadrelu.capture import (
+    CaptureCallback,
+    InplaceCallbacks,
+    Site,
+    UnitDim,
+    attach,
+    warn_unrecognised,
+)
 
 __all__ = ["HOOK_MODES", "CaptureHooks", "Sampler"]
 
@@ -71,6 +78,9 @@ class CaptureHooks:
         callback: ``callback(site, z, out)`` for every activation call.
         unit_dim, functional: passed to :func:`deadrelu.capture.attach`.
         mode: one of :data:`HOOK_MODES`.
+        inplace: ``(before(site, z), after(site, out))`` for in-place activation modules,
+            passed to :func:`deadrelu.capture.attach` (no copy of their ``z``); ``None``:
+            ``callback`` gets a copy of ``z``.
     """
 
     def __init__(
@@ -81,6 +91,7 @@ class CaptureHooks:
         unit_dim: UnitDim = None,
         functional: bool = True,
         mode: str = "auto",
+        inplace: InplaceCallbacks | None = None,
     ) -> None:
         if mode not in HOOK_MODES:
             raise ValueError(f"hooks must be 'auto' or 'always', got {mode!r}")
@@ -90,6 +101,7 @@ class CaptureHooks:
         self._callback = callback
         self._unit_dim = unit_dim
         self._functional = functional
+        self._inplace = inplace
         self._handle: Any = None
         self._unrecognised: dict[str, str] = {}  # already warned about
 
@@ -112,11 +124,29 @@ class CaptureHooks:
             self.compiled = True  # dynamo traced the hooks: keep them registered from now
         self._callback(site, z, out)
 
+    def on_z(self, site: Site, z: Tensor) -> None:
+        """The registered ``before`` of an in-place activation module (see ``inplace``)."""
+        if torch.compiler.is_compiling():
+            self.compiled = True
+        assert self._inplace is not None
+        self._inplace[0](site, z)
+
+    def on_out(self, site: Site, out: Tensor) -> None:
+        """The registered ``after`` of an in-place activation module (see ``inplace``)."""
+        if torch.compiler.is_compiling():
+            self.compiled = True
+        assert self._inplace is not None
+        self._inplace[1](site, out)
+
     def register(self) -> None:
         """Register the hooks (idempotent)."""
         if self._handle is None:
             self._handle = attach(
-                self.model, self.on_call, unit_dim=self._unit_dim, functional=self._functional
+                self.model,
+                self.on_call,
+                unit_dim=self._unit_dim,
+                functional=self._functional,
+                inplace=None if self._inplace is None else (self.on_z, self.on_out),
             )
 
     def unregister(self) -> None:

@@ -68,7 +68,7 @@ from deadrelu.stats import (
     fused_available,
     release_scratch,
 )
-from deadrelu.tokens import TokenMask, batch_mask, batch_tokens, mask_key
+from deadrelu.tokens import MaskScopes, TokenMask, batch_mask, batch_tokens, mask_key
 
 __all__ = ["Batch", "scan"]
 
@@ -172,11 +172,18 @@ def scan(
             ``True``): a dict batch with an ``"attention_mask"`` ``(B, T)`` of 1 (token)
             and 0 (padding) has its padding positions left out of every site whose
             activation is ``(B, T, ...)`` or ``(B * T, ...)`` with the unit dim after
-            those (FFN activations of HF models, OPT's flattened ones); other sites are
-            scanned whole and named in ``report.meta["unmasked_sites"]`` (with a warning
-            when some batch had padding). A str: the batch key holding the mask (every
-            dict batch must have it). ``False``: never mask. Without a mask in a batch
-            nothing is done per activation.
+            those (FFN activations of HF models, OPT's flattened ones), where that mask
+            belongs to the site (:class:`deadrelu.tokens.MaskScopes`): in an
+            encoder-decoder model (T5, BART, ...: ``get_encoder()``/``get_decoder()``)
+            the encoder's sites take ``attention_mask`` and the decoder's
+            ``decoder_attention_mask`` (never the encoder's, even when the lengths are
+            equal); sites inside a mixture-of-experts block (``experts``, ``moe`` in
+            their path: routed tokens, in the router's order) take none. Sites with no
+            mask of their own or whose activation does not line up are scanned whole
+            and named in ``report.meta["unmasked_sites"]`` (with a warning when some
+            batch had padding). A str: the batch key holding the mask (every dict batch
+            must have it; the decoder's is ``"decoder_" + key``). ``False``: never mask.
+            Without a mask in a batch nothing is done per activation.
         max_tokens: stop after the batch at which the tokens scanned reach this number
             (per process). The batches must carry tokens (see ``report.meta["tokens"]``).
         checkpoint: a file path (:mod:`deadrelu.scan_state`): the scan's accumulators,
@@ -207,10 +214,11 @@ def scan(
         :class:`~deadrelu.capture.UnrecognisedActivationWarning` naming them and the fix).
         Token streams: ``tokens`` (int: tokens scanned, the sum of the masks, or the
         positions of ``input_ids`` / of 2-d integer tensor batches without a mask; None
-        when the batches carry no tokens), ``mask`` (the batch key a mask was read from,
-        None if no batch had one), ``masked_sites`` (sites whose statistics exclude the
-        padding) and ``unmasked_sites`` (sites that ran on masked batches but did not line
-        up with the mask: their statistics include padding positions). With a
+        when the batches carry no tokens; an encoder-decoder model's: the encoder's),
+        ``mask`` (the batch key a mask was read from, None if no batch had one),
+        ``masked_sites`` (sites whose statistics exclude the padding) and
+        ``unmasked_sites`` (sites that ran on masked batches but had no mask of their own
+        or did not line up with it: their statistics include padding positions). With a
         ``checkpoint``: ``checkpoint`` = ``{"path": the file, "resumed_from": batches
         read before this call (0: a fresh scan)}``.
         Reduced across a ``group``, ``batches``, ``skipped_empty`` and ``tokens`` are
@@ -291,13 +299,24 @@ def scan(
     unmasked: set[str] = set(state.unmasked_sites)
     tokens = state.tokens or 0
     tokenless = state.tokens is None and state.batches > 0  # a batch carried no tokens
-    tm: TokenMask | None = None  # the real tokens of the batch running (None: no mask)
+    scopes = None if key is None else MaskScopes(model, key)
+    #: the masks of the batch running by batch key (None: it has none), see MaskScopes
+    masks: dict[str, TokenMask] | None = None
 
     def stats_for(site: Site, z: Tensor, d: int) -> UnitStats:
         s = stats.get(site.name)
         if s is None:
             s = stats[site.name] = UnitStats.empty(_units(z, d), z.device, detail=level)
         return s
+
+    def site_mask(site: Site) -> TokenMask | None:
+        # the mask that restricts this site in the batch running (None: left whole)
+        assert masks is not None and scopes is not None
+        k = scopes.site_key(site.name, site.module)
+        tm = None if k is None else masks.get(k)
+        if tm is None:
+            unmasked.add(site.name)
+        return tm
 
     def restrict(site: Site, z: Tensor, mask: TokenMask) -> tuple[Tensor, int]:
         picked = mask.select(z, site.unit_dim)
@@ -314,6 +333,7 @@ def scan(
             return
         d = site.unit_dim
         spec = site.activation.spec
+        tm = None if masks is None else site_mask(site)
         if tm is not None:
             z, d = restrict(site, z, tm)
             if tm.padded and z.shape != out.shape:  # restricted to the real tokens
@@ -346,6 +366,7 @@ def scan(
         if z.numel() == 0:
             return
         d = site.unit_dim
+        tm = None if masks is None else site_mask(site)
         if tm is not None:
             z, d = restrict(site, z, tm)
         s = stats_for(site, z, d)
@@ -356,6 +377,7 @@ def scan(
         s = stats.get(site.name)
         if s is not None and out.numel() and not abs_from_z(site):
             d = site.unit_dim
+            tm = None if masks is None else site_mask(site)
             if tm is not None:
                 out, d = restrict(site, out, tm)
             s.add_output(out, d, out_nonnegative=site.activation.spec.nonnegative)
@@ -414,10 +436,11 @@ def scan(
                         continue
                     found = batch_mask(kwargs, key, key_required)
                     n_tokens = batch_tokens(args, kwargs, found)
-                    tm = None if found is None else TokenMask(found, target, n_tokens)
-                    if tm is not None:
+                    if found is not None:
+                        assert scopes is not None
+                        masks, has_padding = scopes.batch_masks(kwargs, found, target, n_tokens)
                         mask_from = key
-                        padded = padded or tm.padded
+                        padded = padded or has_padding
                     if n_tokens is None:
                         tokenless = True
                         if max_tokens is not None:
@@ -426,7 +449,7 @@ def scan(
                         tokens += n_tokens
                     start = time.perf_counter()
                     model(*to_device(args, target), **to_device(kwargs, target))
-                    tm = None
+                    masks = None
                     ran += 1
                     ran_now += 1
                     if ran_now == 1 and not handle.sites:
@@ -454,7 +477,7 @@ def scan(
             sites.update(handle.sites)
             unrecognised = handle.unrecognised
     finally:
-        tm = None
+        masks = None
         if bar is not None:
             bar.close()
         for m, was_training in flags:
@@ -496,11 +519,15 @@ def scan(
         log.info("scan skipped %d empty batch(es)", skipped)
     if padded and meta["unmasked_sites"]:
         warnings.warn(
-            f"scan: {len(meta['unmasked_sites'])} site(s) do not line up with the "
-            f"attention mask (their activations are not (batch, tokens, ...) or "
-            f"(batch * tokens, ...) with the units after those), so their statistics "
-            f"include padding positions: {', '.join(meta['unmasked_sites'])} (listed in "
-            f"report.meta['unmasked_sites']; scan unpadded batches to exclude nothing)",
+            f"scan: {len(meta['unmasked_sites'])} site(s) were not restricted to the real "
+            f"tokens, so their statistics include padding positions: "
+            f"{', '.join(meta['unmasked_sites'])} (listed in report.meta['unmasked_sites']). "
+            f"A site is left whole when its activation is not (batch, tokens, ...) or "
+            f"(batch * tokens, ...) with the units after those, when it is in the decoder "
+            f"of an encoder-decoder model and the batch has no "
+            f"'decoder_{mask_from or 'attention_mask'}', or when it is inside a "
+            f"mixture-of-experts block (see deadrelu.tokens.MaskScopes); scan unpadded "
+            f"batches to exclude nothing",
             UserWarning,
             stacklevel=2,
         )

@@ -122,7 +122,9 @@ class ScanState:
         sites: the :class:`~deadrelu.capture.Site` of every key of ``stats``.
         kernels: ``{site: names of the kernels that reduced it}``.
         masked_sites: sites restricted to real tokens (see :mod:`deadrelu.tokens`).
-        unmasked_sites: sites that ran on masked batches but did not line up with the mask.
+        unmasked_sites: sites that ran on masked batches but were not restricted to the
+            real tokens (no mask of their own, or not lined up with it: see
+            :class:`deadrelu.tokens.MaskScopes`).
     """
 
     fingerprint: dict[str, str]

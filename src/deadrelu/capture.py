@@ -522,6 +522,12 @@ class _CaptureMode(TorchFunctionMode):
         super().__init__()
         self.state = state
         self.specs, self.producers = _tables()
+        # every callable the slow path below does something for; any other call (most of
+        # a forward: views, arithmetic, tensor attributes) is passed straight through
+        # (a dict, not a frozenset: dynamo, tracing this method, guards a dict attribute)
+        self.watched: dict[Any, None] = dict.fromkeys(
+            [*self.specs, *self.producers, *LAYOUT_FUNCTIONS, *_OTHER_NONLINEAR]
+        )
 
     def __torch_function__(
         self,
@@ -530,6 +536,12 @@ class _CaptureMode(TorchFunctionMode):
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
+        try:
+            passed = func not in self.watched
+        except TypeError:  # unhashable callable: the slow path decides
+            passed = False
+        if passed:
+            return func(*args, **(kwargs or {}))
         kwargs = kwargs or {}
         try:
             spec = self.specs.get(func)
@@ -766,6 +778,7 @@ def _hook_module(state: _State, path: str, module: nn.Module) -> list[RemovableH
     # an unknown parameter-free module: watched for taking a layer's output (see docstring)
     watch = unknown and not by_name and next(module.parameters(recurse=False), None) is None
     fed_by_layer: list[tuple[int, torch.Size]] = []  # (data_ptr, shape) of a layer's output
+    source = f"module {path!r}"  # names the layer in an ambiguous-axis warning
 
     def pre(mod: nn.Module, args: tuple[Any, ...]) -> None:
         if not state.stack:
@@ -811,7 +824,7 @@ def _hook_module(state: _State, path: str, module: nn.Module) -> list[RemovableH
                     if state.hint is None or state.hint.key != state.last_layer_out:
                         # (else: the layer's own functional calls, followed through its
                         # permutes, already describe its output exactly)
-                        state.hint = axis_hint(out, producer, features, f"module {path!r}")
+                        state.hint = axis_hint(out, producer, features, source)
             elif by_name:
                 state.unknown.setdefault(path, cls_name)
             elif fed_by_layer:

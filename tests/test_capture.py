@@ -162,6 +162,39 @@ def test_functional_calls_all_spellings() -> None:
     assert all(int(s.positions) == 4 for s in stats.values())
 
 
+def test_every_registered_function_is_captured() -> None:
+    """Each torch function and tensor method of the registry, called in a forward (the mode's
+    fast path passes calls through: none of these may be among them), gives one site."""
+    from deadrelu import activations
+
+    calls: list[tuple[str, Callable[[Tensor], object]]] = []
+    for name in activations.names():
+        spec = activations.get(name)
+        assert spec is not None
+        extra = (torch.tensor([0.25]),) if name == "prelu" else ()
+        for fn in spec.spec.torch_functions:
+            calls.append((name, lambda h, fn=fn, extra=extra: fn(h.clone(), *extra)))
+        for meth in spec.spec.tensor_methods:
+            calls.append((name, lambda h, m=meth, extra=extra: getattr(h.clone(), m)(*extra)))
+    assert len(calls) > 20
+
+    class Every(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x: Tensor) -> None:
+            h = self.fc(x)
+            for _, call in calls:
+                call(h)
+
+    seen: list[str] = []
+    model = Every()
+    with attach(model, lambda site, z, out: seen.append(site.activation.name)), torch.no_grad():
+        model(torch.randn(4, 3))
+    assert seen == [name for name, _ in calls]
+
+
 def test_activation_module_not_counted_twice() -> None:
     calls: Counter[str] = Counter()
     m = DeadMLP()

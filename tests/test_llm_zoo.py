@@ -449,3 +449,50 @@ def test_mixture_of_experts_sites_are_not_masked() -> None:
         assert int(got.stats[site].positions) == tokens
         assert torch.equal(got.stats[site].active, ref.stats[site].active)
         assert got.stats[site].active.tolist() == (z[site] > 0).sum(0).tolist()
+
+
+def test_multimodal_mask_restricts_the_language_model_only() -> None:
+    """A tiny LLaVA whose vision tower's activations ``(B, 5, U)`` (4 patches and CLS)
+    line up with the text mask ``(B, 5)`` by shape: only the language model's sites are
+    restricted (oracle: hooks over the same forward, rows whose mask is 1); the vision
+    tower and the projector are scanned whole (every patch of every image) and reported."""
+    torch.manual_seed(0)
+    vision = transformers.CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        image_size=8,
+        patch_size=4,
+    )
+    text = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        **SMALL,
+    )
+    cfg = transformers.LlavaConfig(
+        vision_config=vision, text_config=text, image_token_id=VOCAB - 1, vision_feature_layer=-1
+    )
+    model = transformers.LlavaForConditionalGeneration(cfg).double().eval()
+    lm = "model.language_model.layers.0.mlp.act_fn"
+    tower = "model.vision_tower.encoder.layers.0.mlp.activation_fn"
+    projector = "model.multi_modal_projector.act"
+    ids = torch.cat([torch.full((2, 4), VOCAB - 1), torch.tensor([[5], [6]])], 1)  # (2, 5)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]])
+    pixels = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    batch = {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
+    z = Oracle(model, [lm, tower, projector]).run([batch])
+    with pytest.warns(UserWarning, match="include padding positions"):
+        got = scan(model, [batch], detail="full")
+    assert got.meta["masked_sites"] == [lm]
+    assert sorted(got.meta["unmasked_sites"]) == sorted([tower, projector])
+    assert z[tower].shape[0] == 2 * 5 and z[projector].shape[0] == 2 * 4
+    z[lm] = z[lm][mask.reshape(-1).bool()]
+    for site, zs in z.items():
+        s = got.stats[site]
+        assert int(s.positions) == zs.shape[0]
+        assert s.active.tolist() == (zs > 0).sum(0).tolist()
+        torch.testing.assert_close(s.z_sum, zs.sum(0), rtol=1e-9, atol=1e-9)

@@ -177,7 +177,8 @@ def scan(
             encoder-decoder model (T5, BART, ...: ``get_encoder()``/``get_decoder()``)
             the encoder's sites take ``attention_mask`` and the decoder's
             ``decoder_attention_mask`` (never the encoder's, even when the lengths are
-            equal); sites inside a mixture-of-experts block (``experts``, ``moe`` in
+            equal); in a multimodal model (LLaVA, CLIP) only the language model's sites
+            take it; sites inside a mixture-of-experts block (``experts``, ``moe`` in
             their path: routed tokens, in the router's order) take none. Sites with no
             mask of their own or whose activation does not line up are scanned whole
             and named in ``report.meta["unmasked_sites"]`` (with a warning when some
@@ -530,9 +531,9 @@ def scan(
             f"{', '.join(meta['unmasked_sites'])} (listed in report.meta['unmasked_sites']). "
             f"A site is left whole when its activation is not (batch, tokens, ...) or "
             f"(batch * tokens, ...) with the units after those, when it is in the decoder "
-            f"of an encoder-decoder model and the batch has no "
-            f"'decoder_{key}', or when it is inside a "
-            f"mixture-of-experts block (see deadrelu.tokens.MaskScopes); scan unpadded "
+            f"of an encoder-decoder model and the batch has no 'decoder_{key}', when it "
+            f"is outside the language model of a multimodal model, or when it is inside "
+            f"a mixture-of-experts block (see deadrelu.tokens.MaskScopes); scan unpadded "
             f"batches to exclude nothing",
             UserWarning,
             stacklevel=2,

@@ -24,10 +24,16 @@ another sequence (the rule is in its docstring):
   batch's ``attention_mask``, the decoder's ``decoder_attention_mask`` (the decoder's
   positions are not the encoder's, even when the lengths are equal), and are left
   unrestricted, and reported, when the batch has none;
+* multimodal models (LLaVA, CLIP: ``get_encoder(modality="image")`` gives a tower): only
+  the language model's sites (``get_decoder()``) take the text mask; a vision tower's
+  ``(B, patches, U)`` lines up with it by shape whenever ``patches == T``;
 * sites inside a mixture-of-experts block (a module path segment containing ``expert``
   or ``moe``) are never restricted: their rows are the tokens routed to an expert, in
   the router's order (a top-1 MoE's ``(B * T, U)`` rows sorted by expert line up with
   the mask by shape but not by token).
+
+A generation step's mask (wider than ``input_ids`` by the KV-cached tokens) is cut to
+its last columns, the new tokens' (:func:`batch_mask`).
 
 :func:`batch_mask` finds the mask of a batch, :func:`batch_tokens` counts its tokens.
 """
@@ -194,23 +200,32 @@ class TokenMask:
 class MaskScopes:
     """Which batch key's mask may restrict each site of ``model`` (scanned with mask key
     ``key``), by where the site is; the rule never applies a mask to activations that do
-    not come from its sequence:
+    not come from its sequence. Models name their parts as Hugging Face's do, with
+    ``get_encoder()``, ``get_encoder(modality=...)`` and ``get_decoder()`` (a model of
+    your own can define them); the parts of the model and of every module inside it (a
+    wrapped model) are looked up once:
 
     1. A site inside a mixture-of-experts block (a segment of its module path contains
        one of :data:`MOE_SEGMENTS`, e.g. ``mlp.experts.act_fn``, ``block_sparse_moe``,
        ``shared_expert``): no mask (its rows are routed tokens in the router's order).
-    2. An encoder-decoder model: ``get_encoder()`` and ``get_decoder()`` of the model,
-       or of a module inside it (a wrapped model), return two distinct modules, neither
-       inside the other nor the module itself (Hugging Face's T5, BART, Whisper,
-       ``EncoderDecoderModel``; a model of your own can define both methods). A site
-       inside the encoder: ``key``; inside the decoder: ``DECODER_PREFIX + key``
-       (``decoder_attention_mask``) when the batch has it; anywhere else: no mask.
-    3. Any other model: ``key`` at every site; but a batch carrying a key that starts
-       with :data:`DECODER_PREFIX` (a second sequence, of a model whose encoder and
-       decoder rule 2 cannot find) restricts no site.
+    2. Inside an encoder-decoder (a module whose ``get_encoder()`` and ``get_decoder()``
+       are two proper submodules, neither inside the other: T5, BART, Whisper,
+       ``EncoderDecoderModel``): a site in the encoder takes ``key``, in the decoder
+       ``DECODER_PREFIX + key`` (``decoder_attention_mask``) when the batch has it, any
+       other no mask.
+    3. Inside a multimodal model (a module whose ``get_encoder(modality=m)``, m one of
+       "image", "video", "audio", is a proper submodule: LLaVA's vision tower, CLIP's
+       vision model): a site in its language model (``get_decoder()``) takes ``key``,
+       any other (the towers, projectors, heads) no mask.
+    4. Elsewhere (text models: decoder-only, encoder-only): ``key``; but if no
+       encoder-decoder was found, a batch carrying a key that starts with
+       :data:`DECODER_PREFIX` (a second sequence, of a model whose parts are unknown)
+       restricts no site.
 
-    A site with no mask for a batch that has one is left whole and reported by the
-    caller; so is one whose activation does not line up (:meth:`TokenMask.select`).
+    Where 2 and 3 nest (a multimodal model whose language model is an encoder-decoder)
+    the innermost part decides. A site with no mask for a batch that has one is left
+    whole and reported by the caller; so is one whose activation does not line up
+    (:meth:`TokenMask.select`).
 
     Args:
         model: the model scanned (its module names as the sites name them: plain names,
@@ -223,21 +238,24 @@ class MaskScopes:
 
         self.key = key
         self.decoder_key = DECODER_PREFIX + key
-        #: plain module paths of each (encoder, decoder) found (empty: rule 3)
-        self.parts: list[tuple[str, str]] = []
+        #: whether an encoder-decoder was found (rule 2; else rule 4's guard holds)
+        self.encoder_decoder = False
+        #: {plain module path: the key its sites take (None: none)}, rules 2 and 3; the
+        #: longest path containing a site decides (an inner part after its outer one)
+        self.scopes: dict[str, str | None] = {}
         names = {id(m): plain_name(n) for n, m in model.named_modules()}
         for path, module in model.named_modules():
-            enc = _part(module, "get_encoder", names)
-            dec = _part(module, "get_decoder", names)
-            if (
-                enc is not None
-                and dec is not None
-                and enc != plain_name(path)
-                and dec != plain_name(path)
-                and not (_inside(enc, dec) or _inside(dec, enc))
-                and (enc, dec) not in self.parts
+            here = plain_name(path)
+            enc = _part(module, "get_encoder", names, here)
+            dec = _part(module, "get_decoder", names, here)
+            if enc is not None and dec is not None and not (_inside(enc, dec) or _inside(dec, enc)):
+                self.encoder_decoder = True
+                self.scopes.update({here: None, enc: key, dec: self.decoder_key})
+            elif dec is not None and any(
+                _part(module, "get_encoder", names, here, modality)
+                for modality in ("image", "video", "audio")
             ):
-                self.parts.append((enc, dec))
+                self.scopes.update({here: None, dec: key})
         self._keys: dict[str, str | None] = {}
 
     def site_key(self, site: str, module: str) -> str | None:
@@ -250,13 +268,10 @@ class MaskScopes:
         key: str | None = self.key
         if any(seg in part.lower() for part in module.split(".") for seg in MOE_SEGMENTS):
             key = None
-        elif self.parts:
-            key = None
-            for enc, dec in self.parts:
-                if _inside(module, enc):
-                    key = self.key
-                elif _inside(module, dec):
-                    key = self.decoder_key
+        else:
+            inner = max((p for p in self.scopes if _inside(module, p)), key=len, default=None)
+            if inner is not None:
+                key = self.scopes[inner]
         self._keys[site] = key
         return key
 
@@ -273,7 +288,9 @@ class MaskScopes:
         keys whose sites are then left whole: the decoder's when the batch has no
         decoder mask, every key for a model that is not encoder-decoder fed a batch
         with a ``decoder_*`` key. ``tokens``: ``int(mask.sum())`` when known."""
-        dec = batch_mask(kwargs, self.decoder_key, False, DECODER_PREFIX) if self.parts else None
+        dec = None
+        if self.encoder_decoder:
+            dec = batch_mask(kwargs, self.decoder_key, False, DECODER_PREFIX)
         if mask is None and dec is None:
             return None
         masks: dict[str, TokenMask] = {}
@@ -281,7 +298,7 @@ class MaskScopes:
         if mask is not None:
             main = TokenMask(mask, device, tokens)
             padded = main.padded
-            if not self.parts and any(k.startswith(DECODER_PREFIX) for k in kwargs):
+            if not self.encoder_decoder and any(k.startswith(DECODER_PREFIX) for k in kwargs):
                 return masks, padded
             masks[self.key] = main
         if dec is not None:
@@ -290,21 +307,29 @@ class MaskScopes:
         return masks, padded
 
 
-def _part(module: nn.Module, method: str, names: Mapping[int, str]) -> str | None:
-    """The plain path (in the scanned model) of the module ``module.<method>()`` returns,
-    or None when ``module`` has no such method, it raises (a model without that part),
-    or returns no module of the model other than its root."""
+def _part(
+    module: nn.Module,
+    method: str,
+    names: Mapping[int, str],
+    here: str,
+    modality: str | None = None,
+) -> str | None:
+    """The plain path (in the scanned model) of the module ``module.<method>()`` (with
+    ``modality=`` when given) returns, or None when ``module`` (at path ``here``) has no
+    such method, it raises (no such part, or no ``modality`` argument), or returns
+    ``module`` itself or no module of the model."""
     get = getattr(module, method, None)
     if not callable(get):
         return None
     try:
-        part = get()
+        part = get() if modality is None else get(modality=modality)
     except Exception:
         return None
     name = names.get(id(part)) if isinstance(part, nn.Module) else None
-    return name or None
+    return None if name is None or part is module or not _inside(name, here) else name
 
 
 def _inside(module: str, part: str) -> bool:
-    """Whether module path ``module`` is ``part`` or inside it."""
-    return module == part or module.startswith(part + ".")
+    """Whether module path ``module`` is ``part`` or inside it (every path is inside the
+    root, ``""``)."""
+    return not part or module == part or module.startswith(part + ".")

@@ -373,7 +373,7 @@ class Monitor:
     def _on_out(self, site: Site, out: Tensor) -> None:
         """In-place activation modules: the output of the call whose ``z`` went to
         :meth:`_on_z` (its ``abs_sum``)."""
-        if not self._counting() or self._abs_from_z(site):
+        if self._abs_from_z(site) or not self._counting():
             return
         win = self._sites.get(site.name)
         if win is not None and out.numel():

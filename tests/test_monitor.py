@@ -167,6 +167,30 @@ def test_inplace_relu_without_copy_counts_as_out_of_place(
     assert int(stats[True]["2"].active[1]) == 0 and int(stats[True]["2"].positions) == 3 * 3 * 25
 
 
+def test_inplace_relu_without_copy_under_torch_compile_counts_as_eager() -> None:
+    xs = [torch.randn(3, 2, 5, 5, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    stats = {}
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        model = _inplace_cnn(True).eval()
+        mon = Monitor(model, every=1, window=3, training_only=False).attach()
+        run = torch.compile(model, backend="eager") if compiled else model
+        with torch.no_grad():
+            for x in xs:
+                run(x)
+                mon.step()
+        assert mon._hooks.compiled == compiled  # the hooks really ran inside dynamo
+        stats[compiled] = mon.statistics()
+        mon.detach()
+    torch._dynamo.reset()
+    assert stats[True].keys() == stats[False].keys() == {"2", "4", "8"}
+    for name, s in stats[False].items():
+        t = stats[True][name]
+        assert torch.equal(s.positions, t.positions) and torch.equal(s.active, t.active)
+        assert torch.allclose(s.abs_sum, t.abs_sum, rtol=1e-6, atol=0)
+    assert int(stats[True]["2"].active[1]) == 0 and int(stats[True]["8"].active[0]) == 0
+
+
 def test_dead_units_exact_while_training_with_default_sampling() -> None:
     torch.manual_seed(0)
     model = DeadMLP()

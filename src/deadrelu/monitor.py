@@ -46,6 +46,10 @@ of the last ``window`` steps (default 100, so 10 sampled batches) is reported de
 sampling, "dead" means "not seen active on 10 batches", a lower bound on activity. Use
 ``every=1`` for exact per-step tracking. By default only the active counts, positions and
 mean |out| are kept (``detail=False``), which is all dead, dormant and rarely-active need.
+A ReLU site is reduced from ``z`` alone (its output is ``relu(z)``); an in-place activation
+module (``nn.ReLU(inplace=True)``) is reduced in its pre-hook, before it overwrites ``z``,
+without copying ``z`` (with ``track_grad=True`` the copy is kept: the producer probe finds
+the feeding layer through it, as before).
 
 Host synchronisation: the hooks make none. At the end of a sampled step :meth:`step`
 makes one small one (two integers per site: dead count and whether it was called) to

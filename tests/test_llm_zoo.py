@@ -417,38 +417,43 @@ def test_unknown_encoder_decoder_is_not_masked() -> None:
     assert got.meta["tokens"] == sum(LENGTHS)
 
 
-def test_mixture_of_experts_sites_are_not_masked() -> None:
-    """A top-1 Mixtral: its experts' activations are ``(B * T, U)``, the shape of the
-    flattened mask, but their rows are the tokens grouped by expert (Hugging Face's
-    grouped experts sort them so), not in token order; the scan leaves them whole (every
-    position, padding too: the same statistics as mask=False and as an oracle over the
-    same forward) and reports them, with a warning. Float32 (grouped_mm has no
-    float64)."""
+@pytest.mark.filterwarnings("ignore::deadrelu.capture.UnrecognisedActivationWarning")
+def test_mixture_of_experts_routed_sites_are_not_masked() -> None:
+    """A top-1 Qwen2-MoE: its routed experts' activations are ``(B * T, U)``, the shape
+    of the flattened mask, but their rows are the tokens grouped by expert (Hugging
+    Face's grouped experts sort them so), not in token order: the scan leaves them whole
+    (every position, padding too: as mask=False and an oracle over the same forward) and
+    reports them, with a warning. Its shared expert runs on every token in order: masked
+    (the oracle's rows whose mask is 1). Float32 (grouped_mm has no float64)."""
     torch.manual_seed(0)
-    cfg = transformers.MixtralConfig(
+    cfg = transformers.Qwen2MoeConfig(
         hidden_size=32,
         intermediate_size=48,
-        num_hidden_layers=2,
+        moe_intermediate_size=16,
+        shared_expert_intermediate_size=24,
+        num_hidden_layers=1,
         num_attention_heads=2,
         num_key_value_heads=2,
-        num_local_experts=2,
+        num_experts=2,
         num_experts_per_tok=1,
         **SMALL,
     )
-    model = transformers.MixtralForCausalLM(cfg).eval()
-    sites = [f"model.layers.{i}.mlp.experts.act_fn" for i in (0, 1)]
+    model = transformers.Qwen2MoeForCausalLM(cfg).eval()
+    experts, shared = "model.layers.0.mlp.experts.act_fn", "model.layers.0.mlp.shared_expert.act_fn"
     batches = lm_batches(sequences(LENGTHS, seed=3), "right")
-    z = Oracle(model, sites).run(batches)
-    tokens = sum(b["input_ids"].numel() for b in batches)
-    assert all(zs.shape[0] == tokens for zs in z.values())  # the (B*T, U) shape
+    z = Oracle(model, [experts, shared]).run(batches)
+    positions = sum(b["input_ids"].numel() for b in batches)
+    assert z[experts].shape[0] == z[shared].shape[0] == positions  # the (B*T, U) shape
+    keep = torch.cat([b["attention_mask"].reshape(-1) for b in batches]).bool()
     with pytest.warns(UserWarning, match="mixture-of-experts"):
         got = scan(model, batches, detail="full")
-    assert got.meta["masked_sites"] == [] and got.meta["unmasked_sites"] == sites
+    assert got.meta["masked_sites"] == [shared] and got.meta["unmasked_sites"] == [experts]
     ref = scan(model, batches, detail="full", mask=False)
-    for site in sites:
-        assert int(got.stats[site].positions) == tokens
-        assert torch.equal(got.stats[site].active, ref.stats[site].active)
-        assert got.stats[site].active.tolist() == (z[site] > 0).sum(0).tolist()
+    assert int(got.stats[experts].positions) == positions
+    assert torch.equal(got.stats[experts].active, ref.stats[experts].active)
+    assert got.stats[experts].active.tolist() == (z[experts] > 0).sum(0).tolist()
+    assert int(got.stats[shared].positions) == sum(LENGTHS)
+    assert got.stats[shared].active.tolist() == (z[shared][keep] > 0).sum(0).tolist()
 
 
 def test_multimodal_mask_restricts_the_language_model_only() -> None:

@@ -179,14 +179,15 @@ def scan(
             ``decoder_attention_mask`` (never the encoder's, even when the lengths are
             equal); in a multimodal model (LLaVA, CLIP) only the language model's sites
             take it; sites inside a mixture-of-experts block (``experts``, ``moe`` in
-            their path: routed tokens, in the router's order) take none. Sites with no
-            mask of their own or whose activation does not line up are scanned whole
-            and named in ``report.meta["unmasked_sites"]`` (with a warning when some
-            batch had padding). A str: the batch key holding the mask (every dict batch
-            must have it; the decoder's is ``"decoder_" + key``). ``False``: never mask.
-            Without a mask in a batch nothing is done per activation. A generation
-            step's mask, wider than ``input_ids`` by the KV-cached tokens, masks the new
-            tokens by its last columns (:func:`deadrelu.tokens.batch_mask`).
+            their path, but for a shared expert: routed tokens, in the router's order)
+            take none. Sites with no mask of their own or whose activation does not
+            line up are scanned whole and named in ``report.meta["unmasked_sites"]``
+            (with a warning when some batch had padding). A str: the batch key holding
+            the mask (every dict batch must have it; the decoder's is ``"decoder_" +
+            key``). ``False``: never mask. Without a mask in a batch nothing is done per
+            activation. A generation step's mask, wider than ``input_ids`` by the
+            KV-cached tokens, masks the new tokens by its last columns
+            (:func:`deadrelu.tokens.batch_mask`).
         max_tokens: stop after the batch at which the tokens scanned reach this number
             (per process). The batches must carry tokens (see ``report.meta["tokens"]``).
         checkpoint: a file path (:mod:`deadrelu.scan_state`): the scan's accumulators,

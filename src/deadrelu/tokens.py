@@ -28,9 +28,10 @@ another sequence (the rule is in its docstring):
   the language model's sites (``get_decoder()``) take the text mask; a vision tower's
   ``(B, patches, U)`` lines up with it by shape whenever ``patches == T``;
 * sites inside a mixture-of-experts block (a module path segment containing ``expert``
-  or ``moe``) are never restricted: their rows are the tokens routed to an expert, in
-  the router's order (a top-1 MoE's ``(B * T, U)`` rows sorted by expert line up with
-  the mask by shape but not by token).
+  or ``moe``, but for a ``shared_expert``, which runs on every token) are never
+  restricted: their rows are the tokens routed to an expert, in the router's order (a
+  top-1 MoE's ``(B * T, U)`` rows sorted by expert line up with the mask by shape but
+  not by token).
 
 A generation step's mask (wider than ``input_ids`` by the KV-cached tokens) is cut to
 its last columns, the new tokens' (:func:`batch_mask`).
@@ -205,9 +206,10 @@ class MaskScopes:
     your own can define them); the parts of the model and of every module inside it (a
     wrapped model) are looked up once:
 
-    1. A site inside a mixture-of-experts block (a segment of its module path contains
-       one of :data:`MOE_SEGMENTS`, e.g. ``mlp.experts.act_fn``, ``block_sparse_moe``,
-       ``shared_expert``): no mask (its rows are routed tokens in the router's order).
+    1. A site inside a mixture-of-experts block's routed part (:func:`routed`: a segment
+       of its module path contains one of :data:`MOE_SEGMENTS`, e.g.
+       ``mlp.experts.act_fn``, ``block_sparse_moe``; a ``shared_expert`` is not
+       routed): no mask (its rows are routed tokens in the router's order).
     2. Inside an encoder-decoder (a module whose ``get_encoder()`` and ``get_decoder()``
        are two proper submodules, neither inside the other: T5, BART, Whisper,
        ``EncoderDecoderModel``): a site in the encoder takes ``key``, in the decoder
@@ -266,7 +268,7 @@ class MaskScopes:
         except KeyError:
             pass
         key: str | None = self.key
-        if any(seg in part.lower() for part in module.split(".") for seg in MOE_SEGMENTS):
+        if routed(module):
             key = None
         else:
             inner = max((p for p in self.scopes if _inside(module, p)), key=len, default=None)
@@ -305,6 +307,16 @@ class MaskScopes:
             masks[self.decoder_key] = tm = TokenMask(dec, device)
             padded = padded or tm.padded
         return masks, padded
+
+
+def routed(module: str) -> bool:
+    """Whether module path ``module`` is inside a mixture-of-experts block's routed part:
+    a segment contains one of :data:`MOE_SEGMENTS`, other than a shared expert's
+    (``shared_expert``, ``shared_experts``: run on every token, in token order)."""
+    for part in module.lower().split("."):
+        if not part.startswith("shared_expert") and any(seg in part for seg in MOE_SEGMENTS):
+            return True
+    return False
 
 
 def _part(

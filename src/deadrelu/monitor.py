@@ -48,8 +48,8 @@ sampling, "dead" means "not seen active on 10 batches", a lower bound on activit
 mean |out| are kept (``detail=False``), which is all dead, dormant and rarely-active need.
 A ReLU site is reduced from ``z`` alone (its output is ``relu(z)``); an in-place activation
 module (``nn.ReLU(inplace=True)``) is reduced in its pre-hook, before it overwrites ``z``,
-without copying ``z`` (with ``track_grad=True`` the copy is kept: the producer probe finds
-the feeding layer through it, as before).
+without copying ``z`` (with ``track_grad=True`` ``z`` is still copied, so the producers
+that the zero-gradient check finds stay exactly as they were).
 
 Host synchronisation: the hooks make none. At the end of a sampled step :meth:`step`
 makes one small one (two integers per site: dead count and whether it was called) to
@@ -231,7 +231,7 @@ class Monitor:
             _refuse_grad_under_fsdp(self.model)
         # in-place activation modules (nn.ReLU(inplace=True)): z reduced in the pre-hook,
         # the output in the post-hook, no copy of z; with track_grad the copy stays (the
-        # producer probe identifies z by identity, as before)
+        # producer probe identifies z by identity: its findings stay as they were)
         self._hooks = CaptureHooks(
             self.model,
             self._on_call,

@@ -501,3 +501,43 @@ def test_multimodal_mask_restricts_the_language_model_only() -> None:
         assert int(s.positions) == zs.shape[0]
         assert s.active.tolist() == (zs > 0).sum(0).tolist()
         torch.testing.assert_close(s.z_sum, zs.sum(0), rtol=1e-9, atol=1e-9)
+
+
+def test_square_batches_of_a_sequence_first_model_are_not_masked() -> None:
+    """FSMT runs its layers sequence-first: its FFN activations are ``(T, B, U)``. A
+    padded batch with B == T lines up with the mask by shape but not by position: its
+    sites are scanned whole (as mask=False) and reported; so are a batch-first model's
+    on such a batch (GPT-2: which layout it is cannot be told from the shape). Unpadded
+    square batches exclude nothing either way, so they are masked (a no-op)."""
+    cfg = transformers.FSMTConfig(
+        src_vocab_size=VOCAB,
+        tgt_vocab_size=VOCAB,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=48,
+        decoder_ffn_dim=48,
+        langs=["en", "de"],
+        max_position_embeddings=32,
+        pad_token_id=0,
+        decoder_start_token_id=2,
+    )
+    fsmt = build(lambda: transformers.FSMTForConditionalGeneration(cfg))
+    encoder = "model.encoder.layers.0.activation_fn"
+    ids, mask = pad(sequences((4, 2, 3, 4), seed=4), "right")  # (4, 4)
+    square = {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": ids}
+    z = Oracle(fsmt, [encoder]).run([square])[encoder]
+    with pytest.warns(UserWarning, match="batch == tokens"):
+        got = scan(fsmt, [square])
+    assert encoder in got.meta["unmasked_sites"] and encoder not in got.meta["masked_sites"]
+    assert int(got.stats[encoder].positions) == 16
+    assert got.stats[encoder].active.tolist() == (z > 0).sum(0).tolist()
+    full = {**square, "attention_mask": torch.ones_like(mask)}
+    assert scan(fsmt, [full]).meta["masked_sites"][0] == encoder
+
+    gpt2 = build(DECODERS["gpt2"][0])
+    with pytest.warns(UserWarning, match="batch == tokens"):
+        got = scan(gpt2, [{"input_ids": ids, "attention_mask": mask}])
+    assert got.meta["masked_sites"] == [] and len(got.meta["unmasked_sites"]) == 2

@@ -172,8 +172,9 @@ def scan(
             ``True``): a dict batch with an ``"attention_mask"`` ``(B, T)`` of 1 (token)
             and 0 (padding) has its padding positions left out of every site whose
             activation is ``(B, T, ...)`` or ``(B * T, ...)`` with the unit dim after
-            those (FFN activations of HF models, OPT's flattened ones), where that mask
-            belongs to the site (:class:`deadrelu.tokens.MaskScopes`): in an
+            those (FFN activations of HF models, OPT's flattened ones; not ``(B, T,
+            ...)`` when B == T, which looks like a sequence-first ``(T, B, ...)``), where
+            that mask belongs to the site (:class:`deadrelu.tokens.MaskScopes`): in an
             encoder-decoder model (T5, BART, ...: ``get_encoder()``/``get_decoder()``)
             the encoder's sites take ``attention_mask`` and the decoder's
             ``decoder_attention_mask`` (never the encoder's, even when the lengths are
@@ -531,7 +532,8 @@ def scan(
             f"tokens, so their statistics include padding positions: "
             f"{', '.join(meta['unmasked_sites'])} (listed in report.meta['unmasked_sites']). "
             f"A site is left whole when its activation is not (batch, tokens, ...) or "
-            f"(batch * tokens, ...) with the units after those, when it is in the decoder "
+            f"(batch * tokens, ...) with the units after those (or batch == tokens: "
+            f"(tokens, batch, ...) looks the same), when it is in the decoder "
             f"of an encoder-decoder model and the batch has no 'decoder_{key}', when it "
             f"is outside the language model of a multimodal model, or when it is inside "
             f"a mixture-of-experts block (see deadrelu.tokens.MaskScopes); scan unpadded "

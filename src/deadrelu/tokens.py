@@ -12,7 +12,10 @@ leading dims are those of the mask:
   states to ``(B * T, D)`` before ``fc1``),
 
 giving ``(K, ...)`` with K the number of real tokens. An activation of any other shape
-(``select`` returns None) is not restricted; the caller says so.
+(``select`` returns None) is not restricted; the caller says so. So is a ``(B, T, ...)``
+activation of a square batch (B == T) with padding: a sequence-first model's ``(T, B,
+...)`` (FSMT) has the same shape. (A sequence-first model that flattens to ``(T * B,
+...)`` cannot be told from OPT's ``(B * T, ...)``: scan such a model with mask=False.)
 
 A shape that lines up is not enough when the model runs more than one sequence, or
 reorders its tokens: :class:`MaskScopes` says which mask, if any, may restrict a site,
@@ -178,9 +181,10 @@ class TokenMask:
         """``z`` at the real tokens and its unit dim there, or None when ``z``'s leading
         dims are not the mask's (see the module docstring).
 
-        ``(B, T, *rest)`` with the unit dim in ``rest`` -> ``(K, *rest)``; ``(B * T,
-        *rest)`` likewise; without padding ``z`` itself (no copy). The unit dim returned
-        is non-negative."""
+        ``(B, T, *rest)`` with the unit dim in ``rest`` -> ``(K, *rest)``, but None for
+        a square padded batch (B == T: a sequence-first model's ``(T, B, *rest)``, e.g.
+        FSMT's, has the same shape); ``(B * T, *rest)`` likewise; without padding ``z``
+        itself (no copy). The unit dim returned is non-negative."""
         ndim = z.dim()
         if ndim < 2:
             return None
@@ -189,6 +193,8 @@ class TokenMask:
         if ndim >= 3 and d >= 2 and shape[0] == self.batch and shape[1] == self.length:
             if self.index is None:
                 return z, d
+            if self.batch == self.length:  # (B, T, U) or a sequence-first (T, B, U)?
+                return None
             flat = z.reshape(self.batch * self.length, *shape[2:])
             return flat.index_select(0, self.index), d - 1
         if d >= 1 and shape[0] == self.batch * self.length:

@@ -1,16 +1,21 @@
 """scan() with padding masks on Hugging Face architectures beyond OPT and Llama (tiny
 random configs: 2 layers, hidden 32): GPT-2 (Conv1D, gelu_new), BERT (bidirectional
-encoder, GELU), Mistral (SiLU gated), Phi, GPT-NeoX, and the encoder-decoders T5 (ReLU
-FFN) and BART, right and left (generation-style: position ids from the first real token)
-padding; mixture-of-experts sites (Mixtral, top-1) and encoder-decoder batches whose
-decoder has no mask are left whole and reported.
+encoder, GELU), Mistral (SiLU gated), Phi, GPT-NeoX with right and left padding
+(generation-style: position ids from the first real token) and a KV-cache step; the
+encoder-decoders T5 (ReLU FFN) and BART, whose decoder must take its own mask, never
+the encoder's (both padded to the same width here, so the encoder's lines up by shape);
+the sites that must be left whole and reported rather than masked by a mask that is not
+theirs: a decoder without a mask, an encoder-decoder whose parts are unknown, a
+LLaVA's vision tower and projector, a top-1 MoE's routed experts, a sequence-first
+model (FSMT) on a square batch.
 
 The oracle is independent of deadrelu: forward hooks on the activation modules (named
 here per architecture) keep their inputs z while each sequence runs alone, unpadded,
-without a mask (an encoder-decoder: its encoder and decoder sequences alone). The padded
-batches' masked scan must give the oracle's positions, counts of z > 0, extrema and sums.
-All in float64, so that the padded and the unpadded forwards' rounding (~1e-16) cannot
-flip a count (precondition: no oracle z within 1e-6 of 0)."""
+without a mask (an encoder-decoder: its encoder and decoder sequences alone), or, where
+said, over the same forward, keeping the rows whose mask is 1. The masked scan must give
+the oracle's positions, counts of z > 0, extrema and sums. In float64 (but the MoE),
+so that the padded and the unpadded forwards' rounding (~1e-16) cannot flip a count
+(precondition: no oracle z within 1e-6 of 0)."""
 
 from __future__ import annotations
 

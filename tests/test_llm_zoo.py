@@ -422,6 +422,47 @@ def test_unknown_encoder_decoder_is_not_masked() -> None:
     assert got.meta["tokens"] == sum(LENGTHS)
 
 
+class DeclaredSeq2Seq(nn.Module):
+    """An encoder-decoder of its own that names its parts as Hugging Face's do
+    (``get_encoder``, ``get_decoder``): position-wise ``Linear -> ReLU`` on each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(VOCAB, 8)
+        self.encoder = nn.Sequential(nn.Linear(8, 12), nn.ReLU())
+        self.decoder = nn.Sequential(nn.Linear(8, 12), nn.ReLU())
+
+    def get_encoder(self) -> nn.Module:
+        return self.encoder
+
+    def get_decoder(self) -> nn.Module:
+        return self.decoder
+
+    def forward(self, input_ids: Tensor, decoder_input_ids: Tensor, **_: Tensor) -> Tensor:
+        e = self.encoder(self.embed(input_ids))
+        return e.sum(1) + self.decoder(self.embed(decoder_input_ids)).sum(1)
+
+
+def test_declared_encoder_decoder_takes_each_mask() -> None:
+    """A model of its own with get_encoder/get_decoder: the encoder's ReLU holds the
+    encoder's real tokens, the decoder's the decoder's (oracle: the Linear of each on
+    the real tokens' embeddings, computed here)."""
+    model = DeclaredSeq2Seq()
+    enc, dec = sequences(LENGTHS, seed=1), sequences(DEC_LENGTHS, seed=2)
+    got = scan(model, enc_dec_batches(enc, dec, decoder_mask=True))
+    assert got.meta["masked_sites"] == ["encoder.1", "decoder.1"]
+    assert got.meta["unmasked_sites"] == []
+    with torch.no_grad():
+        for site, part, seqs in (
+            ("encoder.1", model.encoder, enc),
+            ("decoder.1", model.decoder, dec),
+        ):
+            z = part[0](model.embed(torch.cat(seqs)))
+            assert int(got.stats[site].positions) == z.shape[0]
+            assert got.stats[site].active.tolist() == (z > 0).sum(0).tolist()
+
+
 @pytest.mark.filterwarnings("ignore::deadrelu.capture.UnrecognisedActivationWarning")
 def test_mixture_of_experts_routed_sites_are_not_masked() -> None:
     """A top-1 Qwen2-MoE: its routed experts' activations are ``(B * T, U)``, the shape

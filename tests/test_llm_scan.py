@@ -252,7 +252,7 @@ def test_inplace_relu_masked_and_unaligned_site_reported(kernel: str) -> None:
     a warning."""
     model = TokenModel()
     seqs = sequences()
-    with pytest.warns(UserWarning, match="include padding positions: pool_act"):
+    with pytest.warns(UserWarning, match="include padding positions, if any: pool_act"):
         got = scan(model, padded_batches("right"), detail="full", kernel=kernel)  # type: ignore[arg-type]
     with torch.no_grad():
         z = model.fc1(model.embed(torch.cat(seqs))).double()  # (K, 12), real tokens only

@@ -331,7 +331,7 @@ def test_encoder_decoder_each_part_takes_its_own_mask(arch: str) -> None:
 
     batches = enc_dec_batches(enc, dec, decoder_mask=False)
     whole = Oracle(model, dec_sites).run(batches)  # every decoder position, padding too
-    with pytest.warns(UserWarning, match="include padding positions: .*decoder") as caught:
+    with pytest.warns(UserWarning, match="include padding positions, if any: .*decoder") as caught:
         bare = scan(model, batches, detail="full")
     assert "'decoder_attention_mask'" in str(caught[0].message)
     assert sorted(bare.meta["masked_sites"]) == sorted(enc_sites)
@@ -346,7 +346,8 @@ def test_encoder_decoder_each_part_takes_its_own_mask(arch: str) -> None:
 def test_decoder_mask_alone(arch: str) -> None:
     """Batches with a decoder mask but no encoder mask (unpadded encoder inputs, as for
     Whisper's features): the decoder's sites equal the decoder sequences alone; the
-    encoder's, with no mask of their own, are scanned whole and reported."""
+    encoder's, with no mask of their own, are scanned whole and reported. An unpadded
+    encoder mask without a decoder mask still warns: the decoder's padding is unknown."""
     make, enc_sites, dec_sites = ENC_DEC[arch]
     model = build(make)
     enc, dec = sequences((7,) * len(DEC_LENGTHS), seed=1), sequences(DEC_LENGTHS, seed=2)
@@ -354,12 +355,18 @@ def test_decoder_mask_alone(arch: str) -> None:
     batches = enc_dec_batches(enc, dec, decoder_mask=True)
     for b in batches:
         assert bool(b.pop("attention_mask").all())
-    with pytest.warns(UserWarning, match="include padding positions: .*encoder"):
+    with pytest.warns(UserWarning, match="include padding positions, if any: .*encoder"):
         got = scan(model, batches, detail="full")
     assert sorted(got.meta["masked_sites"]) == sorted(dec_sites)
     assert sorted(got.meta["unmasked_sites"]) == sorted(enc_sites)
     assert got.meta["mask"] == "decoder_attention_mask"
     assert_oracle(got, z)  # the encoder has no padding: whole is right there
+    # an unpadded encoder mask and no decoder mask: the decoder's padding is unknown
+    for batch in batches:
+        batch["attention_mask"] = torch.ones_like(batch.pop("decoder_attention_mask"))
+    with pytest.warns(UserWarning, match="no 'decoder_attention_mask'"):
+        bare = scan(model, batches)
+    assert sorted(bare.meta["unmasked_sites"]) == sorted(dec_sites)
 
 
 class Wrapped(nn.Module):

@@ -249,7 +249,9 @@ def scan(
     Warns:
         RuntimeWarning: units saw NaN/inf (counted in every detail level as
             ``report.nonfinite_units``); it says how many of them count as dead.
-        UserWarning: sites that do not line up with the attention mask, on padded batches.
+        UserWarning: sites not restricted to the real tokens, when some batch had
+            padding or a site's own mask was missing (an encoder-decoder's batch without
+            ``decoder_attention_mask``: the decoder's padding is unknown).
         TypeError: a batch of an unsupported type.
     """
     for name, value in (("max_batches", max_batches), ("max_tokens", max_tokens)):
@@ -302,6 +304,7 @@ def scan(
     ran_by: dict[str, set[str]] = {k: set(v) for k, v in state.kernels.items()}
     masked: set[str] = set(state.masked_sites)
     unmasked: set[str] = set(state.unmasked_sites)
+    missing: set[str] = set()  # unmasked sites whose own mask a batch lacked
     tokens = state.tokens or 0
     tokenless = state.tokens is None and state.batches > 0  # a batch carried no tokens
     scopes = None if key is None else MaskScopes(model, key)
@@ -321,6 +324,8 @@ def scan(
         tm = None if k is None else masks.get(k)
         if tm is None:
             unmasked.add(site.name)
+            if k is not None:  # its mask is missing: its padding unknown
+                missing.add(site.name)
         return tm
 
     def restrict(site: Site, z: Tensor, mask: TokenMask) -> tuple[Tensor, int]:
@@ -526,10 +531,10 @@ def scan(
         )
     if skipped:
         log.info("scan skipped %d empty batch(es)", skipped)
-    if padded and meta["unmasked_sites"]:
+    if (padded and meta["unmasked_sites"]) or missing:
         warnings.warn(
             f"scan: {len(meta['unmasked_sites'])} site(s) were not restricted to the real "
-            f"tokens, so their statistics include padding positions: "
+            f"tokens, so their statistics include padding positions, if any: "
             f"{', '.join(meta['unmasked_sites'])} (listed in report.meta['unmasked_sites']). "
             f"A site is left whole when its activation is not (batch, tokens, ...) or "
             f"(batch * tokens, ...) with the units after those (or batch == tokens: "

@@ -36,6 +36,11 @@ another sequence (the rule is in its docstring):
   top-1 MoE's ``(B * T, U)`` rows sorted by expert line up with the mask by shape but
   not by token).
 
+A model of your own that runs a second sequence must say so, by defining
+``get_encoder()``/``get_decoder()`` or by passing that sequence under ``decoder_*`` keys
+(then, its parts unknown, no site is restricted); else every site whose shape lines up
+takes the mask.
+
 A generation step's mask (wider than ``input_ids`` by the KV-cached tokens) is cut to
 its last columns, the new tokens' (:func:`batch_mask`).
 

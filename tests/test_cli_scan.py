@@ -488,3 +488,49 @@ def test_under_torchrun_rank0_prints_errors_other_ranks_only_their_own(
 
 def _ranks(rank: int, world: int) -> Any:
     return scan_command._Ranks(rank, world)
+
+
+def _tiny_t5(transformers: Any) -> Any:
+    """A 1+1-layer T5 (ReLU FFN of 16) whose wi rows are +1 in every input feature except
+    rows 3 (encoder) and 5 (decoder), set to 0: z = 0 there, never > 0, so exactly those
+    units are dead; the others see RMS-normed inputs whose sum is not 0 almost surely."""
+    torch.manual_seed(0)
+    cfg = transformers.T5Config(
+        vocab_size=32,
+        d_model=8,
+        d_kv=4,
+        d_ff=16,
+        num_layers=1,
+        num_decoder_layers=1,
+        num_heads=2,
+        dropout_rate=0.0,
+        feed_forward_proj="relu",
+        decoder_start_token_id=0,
+    )
+    model = transformers.T5ForConditionalGeneration(cfg)
+    with torch.no_grad():
+        model.encoder.block[0].layer[1].DenseReluDense.wi.weight[3] = 0.0
+        model.decoder.block[0].layer[2].DenseReluDense.wi.weight[5] = 0.0
+    return model
+
+
+def test_encoder_decoder_reads_the_corpus_in_both_halves(tmp_path: Path) -> None:
+    import_torchvision()
+    transformers = pytest.importorskip("transformers")
+    d = tmp_path / "t5"
+    _tiny_t5(transformers).save_pretrained(d)
+    _tiny_tokenizer(transformers).save_pretrained(d)  # type: ignore[attr-defined]
+    text = tmp_path / "corpus.txt"
+    text.write_text("the cat sat on the mat and a dog ran in the park\n" * 8)
+    out = tmp_path / "t5.json"
+    argv = ["scan", f"hf:{d}", "--data", str(text), "--seq-len", "6", "--batch-size", "2"]
+    assert main([*argv, "--batches", "2", "--json", str(out)]) == 0
+    report = Report.from_json(out)
+    enc = "encoder.block.0.layer.1.DenseReluDense.act"
+    dec = "decoder.block.0.layer.2.DenseReluDense.act"
+    assert report.dead_units(enc) == [3] and report.dead_units(dec) == [5]
+    # both halves ran on the 2 batches of 2 x 6 tokens, each masked by its own mask
+    assert int(report.stats[enc].positions) == int(report.stats[dec].positions) == 24
+    data = json.loads(out.read_text())
+    assert {enc, dec} <= set(data["meta"]["masked_sites"])
+    assert data["meta"]["tokens"] == 24

@@ -35,7 +35,9 @@ Data specs (:func:`load_data`), yielding batches :func:`deadrelu.scan.scan` take
   put one there already, as OPT's ``</s>`` BOS does); the stream is cut into consecutive
   windows of ``seq_len`` tokens (the last, shorter one dropped unless the whole stream is
   shorter than a window), ``batch_size`` windows per batch, with an all-ones
-  ``attention_mask``. The corpus is streamed: read and tokenised about
+  ``attention_mask``; for an encoder-decoder (T5, BART) the decoder reads the same
+  windows (``decoder_input_ids``, ``decoder_attention_mask``; also for ``random``). The
+  corpus is streamed: read and tokenised about
   :data:`TEXT_CHUNK_CHARS` characters at a time as batches are taken, never whole, so
   memory does not grow with its size (one line longer than that is read whole). A
   ``.txt`` file gives exactly the ids of tokenising the whole file at once: pieces are
@@ -876,6 +878,24 @@ def _text(
     return _token_batches(pieces, spec, batches, batch_size, seq_len)
 
 
+def _encoder_decoder(loaded: LoadedModel) -> bool:
+    """Whether ``loaded`` is a Hugging Face encoder-decoder (T5, BART, ...): its forward
+    needs decoder inputs as well."""
+    config = getattr(loaded.model, "config", None)
+    return loaded.source == "hf" and bool(getattr(config, "is_encoder_decoder", False))
+
+
+def _teacher_forced(batches: Iterable[dict[str, Tensor]]) -> Iterator[dict[str, Tensor]]:
+    """Token batches for an encoder-decoder: the decoder reads the same windows as the
+    encoder (``decoder_input_ids``, and ``decoder_attention_mask`` from the mask), so both
+    halves' neurons see the corpus; the tokens counted are the encoder's."""
+    for b in batches:
+        extra = {"decoder_input_ids": b["input_ids"]}
+        if "attention_mask" in b:
+            extra["decoder_attention_mask"] = b["attention_mask"]
+        yield {**b, **extra}
+
+
 def load_data(
     spec: str | None,
     loaded: LoadedModel,
@@ -910,11 +930,13 @@ def load_data(
     spec = spec or "random"
     if spec == "random" or spec.startswith("random:"):
         shape_text = spec.partition(":")[2]
-        return list(_random(loaded, spec, shape_text, batches, batch_size, seq_len))
+        out = _random(loaded, spec, shape_text, batches, batch_size, seq_len)
+        return list(_teacher_forced(out) if _encoder_decoder(loaded) and not shape_text else out)
     path = Path(spec).expanduser()
     files = text_corpus(spec, loaded)
     if files is not None:
-        return _text(loaded, spec, files, batches, batch_size, seq_len)
+        text = _text(loaded, spec, files, batches, batch_size, seq_len)
+        return _teacher_forced(text) if _encoder_decoder(loaded) else text
     if path.is_dir():
         tv = _torchvision(spec)
         if loaded.transform is None and loaded.input_shape is None:

@@ -369,7 +369,7 @@ def scan(
         # an in-place ReLU where a one-pass kernel may run (it sums relu(z) from z at no
         # extra pass): its abs_sum comes from z in the pre-hook, the post-hook adds nothing
         # (eagerly one pass more than summing the output; "auto" times eager so too)
-        return kernel != "eager" and level != "counts" and site.activation.spec.name == "relu"
+        return kernel != "eager" and site.activation.spec.name == "relu"
 
     def collect_z(site: Site, z: Tensor) -> None:
         # in-place activation modules: z before it is overwritten, without a copy

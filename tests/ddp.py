@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
@@ -38,3 +41,18 @@ def spawn(fn: Callable[..., Any], args: tuple[Any, ...], nprocs: int) -> None:
                 if process.is_alive():
                     process.kill()
             pytest.fail(f"{nprocs} gloo workers still running after {TIMEOUT:.0f} s: killed")
+
+
+def run_ranks(worker: Callable[..., Any], out_dir: Path, world: int) -> list[Any]:
+    """Run ``worker(rank, world, init_file, out_dir)`` in ``world`` spawned processes
+    (:func:`spawn`) with gloo on the loopback interface (``GLOO_SOCKET_IFNAME=lo`` unless
+    already set; restored afterwards), and return what each rank saved to
+    ``out_dir/rank{r}.pt``, by rank."""
+    old = os.environ.get("GLOO_SOCKET_IFNAME")
+    os.environ["GLOO_SOCKET_IFNAME"] = old or "lo"
+    try:
+        spawn(worker, (world, str(out_dir / "init"), str(out_dir)), world)
+    finally:
+        if old is None:
+            del os.environ["GLOO_SOCKET_IFNAME"]
+    return [torch.load(out_dir / f"rank{r}.pt") for r in range(world)]

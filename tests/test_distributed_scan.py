@@ -19,7 +19,6 @@ deadrelu, the unpadded tokens on which each unit of layer 0 is active.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ddp import finish_process_group, spawn
+from ddp import finish_process_group, run_ranks
 from deadrelu.report import Report
 from deadrelu.scan import scan
 from deadrelu.zoo import import_torchvision
@@ -151,15 +150,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """What each of the 2 ranks returned, by case."""
-    tmp = tmp_path_factory.mktemp("dscan")
-    old = os.environ.get("GLOO_SOCKET_IFNAME")
-    os.environ["GLOO_SOCKET_IFNAME"] = old or "lo"
-    try:
-        spawn(_worker, (WORLD, str(tmp / "init"), str(tmp)), WORLD)
-    finally:
-        if old is None:
-            del os.environ["GLOO_SOCKET_IFNAME"]
-    return [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
+    return run_ranks(_worker, tmp_path_factory.mktemp("dscan"), WORLD)
 
 
 def _oracle(case: str, xs: list[Tensor] | None = None) -> dict[str, Any]:

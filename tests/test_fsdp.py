@@ -20,7 +20,6 @@ generator gives on the same weights.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ddp import finish_process_group, spawn
+from ddp import finish_process_group, run_ranks
 from deadrelu.graph import fsdp_modules, plain_class, trace
 from deadrelu.monitor import Monitor
 from deadrelu.remedies import recycle
@@ -137,15 +136,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """What each of the 2 FSDP ranks recorded."""
-    tmp = tmp_path_factory.mktemp("fsdp")
-    old = os.environ.get("GLOO_SOCKET_IFNAME")
-    os.environ["GLOO_SOCKET_IFNAME"] = old or "lo"
-    try:
-        spawn(_worker, (WORLD, str(tmp / "init"), str(tmp)), WORLD)
-    finally:
-        if old is None:
-            del os.environ["GLOO_SOCKET_IFNAME"]
-    return [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
+    return run_ranks(_worker, tmp_path_factory.mktemp("fsdp"), WORLD)
 
 
 def _oracle(weights: list[dict[str, Tensor]]) -> Monitor:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     checkpoint_wrapper,
 )
 
-from ddp import finish_process_group, spawn
+from ddp import finish_process_group, run_ranks
 from deadrelu.graph import plain_name, submodule
 from deadrelu.monitor import Monitor
 from deadrelu.remedies import recycle
@@ -286,15 +285,7 @@ def fsdp1_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]
     """What each of the 2 FSDP1 ranks recorded."""
     if not (dist.is_available() and dist.is_gloo_available()):
         pytest.skip("needs torch.distributed gloo")
-    tmp = tmp_path_factory.mktemp("fsdp1")
-    old = os.environ.get("GLOO_SOCKET_IFNAME")
-    os.environ["GLOO_SOCKET_IFNAME"] = old or "lo"
-    try:
-        spawn(_fsdp1_worker, (WORLD, str(tmp / "init"), str(tmp)), WORLD)
-    finally:
-        if old is None:
-            del os.environ["GLOO_SOCKET_IFNAME"]
-    return [torch.load(tmp / f"rank{r}.pt") for r in range(WORLD)]
+    return run_ranks(_fsdp1_worker, tmp_path_factory.mktemp("fsdp1"), WORLD)
 
 
 def test_fsdp1_names_are_the_plain_models(fsdp1_ranks: list[dict[str, Any]]) -> None:

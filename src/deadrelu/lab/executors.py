@@ -80,10 +80,6 @@ def in_order(done: Iterable[tuple[int, Result]], n: int) -> list[Result]:
     return [slots[i] for i in range(n)]
 
 
-OnDone = Callable[[int, Any], None]
-OnError = Callable[[Any, BaseException, str], Any]
-
-
 class Executor(Generic[Item, Result]):
     """Runs ``work(item)`` for every item; see the module docstring for the contract.
 

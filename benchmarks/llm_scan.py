@@ -35,8 +35,6 @@ import argparse
 import json
 import platform
 import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +42,7 @@ import torch
 from torch import nn
 
 import _stable_malloc as stable_malloc
+from _timing import timed
 from deadrelu.scan import scan
 from deadrelu.stats import DETAIL_LEVELS, UnitStats
 from deadrelu.zoo import import_torchvision
@@ -95,17 +94,6 @@ def plain(model: nn.Module, batches: list[dict[str, Any]]) -> None:
     with torch.no_grad():
         for b in batches:
             model(**b)
-
-
-def timed(fn: Callable[[], Any], device: torch.device) -> float:
-    """Wall seconds of one call (the device synchronised before and after)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def throughput(

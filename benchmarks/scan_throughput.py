@@ -47,7 +47,6 @@ import functools
 import json
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +56,7 @@ from torch import Tensor, nn
 
 import _stable_malloc as stable_malloc
 from _blocks import Block
+from _timing import timed
 from deadrelu.scan import scan
 
 TARGET = 0.9
@@ -111,17 +111,6 @@ def plain(model: nn.Module, batches: list[Tensor]) -> None:
     with torch.no_grad():
         for x in batches:
             model(x)
-
-
-def timed(fn: Callable[[], Any], device: torch.device) -> float:
-    """Wall seconds of one call (the device synchronised before and after)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
 
 
 def bench(name: str, rounds: int, n_batches: int, device: torch.device) -> dict[str, Any]:

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import _stable_malloc as stable_malloc
+from _timing import timed
 from deadrelu.scan import scan
 from deadrelu.zoo import import_torchvision
 
@@ -197,14 +198,7 @@ CLOCK: list[Callable[[], float]] = [time.perf_counter]
 
 
 def _timed(fn: Callable[[], Any], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    clock = CLOCK[0]
-    start = clock()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return clock() - start
+    return timed(fn, device, CLOCK[0])
 
 
 def _to(batch: Batch, device: torch.device) -> Batch:
